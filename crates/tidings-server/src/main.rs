@@ -1,1 +1,195 @@
-fn main() {}
+//! The `tidings` binary: a thin layer over the library. It parses arguments, loads the
+//! configuration, starts logging, binds the listener and handles signals.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use axum::response::Html;
+use clap::{Parser, Subcommand};
+use tidings::auth::{sign_connect_token, unix_now, ConnectClaims};
+use tidings::{Config, Node};
+
+/// The demo chat, served at `/`.
+const DEMO_PAGE: &str = include_str!("../../../web/index.html");
+
+#[derive(Parser)]
+#[command(
+    name = "tidings",
+    version,
+    about = "A real-time messaging server that speaks the Centrifugo protocol"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default when no command is given).
+    Serve(ServeArgs),
+    /// Print an HS256 connection token.
+    Token(TokenArgs),
+    /// Load and validate a configuration, then print it as JSON.
+    CheckConfig {
+        /// Config file (.json, .toml, .yaml).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args, Default)]
+struct ServeArgs {
+    /// Config file (.json, .toml, .yaml) with Centrifugo v6 key names. Without one,
+    /// a development profile runs.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Overrides http_server.address.
+    #[arg(long)]
+    address: Option<String>,
+    /// Overrides http_server.port (0 picks a free port).
+    #[arg(long, short)]
+    port: Option<u16>,
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// HMAC secret (client.token.hmac_secret_key); read from --config when omitted.
+    #[arg(long)]
+    secret: Option<String>,
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// User id (`sub` claim).
+    #[arg(long, short)]
+    user: String,
+    /// Seconds until the token expires; 0 for no expiry.
+    #[arg(long, default_value_t = 3600)]
+    ttl: u64,
+    /// JSON for the `info` claim.
+    #[arg(long)]
+    info: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+        Command::Serve(args) => serve(args),
+        Command::Token(args) => token(args),
+        Command::CheckConfig { config } => {
+            let cfg = Config::load(config.as_deref(), std::env::vars())?;
+            println!("{}", serde_json::to_string_pretty(&cfg)?);
+            Ok(())
+        }
+    }
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let secret = match args.secret {
+        Some(s) => s,
+        None => {
+            Config::load(args.config.as_deref(), std::env::vars())?
+                .client
+                .token
+                .hmac_secret_key
+        }
+    };
+    anyhow::ensure!(
+        !secret.is_empty(),
+        "no HMAC secret: pass --secret or a config with client.token.hmac_secret_key"
+    );
+    let info = args
+        .info
+        .map(|s| tidings::protocol::RawJson::parse(s.into_bytes()))
+        .transpose()
+        .context("--info must be JSON")?;
+    let claims = ConnectClaims {
+        sub: args.user,
+        exp: (args.ttl > 0).then(|| unix_now() + args.ttl),
+        info,
+        ..Default::default()
+    };
+    println!("{}", sign_connect_token(&secret, &claims)?);
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
+    if let Some(a) = args.address {
+        config.http_server.address = a;
+    }
+    if let Some(p) = args.port {
+        config.http_server.port = p;
+    }
+    init_tracing(&config.log.level);
+    let development = args.config.is_none();
+    if config.http_api.key.is_empty() && !config.http_api.insecure && development {
+        config.http_api.key = random_key();
+        println!("server API key: {}", config.http_api.key);
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(config, development))
+}
+
+async fn run(config: Config, development: bool) -> anyhow::Result<()> {
+    let host = if config.http_server.address.is_empty() {
+        "0.0.0.0".to_string()
+    } else {
+        config.http_server.address.clone()
+    };
+    let addr: SocketAddr = format!("{host}:{}", config.http_server.port)
+        .parse()
+        .or_else(|_| format!("[{host}]:{}", config.http_server.port).parse())
+        .with_context(|| format!("bad listen address {host:?}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    let node = Node::new(config);
+    let app =
+        tidings::server::router(&node).route("/", axum::routing::get(|| async { Html(DEMO_PAGE) }));
+    if development {
+        tracing::info!("no --config given: running the development profile (anonymous access, history and presence on channels without namespace)");
+    }
+    println!("tidings listening on http://{local}");
+    tidings::server::run(listener, node, app, shutdown_signal()).await?;
+    tracing::info!("shut down");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("signal received, shutting down");
+}
+
+fn init_tracing(level: &str) {
+    let level = if level == "none" { "off" } else { level };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},tidings={level}")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn random_key() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}

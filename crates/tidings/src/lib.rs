@@ -1,1 +1,48 @@
+//! Tidings: a real-time messaging server you can run on its own or mount in an axum app.
+//!
+//! A short tour, in the order a message travels:
+//!
+//! - [`transport`] adapts sockets: the WebSocket endpoint reads frames into a session
+//!   and writes what the connection's outbox holds.
+//! - [`session`] is the Centrifugo client protocol, once for every transport: connect,
+//!   subscribe with recovery, publish, presence, history, pings.
+//! - [`node`] owns everything shared: the [`hub`] (local fan-out), the [`broker`]
+//!   (publish, history, delivery between nodes), [`presence`], [`config`], [`metrics`].
+//! - [`outbox`] bounds what a connection may have queued and batches its writes.
+//! - [`api`] is the Centrifugo-compatible server HTTP API.
+//! - [`server`] puts the routes together and runs them with graceful shutdown.
+//!
+//! # Examples
+//!
+//! Mount Tidings into an existing axum application:
+//!
+//! ```no_run
+//! # async fn run() -> std::io::Result<()> {
+//! let node = tidings::Node::new(tidings::Config::development());
+//! let app = axum::Router::new()
+//!     .route("/hello", axum::routing::get(|| async { "hi" }))
+//!     .merge(tidings::server::router(&node));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! axum::serve(listener, app).await
+//! # }
+//! ```
 
+pub mod api;
+pub mod auth;
+pub mod broker;
+pub mod channel;
+pub mod config;
+pub mod connection;
+pub mod hub;
+pub mod metrics;
+pub mod node;
+pub mod origin;
+pub mod outbox;
+pub mod presence;
+pub mod server;
+pub mod session;
+pub mod transport;
+
+pub use config::Config;
+pub use node::{Node, NodeError, PublishRequest};
+pub use tidings_protocol as protocol;

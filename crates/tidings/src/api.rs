@@ -1,0 +1,443 @@
+//! The server HTTP API, compatible with Centrifugo's: `POST /api/<method>` with a
+//! JSON body, answered with `{"result": …}` or `{"error": {"code", "message"}}`.
+//!
+//! Errors of the operation travel in the body with HTTP 200, as Centrifugo does;
+//! with the header `X-Centrifugo-Error-Mode: transport` they map to HTTP statuses
+//! instead. Authentication failures are HTTP 401, unparsable bodies 400 and unknown
+//! methods 404, each with a plain-text message.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+use tidings_protocol::codes;
+use tidings_protocol::{Disconnect, RawJson, StreamPosition};
+
+use crate::broker::HistoryFilter;
+use crate::connection::ServerSubscribe;
+use crate::node::{Node, NodeError, PublishRequest};
+
+/// Why an API request was refused before any method ran.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No key, or the wrong one.
+    #[error("unauthorized: send the key in X-API-Key or Authorization: apikey <key>")]
+    Unauthorized,
+    /// `http_api.key` is not set and `http_api.insecure` is off.
+    #[error("the server API is disabled: set http_api.key (or http_api.insecure for development)")]
+    NoKeyConfigured,
+    /// The path names no API method.
+    #[error("unknown API method {0:?}")]
+    UnknownMethod(String),
+    /// The body is not the JSON the method takes.
+    #[error("bad request: {0}")]
+    BadBody(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match self {
+            ApiError::Unauthorized | ApiError::NoKeyConfigured => StatusCode::UNAUTHORIZED,
+            ApiError::UnknownMethod(_) => StatusCode::NOT_FOUND,
+            ApiError::BadBody(_) => StatusCode::BAD_REQUEST,
+        };
+        (status, self.to_string()).into_response()
+    }
+}
+
+fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
+    let cfg = &node.config().http_api;
+    if cfg.insecure {
+        return Ok(());
+    }
+    if cfg.key.is_empty() {
+        return Err(ApiError::NoKeyConfigured);
+    }
+    let given = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| {
+            let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+            let (scheme, key) = auth.split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("apikey")
+                .then(|| key.trim().to_owned())
+        })
+        .ok_or(ApiError::Unauthorized)?;
+    if bool::from(given.as_bytes().ct_eq(cfg.key.as_bytes())) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+/// `POST {handler_prefix}/{method}`.
+pub async fn handler(
+    State(node): State<Node>,
+    Path(method): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&node, &headers)?;
+    let params: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadBody(e.to_string()))?
+    };
+    if !crate::metrics::API_METHODS.contains(&method.as_str()) {
+        return Err(ApiError::UnknownMethod(method));
+    }
+    node.metrics().api_command(&method);
+    let transport_errors = headers
+        .get("x-centrifugo-error-mode")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("transport"));
+    if method == "batch" {
+        return Ok(axum::Json(batch(&node, params).await?).into_response());
+    }
+    let outcome = call(&node, &method, params).await?;
+    Ok(match outcome {
+        Ok(result) => axum::Json(json!({ "result": result })).into_response(),
+        Err(err) => {
+            let status = if transport_errors {
+                http_status(err.code)
+            } else {
+                StatusCode::OK
+            };
+            (status, axum::Json(json!({ "error": err }))).into_response()
+        }
+    })
+}
+
+fn http_status(code: u32) -> StatusCode {
+    match code {
+        102 | 104 => StatusCode::NOT_FOUND,
+        107 | 108 => StatusCode::BAD_REQUEST,
+        112 => StatusCode::RANGE_NOT_SATISFIABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+type Outcome = Result<Value, tidings_protocol::Error>;
+
+fn parse<T: for<'de> Deserialize<'de>>(params: Value) -> Result<T, ApiError> {
+    serde_json::from_value(params).map_err(|e| ApiError::BadBody(e.to_string()))
+}
+
+fn node_err(e: NodeError) -> tidings_protocol::Error {
+    if let NodeError::Backend(msg) = &e {
+        tracing::error!(error = %msg, "server API backend failure");
+    }
+    e.to_protocol()
+}
+
+fn bad_request(message: &str) -> tidings_protocol::Error {
+    tidings_protocol::Error {
+        code: codes::ERROR_BAD_REQUEST.code,
+        message: message.to_string(),
+        temporary: false,
+    }
+}
+
+#[derive(Deserialize)]
+struct PublishParams {
+    #[serde(default)]
+    channel: String,
+    data: Option<RawJson>,
+    #[serde(default)]
+    b64data: Option<String>,
+    #[serde(default)]
+    skip_history: bool,
+    #[serde(default)]
+    tags: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+struct BroadcastParams {
+    #[serde(default)]
+    channels: Vec<String>,
+    data: Option<RawJson>,
+    #[serde(default)]
+    b64data: Option<String>,
+    #[serde(default)]
+    skip_history: bool,
+    #[serde(default)]
+    tags: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+struct SubscribeParams {
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    channel: String,
+    info: Option<RawJson>,
+    data: Option<RawJson>,
+    #[serde(default)]
+    client: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct UnsubscribeParams {
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    channel: String,
+    #[serde(default)]
+    client: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct DisconnectObject {
+    code: u32,
+    #[serde(default)]
+    reason: String,
+}
+
+#[derive(Deserialize)]
+struct DisconnectParams {
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    client: Option<String>,
+    #[serde(default)]
+    whitelist: Vec<String>,
+    #[serde(default)]
+    disconnect: Option<DisconnectObject>,
+}
+
+#[derive(Deserialize)]
+struct ChannelParams {
+    #[serde(default)]
+    channel: String,
+}
+
+#[derive(Deserialize)]
+struct HistoryParams {
+    #[serde(default)]
+    channel: String,
+    #[serde(default)]
+    limit: i64,
+    #[serde(default)]
+    since: Option<StreamPosition>,
+    #[serde(default)]
+    reverse: bool,
+}
+
+#[derive(Deserialize)]
+struct ChannelsParams {
+    #[serde(default)]
+    pattern: Option<String>,
+}
+
+fn payload(data: Option<RawJson>, b64: Option<String>) -> Result<RawJson, tidings_protocol::Error> {
+    match (data, b64) {
+        (Some(d), _) => Ok(d),
+        (None, Some(_)) => Err(bad_request(
+            "b64data carries binary payloads, which the JSON protocol cannot deliver; send data",
+        )),
+        (None, None) => Err(bad_request("data is required")),
+    }
+}
+
+async fn publish_one(
+    node: &Node,
+    channel: String,
+    data: RawJson,
+    skip_history: bool,
+    tags: Option<BTreeMap<String, String>>,
+) -> Outcome {
+    if channel.is_empty() {
+        return Err(bad_request("channel is required"));
+    }
+    let pos = node
+        .publish(PublishRequest {
+            channel,
+            data,
+            skip_history,
+            tags,
+            info: None,
+        })
+        .await
+        .map_err(node_err)?;
+    let mut result = serde_json::Map::new();
+    if pos.offset > 0 {
+        result.insert("offset".into(), json!(pos.offset));
+    }
+    if !pos.epoch.is_empty() {
+        result.insert("epoch".into(), json!(pos.epoch));
+    }
+    Ok(Value::Object(result))
+}
+
+/// Runs one API method. The outer `Result` is a malformed body; the inner one the
+/// method's own result or protocol error.
+async fn call(node: &Node, method: &str, params: Value) -> Result<Outcome, ApiError> {
+    Ok(match method {
+        "publish" => {
+            let p: PublishParams = parse(params)?;
+            match payload(p.data, p.b64data) {
+                Ok(data) => publish_one(node, p.channel, data, p.skip_history, p.tags).await,
+                Err(e) => Err(e),
+            }
+        }
+        "broadcast" => {
+            let p: BroadcastParams = parse(params)?;
+            if p.channels.is_empty() {
+                return Ok(Err(bad_request("channels are required")));
+            }
+            let data = match payload(p.data, p.b64data) {
+                Ok(d) => d,
+                Err(e) => return Ok(Err(e)),
+            };
+            let mut responses = Vec::with_capacity(p.channels.len());
+            for channel in p.channels {
+                let r =
+                    publish_one(node, channel, data.clone(), p.skip_history, p.tags.clone()).await;
+                responses.push(match r {
+                    Ok(result) => json!({ "result": result }),
+                    Err(error) => json!({ "error": error }),
+                });
+            }
+            Ok(json!({ "responses": responses }))
+        }
+        "subscribe" => {
+            let p: SubscribeParams = parse(params)?;
+            if p.channel.is_empty() {
+                return Ok(Err(bad_request("channel is required")));
+            }
+            node.subscribe(
+                &p.user,
+                ServerSubscribe {
+                    channel: p.channel,
+                    info: p.info,
+                    data: p.data,
+                },
+                p.client.as_deref(),
+            )
+            .map(|_| json!({}))
+            .map_err(node_err)
+        }
+        "unsubscribe" => {
+            let p: UnsubscribeParams = parse(params)?;
+            if p.channel.is_empty() {
+                return Ok(Err(bad_request("channel is required")));
+            }
+            node.unsubscribe(&p.user, &p.channel, p.client.as_deref())
+                .map(|_| json!({}))
+                .map_err(node_err)
+        }
+        "disconnect" => {
+            let p: DisconnectParams = parse(params)?;
+            let d = match p.disconnect {
+                Some(o) => Disconnect::new(o.code, o.reason),
+                None => Disconnect::force_no_reconnect(),
+            };
+            node.disconnect(&p.user, p.client.as_deref(), &p.whitelist, d);
+            Ok(json!({}))
+        }
+        "presence" => {
+            let p: ChannelParams = parse(params)?;
+            node.presence(&p.channel)
+                .await
+                .map(|presence| json!({ "presence": presence }))
+                .map_err(node_err)
+        }
+        "presence_stats" => {
+            let p: ChannelParams = parse(params)?;
+            node.presence_stats(&p.channel)
+                .await
+                .map(|s| json!({ "num_clients": s.num_clients, "num_users": s.num_users }))
+                .map_err(node_err)
+        }
+        "history" => {
+            let p: HistoryParams = parse(params)?;
+            let limit = if p.limit < 0 {
+                None
+            } else {
+                Some(p.limit as usize)
+            };
+            node.history(
+                &p.channel,
+                HistoryFilter {
+                    since: p.since,
+                    limit,
+                    reverse: p.reverse,
+                },
+            )
+            .await
+            .map(|page| {
+                json!({
+                    "publications": page.publications,
+                    "offset": page.position.offset,
+                    "epoch": page.position.epoch,
+                })
+            })
+            .map_err(node_err)
+        }
+        "history_remove" => {
+            let p: ChannelParams = parse(params)?;
+            node.remove_history(&p.channel)
+                .await
+                .map(|()| json!({}))
+                .map_err(node_err)
+        }
+        "channels" => {
+            let p: ChannelsParams = parse(params)?;
+            let channels: HashMap<String, Value> = node
+                .channels(p.pattern.as_deref())
+                .into_iter()
+                .map(|(name, n)| (name, json!({ "num_clients": n })))
+                .collect();
+            Ok(json!({ "channels": channels }))
+        }
+        "info" => Ok(json!({ "nodes": [node.info()] })),
+        other => return Err(ApiError::UnknownMethod(other.to_string())),
+    })
+}
+
+#[derive(Deserialize)]
+struct BatchParams {
+    #[serde(default)]
+    commands: Vec<serde_json::Map<String, Value>>,
+}
+
+/// Most commands one batch may carry.
+pub const BATCH_MAX_COMMANDS: usize = 1000;
+
+async fn batch(node: &Node, params: Value) -> Result<Value, ApiError> {
+    let p: BatchParams = parse(params)?;
+    if p.commands.len() > BATCH_MAX_COMMANDS {
+        return Err(ApiError::BadBody(format!(
+            "a batch carries at most {BATCH_MAX_COMMANDS} commands"
+        )));
+    }
+    let mut replies = Vec::with_capacity(p.commands.len());
+    for command in p.commands {
+        // Each command is an object with one method key, as in Centrifugo.
+        let Some((method, params)) = command.into_iter().next() else {
+            replies.push(json!({ "error": bad_request("empty command") }));
+            continue;
+        };
+        if method == "batch" || !crate::metrics::API_METHODS.contains(&method.as_str()) {
+            replies.push(
+                json!({ "error": tidings_protocol::Error::from(codes::ERROR_METHOD_NOT_FOUND) }),
+            );
+            continue;
+        }
+        node.metrics().api_command(&method);
+        let reply = match call(node, &method, params).await {
+            Ok(Ok(result)) => json!({ method: result }),
+            Ok(Err(error)) => json!({ "error": error }),
+            Err(e) => json!({ "error": bad_request(&e.to_string()) }),
+        };
+        replies.push(reply);
+    }
+    Ok(json!({ "replies": replies }))
+}

@@ -1,0 +1,362 @@
+//! The in-memory broker of a single node.
+//!
+//! Each channel with history has a stream: an epoch chosen at creation, a top offset
+//! and a bounded deque of publications. Publishing appends and delivers while holding
+//! the stream's lock, so delivery order equals offset order even with concurrent
+//! publishers, and a reader of the stream never sees a position whose publication has
+//! not been delivered.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tidings_protocol::{ClientInfo, Publication, StreamPosition};
+
+use super::{Broker, BrokerError, BrokerEventHandler, HistoryFilter, HistoryPage, PublishOptions};
+
+const SHARDS: usize = 64;
+
+struct Stream {
+    epoch: String,
+    top: u64,
+    /// Publications with the time they expire.
+    items: VecDeque<(Publication, Instant)>,
+    last_publish: Instant,
+}
+
+impl Stream {
+    fn new() -> Self {
+        Self {
+            epoch: new_epoch(),
+            top: 0,
+            items: VecDeque::new(),
+            last_publish: Instant::now(),
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while self.items.front().is_some_and(|(_, exp)| *exp <= now) {
+            self.items.pop_front();
+        }
+    }
+
+    fn position(&self) -> StreamPosition {
+        StreamPosition {
+            offset: self.top,
+            epoch: self.epoch.clone(),
+        }
+    }
+}
+
+fn new_epoch() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut rng = rand::rng();
+    (0..8)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+type StreamShard = Mutex<HashMap<String, Arc<Mutex<Stream>>>>;
+
+/// Single-node broker: fan-out is a function call, history lives in process memory.
+pub struct MemoryBroker {
+    handler: OnceLock<Arc<dyn BrokerEventHandler>>,
+    // Shard locks are held only to find or create a stream; the stream's own lock
+    // orders publications. Both are plain mutexes: nothing awaits while holding them.
+    streams: Box<[StreamShard]>,
+    hasher: BuildHasherDefault<DefaultHasher>,
+    /// Streams idle for longer than this are dropped (their epoch with them).
+    meta_ttl: Duration,
+}
+
+impl MemoryBroker {
+    pub fn new(meta_ttl: Duration) -> Self {
+        Self {
+            handler: OnceLock::new(),
+            streams: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: BuildHasherDefault::default(),
+            meta_ttl,
+        }
+    }
+
+    fn shard(&self, channel: &str) -> &StreamShard {
+        &self.streams[self.hasher.hash_one(channel) as usize % SHARDS]
+    }
+
+    fn stream(&self, channel: &str, create: bool) -> Option<Arc<Mutex<Stream>>> {
+        let mut shard = self.shard(channel).lock();
+        if let Some(s) = shard.get(channel) {
+            return Some(s.clone());
+        }
+        if !create {
+            return None;
+        }
+        let s = Arc::new(Mutex::new(Stream::new()));
+        shard.insert(channel.to_string(), s.clone());
+        Some(s)
+    }
+
+    fn handler(&self) -> Option<&Arc<dyn BrokerEventHandler>> {
+        self.handler.get()
+    }
+
+    /// Drops streams idle longer than the meta TTL and expired publications.
+    /// Called periodically by the node; returns how many streams were dropped.
+    pub fn sweep(&self) -> usize {
+        let now = Instant::now();
+        let mut dropped = 0;
+        for shard in self.streams.iter() {
+            let mut shard = shard.lock();
+            shard.retain(|_, stream| {
+                let mut s = stream.lock();
+                s.expire(now);
+                let keep = now.duration_since(s.last_publish) < self.meta_ttl;
+                if !keep {
+                    dropped += 1;
+                }
+                keep
+            });
+        }
+        dropped
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    fn run(&self, handler: Arc<dyn BrokerEventHandler>) {
+        let _ = self.handler.set(handler);
+    }
+
+    async fn publish(
+        &self,
+        channel: &str,
+        mut publication: Publication,
+        opts: PublishOptions,
+    ) -> Result<StreamPosition, BrokerError> {
+        if opts.history_size == 0 {
+            // No stream: offset stays 0; the epoch (if a stream exists) is reported.
+            let position = self
+                .stream(channel, false)
+                .map(|s| s.lock().position())
+                .unwrap_or_default();
+            publication.offset = 0;
+            if let Some(h) = self.handler() {
+                h.handle_publication(channel, &publication);
+            }
+            return Ok(position);
+        }
+        let stream = self
+            .stream(channel, true)
+            .ok_or_else(|| BrokerError::Backend("stream could not be created".into()))?;
+        let mut s = stream.lock();
+        let now = Instant::now();
+        s.expire(now);
+        s.top += 1;
+        s.last_publish = now;
+        publication.offset = s.top;
+        s.items
+            .push_back((publication.clone(), now + opts.history_ttl));
+        while s.items.len() > opts.history_size {
+            s.items.pop_front();
+        }
+        if let Some(h) = self.handler() {
+            h.handle_publication(channel, &publication);
+        }
+        Ok(s.position())
+    }
+
+    async fn publish_join(&self, channel: &str, info: ClientInfo) -> Result<(), BrokerError> {
+        if let Some(h) = self.handler() {
+            h.handle_join(channel, &info);
+        }
+        Ok(())
+    }
+
+    async fn publish_leave(&self, channel: &str, info: ClientInfo) -> Result<(), BrokerError> {
+        if let Some(h) = self.handler() {
+            h.handle_leave(channel, &info);
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, _channel: &str) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, _channel: &str) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    async fn history(
+        &self,
+        channel: &str,
+        filter: HistoryFilter,
+    ) -> Result<HistoryPage, BrokerError> {
+        // Reading creates the stream, so that the epoch a client sees first is the
+        // epoch later publications carry.
+        let stream = self
+            .stream(channel, true)
+            .ok_or_else(|| BrokerError::Backend("stream could not be created".into()))?;
+        let mut s = stream.lock();
+        s.expire(Instant::now());
+        let position = s.position();
+        let limit = filter.limit.unwrap_or(usize::MAX);
+        if limit == 0 {
+            if let Some(since) = &filter.since {
+                if since.epoch != s.epoch {
+                    return Err(BrokerError::UnrecoverablePosition);
+                }
+            }
+            return Ok(HistoryPage {
+                publications: Vec::new(),
+                position,
+            });
+        }
+        let publications: Vec<Publication> = match &filter.since {
+            Some(since) if filter.reverse => {
+                // Paging backwards from a known position: publications before it.
+                if since.epoch != s.epoch {
+                    return Err(BrokerError::UnrecoverablePosition);
+                }
+                s.items
+                    .iter()
+                    .rev()
+                    .filter(|(p, _)| p.offset < since.offset)
+                    .take(limit)
+                    .map(|(p, _)| p.clone())
+                    .collect()
+            }
+            Some(since) => {
+                if since.epoch != s.epoch || since.offset > s.top {
+                    return Err(BrokerError::UnrecoverablePosition);
+                }
+                if since.offset < s.top {
+                    let first = s.items.front().map_or(s.top + 1, |(p, _)| p.offset);
+                    if first > since.offset + 1 {
+                        return Err(BrokerError::UnrecoverablePosition);
+                    }
+                }
+                s.items
+                    .iter()
+                    .filter(|(p, _)| p.offset > since.offset)
+                    .take(limit)
+                    .map(|(p, _)| p.clone())
+                    .collect()
+            }
+            None if filter.reverse => s
+                .items
+                .iter()
+                .rev()
+                .take(limit)
+                .map(|(p, _)| p.clone())
+                .collect(),
+            None => s.items.iter().take(limit).map(|(p, _)| p.clone()).collect(),
+        };
+        Ok(HistoryPage {
+            publications,
+            position,
+        })
+    }
+
+    async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
+        if let Some(stream) = self.stream(channel, false) {
+            stream.lock().items.clear();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidings_protocol::RawJson;
+
+    fn opts() -> PublishOptions {
+        PublishOptions {
+            history_size: 3,
+            history_ttl: Duration::from_secs(60),
+        }
+    }
+
+    fn publication(n: u32) -> Publication {
+        Publication {
+            data: Some(RawJson::from_value(&n)),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn offsets_grow_and_history_is_bounded() {
+        let broker = MemoryBroker::new(Duration::from_secs(3600));
+        for n in 0..5 {
+            let pos = broker.publish("c", publication(n), opts()).await.unwrap();
+            assert_eq!(pos.offset, u64::from(n) + 1);
+        }
+        let page = broker.history("c", HistoryFilter::default()).await.unwrap();
+        let offsets: Vec<u64> = page.publications.iter().map(|p| p.offset).collect();
+        assert_eq!(offsets, vec![3, 4, 5]);
+        assert_eq!(page.position.offset, 5);
+    }
+
+    #[tokio::test]
+    async fn since_a_trimmed_offset_is_unrecoverable() {
+        let broker = MemoryBroker::new(Duration::from_secs(3600));
+        let mut epoch = String::new();
+        for n in 0..5 {
+            epoch = broker
+                .publish("c", publication(n), opts())
+                .await
+                .unwrap()
+                .epoch;
+        }
+        let filter = |offset| HistoryFilter {
+            since: Some(StreamPosition {
+                offset,
+                epoch: epoch.clone(),
+            }),
+            ..Default::default()
+        };
+        assert!(broker.history("c", filter(1)).await.is_err());
+        let page = broker.history("c", filter(2)).await.unwrap();
+        assert_eq!(page.publications.len(), 3);
+        let page = broker.history("c", filter(5)).await.unwrap();
+        assert!(page.publications.is_empty());
+    }
+
+    #[tokio::test]
+    async fn limit_and_reverse() {
+        let broker = MemoryBroker::new(Duration::from_secs(3600));
+        for n in 0..3 {
+            broker.publish("c", publication(n), opts()).await.unwrap();
+        }
+        let first_two = broker
+            .history(
+                "c",
+                HistoryFilter {
+                    limit: Some(2),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let offsets: Vec<u64> = first_two.publications.iter().map(|p| p.offset).collect();
+        assert_eq!(offsets, vec![1, 2]);
+        let reversed = broker
+            .history(
+                "c",
+                HistoryFilter {
+                    limit: Some(2),
+                    reverse: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let offsets: Vec<u64> = reversed.publications.iter().map(|p| p.offset).collect();
+        assert_eq!(offsets, vec![3, 2]);
+    }
+}

@@ -1,0 +1,98 @@
+//! The broker moves publications between nodes and keeps channel history.
+//!
+//! A [`Broker`] publishes to a channel and answers with the stream position; it hands
+//! every publication (its own and other nodes') to the node's [`BrokerEventHandler`]
+//! in stream order. Publish and history-append are one atomic step, so a position
+//! returned to a publisher always names a publication that is in the history.
+
+pub mod memory;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tidings_protocol::{ClientInfo, Publication, StreamPosition};
+
+pub use memory::MemoryBroker;
+
+/// Per-publish history settings, taken from the channel's namespace.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PublishOptions {
+    /// Publications to keep; 0 keeps no history and leaves the offset at 0.
+    pub history_size: usize,
+    /// How long publications are kept.
+    pub history_ttl: Duration,
+}
+
+/// Which part of a channel's stream to read.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryFilter {
+    /// Read publications after this position. A different epoch is an error.
+    pub since: Option<StreamPosition>,
+    /// Most publications to return; `Some(0)` returns only the position, `None` all.
+    pub limit: Option<usize>,
+    /// Newest first.
+    pub reverse: bool,
+}
+
+/// A slice of a channel's stream and its current top position.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryPage {
+    pub publications: Vec<Publication>,
+    pub position: StreamPosition,
+}
+
+/// Why a broker call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The requested position is not in the stream (epoch changed or trimmed).
+    #[error("unrecoverable position")]
+    UnrecoverablePosition,
+    /// The backend failed.
+    #[error("broker backend error: {0}")]
+    Backend(String),
+}
+
+/// Receives what the broker delivers to this node, in stream order per channel.
+///
+/// Implementations must not block: they run on the broker's delivery path.
+pub trait BrokerEventHandler: Send + Sync + 'static {
+    fn handle_publication(&self, channel: &str, publication: &Publication);
+    fn handle_join(&self, channel: &str, info: &ClientInfo);
+    fn handle_leave(&self, channel: &str, info: &ClientInfo);
+}
+
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Connects the broker to this node's handler. Called once, before any publish.
+    fn run(&self, handler: std::sync::Arc<dyn BrokerEventHandler>);
+
+    /// Publishes, appends to history when `opts.history_size > 0`, and returns the
+    /// new top position (offset 0 and the current epoch without history).
+    async fn publish(
+        &self,
+        channel: &str,
+        publication: Publication,
+        opts: PublishOptions,
+    ) -> Result<StreamPosition, BrokerError>;
+
+    async fn publish_join(&self, channel: &str, info: ClientInfo) -> Result<(), BrokerError>;
+
+    async fn publish_leave(&self, channel: &str, info: ClientInfo) -> Result<(), BrokerError>;
+
+    /// This node has its first subscriber on `channel` (no-op for a single node).
+    async fn subscribe(&self, channel: &str) -> Result<(), BrokerError>;
+
+    /// This node has no more subscribers on `channel`.
+    async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError>;
+
+    /// Reads history.
+    async fn history(
+        &self,
+        channel: &str,
+        filter: HistoryFilter,
+    ) -> Result<HistoryPage, BrokerError>;
+
+    /// Drops a channel's publications (the position stays, so recovery across the
+    /// removal reports `recovered: false`).
+    async fn remove_history(&self, channel: &str) -> Result<(), BrokerError>;
+}

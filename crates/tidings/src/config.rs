@@ -1,0 +1,697 @@
+//! Typed configuration, with Centrifugo v6 key names.
+//!
+//! Loading order: a base (Centrifugo's defaults when a file is given, the development
+//! profile when not), then the file (TOML, YAML or JSON by extension), then environment
+//! overrides, then one validation pass. The library never reads the process
+//! environment itself: the caller passes the variables in, which keeps tests hermetic.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Format, Json, Serialized, Toml, Yaml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Prefix of environment overrides: `TIDINGS_HTTP_API_KEY` sets `http_api.key`.
+pub const ENV_PREFIX: &str = "TIDINGS_";
+
+/// Everything a node is configured with.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub http_server: HttpServerConfig,
+    pub client: ClientConfig,
+    pub channel: ChannelConfig,
+    pub http_api: HttpApiConfig,
+    pub engine: EngineConfig,
+    pub websocket: WebsocketConfig,
+    pub health: HealthConfig,
+    pub prometheus: PrometheusConfig,
+    pub shutdown: ShutdownConfig,
+    pub log: LogConfig,
+    /// Name of this node in `/api/info`; defaults to `tidings-<pid>` when empty.
+    pub node_name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpServerConfig {
+    /// Interface to bind. Default `""`: every interface, as Centrifugo does.
+    pub address: String,
+    /// Default `8000`. `0` lets the OS pick a free port.
+    pub port: u16,
+}
+
+impl Default for HttpServerConfig {
+    fn default() -> Self {
+        Self {
+            address: String::new(),
+            port: 8000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClientConfig {
+    /// Origins allowed to open browser connections; `*` and `*.example.com`-style
+    /// wildcards work. Same-origin requests and requests without `Origin` are allowed.
+    /// Default: none.
+    pub allowed_origins: Vec<String>,
+    pub token: TokenConfig,
+    /// Connect without a token as an anonymous user (user id `""`). Default `false`.
+    pub allow_anonymous_connect_without_token: bool,
+    /// Reject tokens whose `sub` is empty. Default `false`.
+    pub disallow_anonymous_connection_tokens: bool,
+    /// Development only: no token check and every channel permission granted.
+    /// Default `false`.
+    pub insecure: bool,
+    /// Interval between server pings. Default `25s`.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// How long to wait for a pong after a ping. Default `8s`.
+    #[serde(with = "humantime_serde")]
+    pub pong_timeout: Duration,
+    /// Bytes a connection may have queued for writing before it is disconnected
+    /// with 3008 "slow". Default `1048576`.
+    pub queue_max_size: usize,
+    /// Most publications a history call returns. Default `300`.
+    pub history_max_publication_limit: usize,
+    /// Most publications a recovery returns; past it the answer is `recovered: false`.
+    /// Default `300`.
+    pub recovery_max_publication_limit: usize,
+    /// Most channels one connection may subscribe to. Default `128`; `0` = no limit.
+    pub channel_limit: usize,
+    /// How long a connection may stay open without sending `connect`. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub stale_close_delay: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            allowed_origins: Vec::new(),
+            token: TokenConfig::default(),
+            allow_anonymous_connect_without_token: false,
+            disallow_anonymous_connection_tokens: false,
+            insecure: false,
+            ping_interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(8),
+            queue_max_size: 1_048_576,
+            history_max_publication_limit: 300,
+            recovery_max_publication_limit: 300,
+            channel_limit: 128,
+            stale_close_delay: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TokenConfig {
+    /// Secret for HS256/HS384/HS512 connection tokens. Default: none (token connects fail).
+    pub hmac_secret_key: String,
+    /// Expected `aud` claim, when set. Default: not checked.
+    pub audience: String,
+    /// Expected `iss` claim, when set. Default: not checked.
+    pub issuer: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ChannelConfig {
+    /// Longest accepted channel name, in bytes. Default `255`.
+    pub max_length: usize,
+    /// Separates a namespace from the rest of a channel name. Default `:`.
+    pub namespace_boundary: String,
+    /// Starts the user list of a user-limited channel. Default `#`.
+    pub user_boundary: String,
+    /// Separates users in a user-limited channel. Default `,`.
+    pub user_separator: String,
+    /// Options of channels whose name has no namespace.
+    pub without_namespace: ChannelOptions,
+    /// Named namespaces and their options.
+    pub namespaces: Vec<Namespace>,
+}
+
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        Self {
+            max_length: 255,
+            namespace_boundary: ":".into(),
+            user_boundary: "#".into(),
+            user_separator: ",".into(),
+            without_namespace: ChannelOptions::default(),
+            namespaces: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Namespace {
+    pub name: String,
+    #[serde(flatten)]
+    pub options: ChannelOptions,
+}
+
+/// Per-namespace channel behaviour. Every option defaults to off / zero, as in Centrifugo.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ChannelOptions {
+    /// Keep presence (who is subscribed) for channels here.
+    pub presence: bool,
+    /// Send join/leave pushes to subscribers that ask for them (needs `presence`).
+    pub join_leave: bool,
+    /// Send join/leave pushes to every subscriber, asked or not.
+    pub force_push_join_leave: bool,
+    /// Publications kept per channel; 0 keeps none.
+    pub history_size: usize,
+    /// How long publications are kept; needed with `history_size`.
+    #[serde(with = "humantime_serde")]
+    pub history_ttl: Duration,
+    /// Every subscription is positioned (stream position tracked).
+    pub force_positioning: bool,
+    /// Clients may ask for positioning.
+    pub allow_positioning: bool,
+    /// Every subscription is recoverable.
+    pub force_recovery: bool,
+    /// Clients may ask for recovery.
+    pub allow_recovery: bool,
+    /// Authenticated (non-anonymous) clients may subscribe without a subscription token.
+    pub allow_subscribe_for_client: bool,
+    /// Anonymous clients may subscribe without a subscription token.
+    pub allow_subscribe_for_anonymous: bool,
+    /// Subscribers may publish.
+    pub allow_publish_for_subscriber: bool,
+    /// Authenticated clients may publish, subscribed or not.
+    pub allow_publish_for_client: bool,
+    /// Anonymous clients may publish.
+    pub allow_publish_for_anonymous: bool,
+    /// Subscribers may query presence.
+    pub allow_presence_for_subscriber: bool,
+    /// Authenticated clients may query presence.
+    pub allow_presence_for_client: bool,
+    /// Anonymous clients may query presence.
+    pub allow_presence_for_anonymous: bool,
+    /// Subscribers may query history.
+    pub allow_history_for_subscriber: bool,
+    /// Authenticated clients may query history.
+    pub allow_history_for_client: bool,
+    /// Anonymous clients may query history.
+    pub allow_history_for_anonymous: bool,
+    /// Channels with `#` admit only the users listed after it.
+    pub allow_user_limited_channels: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpApiConfig {
+    /// Key required in `X-API-Key` or `Authorization: apikey`. Default: none.
+    pub key: String,
+    /// Serve the API without a key (development only). Default `false`.
+    pub insecure: bool,
+    /// Path prefix of the API. Default `/api`.
+    pub handler_prefix: String,
+}
+
+impl Default for HttpApiConfig {
+    fn default() -> Self {
+        Self {
+            key: String::new(),
+            insecure: false,
+            handler_prefix: "/api".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EngineConfig {
+    /// `memory` (the only engine so far). Default `memory`.
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            kind: "memory".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WebsocketConfig {
+    /// Largest incoming frame; larger ones close the connection with 1009.
+    /// Default `65536`.
+    pub message_size_limit: usize,
+    /// Path of the WebSocket endpoint. Default `/connection/websocket`.
+    pub handler_prefix: String,
+    /// Give up on a write that takes longer. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+}
+
+impl Default for WebsocketConfig {
+    fn default() -> Self {
+        Self {
+            message_size_limit: 65_536,
+            handler_prefix: "/connection/websocket".into(),
+            write_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HealthConfig {
+    /// Serve `/health`. Default `true` (Centrifugo defaults to `false`).
+    pub enabled: bool,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PrometheusConfig {
+    /// Serve `/metrics`. Default `true` (Centrifugo defaults to `false`).
+    pub enabled: bool,
+}
+
+impl Default for PrometheusConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ShutdownConfig {
+    /// How long to wait for connections to drain on shutdown. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogConfig {
+    /// `trace`, `debug`, `info`, `warn`, `error` or `none`. Default `info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file named on the command line does not exist or cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The file's extension names no supported format.
+    #[error("config file {0}: unknown format (use .json, .toml, .yaml or .yml)")]
+    Format(String),
+    /// A value has the wrong type or an unknown variant.
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    /// Values are individually fine but do not make sense together.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// The profile used when no config file is given: local, open, with history and
+    /// presence, so that the demo and the SDKs work with zero setup.
+    pub fn development() -> Self {
+        let mut cfg = Config::default();
+        cfg.http_server.address = "127.0.0.1".into();
+        cfg.client.allow_anonymous_connect_without_token = true;
+        cfg.client.allowed_origins = vec!["*".into()];
+        cfg.channel.without_namespace = ChannelOptions {
+            presence: true,
+            join_leave: true,
+            force_push_join_leave: true,
+            history_size: 100,
+            history_ttl: Duration::from_secs(300),
+            force_recovery: true,
+            allow_recovery: true,
+            allow_positioning: true,
+            allow_subscribe_for_client: true,
+            allow_subscribe_for_anonymous: true,
+            allow_publish_for_subscriber: true,
+            allow_publish_for_client: true,
+            allow_publish_for_anonymous: true,
+            allow_presence_for_subscriber: true,
+            allow_presence_for_anonymous: true,
+            allow_history_for_subscriber: true,
+            allow_history_for_anonymous: true,
+            ..ChannelOptions::default()
+        };
+        cfg
+    }
+
+    /// Loads the configuration.
+    ///
+    /// `file` is the `--config` path, if any; `env` the process environment (only
+    /// variables starting with [`ENV_PREFIX`] are looked at).
+    ///
+    /// # Errors
+    /// [`ConfigError`] when the file is unreadable or the result is invalid.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let base = if file.is_some() {
+            Config::default()
+        } else {
+            Config::development()
+        };
+        let mut figment = Figment::from(Serialized::defaults(&base));
+        if let Some(path) = file {
+            let shown = path.display().to_string();
+            // figment skips missing files silently; a typo in --config must not.
+            std::fs::metadata(path).map_err(|source| ConfigError::Read {
+                path: shown.clone(),
+                source,
+            })?;
+            let ext = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            figment = match ext.as_str() {
+                "json" => figment.merge(Json::file(path)),
+                "toml" => figment.merge(Toml::file(path)),
+                "yaml" | "yml" => figment.merge(Yaml::file(path)),
+                _ => return Err(ConfigError::Format(shown)),
+            };
+        }
+        let overrides = env_overrides(&base, env)?;
+        figment = figment.merge(Serialized::defaults(overrides));
+        let cfg: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that only make sense together.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first offending key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.engine.kind != "memory" {
+            return bad(format!(
+                "engine.type {:?} is not supported yet (only \"memory\")",
+                self.engine.kind
+            ));
+        }
+        if self.channel.namespace_boundary.is_empty() {
+            return bad("channel.namespace_boundary must not be empty".into());
+        }
+        if self.client.queue_max_size < 1024 {
+            return bad("client.queue_max_size must be at least 1024 bytes".into());
+        }
+        if self.websocket.message_size_limit < 1024 {
+            return bad("websocket.message_size_limit must be at least 1024 bytes".into());
+        }
+        if self.client.ping_interval.is_zero() || self.client.pong_timeout.is_zero() {
+            return bad("client.ping_interval and client.pong_timeout must be positive".into());
+        }
+        if self.client.pong_timeout >= self.client.ping_interval {
+            return bad("client.pong_timeout must be shorter than client.ping_interval".into());
+        }
+        let mut seen = HashSet::new();
+        let all = std::iter::once((
+            "channel.without_namespace".to_string(),
+            &self.channel.without_namespace,
+        ))
+        .chain(
+            self.channel
+                .namespaces
+                .iter()
+                .map(|ns| (format!("channel.namespaces[{}]", ns.name), &ns.options)),
+        );
+        for ns in &self.channel.namespaces {
+            let valid_name = ns.name.len() >= 2
+                && ns
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if !valid_name {
+                return bad(format!(
+                    "namespace name {:?} must be 2+ characters of [-a-zA-Z0-9_.]",
+                    ns.name
+                ));
+            }
+            if !seen.insert(ns.name.as_str()) {
+                return bad(format!("namespace {:?} is defined twice", ns.name));
+            }
+        }
+        for (key, opts) in all {
+            if opts.history_size > 0 && opts.history_ttl.is_zero() {
+                return bad(format!("{key}: history_size needs history_ttl"));
+            }
+            if (opts.force_recovery || opts.allow_recovery) && opts.history_size == 0 {
+                return bad(format!(
+                    "{key}: recovery needs history_size and history_ttl"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The options of a namespace, or `None` when it is not configured.
+    pub fn namespace(&self, name: &str) -> Option<&ChannelOptions> {
+        if name.is_empty() {
+            return Some(&self.channel.without_namespace);
+        }
+        self.channel
+            .namespaces
+            .iter()
+            .find(|ns| ns.name == name)
+            .map(|ns| &ns.options)
+    }
+}
+
+/// Turns `TIDINGS_*` variables into a nested map of overrides.
+///
+/// figment's own `Env` provider splits names at every `_`, which cannot tell
+/// `http_api.key` from `http.api.key`. Instead we list every key path the config has
+/// (from the serialised base), derive each one's variable name, and look those up.
+/// Values are typed after the base value: booleans, numbers, strings; arrays take a
+/// JSON array or space-separated words; objects and arrays of objects take JSON.
+fn env_overrides(
+    base: &Config,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<serde_json::Value, ConfigError> {
+    let vars: BTreeMap<String, String> = env
+        .into_iter()
+        .filter(|(k, v)| k.starts_with(ENV_PREFIX) && !v.is_empty())
+        .collect();
+    let mut out = serde_json::Map::new();
+    if vars.is_empty() {
+        return Ok(serde_json::Value::Object(out));
+    }
+    let tree = serde_json::to_value(base).map_err(|e| ConfigError::Parse(e.to_string()))?;
+    let mut leaves = Vec::new();
+    collect_leaves(&tree, &mut Vec::new(), &mut leaves);
+    for (path, default) in leaves {
+        let name = format!("{ENV_PREFIX}{}", path.join("_").to_ascii_uppercase());
+        let Some(raw) = vars.get(&name) else { continue };
+        let value = typed_env_value(&name, raw, default)?;
+        insert_path(&mut out, &path, value);
+    }
+    Ok(serde_json::Value::Object(out))
+}
+
+fn collect_leaves<'a>(
+    value: &'a serde_json::Value,
+    path: &mut Vec<String>,
+    out: &mut Vec<(Vec<String>, &'a serde_json::Value)>,
+) {
+    match value {
+        serde_json::Value::Object(map) if !path.is_empty() || !map.is_empty() => {
+            for (k, v) in map {
+                path.push(k.clone());
+                // The namespace options are an object whose keys are config keys too,
+                // but the namespace list itself is set as one JSON value.
+                if v.is_object() {
+                    out.push((path.clone(), v));
+                }
+                collect_leaves(v, path, out);
+                path.pop();
+            }
+        }
+        serde_json::Value::Object(_) => {}
+        _ => out.push((path.clone(), value)),
+    }
+}
+
+fn typed_env_value(
+    name: &str,
+    raw: &str,
+    default: &serde_json::Value,
+) -> Result<serde_json::Value, ConfigError> {
+    use serde_json::Value;
+    let bad = |what: &str| ConfigError::Parse(format!("{name}={raw:?}: expected {what}"));
+    Ok(match default {
+        Value::Bool(_) => match raw.to_ascii_lowercase().as_str() {
+            "1" | "t" | "true" | "yes" | "on" => Value::Bool(true),
+            "0" | "f" | "false" | "no" | "off" => Value::Bool(false),
+            _ => return Err(bad("a boolean")),
+        },
+        Value::Number(_) => Value::Number(raw.trim().parse().map_err(|_| bad("a number"))?),
+        Value::String(_) => Value::String(raw.to_string()),
+        Value::Array(_) if raw.trim_start().starts_with('[') => {
+            serde_json::from_str(raw).map_err(|_| bad("a JSON array"))?
+        }
+        Value::Array(_) => Value::Array(
+            raw.split_whitespace()
+                .map(|s| Value::String(s.to_string()))
+                .collect(),
+        ),
+        Value::Object(_) | Value::Null => {
+            serde_json::from_str(raw).map_err(|_| bad("a JSON value"))?
+        }
+    })
+}
+
+fn insert_path(
+    root: &mut serde_json::Map<String, serde_json::Value>,
+    path: &[String],
+    value: serde_json::Value,
+) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut node = root;
+    for key in parents {
+        let entry = node
+            .entry(key.clone())
+            .or_insert_with(|| serde_json::Value::Object(Default::default()));
+        if !entry.is_object() {
+            *entry = serde_json::Value::Object(Default::default());
+        }
+        let serde_json::Value::Object(map) = entry else {
+            return;
+        };
+        node = map;
+    }
+    node.insert(last.clone(), value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn development_profile_without_file() {
+        let cfg = Config::load(None, env(&[])).unwrap();
+        assert!(cfg.client.allow_anonymous_connect_without_token);
+        assert_eq!(cfg.channel.without_namespace.history_size, 100);
+        assert_eq!(cfg.http_server.address, "127.0.0.1");
+    }
+
+    #[test]
+    fn env_overrides_keys_with_underscores() {
+        let cfg = Config::load(
+            None,
+            env(&[
+                ("TIDINGS_HTTP_API_KEY", "k1"),
+                ("TIDINGS_CLIENT_QUEUE_MAX_SIZE", "65536"),
+                ("TIDINGS_CLIENT_PING_INTERVAL", "2s"),
+                ("TIDINGS_CLIENT_PONG_TIMEOUT", "1s"),
+                (
+                    "TIDINGS_CLIENT_ALLOWED_ORIGINS",
+                    "https://a.test https://b.test",
+                ),
+                ("TIDINGS_CHANNEL_WITHOUT_NAMESPACE_PRESENCE", "false"),
+                ("OTHER_VAR", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.http_api.key, "k1");
+        assert_eq!(cfg.client.queue_max_size, 65536);
+        assert_eq!(cfg.client.ping_interval, Duration::from_secs(2));
+        assert_eq!(cfg.client.allowed_origins.len(), 2);
+        assert!(!cfg.channel.without_namespace.presence);
+    }
+
+    #[test]
+    fn bad_env_value_is_a_clear_error() {
+        let err = Config::load(None, env(&[("TIDINGS_CLIENT_INSECURE", "maybe")])).unwrap_err();
+        assert!(err.to_string().contains("TIDINGS_CLIENT_INSECURE"), "{err}");
+    }
+
+    #[test]
+    fn file_formats_load_with_centrifugo_names() {
+        let dir = std::env::temp_dir().join(format!("tidings-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let toml = dir.join("c.toml");
+        std::fs::write(
+            &toml,
+            "[http_api]\nkey = \"t\"\n[channel.without_namespace]\npresence = true\n[[channel.namespaces]]\nname = \"chat\"\nhistory_size = 10\nhistory_ttl = \"60s\"\n",
+        )
+        .unwrap();
+        let cfg = Config::load(Some(&toml), env(&[])).unwrap();
+        assert_eq!(cfg.http_api.key, "t");
+        assert!(!cfg.client.allow_anonymous_connect_without_token);
+        assert_eq!(cfg.namespace("chat").unwrap().history_size, 10);
+        let yaml = dir.join("c.yaml");
+        std::fs::write(
+            &yaml,
+            "http_api:\n  key: y\nclient:\n  ping_interval: 10s\n",
+        )
+        .unwrap();
+        let cfg = Config::load(Some(&yaml), env(&[])).unwrap();
+        assert_eq!(cfg.http_api.key, "y");
+        assert_eq!(cfg.client.ping_interval, Duration::from_secs(10));
+        let json = dir.join("c.json");
+        std::fs::write(&json, r#"{"http_api":{"key":"j"}}"#).unwrap();
+        assert_eq!(
+            Config::load(Some(&json), env(&[])).unwrap().http_api.key,
+            "j"
+        );
+        let missing = dir.join("nope.json");
+        assert!(Config::load(Some(&missing), env(&[])).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn history_without_ttl_is_rejected() {
+        let mut cfg = Config::default();
+        cfg.channel.without_namespace.history_size = 10;
+        assert!(cfg.validate().is_err());
+    }
+}

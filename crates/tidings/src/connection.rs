@@ -1,0 +1,84 @@
+//! The shared handle of one client connection, seen by the hub (to deliver), the node
+//! (to find a user's connections) and the connection's own tasks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use tidings_protocol::Disconnect;
+use tokio::sync::mpsc;
+
+use crate::outbox::Outbox;
+
+/// Something the node asks a session to do on the session's own task, because only
+/// that task may change the session's state.
+#[derive(Debug)]
+pub enum Control {
+    /// Subscribe the client to a channel (server API `subscribe`).
+    Subscribe(ServerSubscribe),
+    /// Unsubscribe the client from a channel (server API `unsubscribe`).
+    Unsubscribe { channel: String },
+    /// Disconnect the client (server API `disconnect`, shutdown).
+    Disconnect(Disconnect),
+}
+
+/// A server-side subscription request.
+#[derive(Debug, Clone, Default)]
+pub struct ServerSubscribe {
+    pub channel: String,
+    pub info: Option<tidings_protocol::RawJson>,
+    pub data: Option<tidings_protocol::RawJson>,
+}
+
+/// Bound of the control queue: API calls aimed at one connection. A connection
+/// that cannot take more is busy enough that dropping the newest request with an
+/// error to the API caller is the right answer.
+pub const CONTROL_QUEUE: usize = 64;
+
+static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
+
+/// One client connection.
+pub struct Connection {
+    /// Process-unique number: the hub's map key, cheaper than the client id string.
+    pub serial: u64,
+    /// The client id sent in the connect reply (a UUID).
+    pub client_id: String,
+    /// The user id, known once the connect command is accepted ("" = anonymous).
+    user: OnceLock<String>,
+    /// Name of the transport, for logs and metrics.
+    pub transport: &'static str,
+    pub outbox: Outbox,
+    pub control: mpsc::Sender<Control>,
+}
+
+impl Connection {
+    pub fn new(
+        transport: &'static str,
+        queue_max_size: usize,
+    ) -> (std::sync::Arc<Self>, mpsc::Receiver<Control>) {
+        let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
+        let conn = Connection {
+            serial: NEXT_SERIAL.fetch_add(1, Ordering::Relaxed),
+            client_id: uuid::Uuid::new_v4().to_string(),
+            user: OnceLock::new(),
+            transport,
+            outbox: Outbox::new(queue_max_size),
+            control: tx,
+        };
+        (std::sync::Arc::new(conn), rx)
+    }
+
+    /// The authenticated user ("" before connect or when anonymous).
+    pub fn user(&self) -> &str {
+        self.user.get().map(String::as_str).unwrap_or("")
+    }
+
+    pub(crate) fn set_user(&self, user: String) {
+        let _ = self.user.set(user);
+    }
+
+    /// Queues encoded bytes for this client; `false` when the connection is closing.
+    pub fn send(&self, bytes: Bytes) -> bool {
+        self.outbox.push(bytes)
+    }
+}

@@ -1,0 +1,171 @@
+//! Prometheus metrics of one node.
+//!
+//! The node owns its recorder instead of installing a process-global one, so several
+//! nodes (tests, an app embedding Tidings next to its own metrics) never collide.
+//! Handles are registered once and kept, so recording is one atomic operation.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use parking_lot::Mutex;
+use tidings_protocol::command::Method;
+
+const METHODS: [Method; 12] = [
+    Method::Connect,
+    Method::Subscribe,
+    Method::Unsubscribe,
+    Method::Publish,
+    Method::Presence,
+    Method::PresenceStats,
+    Method::History,
+    Method::Ping,
+    Method::Send,
+    Method::Rpc,
+    Method::Refresh,
+    Method::SubRefresh,
+];
+
+/// The API methods, as metric labels.
+pub const API_METHODS: [&str; 12] = [
+    "publish",
+    "broadcast",
+    "subscribe",
+    "unsubscribe",
+    "disconnect",
+    "presence",
+    "presence_stats",
+    "history",
+    "history_remove",
+    "channels",
+    "info",
+    "batch",
+];
+
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    pub connections: Gauge,
+    pub subscriptions: Gauge,
+    pub channels: Gauge,
+    pub messages_sent: Counter,
+    pub messages_received: Counter,
+    commands: HashMap<Method, Counter>,
+    api_commands: HashMap<&'static str, Counter>,
+    /// Codes are open-ended (apps may use 4000–4999), so their counters are made on
+    /// first use; the set is bounded by the code range a u16-like value allows.
+    disconnects: Mutex<HashMap<u32, Counter>>,
+    /// Mirror of the subscriptions gauge, readable for `/api/info`.
+    subs: AtomicI64,
+}
+
+fn meta() -> Metadata<'static> {
+    Metadata::new("tidings", Level::INFO, Some(module_path!()))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let m = meta();
+        let counter = |name: &'static str, labels: Vec<Label>| {
+            recorder.register_counter(&Key::from_parts(name, labels), &m)
+        };
+        let gauge = |name: &'static str| recorder.register_gauge(&Key::from_name(name), &m);
+        let connections = gauge("tidings_connections");
+        let subscriptions = gauge("tidings_subscriptions");
+        let channels = gauge("tidings_channels");
+        let messages_sent = counter("tidings_messages_sent_total", vec![]);
+        let messages_received = counter("tidings_messages_received_total", vec![]);
+        let commands = METHODS
+            .iter()
+            .map(|method| {
+                (
+                    *method,
+                    counter(
+                        "tidings_commands_total",
+                        vec![Label::new("method", method.as_str())],
+                    ),
+                )
+            })
+            .collect();
+        let api_commands = API_METHODS
+            .iter()
+            .map(|method| {
+                (
+                    *method,
+                    counter(
+                        "tidings_api_commands_total",
+                        vec![Label::new("method", *method)],
+                    ),
+                )
+            })
+            .collect();
+        Self {
+            recorder,
+            handle,
+            connections,
+            subscriptions,
+            channels,
+            messages_sent,
+            messages_received,
+            commands,
+            api_commands,
+            disconnects: Mutex::new(HashMap::new()),
+            subs: AtomicI64::new(0),
+        }
+    }
+
+    pub fn subscription_added(&self) {
+        self.subs.fetch_add(1, Ordering::Relaxed);
+        self.subscriptions.increment(1.0);
+    }
+
+    pub fn subscription_removed(&self) {
+        self.subs.fetch_sub(1, Ordering::Relaxed);
+        self.subscriptions.decrement(1.0);
+    }
+
+    /// Current number of client subscriptions on this node.
+    pub fn subscriptions_value(&self) -> u32 {
+        self.subs.load(Ordering::Relaxed).max(0) as u32
+    }
+
+    pub fn command(&self, method: Method) {
+        if let Some(c) = self.commands.get(&method) {
+            c.increment(1);
+        }
+    }
+
+    pub fn api_command(&self, method: &str) {
+        if let Some(c) = self.api_commands.get(method) {
+            c.increment(1);
+        }
+    }
+
+    pub fn disconnect(&self, code: u32) {
+        let mut map = self.disconnects.lock();
+        let counter = map.entry(code).or_insert_with(|| {
+            self.recorder.register_counter(
+                &Key::from_parts(
+                    "tidings_disconnects_total",
+                    vec![Label::new("code", code.to_string())],
+                ),
+                &meta(),
+            )
+        });
+        counter.increment(1);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+}

@@ -1,0 +1,589 @@
+//! The [`Node`]: owner of the hub, the broker, presence, configuration and metrics.
+//!
+//! Its methods are the library's API (publish, history, presence, disconnect, …) and
+//! are what both client sessions and the server HTTP API call. A `Node` is a cheap
+//! handle (`Clone`); every clone is the same node.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tidings_protocol::codes::{self, ErrorCode};
+use tidings_protocol::{
+    ClientInfo, Disconnect, JoinLeave, Publication, Push, RawJson, Reply, StreamPosition,
+};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::{
+    Broker, BrokerError, BrokerEventHandler, HistoryFilter, HistoryPage, MemoryBroker,
+    PublishOptions,
+};
+use crate::channel;
+use crate::config::Config;
+use crate::connection::{Connection, Control, ServerSubscribe};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::presence::{MemoryPresenceManager, PresenceManager, PresenceStats};
+
+/// Version reported to clients and in `/api/info`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// An RPC handler: gets the client's user id, the method and the data, and returns the
+/// reply data or a protocol error.
+pub type RpcHandler = Arc<
+    dyn Fn(
+            RpcRequest,
+        )
+            -> futures_util::future::BoxFuture<'static, Result<RawJson, tidings_protocol::Error>>
+        + Send
+        + Sync,
+>;
+
+/// One `rpc` call from a client.
+#[derive(Debug, Clone)]
+pub struct RpcRequest {
+    pub client_id: String,
+    pub user: String,
+    pub method: String,
+    pub data: Option<RawJson>,
+}
+
+/// Why a node operation failed; each maps to one protocol error code.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A protocol-level refusal (bad channel, not available, …).
+    #[error("{}", .0.message)]
+    Protocol(ErrorCode),
+    /// The broker or presence backend failed.
+    #[error("backend error: {0}")]
+    Backend(String),
+}
+
+impl NodeError {
+    /// The client-visible error.
+    pub fn to_protocol(&self) -> tidings_protocol::Error {
+        match self {
+            NodeError::Protocol(code) => (*code).into(),
+            NodeError::Backend(_) => codes::ERROR_INTERNAL.into(),
+        }
+    }
+}
+
+impl From<ErrorCode> for NodeError {
+    fn from(c: ErrorCode) -> Self {
+        NodeError::Protocol(c)
+    }
+}
+
+impl From<BrokerError> for NodeError {
+    fn from(e: BrokerError) -> Self {
+        match e {
+            BrokerError::UnrecoverablePosition => {
+                NodeError::Protocol(codes::ERROR_UNRECOVERABLE_POSITION)
+            }
+            BrokerError::Backend(msg) => NodeError::Backend(msg),
+        }
+    }
+}
+
+impl From<crate::presence::PresenceError> for NodeError {
+    fn from(e: crate::presence::PresenceError) -> Self {
+        NodeError::Backend(e.0)
+    }
+}
+
+/// Options of a publish.
+#[derive(Debug, Clone)]
+pub struct PublishRequest {
+    pub channel: String,
+    pub data: RawJson,
+    /// Do not append to history (the publication still gets delivered).
+    pub skip_history: bool,
+    pub tags: Option<std::collections::BTreeMap<String, String>>,
+    /// The publishing client, when a client published.
+    pub info: Option<ClientInfo>,
+}
+
+/// Node-level facts reported by `/api/info`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeInfo {
+    pub uid: String,
+    pub name: String,
+    pub version: String,
+    pub num_clients: u32,
+    pub num_users: u32,
+    pub num_subs: u32,
+    pub num_channels: u32,
+    pub uptime: u64,
+}
+
+/// Who is connected, by client id and by user.
+#[derive(Default)]
+struct Registry {
+    clients: HashMap<String, Arc<Connection>>,
+    users: HashMap<String, HashSet<String>>,
+}
+
+pub(crate) struct NodeInner {
+    pub(crate) config: Arc<Config>,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) broker: Arc<dyn Broker>,
+    pub(crate) presence: Arc<dyn PresenceManager>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Fired once when the node starts shutting down.
+    pub(crate) shutdown: CancellationToken,
+    /// Every connection task, so shutdown can wait for them to drain.
+    pub(crate) tracker: TaskTracker,
+    pub(crate) uid: String,
+    pub(crate) name: String,
+    started: Instant,
+    // A plain mutex: held only for map updates at connect/disconnect time.
+    registry: Mutex<Registry>,
+    pub(crate) rpc: Option<RpcHandler>,
+}
+
+/// A Tidings node. See the module docs.
+#[derive(Clone)]
+pub struct Node {
+    pub(crate) inner: Arc<NodeInner>,
+}
+
+/// Builds a [`Node`].
+pub struct NodeBuilder {
+    config: Config,
+    rpc: Option<RpcHandler>,
+}
+
+impl NodeBuilder {
+    /// Handles `rpc` commands from clients; without one they get error 104.
+    pub fn rpc_handler(mut self, handler: RpcHandler) -> Self {
+        self.rpc = Some(handler);
+        self
+    }
+
+    /// Creates the node and starts its background tasks. Must run inside a Tokio
+    /// runtime.
+    pub fn build(self) -> Node {
+        let config = Arc::new(self.config);
+        let hub = Arc::new(Hub::new());
+        let metrics = Arc::new(Metrics::new());
+        let memory = Arc::new(MemoryBroker::new(Duration::from_secs(30 * 24 * 3600)));
+        let broker: Arc<dyn Broker> = memory.clone();
+        broker.run(Arc::new(Fanout {
+            hub: hub.clone(),
+            metrics: metrics.clone(),
+        }));
+        let name = if config.node_name.is_empty() {
+            format!("tidings-{}", std::process::id())
+        } else {
+            config.node_name.clone()
+        };
+        let inner = Arc::new(NodeInner {
+            config,
+            hub,
+            broker,
+            presence: Arc::new(MemoryPresenceManager::new()),
+            metrics,
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            uid: uuid::Uuid::new_v4().to_string(),
+            name,
+            started: Instant::now(),
+            registry: Mutex::new(Registry::default()),
+            rpc: self.rpc,
+        });
+        // Periodic sweep of idle streams, bounded by the shutdown token.
+        let token = inner.shutdown.clone();
+        inner.tracker.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = tick.tick() => { memory.sweep(); }
+                }
+            }
+        });
+        Node { inner }
+    }
+}
+
+/// The broker's delivery target: encodes once and hands the bytes to the hub.
+struct Fanout {
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+}
+
+impl BrokerEventHandler for Fanout {
+    fn handle_publication(&self, channel: &str, publication: &Publication) {
+        if self.hub.num_subscribers(channel) == 0 {
+            return;
+        }
+        let bytes = Bytes::from(
+            Reply::push(Push {
+                channel: channel.to_string(),
+                publication: Some(publication.clone()),
+                ..Default::default()
+            })
+            .to_json(),
+        );
+        let n = self.hub.publish(channel, publication.offset, &bytes);
+        self.metrics.messages_sent.increment(n as u64);
+    }
+
+    fn handle_join(&self, channel: &str, info: &ClientInfo) {
+        let bytes = Bytes::from(
+            Reply::push(Push {
+                channel: channel.to_string(),
+                join: Some(JoinLeave { info: info.clone() }),
+                ..Default::default()
+            })
+            .to_json(),
+        );
+        let n = self.hub.join_leave(channel, &bytes, None);
+        self.metrics.messages_sent.increment(n as u64);
+    }
+
+    fn handle_leave(&self, channel: &str, info: &ClientInfo) {
+        let bytes = Bytes::from(
+            Reply::push(Push {
+                channel: channel.to_string(),
+                leave: Some(JoinLeave { info: info.clone() }),
+                ..Default::default()
+            })
+            .to_json(),
+        );
+        let n = self.hub.join_leave(channel, &bytes, None);
+        self.metrics.messages_sent.increment(n as u64);
+    }
+}
+
+impl Node {
+    /// Starts building a node with this configuration.
+    pub fn builder(config: Config) -> NodeBuilder {
+        NodeBuilder { config, rpc: None }
+    }
+
+    /// A node with default extras.
+    pub fn new(config: Config) -> Node {
+        Self::builder(config).build()
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Fired when shutdown begins; long-lived tasks select on it.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.inner.shutdown.clone()
+    }
+
+    /// Unique id of this node process.
+    pub fn uid(&self) -> &str {
+        &self.inner.uid
+    }
+
+    /// Publishes data to a channel and returns its stream position.
+    ///
+    /// # Errors
+    /// 107/102 for a bad channel; internal errors from the broker.
+    pub async fn publish(&self, req: PublishRequest) -> Result<StreamPosition, NodeError> {
+        let ch = channel::resolve(&self.inner.config, &req.channel)?;
+        let opts = if req.skip_history || !ch.history_enabled() {
+            PublishOptions::default()
+        } else {
+            PublishOptions {
+                history_size: ch.options.history_size,
+                history_ttl: ch.options.history_ttl,
+            }
+        };
+        let publication = Publication {
+            data: Some(req.data),
+            info: req.info,
+            tags: req.tags,
+            ..Default::default()
+        };
+        Ok(self
+            .inner
+            .broker
+            .publish(&req.channel, publication, opts)
+            .await?)
+    }
+
+    /// Reads a channel's history.
+    ///
+    /// # Errors
+    /// 108 when the channel keeps no history; 112 for a position no longer in it.
+    pub async fn history(
+        &self,
+        channel: &str,
+        filter: HistoryFilter,
+    ) -> Result<HistoryPage, NodeError> {
+        let ch = channel::resolve(&self.inner.config, channel)?;
+        if !ch.history_enabled() {
+            return Err(codes::ERROR_NOT_AVAILABLE.into());
+        }
+        Ok(self.inner.broker.history(channel, filter).await?)
+    }
+
+    /// Removes a channel's publications.
+    ///
+    /// # Errors
+    /// 108 when the channel keeps no history.
+    pub async fn remove_history(&self, channel: &str) -> Result<(), NodeError> {
+        let ch = channel::resolve(&self.inner.config, channel)?;
+        if !ch.history_enabled() {
+            return Err(codes::ERROR_NOT_AVAILABLE.into());
+        }
+        Ok(self.inner.broker.remove_history(channel).await?)
+    }
+
+    /// Who is in a channel.
+    ///
+    /// # Errors
+    /// 108 when presence is off for the channel.
+    pub async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, NodeError> {
+        let ch = channel::resolve(&self.inner.config, channel)?;
+        if !ch.options.presence {
+            return Err(codes::ERROR_NOT_AVAILABLE.into());
+        }
+        Ok(self.inner.presence.presence(channel).await?)
+    }
+
+    /// How many clients and users are in a channel.
+    ///
+    /// # Errors
+    /// 108 when presence is off for the channel.
+    pub async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, NodeError> {
+        let ch = channel::resolve(&self.inner.config, channel)?;
+        if !ch.options.presence {
+            return Err(codes::ERROR_NOT_AVAILABLE.into());
+        }
+        Ok(self.inner.presence.stats(channel).await?)
+    }
+
+    /// Channels with subscribers on this node, with counts, filtered by a glob-like
+    /// pattern (`*` matches any run of characters) when one is given.
+    pub fn channels(&self, pattern: Option<&str>) -> Vec<(String, usize)> {
+        let mut all = self.inner.hub.channels();
+        if let Some(p) = pattern.filter(|p| !p.is_empty()) {
+            all.retain(|(name, _)| glob_match(p, name));
+        }
+        all.sort();
+        all
+    }
+
+    /// Facts about this node.
+    pub fn info(&self) -> NodeInfo {
+        let reg = self.inner.registry.lock();
+        NodeInfo {
+            uid: self.inner.uid.clone(),
+            name: self.inner.name.clone(),
+            version: VERSION.to_string(),
+            num_clients: reg.clients.len() as u32,
+            num_users: reg.users.len() as u32,
+            num_subs: self.inner.metrics.subscriptions_value(),
+            num_channels: self.inner.hub.num_channels() as u32,
+            uptime: self.inner.started.elapsed().as_secs(),
+        }
+    }
+
+    /// Connections matching a user and optional client id.
+    fn targets(&self, user: &str, client: Option<&str>) -> Vec<Arc<Connection>> {
+        let reg = self.inner.registry.lock();
+        let ids: Vec<String> = match client.filter(|c| !c.is_empty()) {
+            Some(c) => vec![c.to_string()],
+            None => reg
+                .users
+                .get(user)
+                .map(|s| s.iter().cloned().collect())
+                .unwrap_or_default(),
+        };
+        ids.iter()
+            .filter_map(|id| reg.clients.get(id))
+            .filter(|c| c.user() == user)
+            .cloned()
+            .collect()
+    }
+
+    /// Disconnects a user's connections (or one of them), except those whitelisted.
+    /// Returns how many were told to disconnect.
+    pub fn disconnect(
+        &self,
+        user: &str,
+        client: Option<&str>,
+        whitelist: &[String],
+        d: Disconnect,
+    ) -> usize {
+        let mut n = 0;
+        for conn in self.targets(user, client) {
+            if whitelist.iter().any(|w| w == &conn.client_id) {
+                continue;
+            }
+            if conn
+                .control
+                .try_send(Control::Disconnect(d.clone()))
+                .is_ok()
+            {
+                n += 1;
+            } else {
+                // The control queue is full: close directly, the session notices.
+                conn.outbox.close(d.clone(), true);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Unsubscribes a user's connections (or one) from a channel.
+    ///
+    /// # Errors
+    /// 107/102 for a bad channel.
+    pub fn unsubscribe(
+        &self,
+        user: &str,
+        channel: &str,
+        client: Option<&str>,
+    ) -> Result<usize, NodeError> {
+        channel::resolve(&self.inner.config, channel)?;
+        let mut n = 0;
+        for conn in self.targets(user, client) {
+            if conn
+                .control
+                .try_send(Control::Unsubscribe {
+                    channel: channel.to_string(),
+                })
+                .is_ok()
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Subscribes a user's connections (or one) to a channel, server-side.
+    ///
+    /// # Errors
+    /// 107/102 for a bad channel.
+    pub fn subscribe(
+        &self,
+        user: &str,
+        req: ServerSubscribe,
+        client: Option<&str>,
+    ) -> Result<usize, NodeError> {
+        channel::resolve(&self.inner.config, &req.channel)?;
+        let mut n = 0;
+        for conn in self.targets(user, client) {
+            if conn
+                .control
+                .try_send(Control::Subscribe(req.clone()))
+                .is_ok()
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    pub(crate) fn register(&self, conn: &Arc<Connection>) {
+        let mut reg = self.inner.registry.lock();
+        reg.clients.insert(conn.client_id.clone(), conn.clone());
+        reg.users
+            .entry(conn.user().to_string())
+            .or_default()
+            .insert(conn.client_id.clone());
+    }
+
+    pub(crate) fn unregister(&self, conn: &Connection) {
+        let mut reg = self.inner.registry.lock();
+        if reg.clients.remove(&conn.client_id).is_none() {
+            return;
+        }
+        if let Some(set) = reg.users.get_mut(conn.user()) {
+            set.remove(&conn.client_id);
+            if set.is_empty() {
+                reg.users.remove(conn.user());
+            }
+        }
+    }
+
+    /// Begins shutdown: every connection gets disconnect 3001 after what it has
+    /// queued, new connections are refused, and this waits up to `shutdown.timeout`
+    /// for connection tasks to finish.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        let conns: Vec<Arc<Connection>> = self
+            .inner
+            .registry
+            .lock()
+            .clients
+            .values()
+            .cloned()
+            .collect();
+        for conn in conns {
+            conn.outbox.close(Disconnect::shutdown(), true);
+        }
+        self.inner.tracker.close();
+        let _ = tokio::time::timeout(
+            self.inner.config.shutdown.timeout,
+            self.inner.tracker.wait(),
+        )
+        .await;
+    }
+
+    /// Tracks a connection task so shutdown waits for it.
+    pub fn spawn_connection<F>(&self, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.inner.tracker.spawn(fut);
+    }
+
+    /// True once shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutdown.is_cancelled()
+    }
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+pub(crate) fn glob_match(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let mut rest = name;
+    for (i, part) in parts.iter().enumerate() {
+        if i == 0 {
+            let Some(r) = rest.strip_prefix(part) else {
+                return false;
+            };
+            rest = r;
+        } else if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        } else if let Some(pos) = rest.find(part) {
+            rest = &rest[pos + part.len()..];
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn glob_patterns() {
+        assert!(glob_match("chat:*", "chat:room"));
+        assert!(glob_match("*room*", "chat:room1"));
+        assert!(!glob_match("chat:*", "news"));
+        assert!(glob_match("news", "news"));
+    }
+}

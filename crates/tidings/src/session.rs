@@ -1,0 +1,880 @@
+//! The protocol state machine of one connection, shared by every transport.
+//!
+//! A transport turns its socket into a stream of [`Inbound`] frames and writes what
+//! the connection's outbox hands it; everything in between (commands, permissions,
+//! subscriptions, recovery, pings, expiry) happens here, once. A session runs on its
+//! own task and is the only code that changes its state; the node reaches it through
+//! the connection's control queue.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use tidings_protocol::codes::{self, ErrorCode};
+use tidings_protocol::command::{Empty, Method};
+use tidings_protocol::{
+    codec, ClientInfo, Command, ConnectRequest, ConnectResult, Disconnect, HistoryRequest,
+    HistoryResult, PresenceResult, PresenceStatsResult, Push, RawJson, RefreshResult, Reply,
+    RpcResult, StreamPosition, SubscribePush, SubscribeRequest, SubscribeResult, UnsubscribePush,
+};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::auth::{self, ConnectClaims, TokenError};
+use crate::broker::HistoryFilter;
+use crate::channel;
+use crate::connection::{Connection, Control, ServerSubscribe};
+use crate::hub::Subscriber;
+use crate::node::{Node, NodeError, PublishRequest, RpcRequest};
+
+/// What a transport hands the session.
+pub type Inbound = Result<String, InboundError>;
+
+/// Why a transport stopped delivering frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundError {
+    /// A frame exceeded the transport's size limit (WebSocket close 1009).
+    TooLarge,
+    /// The transport failed; the client is gone.
+    Transport,
+    /// The frame cannot be the protocol (for example not UTF-8).
+    Malformed,
+}
+
+/// Close code for a frame over the size limit (RFC 6455 "message too big").
+pub const CLOSE_TOO_LARGE: u32 = 1009;
+
+/// One subscription of this connection.
+struct ChannelSub {
+    /// Namespace keeps presence: remove the entry on unsubscribe.
+    presence: bool,
+    /// Namespace emits join/leave: publish a leave on unsubscribe.
+    join_leave: bool,
+    chan_info: Option<RawJson>,
+}
+
+/// Client-side flags of a subscribe (what the client asked for).
+#[derive(Default, Clone)]
+struct SubscribeAsk {
+    recover: Option<StreamPosition>,
+    recoverable: bool,
+    positioned: bool,
+    join_leave: bool,
+}
+
+/// The outcome of subscribing, before the reply is sent.
+struct Subscribed {
+    result: SubscribeResult,
+    subscriber: Arc<Subscriber>,
+    /// Buffered publications at or below this offset are already covered.
+    after_offset: u64,
+}
+
+pub struct Session {
+    node: Node,
+    conn: Arc<Connection>,
+    control: mpsc::Receiver<Control>,
+    connected: bool,
+    /// `info` claim of the connection token, shown to others.
+    conn_info: Option<RawJson>,
+    subs: HashMap<String, ChannelSub>,
+    /// When the connection's credentials run out unless refreshed.
+    expire_at: Option<Instant>,
+    /// Set after a ping; cleared by any frame from the client.
+    pong_deadline: Option<Instant>,
+    next_ping: Instant,
+    stale_at: Instant,
+}
+
+impl Session {
+    /// Creates the session of a new connection.
+    pub fn new(node: Node, conn: Arc<Connection>, control: mpsc::Receiver<Control>) -> Self {
+        let now = Instant::now();
+        let stale = node.config().client.stale_close_delay;
+        Self {
+            node,
+            conn,
+            control,
+            connected: false,
+            conn_info: None,
+            subs: HashMap::new(),
+            expire_at: None,
+            pong_deadline: None,
+            next_ping: now,
+            stale_at: now + stale,
+        }
+    }
+
+    /// Runs until the client goes away or the connection is closed, then cleans up
+    /// (subscriptions, presence, leave messages, registry).
+    pub async fn run<S>(mut self, mut inbound: S)
+    where
+        S: Stream<Item = Inbound> + Unpin,
+    {
+        let closed = self.conn.outbox.closed_token().clone();
+        let shutdown = self.node.shutdown_token();
+        self.node.metrics().connections.increment(1.0);
+        loop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                biased;
+                _ = closed.cancelled() => break,
+                _ = shutdown.cancelled() => {
+                    self.close(Disconnect::shutdown());
+                }
+                Some(ctrl) = self.control.recv() => {
+                    if let Err(d) = self.handle_control(ctrl).await {
+                        self.close(d);
+                    }
+                }
+                msg = inbound.next() => match msg {
+                    Some(Ok(frame)) => {
+                        self.pong_deadline = None;
+                        if let Err(d) = self.handle_frame(&frame).await {
+                            self.close(d);
+                        }
+                    }
+                    Some(Err(InboundError::Malformed)) => {
+                        self.close(Disconnect::bad_request());
+                    }
+                    Some(Err(InboundError::TooLarge)) => {
+                        self.close(Disconnect::new(CLOSE_TOO_LARGE, "message too big"));
+                    }
+                    Some(Err(InboundError::Transport)) | None => break,
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    if let Err(d) = self.handle_timer() {
+                        self.close(d);
+                    }
+                }
+            }
+        }
+        self.cleanup().await;
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let mut at = if self.connected {
+            self.pong_deadline.unwrap_or(self.next_ping)
+        } else {
+            self.stale_at
+        };
+        if let Some(exp) = self.expire_at {
+            at = at.min(exp);
+        }
+        at
+    }
+
+    fn handle_timer(&mut self) -> Result<(), Disconnect> {
+        let now = Instant::now();
+        if !self.connected {
+            if now >= self.stale_at {
+                return Err(Disconnect::stale());
+            }
+            return Ok(());
+        }
+        if self.expire_at.is_some_and(|exp| now >= exp) {
+            return Err(Disconnect::expired());
+        }
+        if self.pong_deadline.is_some_and(|d| now >= d) {
+            return Err(Disconnect::no_pong());
+        }
+        if now >= self.next_ping {
+            let cfg = &self.node.config().client;
+            self.conn
+                .send(Bytes::from_static(tidings_protocol::PING_FRAME));
+            self.pong_deadline = Some(now + cfg.pong_timeout);
+            self.next_ping = now + cfg.ping_interval;
+        }
+        Ok(())
+    }
+
+    /// Queues the disconnect after what is already queued. The writer sends it and the
+    /// closed token ends the loop.
+    fn close(&mut self, d: Disconnect) {
+        self.conn.outbox.close(d, true);
+    }
+
+    fn send_reply(&self, reply: &Reply) {
+        self.conn.send(Bytes::from(reply.to_json()));
+    }
+
+    fn send_error(&self, id: u32, err: impl Into<tidings_protocol::Error>) {
+        self.send_reply(&Reply::error(id, err));
+    }
+
+    async fn handle_frame(&mut self, frame: &str) -> Result<(), Disconnect> {
+        for line in codec::split_frame(frame) {
+            self.node.metrics().messages_received.increment(1);
+            let cmd: Command = serde_json::from_str(line).map_err(|_| Disconnect::bad_request())?;
+            self.handle_command(cmd).await?;
+        }
+        Ok(())
+    }
+
+    async fn handle_command(&mut self, cmd: Command) -> Result<(), Disconnect> {
+        if cmd.is_pong() {
+            return Ok(());
+        }
+        let Some(method) = cmd.method() else {
+            // An id with no known request: the client may speak a newer protocol.
+            self.send_error(cmd.id, codes::ERROR_METHOD_NOT_FOUND);
+            return Ok(());
+        };
+        if cmd.id == 0 && method != Method::Send {
+            return Err(Disconnect::bad_request());
+        }
+        self.node.metrics().command(method);
+        if !self.connected && method != Method::Connect {
+            return Err(Disconnect::bad_request());
+        }
+        let id = cmd.id;
+        match method {
+            Method::Connect => self.on_connect(id, cmd.connect.unwrap_or_default()).await?,
+            Method::Subscribe => {
+                self.on_subscribe(id, cmd.subscribe.unwrap_or_default())
+                    .await?;
+            }
+            Method::Unsubscribe => {
+                let channel = cmd.unsubscribe.unwrap_or_default().channel;
+                self.unsubscribe_channel(&channel, None).await;
+                self.send_reply(&Reply {
+                    id,
+                    unsubscribe: Some(Empty {}),
+                    ..Default::default()
+                });
+            }
+            Method::Publish => {
+                let req = cmd.publish.unwrap_or_default();
+                match self.on_publish(req).await {
+                    Ok(()) => self.send_reply(&Reply {
+                        id,
+                        publish: Some(Empty {}),
+                        ..Default::default()
+                    }),
+                    Err(e) => self.send_error(id, e.to_protocol()),
+                }
+            }
+            Method::Presence => {
+                let channel = cmd.presence.unwrap_or_default().channel;
+                match self.on_presence(&channel).await {
+                    Ok(presence) => self.send_reply(&Reply {
+                        id,
+                        presence: Some(PresenceResult { presence }),
+                        ..Default::default()
+                    }),
+                    Err(e) => self.send_error(id, e.to_protocol()),
+                }
+            }
+            Method::PresenceStats => {
+                let channel = cmd.presence_stats.unwrap_or_default().channel;
+                match self.on_presence_stats(&channel).await {
+                    Ok(stats) => self.send_reply(&Reply {
+                        id,
+                        presence_stats: Some(stats),
+                        ..Default::default()
+                    }),
+                    Err(e) => self.send_error(id, e.to_protocol()),
+                }
+            }
+            Method::History => {
+                let req = cmd.history.unwrap_or_default();
+                match self.on_history(req).await {
+                    Ok(history) => self.send_reply(&Reply {
+                        id,
+                        history: Some(history),
+                        ..Default::default()
+                    }),
+                    Err(e) => self.send_error(id, e.to_protocol()),
+                }
+            }
+            Method::Ping => self.send_reply(&Reply {
+                id,
+                ping: Some(Empty {}),
+                ..Default::default()
+            }),
+            Method::Send => {
+                // Fire-and-forget messages have no handler in the server binary; the
+                // protocol defines no reply, so they are accepted and dropped.
+            }
+            Method::Rpc => self.on_rpc(id, cmd.rpc.unwrap_or_default()).await,
+            Method::Refresh => self.on_refresh(id, &cmd.refresh.unwrap_or_default().token)?,
+            Method::SubRefresh => self.send_error(id, codes::ERROR_NOT_AVAILABLE),
+        }
+        Ok(())
+    }
+
+    async fn on_connect(&mut self, id: u32, req: ConnectRequest) -> Result<(), Disconnect> {
+        if self.connected {
+            return Err(Disconnect::bad_request());
+        }
+        let node = self.node.clone();
+        let cfg = &node.config().client;
+        let (user, claims) = if !req.token.is_empty() {
+            match auth::verify_connect_token(&cfg.token, &req.token) {
+                Ok(claims) => {
+                    if claims.sub.is_empty() && cfg.disallow_anonymous_connection_tokens {
+                        return Err(Disconnect::invalid_token());
+                    }
+                    (claims.sub.clone(), claims)
+                }
+                Err(TokenError::Expired) => {
+                    self.send_error(id, codes::ERROR_TOKEN_EXPIRED);
+                    return Ok(());
+                }
+                Err(TokenError::Invalid) => return Err(Disconnect::invalid_token()),
+            }
+        } else if cfg.allow_anonymous_connect_without_token || cfg.insecure {
+            (String::new(), ConnectClaims::default())
+        } else {
+            self.send_error(id, codes::ERROR_UNAUTHORIZED);
+            return Ok(());
+        };
+        if self.node.is_shutting_down() {
+            return Err(Disconnect::shutdown());
+        }
+        self.conn.set_user(user);
+        self.conn_info = claims.info.clone();
+        let now_unix = auth::unix_now();
+        let expires_unix = claims.expire_at.or(claims.exp);
+        let mut result = ConnectResult {
+            client: self.conn.client_id.clone(),
+            version: crate::node::VERSION.to_string(),
+            ping: self.node.config().client.ping_interval.as_secs().max(1) as u32,
+            pong: true,
+            node: self.node.uid().to_string(),
+            ..Default::default()
+        };
+        if let Some(exp) = expires_unix {
+            let ttl = exp.saturating_sub(now_unix);
+            result.expires = true;
+            result.ttl = ttl as u32;
+            self.expire_at = Some(Instant::now() + Duration::from_secs(ttl));
+        }
+        self.connected = true;
+        self.node.register(&self.conn);
+        let ping_interval = self.node.config().client.ping_interval;
+        self.next_ping = Instant::now() + ping_interval;
+
+        // Server-side subscriptions from the token, recovered with the positions the
+        // client sent in `subs` (it remembers them across reconnects).
+        let mut channels: Vec<(String, Option<RawJson>, Option<RawJson>)> = claims
+            .channels
+            .iter()
+            .map(|c| (c.clone(), None, None))
+            .collect();
+        for (c, sub) in &claims.subs {
+            channels.push((c.clone(), sub.info.clone(), sub.data.clone()));
+        }
+        let mut pending_live = Vec::new();
+        for (channel, chan_info, data) in channels {
+            if self.subs.contains_key(&channel)
+                || channel::resolve(self.node.config(), &channel).is_err()
+            {
+                continue;
+            }
+            let ask = req
+                .subs
+                .get(&channel)
+                .map(|s| SubscribeAsk {
+                    recover: s.recover.then(|| StreamPosition {
+                        offset: s.offset,
+                        epoch: s.epoch.clone(),
+                    }),
+                    ..Default::default()
+                })
+                .unwrap_or_default();
+            match self.subscribe_channel(&channel, ask, chan_info).await {
+                Ok(mut sub) => {
+                    sub.result.data = data;
+                    result.subs.insert(channel.clone(), sub.result.clone());
+                    pending_live.push((channel, sub));
+                }
+                Err(e) => {
+                    tracing::warn!(channel, error = %e, "server-side subscription failed");
+                }
+            }
+        }
+        self.send_reply(&Reply {
+            id,
+            connect: Some(result),
+            ..Default::default()
+        });
+        for (channel, sub) in pending_live {
+            sub.subscriber.go_live(None, sub.after_offset);
+            self.after_subscribe(&channel).await;
+        }
+        Ok(())
+    }
+
+    fn on_refresh(&mut self, id: u32, token: &str) -> Result<(), Disconnect> {
+        let cfg = &self.node.config().client;
+        match auth::verify_connect_token(&cfg.token, token) {
+            Ok(claims) => {
+                if claims.sub != self.conn.user() {
+                    return Err(Disconnect::invalid_token());
+                }
+                let mut result = RefreshResult {
+                    client: self.conn.client_id.clone(),
+                    version: crate::node::VERSION.to_string(),
+                    ..Default::default()
+                };
+                match claims.expire_at.or(claims.exp) {
+                    Some(exp) => {
+                        let ttl = exp.saturating_sub(auth::unix_now());
+                        result.expires = true;
+                        result.ttl = ttl as u32;
+                        self.expire_at = Some(Instant::now() + Duration::from_secs(ttl));
+                    }
+                    None => self.expire_at = None,
+                }
+                self.send_reply(&Reply {
+                    id,
+                    refresh: Some(result),
+                    ..Default::default()
+                });
+                Ok(())
+            }
+            Err(TokenError::Expired) => {
+                self.send_error(id, codes::ERROR_TOKEN_EXPIRED);
+                Ok(())
+            }
+            Err(TokenError::Invalid) => Err(Disconnect::invalid_token()),
+        }
+    }
+
+    async fn on_subscribe(&mut self, id: u32, req: SubscribeRequest) -> Result<(), Disconnect> {
+        let check = self.check_subscribe(&req);
+        if let Err(code) = check {
+            self.send_error(id, code);
+            return Ok(());
+        }
+        let ask = SubscribeAsk {
+            recover: req.recover.then(|| StreamPosition {
+                offset: req.offset,
+                epoch: req.epoch.clone(),
+            }),
+            recoverable: req.recoverable,
+            positioned: req.positioned,
+            join_leave: req.join_leave,
+        };
+        match self.subscribe_channel(&req.channel, ask, None).await {
+            Ok(sub) => {
+                let reply = Bytes::from(
+                    Reply {
+                        id,
+                        subscribe: Some(sub.result),
+                        ..Default::default()
+                    }
+                    .to_json(),
+                );
+                sub.subscriber.go_live(Some(reply), sub.after_offset);
+                self.after_subscribe(&req.channel).await;
+            }
+            Err(e) => self.send_error(id, e.to_protocol()),
+        }
+        Ok(())
+    }
+
+    fn check_subscribe(&self, req: &SubscribeRequest) -> Result<(), ErrorCode> {
+        let config = self.node.config();
+        let ch = channel::resolve(config, &req.channel)?;
+        if self.subs.contains_key(&req.channel) {
+            return Err(codes::ERROR_ALREADY_SUBSCRIBED);
+        }
+        let limit = config.client.channel_limit;
+        if limit > 0 && self.subs.len() >= limit {
+            return Err(codes::ERROR_LIMIT_EXCEEDED);
+        }
+        if config.client.insecure {
+            return Ok(());
+        }
+        let user = self.conn.user();
+        if let Some(mut users) = ch.limited_users(config) {
+            return if !user.is_empty() && users.any(|u| u == user) {
+                Ok(())
+            } else {
+                Err(codes::ERROR_PERMISSION_DENIED)
+            };
+        }
+        if ch.is_private() {
+            // Subscription tokens for private channels are not supported yet.
+            return Err(codes::ERROR_PERMISSION_DENIED);
+        }
+        if !channel::can_subscribe(ch.options, user) {
+            return Err(codes::ERROR_PERMISSION_DENIED);
+        }
+        Ok(())
+    }
+
+    fn client_info(&self, chan_info: Option<RawJson>) -> ClientInfo {
+        ClientInfo {
+            user: self.conn.user().to_string(),
+            client: self.conn.client_id.clone(),
+            conn_info: self.conn_info.clone(),
+            chan_info,
+        }
+    }
+
+    /// Adds the connection to the channel and works out the subscribe result,
+    /// reading history for the position or the recovery. The caller sends the reply
+    /// through [`Subscriber::go_live`], then calls [`Session::after_subscribe`].
+    async fn subscribe_channel(
+        &mut self,
+        channel: &str,
+        ask: SubscribeAsk,
+        chan_info: Option<RawJson>,
+    ) -> Result<Subscribed, NodeError> {
+        let node = self.node.clone();
+        let config = node.config();
+        let ch = channel::resolve(config, channel)?;
+        let opts = ch.options;
+        let history = ch.history_enabled();
+        let recoverable =
+            history && (opts.force_recovery || (opts.allow_recovery && ask.recoverable));
+        let positioned = history
+            && (recoverable
+                || opts.force_positioning
+                || (opts.allow_positioning && ask.positioned));
+        let wants_join_leave = opts.join_leave && (opts.force_push_join_leave || ask.join_leave);
+
+        let subscriber = Subscriber::new(self.conn.clone(), wants_join_leave);
+        let inner = &node.inner;
+        if inner.hub.add(channel, subscriber.clone()) {
+            inner.metrics.channels.increment(1.0);
+            if let Err(e) = inner.broker.subscribe(channel).await {
+                self.remove_from_hub(channel);
+                return Err(e.into());
+            }
+        }
+
+        let mut result = SubscribeResult::default();
+        let mut after_offset = 0;
+        if positioned {
+            let recover_from = ask.recover.clone().filter(|_| recoverable);
+            let outcome = match recover_from {
+                Some(since) => self.recover(channel, since).await,
+                None => inner
+                    .broker
+                    .history(
+                        channel,
+                        HistoryFilter {
+                            limit: Some(0),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .map(|page| (page.position, Vec::new(), false))
+                    .map_err(NodeError::from),
+            };
+            let (position, publications, recovered) = match outcome {
+                Ok(v) => v,
+                Err(e) => {
+                    self.remove_from_hub(channel);
+                    return Err(e);
+                }
+            };
+            after_offset = position.offset;
+            result.positioned = true;
+            result.recoverable = recoverable;
+            result.epoch = position.epoch;
+            result.offset = position.offset;
+            result.publications = publications;
+            result.recovered = recovered;
+            result.was_recovering = ask.recover.is_some() && recoverable;
+        }
+        self.subs.insert(
+            channel.to_string(),
+            ChannelSub {
+                presence: opts.presence,
+                join_leave: opts.join_leave,
+                chan_info,
+            },
+        );
+        inner.metrics.subscription_added();
+        Ok(Subscribed {
+            result,
+            subscriber,
+            after_offset,
+        })
+    }
+
+    /// Reads what a recovering client missed. `Ok((position, pubs, recovered))`.
+    async fn recover(
+        &self,
+        channel: &str,
+        since: StreamPosition,
+    ) -> Result<(StreamPosition, Vec<tidings_protocol::Publication>, bool), NodeError> {
+        let inner = &self.node.inner;
+        let max = self.node.config().client.recovery_max_publication_limit;
+        let page = inner
+            .broker
+            .history(
+                channel,
+                HistoryFilter {
+                    since: Some(since),
+                    limit: Some(max.saturating_add(1)),
+                    reverse: false,
+                },
+            )
+            .await;
+        match page {
+            Ok(page) if page.publications.len() <= max => {
+                Ok((page.position, page.publications, true))
+            }
+            Ok(_) | Err(crate::broker::BrokerError::UnrecoverablePosition) => {
+                // Cannot tell what was missed: report the current position only.
+                let page = inner
+                    .broker
+                    .history(
+                        channel,
+                        HistoryFilter {
+                            limit: Some(0),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                Ok((page.position, Vec::new(), false))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Presence entry and join message, once the subscriber is live.
+    async fn after_subscribe(&self, channel: &str) {
+        let Some(sub) = self.subs.get(channel) else {
+            return;
+        };
+        let info = self.client_info(sub.chan_info.clone());
+        let inner = &self.node.inner;
+        if sub.presence {
+            if let Err(e) = inner.presence.add(channel, info.clone()).await {
+                tracing::warn!(channel, error = %e, "presence add failed");
+            }
+        }
+        if sub.join_leave {
+            if let Err(e) = inner.broker.publish_join(channel, info).await {
+                tracing::warn!(channel, error = %e, "join publish failed");
+            }
+        }
+    }
+
+    fn remove_from_hub(&self, channel: &str) {
+        let inner = &self.node.inner;
+        if inner.hub.remove(channel, self.conn.serial) {
+            inner.metrics.channels.decrement(1.0);
+            let broker = inner.broker.clone();
+            let channel = channel.to_string();
+            // Dropping node-level interest is best effort and must not delay the
+            // session; a failure only costs an idle broker subscription.
+            tokio::spawn(async move {
+                let _ = broker.unsubscribe(&channel).await;
+            });
+        }
+    }
+
+    /// Leaves a channel: hub, presence, leave message, and optionally a push.
+    async fn unsubscribe_channel(&mut self, channel: &str, push: Option<(u32, &str)>) {
+        let Some(sub) = self.subs.remove(channel) else {
+            return;
+        };
+        self.remove_from_hub(channel);
+        let inner = self.node.inner.clone();
+        inner.metrics.subscription_removed();
+        if sub.presence {
+            let _ = inner.presence.remove(channel, &self.conn.client_id).await;
+        }
+        if sub.join_leave {
+            let info = self.client_info(sub.chan_info.clone());
+            let _ = inner.broker.publish_leave(channel, info).await;
+        }
+        if let Some((code, reason)) = push {
+            self.send_reply(&Reply::push(Push {
+                channel: channel.to_string(),
+                unsubscribe: Some(UnsubscribePush {
+                    code,
+                    reason: reason.to_string(),
+                }),
+                ..Default::default()
+            }));
+        }
+    }
+
+    async fn on_publish(&mut self, req: tidings_protocol::PublishRequest) -> Result<(), NodeError> {
+        let config = self.node.config();
+        let ch = channel::resolve(config, &req.channel)?;
+        let subscribed = self.subs.get(&req.channel);
+        if !config.client.insecure
+            && !channel::can_publish(ch.options, self.conn.user(), subscribed.is_some())
+        {
+            return Err(codes::ERROR_PERMISSION_DENIED.into());
+        }
+        let data = req.data.ok_or(codes::ERROR_BAD_REQUEST)?;
+        let chan_info = subscribed.and_then(|s| s.chan_info.clone());
+        self.node
+            .publish(PublishRequest {
+                channel: req.channel,
+                data,
+                skip_history: false,
+                tags: None,
+                info: Some(self.client_info(chan_info)),
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn on_presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, NodeError> {
+        let config = self.node.config();
+        let ch = channel::resolve(config, channel)?;
+        if !config.client.insecure
+            && !channel::can_presence(
+                ch.options,
+                self.conn.user(),
+                self.subs.contains_key(channel),
+            )
+        {
+            return Err(codes::ERROR_PERMISSION_DENIED.into());
+        }
+        self.node.presence(channel).await
+    }
+
+    async fn on_presence_stats(&self, channel: &str) -> Result<PresenceStatsResult, NodeError> {
+        let config = self.node.config();
+        let ch = channel::resolve(config, channel)?;
+        if !config.client.insecure
+            && !channel::can_presence(
+                ch.options,
+                self.conn.user(),
+                self.subs.contains_key(channel),
+            )
+        {
+            return Err(codes::ERROR_PERMISSION_DENIED.into());
+        }
+        let stats = self.node.presence_stats(channel).await?;
+        Ok(PresenceStatsResult {
+            num_clients: stats.num_clients,
+            num_users: stats.num_users,
+        })
+    }
+
+    async fn on_history(&self, req: HistoryRequest) -> Result<HistoryResult, NodeError> {
+        let config = self.node.config();
+        let ch = channel::resolve(config, &req.channel)?;
+        if !config.client.insecure
+            && !channel::can_history(
+                ch.options,
+                self.conn.user(),
+                self.subs.contains_key(&req.channel),
+            )
+        {
+            return Err(codes::ERROR_PERMISSION_DENIED.into());
+        }
+        let max = config.client.history_max_publication_limit;
+        let limit = match req.limit {
+            0 => 0,
+            n if n < 0 => max,
+            n => (n as usize).min(max),
+        };
+        let page = self
+            .node
+            .history(
+                &req.channel,
+                HistoryFilter {
+                    since: req.since,
+                    limit: Some(limit),
+                    reverse: req.reverse,
+                },
+            )
+            .await?;
+        Ok(HistoryResult {
+            publications: page.publications,
+            epoch: page.position.epoch,
+            offset: page.position.offset,
+        })
+    }
+
+    async fn on_rpc(&self, id: u32, req: tidings_protocol::RpcRequest) {
+        let Some(handler) = self.node.inner.rpc.clone() else {
+            self.send_error(id, codes::ERROR_METHOD_NOT_FOUND);
+            return;
+        };
+        let call = RpcRequest {
+            client_id: self.conn.client_id.clone(),
+            user: self.conn.user().to_string(),
+            method: req.method,
+            data: req.data,
+        };
+        match handler(call).await {
+            Ok(data) => self.send_reply(&Reply {
+                id,
+                rpc: Some(RpcResult { data: Some(data) }),
+                ..Default::default()
+            }),
+            Err(e) => self.send_error(id, e),
+        }
+    }
+
+    async fn handle_control(&mut self, ctrl: Control) -> Result<(), Disconnect> {
+        match ctrl {
+            Control::Disconnect(d) => return Err(d),
+            Control::Unsubscribe { channel } => {
+                let (code, reason) = codes::unsubscribe::SERVER;
+                self.unsubscribe_channel(&channel, Some((code, reason)))
+                    .await;
+            }
+            Control::Subscribe(ServerSubscribe {
+                channel,
+                info,
+                data,
+            }) => {
+                if !self.connected || self.subs.contains_key(&channel) {
+                    return Ok(());
+                }
+                match self
+                    .subscribe_channel(&channel, SubscribeAsk::default(), info)
+                    .await
+                {
+                    Ok(sub) => {
+                        let push = Reply::push(Push {
+                            channel: channel.clone(),
+                            subscribe: Some(SubscribePush {
+                                recoverable: sub.result.recoverable,
+                                epoch: sub.result.epoch.clone(),
+                                offset: sub.result.offset,
+                                positioned: sub.result.positioned,
+                                data,
+                            }),
+                            ..Default::default()
+                        });
+                        sub.subscriber
+                            .go_live(Some(Bytes::from(push.to_json())), sub.after_offset);
+                        self.after_subscribe(&channel).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(channel, error = %e, "server API subscribe failed");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn cleanup(&mut self) {
+        // Make sure the writer stops even when the client left on its own.
+        self.conn
+            .outbox
+            .close(Disconnect::connection_closed(), false);
+        let channels: Vec<String> = self.subs.keys().cloned().collect();
+        for channel in channels {
+            self.unsubscribe_channel(&channel, None).await;
+        }
+        if self.connected {
+            self.node.unregister(&self.conn);
+        }
+        let metrics = self.node.metrics();
+        metrics.connections.decrement(1.0);
+        let code = self.conn.outbox.closed_with().map_or(3000, |d| d.code);
+        metrics.disconnect(code);
+    }
+}
