@@ -133,6 +133,10 @@ pub struct ChannelConfig {
     pub without_namespace: ChannelOptions,
     /// Named namespaces and their options.
     pub namespaces: Vec<Namespace>,
+    /// How long a channel's stream position (epoch, offset) outlives its last
+    /// publication. Default `720h` (30 days).
+    #[serde(with = "humantime_serde")]
+    pub history_meta_ttl: Duration,
 }
 
 impl Default for ChannelConfig {
@@ -144,6 +148,7 @@ impl Default for ChannelConfig {
             user_separator: ",".into(),
             without_namespace: ChannelOptions::default(),
             namespaces: Vec::new(),
+            history_meta_ttl: Duration::from_secs(720 * 3600),
         }
     }
 }

@@ -170,7 +170,7 @@ impl NodeBuilder {
         let config = Arc::new(self.config);
         let hub = Arc::new(Hub::new());
         let metrics = Arc::new(Metrics::new());
-        let memory = Arc::new(MemoryBroker::new(Duration::from_secs(30 * 24 * 3600)));
+        let memory = Arc::new(MemoryBroker::new(config.channel.history_meta_ttl));
         let broker: Arc<dyn Broker> = memory.clone();
         broker.run(Arc::new(Fanout {
             hub: hub.clone(),

@@ -196,18 +196,27 @@ impl Broker for MemoryBroker {
         channel: &str,
         filter: HistoryFilter,
     ) -> Result<HistoryPage, BrokerError> {
-        // Reading creates the stream, so that the epoch a client sees first is the
-        // epoch later publications carry.
-        let stream = self
-            .stream(channel, true)
-            .ok_or_else(|| BrokerError::Backend("stream could not be created".into()))?;
+        // Reading never creates a stream, so subscribers cannot grow memory by naming
+        // channels. A channel nobody published to has position (0, ""), and a
+        // position with offset 0 recovers from any epoch: the client saw nothing yet.
+        let Some(stream) = self.stream(channel, false) else {
+            if filter
+                .since
+                .as_ref()
+                .is_some_and(|s| s.offset > 0 && !filter.reverse)
+            {
+                return Err(BrokerError::UnrecoverablePosition);
+            }
+            return Ok(HistoryPage::default());
+        };
         let mut s = stream.lock();
         s.expire(Instant::now());
         let position = s.position();
         let limit = filter.limit.unwrap_or(usize::MAX);
+        let epoch_ok = |since: &StreamPosition| since.offset == 0 || since.epoch == s.epoch;
         if limit == 0 {
             if let Some(since) = &filter.since {
-                if since.epoch != s.epoch {
+                if !epoch_ok(since) {
                     return Err(BrokerError::UnrecoverablePosition);
                 }
             }
@@ -219,7 +228,7 @@ impl Broker for MemoryBroker {
         let publications: Vec<Publication> = match &filter.since {
             Some(since) if filter.reverse => {
                 // Paging backwards from a known position: publications before it.
-                if since.epoch != s.epoch {
+                if !epoch_ok(since) {
                     return Err(BrokerError::UnrecoverablePosition);
                 }
                 s.items
@@ -231,7 +240,7 @@ impl Broker for MemoryBroker {
                     .collect()
             }
             Some(since) => {
-                if since.epoch != s.epoch || since.offset > s.top {
+                if !epoch_ok(since) || since.offset > s.top {
                     return Err(BrokerError::UnrecoverablePosition);
                 }
                 if since.offset < s.top {
@@ -325,6 +334,27 @@ mod tests {
         assert_eq!(page.publications.len(), 3);
         let page = broker.history("c", filter(5)).await.unwrap();
         assert!(page.publications.is_empty());
+    }
+
+    #[tokio::test]
+    async fn reading_an_unpublished_channel_creates_nothing_and_recovers_from_zero() {
+        let broker = MemoryBroker::new(Duration::from_secs(3600));
+        let page = broker
+            .history("quiet", HistoryFilter::default())
+            .await
+            .unwrap();
+        assert_eq!(page.position, StreamPosition::default());
+        assert_eq!(broker.sweep(), 0);
+        broker
+            .publish("quiet", publication(1), opts())
+            .await
+            .unwrap();
+        let since_zero = HistoryFilter {
+            since: Some(StreamPosition::default()),
+            ..Default::default()
+        };
+        let page = broker.history("quiet", since_zero).await.unwrap();
+        assert_eq!(page.publications.len(), 1);
     }
 
     #[tokio::test]

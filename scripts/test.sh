@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Runs every Tidings test on a fresh Debian or Ubuntu machine (or this one):
+# installs what is missing, builds, lints, then runs the Rust, Node (centrifuge-js and
+# headless Chromium) and Python (cent, centrifuge-python) suites against the binary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+say() { printf '\n==> %s\n' "$*"; }
+
+# --- system packages --------------------------------------------------------------
+need=()
+command -v cargo >/dev/null || { echo "cargo (Rust toolchain) is required: https://rustup.rs" >&2; exit 1; }
+command -v node >/dev/null || need+=(nodejs npm)
+command -v npm >/dev/null || need+=(npm)
+command -v python3 >/dev/null || need+=(python3)
+python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+command -v go >/dev/null || need+=(golang-go)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+command -v cc >/dev/null || need+=(build-essential)
+command -v curl >/dev/null || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  say "installing system packages: ${need[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# --- build and lint -----------------------------------------------------------------
+say "building"
+cargo build --workspace --all-targets
+say "checking format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+
+export TIDINGS_BIN="$ROOT/target/debug/tidings"
+
+# --- Rust tests ---------------------------------------------------------------------
+say "Rust tests"
+cargo test --workspace
+
+# --- Node: centrifuge-js and the browser ---------------------------------------------
+say "Node tests (centrifuge-js, headless Chromium)"
+(cd clients/js && npm ci --no-audit --no-fund --loglevel=error && npm test)
+
+# --- Python: cent and centrifuge-python ----------------------------------------------
+say "Python tests (cent, centrifuge-python, Go example)"
+scripts/python-tests.sh
+
+say "all test suites passed"
