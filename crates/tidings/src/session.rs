@@ -878,3 +878,111 @@ impl Session {
         metrics.disconnect(code);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The session without a socket: frames go in through a channel, and what the
+    //! client would receive is read from the outbox. Time is paused, so pings and
+    //! deadlines run instantly.
+
+    use super::*;
+    use crate::outbox::Drained;
+    use crate::Config;
+
+    struct Harness {
+        frames: mpsc::Sender<Inbound>,
+        conn: Arc<Connection>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    fn start(config: Config) -> Harness {
+        let node = Node::new(config);
+        let (conn, control) = Connection::new("test", 65_536);
+        let (frames, rx) = mpsc::channel::<Inbound>(16);
+        let inbound = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|m| (m, rx))
+        }));
+        let task = tokio::spawn(Session::new(node, conn.clone(), control).run(inbound));
+        Harness { frames, conn, task }
+    }
+
+    impl Harness {
+        async fn send(&self, frame: &str) {
+            self.frames.send(Ok(frame.to_string())).await.unwrap();
+        }
+
+        /// Next batch the writer would send, or the close it would send.
+        async fn next(&self) -> Result<Vec<String>, Disconnect> {
+            match self.conn.outbox.drain().await {
+                Drained::Batch(items) => Ok(items
+                    .iter()
+                    .map(|b| String::from_utf8(b.to_vec()).unwrap())
+                    .collect()),
+                Drained::Close(_, d) => Err(d),
+            }
+        }
+
+        async fn closed_with(&self) -> Disconnect {
+            loop {
+                if let Err(d) = self.next().await {
+                    return d;
+                }
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn missing_pong_disconnects_with_no_pong() {
+        let h = start(Config::development());
+        h.send(r#"{"id":1,"connect":{}}"#).await;
+        let connect = h.next().await.unwrap();
+        assert!(connect[0].contains(r#""ping":25"#), "{connect:?}");
+        // 25 s later the server pings with an empty object…
+        assert_eq!(h.next().await.unwrap(), vec!["{}".to_string()]);
+        // …and without an answer within pong_timeout it disconnects.
+        assert_eq!(h.closed_with().await.code, 3012);
+        h.task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answered_pings_keep_the_connection() {
+        let h = start(Config::development());
+        h.send(r#"{"id":1,"connect":{}}"#).await;
+        h.next().await.unwrap();
+        for _ in 0..3 {
+            assert_eq!(h.next().await.unwrap(), vec!["{}".to_string()]);
+            h.send("{}").await;
+        }
+        assert!(h.conn.outbox.closed_with().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connection_that_never_connects_goes_stale() {
+        let h = start(Config::development());
+        assert_eq!(h.closed_with().await.code, 3502);
+    }
+
+    #[tokio::test]
+    async fn command_before_connect_is_a_bad_request() {
+        let h = start(Config::development());
+        h.send(r#"{"id":1,"subscribe":{"channel":"a"}}"#).await;
+        assert_eq!(h.closed_with().await.code, 3501);
+    }
+
+    #[tokio::test]
+    async fn batched_commands_get_replies_in_order() {
+        let h = start(Config::development());
+        h.send("{\"id\":1,\"connect\":{}}\n{\"id\":2,\"subscribe\":{\"channel\":\"a\"}}\n{\"id\":3,\"subscribe\":{\"channel\":\"a\"}}")
+            .await;
+        let mut lines = Vec::new();
+        while lines.len() < 3 {
+            lines.extend(h.next().await.unwrap());
+        }
+        assert!(lines[0].starts_with(r#"{"id":1,"connect""#));
+        assert!(lines[1].starts_with(r#"{"id":2,"subscribe""#));
+        // The join push of the subscriber itself may come before the 105 error.
+        assert!(lines
+            .iter()
+            .any(|l| l == r#"{"id":3,"error":{"code":105,"message":"already subscribed"}}"#));
+    }
+}

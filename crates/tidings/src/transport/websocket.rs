@@ -122,7 +122,9 @@ pub async fn serve(node: Node, socket: WebSocket) {
     let _ = writer.await;
 }
 
+/// axum wraps tungstenite's errors; the capacity error is the size limit.
 fn is_too_large(e: &axum::Error) -> bool {
-    let text = format!("{e:?}");
-    text.contains("Capacity") || text.contains("too long") || text.contains("too big")
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|t| matches!(t, tungstenite::Error::Capacity(_)))
 }
