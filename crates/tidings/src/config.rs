@@ -374,6 +374,19 @@ impl Config {
             allow_history_for_anonymous: true,
             ..ChannelOptions::default()
         };
+        // Ephemeral signals such as typing indicators: no history, no presence, so
+        // they are never replayed or stored.
+        cfg.channel.namespaces = vec![Namespace {
+            name: "typing".into(),
+            options: ChannelOptions {
+                allow_subscribe_for_client: true,
+                allow_subscribe_for_anonymous: true,
+                allow_publish_for_subscriber: true,
+                allow_publish_for_client: true,
+                allow_publish_for_anonymous: true,
+                ..ChannelOptions::default()
+            },
+        }];
         cfg
     }
 
