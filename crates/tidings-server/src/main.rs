@@ -152,32 +152,37 @@ async fn run(config: Config, development: bool) -> anyhow::Result<()> {
     if development {
         tracing::info!("no --config given: running the development profile (anonymous access, history and presence on channels without namespace)");
     }
+    // Register the signal handlers before announcing readiness, so a SIGTERM that
+    // follows the announcement at once still shuts down gracefully.
+    let signals = shutdown_signal()?;
     println!("tidings listening on http://{local}");
-    tidings::server::run(listener, node, app, shutdown_signal()).await?;
+    tidings::server::run(listener, node, app, signals).await?;
     tracing::info!("shut down");
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called,
+/// not when the future is first polled.
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("signal received, shutting down");
+        tracing::info!("signal received, shutting down");
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("signal received, shutting down");
+    })
 }
 
 fn init_tracing(level: &str) {

@@ -50,7 +50,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
+fn authorize(node: &Node, headers: &HeaderMap, query: Option<&str>) -> Result<(), ApiError> {
     let cfg = &node.config().http_api;
     if cfg.insecure {
         return Ok(());
@@ -69,6 +69,13 @@ fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
                 .eq_ignore_ascii_case("apikey")
                 .then(|| key.trim().to_owned())
         })
+        .or_else(|| {
+            // `?api_key=KEY`, for tools that cannot set headers.
+            query?
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("api_key="))
+                .map(str::to_owned)
+        })
         .ok_or(ApiError::Unauthorized)?;
     if bool::from(given.as_bytes().ct_eq(cfg.key.as_bytes())) {
         Ok(())
@@ -81,10 +88,11 @@ fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
 pub async fn handler(
     State(node): State<Node>,
     Path(method): Path<String>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers)?;
+    authorize(&node, &headers, uri.query())?;
     let params: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
@@ -156,6 +164,8 @@ struct PublishParams {
     skip_history: bool,
     #[serde(default)]
     tags: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -169,6 +179,8 @@ struct BroadcastParams {
     skip_history: bool,
     #[serde(default)]
     tags: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -246,26 +258,11 @@ fn payload(data: Option<RawJson>, b64: Option<String>) -> Result<RawJson, tiding
     }
 }
 
-async fn publish_one(
-    node: &Node,
-    channel: String,
-    data: RawJson,
-    skip_history: bool,
-    tags: Option<BTreeMap<String, String>>,
-) -> Outcome {
-    if channel.is_empty() {
+async fn publish_one(node: &Node, req: PublishRequest) -> Outcome {
+    if req.channel.is_empty() {
         return Err(bad_request("channel is required"));
     }
-    let pos = node
-        .publish(PublishRequest {
-            channel,
-            data,
-            skip_history,
-            tags,
-            info: None,
-        })
-        .await
-        .map_err(node_err)?;
+    let pos = node.publish(req).await.map_err(node_err)?;
     let mut result = serde_json::Map::new();
     if pos.offset > 0 {
         result.insert("offset".into(), json!(pos.offset));
@@ -283,7 +280,15 @@ async fn call(node: &Node, method: &str, params: Value) -> Result<Outcome, ApiEr
         "publish" => {
             let p: PublishParams = parse(params)?;
             match payload(p.data, p.b64data) {
-                Ok(data) => publish_one(node, p.channel, data, p.skip_history, p.tags).await,
+                Ok(data) => {
+                    let req = PublishRequest {
+                        skip_history: p.skip_history,
+                        tags: p.tags,
+                        idempotency_key: p.idempotency_key,
+                        ..PublishRequest::new(p.channel, data)
+                    };
+                    publish_one(node, req).await
+                }
                 Err(e) => Err(e),
             }
         }
@@ -298,8 +303,13 @@ async fn call(node: &Node, method: &str, params: Value) -> Result<Outcome, ApiEr
             };
             let mut responses = Vec::with_capacity(p.channels.len());
             for channel in p.channels {
-                let r =
-                    publish_one(node, channel, data.clone(), p.skip_history, p.tags.clone()).await;
+                let req = PublishRequest {
+                    skip_history: p.skip_history,
+                    tags: p.tags.clone(),
+                    idempotency_key: p.idempotency_key.clone(),
+                    ..PublishRequest::new(channel, data.clone())
+                };
+                let r = publish_one(node, req).await;
                 responses.push(match r {
                     Ok(result) => json!({ "result": result }),
                     Err(error) => json!({ "error": error }),

@@ -105,6 +105,22 @@ pub struct PublishRequest {
     pub tags: Option<std::collections::BTreeMap<String, String>>,
     /// The publishing client, when a client published.
     pub info: Option<ClientInfo>,
+    /// Retries with the same key within 5 minutes return the first result.
+    pub idempotency_key: Option<String>,
+}
+
+impl PublishRequest {
+    /// A plain publish of `data` to `channel`.
+    pub fn new(channel: impl Into<String>, data: RawJson) -> Self {
+        Self {
+            channel: channel.into(),
+            data,
+            skip_history: false,
+            tags: None,
+            info: None,
+            idempotency_key: None,
+        }
+    }
 }
 
 /// Node-level facts reported by `/api/info`.
@@ -301,7 +317,12 @@ impl Node {
             PublishOptions {
                 history_size: ch.options.history_size,
                 history_ttl: ch.options.history_ttl,
+                idempotency_key: None,
             }
+        };
+        let opts = PublishOptions {
+            idempotency_key: req.idempotency_key.filter(|k| !k.is_empty()),
+            ..opts
         };
         let publication = Publication {
             data: Some(req.data),

@@ -6,8 +6,9 @@
 //! costs one system call instead of one per message.
 //!
 //! When a client stops reading, its outbox fills. Past `client.queue_max_size` bytes
-//! the outbox drops what it holds, closes with 3008 "slow" and fires the abort token,
-//! so the writer stops waiting on the socket. Nobody else waits and memory stays bounded.
+//! the outbox drops what it holds and closes with 3008 "slow": the writer finishes the
+//! write it is in (bounded by `websocket.write_timeout`) and sends the close. Nobody
+//! else waits and memory stays bounded.
 
 use std::collections::VecDeque;
 
@@ -23,8 +24,6 @@ pub struct Outbox {
     state: Mutex<State>,
     /// Wakes the writer; `notify_one` keeps a permit, so no wake-up is lost.
     notify: Notify,
-    /// Fired when the connection must stop writing at once (overflow, server abort).
-    abort: CancellationToken,
     /// Fired on any close, flushing or not, so the session stops reading.
     closed: CancellationToken,
     max_bytes: usize,
@@ -54,7 +53,6 @@ impl Outbox {
                 close: None,
             }),
             notify: Notify::new(),
-            abort: CancellationToken::new(),
             closed: CancellationToken::new(),
             max_bytes,
         }
@@ -72,7 +70,6 @@ impl Outbox {
             st.bytes = 0;
             st.close = Some(Disconnect::slow());
             drop(st);
-            self.abort.cancel();
             self.closed.cancel();
             self.notify.notify_one();
             return false;
@@ -85,7 +82,7 @@ impl Outbox {
     }
 
     /// Closes the outbox. With `flush`, what is queued is still written before the
-    /// close; without, it is dropped and the writer is told to stop at once.
+    /// close; without, it is dropped and only the close is written.
     /// The first close wins; later ones are ignored.
     pub fn close(&self, disconnect: Disconnect, flush: bool) -> bool {
         let mut st = self.state.lock();
@@ -98,9 +95,6 @@ impl Outbox {
         }
         st.close = Some(disconnect);
         drop(st);
-        if !flush {
-            self.abort.cancel();
-        }
         self.closed.cancel();
         self.notify.notify_one();
         true
@@ -109,11 +103,6 @@ impl Outbox {
     /// The disconnect the outbox was closed with, if it was.
     pub fn closed_with(&self) -> Option<Disconnect> {
         self.state.lock().close.clone()
-    }
-
-    /// Fired when writing must stop without flushing.
-    pub fn abort_token(&self) -> &CancellationToken {
-        &self.abort
     }
 
     /// The byte bound of the queue.
@@ -186,7 +175,7 @@ mod tests {
         let outbox = Outbox::new(1024);
         assert!(outbox.push(Bytes::from(vec![b'x'; 1000])));
         assert!(!outbox.push(Bytes::from(vec![b'x'; 100])));
-        assert!(outbox.abort_token().is_cancelled());
+        assert!(outbox.closed_token().is_cancelled());
         match outbox.drain().await {
             Drained::Close(items, d) => {
                 assert!(items.is_empty());

@@ -215,7 +215,12 @@ impl Session {
 
     async fn handle_command(&mut self, cmd: Command) -> Result<(), Disconnect> {
         if cmd.is_pong() {
-            return Ok(());
+            // A pong answers a ping, and pings start after connect.
+            return if self.connected {
+                Ok(())
+            } else {
+                Err(Disconnect::bad_request())
+            };
         }
         let Some(method) = cmd.method() else {
             // An id with no known request: the client may speak a newer protocol.
@@ -714,11 +719,8 @@ impl Session {
         let chan_info = subscribed.and_then(|s| s.chan_info.clone());
         self.node
             .publish(PublishRequest {
-                channel: req.channel,
-                data,
-                skip_history: false,
-                tags: None,
                 info: Some(self.client_info(chan_info)),
+                ..PublishRequest::new(req.channel, data)
             })
             .await
             .map(|_| ())
@@ -761,6 +763,9 @@ impl Session {
     async fn on_history(&self, req: HistoryRequest) -> Result<HistoryResult, NodeError> {
         let config = self.node.config();
         let ch = channel::resolve(config, &req.channel)?;
+        if !ch.history_enabled() {
+            return Err(codes::ERROR_NOT_AVAILABLE.into());
+        }
         if !config.client.insecure
             && !channel::can_history(
                 ch.options,

@@ -24,13 +24,10 @@ pub fn app(node: &Node) -> Router {
 /// Publishes a notification to the `notifications` channel from application code.
 async fn notify(State(node): State<Node>) -> Json<serde_json::Value> {
     let result = node
-        .publish(PublishRequest {
-            channel: "notifications".into(),
-            data: RawJson::from_value(&serde_json::json!({"text": "something happened"})),
-            skip_history: false,
-            tags: None,
-            info: None,
-        })
+        .publish(PublishRequest::new(
+            "notifications",
+            RawJson::from_value(&serde_json::json!({"text": "something happened"})),
+        ))
         .await;
     Json(match result {
         Ok(pos) => serde_json::json!({"offset": pos.offset, "epoch": pos.epoch}),

@@ -15,9 +15,19 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use tidings_protocol::{ClientInfo, Publication, StreamPosition};
 
-use super::{Broker, BrokerError, BrokerEventHandler, HistoryFilter, HistoryPage, PublishOptions};
+use super::{
+    Broker, BrokerError, BrokerEventHandler, HistoryFilter, HistoryPage, PublishOptions,
+    IDEMPOTENCY_WINDOW,
+};
 
 const SHARDS: usize = 64;
+
+/// Most idempotency keys remembered at once; past it the oldest are forgotten early.
+const IDEMPOTENCY_MAX_KEYS: usize = 100_000;
+
+/// A stream nobody published to is dropped after this long without reads, so that
+/// subscribing to made-up channel names cannot grow memory for long.
+const EMPTY_STREAM_TTL: Duration = Duration::from_secs(300);
 
 struct Stream {
     epoch: String,
@@ -25,6 +35,8 @@ struct Stream {
     /// Publications with the time they expire.
     items: VecDeque<(Publication, Instant)>,
     last_publish: Instant,
+    /// Last publish or read, for dropping streams nobody published to.
+    last_access: Instant,
 }
 
 impl Stream {
@@ -34,6 +46,7 @@ impl Stream {
             top: 0,
             items: VecDeque::new(),
             last_publish: Instant::now(),
+            last_access: Instant::now(),
         }
     }
 
@@ -71,6 +84,42 @@ pub struct MemoryBroker {
     hasher: BuildHasherDefault<DefaultHasher>,
     /// Streams idle for longer than this are dropped (their epoch with them).
     meta_ttl: Duration,
+    /// (channel, key) → first result, for idempotent publishes. A plain mutex held
+    /// across the (synchronous) publish, so two concurrent retries publish once.
+    idempotency: Mutex<Idempotency>,
+}
+
+#[derive(Default)]
+struct Idempotency {
+    results: HashMap<(String, String), (StreamPosition, Instant)>,
+    order: VecDeque<((String, String), Instant)>,
+}
+
+impl Idempotency {
+    fn get(&mut self, key: &(String, String), now: Instant) -> Option<StreamPosition> {
+        self.evict(now);
+        self.results.get(key).map(|(p, _)| p.clone())
+    }
+
+    fn insert(&mut self, key: (String, String), pos: StreamPosition, now: Instant) {
+        while self.results.len() >= IDEMPOTENCY_MAX_KEYS {
+            let Some((old, _)) = self.order.pop_front() else {
+                break;
+            };
+            self.results.remove(&old);
+        }
+        let expires = now + IDEMPOTENCY_WINDOW;
+        self.order.push_back((key.clone(), expires));
+        self.results.insert(key, (pos, expires));
+    }
+
+    fn evict(&mut self, now: Instant) {
+        while self.order.front().is_some_and(|(_, exp)| *exp <= now) {
+            if let Some((key, _)) = self.order.pop_front() {
+                self.results.remove(&key);
+            }
+        }
+    }
 }
 
 impl MemoryBroker {
@@ -80,6 +129,7 @@ impl MemoryBroker {
             streams: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: BuildHasherDefault::default(),
             meta_ttl,
+            idempotency: Mutex::new(Idempotency::default()),
         }
     }
 
@@ -114,7 +164,11 @@ impl MemoryBroker {
             shard.retain(|_, stream| {
                 let mut s = stream.lock();
                 s.expire(now);
-                let keep = now.duration_since(s.last_publish) < self.meta_ttl;
+                let keep = if s.top == 0 {
+                    now.duration_since(s.last_access) < EMPTY_STREAM_TTL
+                } else {
+                    now.duration_since(s.last_publish) < self.meta_ttl
+                };
                 if !keep {
                     dropped += 1;
                 }
@@ -134,39 +188,21 @@ impl Broker for MemoryBroker {
     async fn publish(
         &self,
         channel: &str,
-        mut publication: Publication,
+        publication: Publication,
         opts: PublishOptions,
     ) -> Result<StreamPosition, BrokerError> {
-        if opts.history_size == 0 {
-            // No stream: offset stays 0; the epoch (if a stream exists) is reported.
-            let position = self
-                .stream(channel, false)
-                .map(|s| s.lock().position())
-                .unwrap_or_default();
-            publication.offset = 0;
-            if let Some(h) = self.handler() {
-                h.handle_publication(channel, &publication);
-            }
-            return Ok(position);
-        }
-        let stream = self
-            .stream(channel, true)
-            .ok_or_else(|| BrokerError::Backend("stream could not be created".into()))?;
-        let mut s = stream.lock();
+        let Some(key) = opts.idempotency_key.clone() else {
+            return self.publish_now(channel, publication, &opts);
+        };
         let now = Instant::now();
-        s.expire(now);
-        s.top += 1;
-        s.last_publish = now;
-        publication.offset = s.top;
-        s.items
-            .push_back((publication.clone(), now + opts.history_ttl));
-        while s.items.len() > opts.history_size {
-            s.items.pop_front();
+        let key = (channel.to_string(), key);
+        let mut idem = self.idempotency.lock();
+        if let Some(pos) = idem.get(&key, now) {
+            return Ok(pos);
         }
-        if let Some(h) = self.handler() {
-            h.handle_publication(channel, &publication);
-        }
-        Ok(s.position())
+        let pos = self.publish_now(channel, publication, &opts)?;
+        idem.insert(key, pos.clone(), now);
+        Ok(pos)
     }
 
     async fn publish_join(&self, channel: &str, info: ClientInfo) -> Result<(), BrokerError> {
@@ -196,24 +232,74 @@ impl Broker for MemoryBroker {
         channel: &str,
         filter: HistoryFilter,
     ) -> Result<HistoryPage, BrokerError> {
-        // Reading never creates a stream, so subscribers cannot grow memory by naming
-        // channels. A channel nobody published to has position (0, ""), and a
-        // position with offset 0 recovers from any epoch: the client saw nothing yet.
-        let Some(stream) = self.stream(channel, false) else {
-            if filter
-                .since
-                .as_ref()
-                .is_some_and(|s| s.offset > 0 && !filter.reverse)
-            {
-                return Err(BrokerError::UnrecoverablePosition);
+        self.read_history(channel, filter)
+    }
+
+    async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
+        if let Some(stream) = self.stream(channel, false) {
+            stream.lock().items.clear();
+        }
+        Ok(())
+    }
+}
+
+impl MemoryBroker {
+    /// Publishes synchronously: append, then deliver under the stream's lock.
+    fn publish_now(
+        &self,
+        channel: &str,
+        mut publication: Publication,
+        opts: &PublishOptions,
+    ) -> Result<StreamPosition, BrokerError> {
+        if opts.history_size == 0 {
+            // No history: no offset, and the result carries no position.
+            publication.offset = 0;
+            if let Some(h) = self.handler() {
+                h.handle_publication(channel, &publication);
             }
-            return Ok(HistoryPage::default());
-        };
+            return Ok(StreamPosition::default());
+        }
+        let stream = self
+            .stream(channel, true)
+            .ok_or_else(|| BrokerError::Backend("stream could not be created".into()))?;
         let mut s = stream.lock();
-        s.expire(Instant::now());
+        let now = Instant::now();
+        s.expire(now);
+        s.top += 1;
+        s.last_publish = now;
+        s.last_access = now;
+        publication.offset = s.top;
+        s.items
+            .push_back((publication.clone(), now + opts.history_ttl));
+        while s.items.len() > opts.history_size {
+            s.items.pop_front();
+        }
+        if let Some(h) = self.handler() {
+            h.handle_publication(channel, &publication);
+        }
+        Ok(s.position())
+    }
+
+    fn read_history(
+        &self,
+        channel: &str,
+        filter: HistoryFilter,
+    ) -> Result<HistoryPage, BrokerError> {
+        // Reading creates the stream, so a subscriber learns the epoch that later
+        // publications will carry.
+        let stream = self
+            .stream(channel, true)
+            .ok_or_else(|| BrokerError::Backend("stream could not be created".into()))?;
+        let mut s = stream.lock();
+        let now = Instant::now();
+        s.expire(now);
+        s.last_access = now;
         let position = s.position();
         let limit = filter.limit.unwrap_or(usize::MAX);
-        let epoch_ok = |since: &StreamPosition| since.offset == 0 || since.epoch == s.epoch;
+        // A client that saw nothing yet (offset 0, no epoch) matches any stream.
+        let epoch_ok = |since: &StreamPosition| {
+            since.epoch == s.epoch || (since.offset == 0 && since.epoch.is_empty())
+        };
         if limit == 0 {
             if let Some(since) = &filter.since {
                 if !epoch_ok(since) {
@@ -270,13 +356,6 @@ impl Broker for MemoryBroker {
             position,
         })
     }
-
-    async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
-        if let Some(stream) = self.stream(channel, false) {
-            stream.lock().items.clear();
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -288,6 +367,7 @@ mod tests {
         PublishOptions {
             history_size: 3,
             history_ttl: Duration::from_secs(60),
+            idempotency_key: None,
         }
     }
 
@@ -337,23 +417,51 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn reading_an_unpublished_channel_creates_nothing_and_recovers_from_zero() {
+    async fn an_unpublished_channel_has_the_epoch_later_publications_get() {
         let broker = MemoryBroker::new(Duration::from_secs(3600));
         let page = broker
             .history("quiet", HistoryFilter::default())
             .await
             .unwrap();
-        assert_eq!(page.position, StreamPosition::default());
-        assert_eq!(broker.sweep(), 0);
-        broker
+        assert_eq!(page.position.offset, 0);
+        assert!(!page.position.epoch.is_empty());
+        let pos = broker
             .publish("quiet", publication(1), opts())
             .await
             .unwrap();
+        assert_eq!(pos.epoch, page.position.epoch);
+        // A client that saw nothing (offset 0, no epoch) recovers everything.
         let since_zero = HistoryFilter {
             since: Some(StreamPosition::default()),
             ..Default::default()
         };
         let page = broker.history("quiet", since_zero).await.unwrap();
+        assert_eq!(page.publications.len(), 1);
+        // A foreign epoch does not match, even at offset 0.
+        let foreign = HistoryFilter {
+            since: Some(StreamPosition {
+                offset: 0,
+                epoch: "other".into(),
+            }),
+            ..Default::default()
+        };
+        assert!(broker.history("quiet", foreign).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_retried_idempotent_publish_is_published_once() {
+        let broker = MemoryBroker::new(Duration::from_secs(3600));
+        let keyed = PublishOptions {
+            idempotency_key: Some("k".into()),
+            ..opts()
+        };
+        let first = broker
+            .publish("c", publication(1), keyed.clone())
+            .await
+            .unwrap();
+        let again = broker.publish("c", publication(1), keyed).await.unwrap();
+        assert_eq!(first, again);
+        let page = broker.history("c", HistoryFilter::default()).await.unwrap();
         assert_eq!(page.publications.len(), 1);
     }
 

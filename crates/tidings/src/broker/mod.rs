@@ -15,13 +15,19 @@ use tidings_protocol::{ClientInfo, Publication, StreamPosition};
 pub use memory::MemoryBroker;
 
 /// Per-publish history settings, taken from the channel's namespace.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct PublishOptions {
     /// Publications to keep; 0 keeps no history and leaves the offset at 0.
     pub history_size: usize,
     /// How long publications are kept.
     pub history_ttl: Duration,
+    /// A retried publish with the same key (per channel, within
+    /// [`IDEMPOTENCY_WINDOW`]) returns the first result instead of publishing again.
+    pub idempotency_key: Option<String>,
 }
+
+/// How long an idempotency key is remembered.
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(300);
 
 /// Which part of a channel's stream to read.
 #[derive(Debug, Clone, Default)]

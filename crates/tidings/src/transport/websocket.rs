@@ -56,7 +56,6 @@ pub async fn serve(node: Node, socket: WebSocket) {
 
     let writer_conn: Arc<Connection> = conn.clone();
     let writer = tokio::spawn(async move {
-        let abort = writer_conn.outbox.abort_token().clone();
         loop {
             let (items, close) = match writer_conn.outbox.drain().await {
                 Drained::Batch(items) => (items, None),
@@ -69,13 +68,11 @@ pub async fn serve(node: Node, socket: WebSocket) {
                     Err(_) => break,
                 };
                 // A write that cannot finish within write_timeout means the client is
-                // not reading; an overflow fires `abort` even sooner.
-                tokio::select! {
-                    biased;
-                    _ = abort.cancelled(), if close.is_none() => break,
-                    r = tokio::time::timeout(write_timeout, sink.send(Message::Text(text))) => {
-                        if !matches!(r, Ok(Ok(()))) { break; }
-                    }
+                // not reading: give up on it without a close frame.
+                let sent =
+                    tokio::time::timeout(write_timeout, sink.send(Message::Text(text))).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    break;
                 }
             }
             if let Some(d) = close {
