@@ -1,0 +1,3 @@
+module example.com/tidings-go-publish
+
+go 1.19
