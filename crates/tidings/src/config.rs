@@ -374,10 +374,10 @@ impl Config {
             allow_history_for_anonymous: true,
             ..ChannelOptions::default()
         };
-        // Ephemeral signals such as typing indicators: no history, no presence, so
-        // they are never replayed or stored.
+        // Ephemeral signals such as typing indicators (`live:<room>`): no history,
+        // no presence, so they are never stored or replayed.
         cfg.channel.namespaces = vec![Namespace {
-            name: "typing".into(),
+            name: "live".into(),
             options: ChannelOptions {
                 allow_subscribe_for_client: true,
                 allow_subscribe_for_anonymous: true,
