@@ -23,7 +23,7 @@ impl RawJson {
     pub fn parse(bytes: impl Into<Bytes>) -> Result<Self, serde_json::Error> {
         let bytes = bytes.into();
         serde_json::from_slice::<&RawValue>(&bytes)?;
-        Ok(Self(bytes))
+        Ok(Self(one_line(bytes)))
     }
 
     /// Encodes any serialisable value.
@@ -87,6 +87,38 @@ impl<'de> Deserialize<'de> for RawJson {
         if text.is_empty() {
             return Err(D::Error::custom("empty JSON value"));
         }
-        Ok(Self(Bytes::from(text.into_boxed_bytes())))
+        Ok(Self(one_line(Bytes::from(text.into_boxed_bytes()))))
+    }
+}
+
+/// Keeps a JSON value on one line.
+///
+/// Frames are newline-delimited and SSE events end at a line break, so a payload
+/// must never carry a raw CR or LF. In valid JSON those bytes can only be whitespace
+/// between tokens (inside strings they must be escaped), so turning them into spaces
+/// changes nothing a JSON parser reads back. NUL cannot appear in valid JSON at all.
+fn one_line(bytes: Bytes) -> Bytes {
+    if !bytes.iter().any(|b| *b == b'\n' || *b == b'\r') {
+        return bytes;
+    }
+    let mut owned = bytes.to_vec();
+    for b in &mut owned {
+        if *b == b'\n' || *b == b'\r' {
+            *b = b' ';
+        }
+    }
+    Bytes::from(owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_breaks_between_tokens_become_spaces() {
+        let raw = RawJson::parse(&b"{\"a\":\r\n [1,\n2], \"s\": \"x\\ny\"}"[..]).unwrap();
+        assert!(!raw.as_str().contains('\n') && !raw.as_str().contains('\r'));
+        let v: serde_json::Value = raw.decode().unwrap();
+        assert_eq!(v, serde_json::json!({"a": [1, 2], "s": "x\ny"}));
     }
 }
