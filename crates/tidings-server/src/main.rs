@@ -121,6 +121,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.http_server.port = p;
     }
     init_tracing(&config.log.level);
+    for key in &config.unknown_keys {
+        tracing::warn!(key, "unknown configuration key ignored");
+    }
     let development = args.config.is_none();
     if config.http_api.key.is_empty() && !config.http_api.insecure && development {
         config.http_api.key = random_key();

@@ -98,6 +98,9 @@ pub async fn handler(
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::BadBody(e.to_string()))?
     };
+    if !params.is_object() {
+        return Err(ApiError::BadBody("the body must be a JSON object".into()));
+    }
     if !crate::metrics::API_METHODS.contains(&method.as_str()) {
         return Err(ApiError::UnknownMethod(method));
     }
@@ -118,7 +121,12 @@ pub async fn handler(
             } else {
                 StatusCode::OK
             };
-            (status, axum::Json(json!({ "error": err }))).into_response()
+            if transport_errors {
+                // In transport mode the body is the bare error object.
+                (status, axum::Json(json!(err))).into_response()
+            } else {
+                (status, axum::Json(json!({ "error": err }))).into_response()
+            }
         }
     })
 }
@@ -430,11 +438,18 @@ async fn batch(node: &Node, params: Value) -> Result<Value, ApiError> {
     }
     let mut replies = Vec::with_capacity(p.commands.len());
     for command in p.commands {
-        // Each command is an object with one method key, as in Centrifugo.
+        // Each command is an object with exactly one method key, as in Centrifugo.
+        if command.len() != 1 {
+            replies.push(json!({ "error": bad_request("a command has exactly one method") }));
+            continue;
+        }
         let Some((method, params)) = command.into_iter().next() else {
-            replies.push(json!({ "error": bad_request("empty command") }));
             continue;
         };
+        if !params.is_object() {
+            replies.push(json!({ "error": bad_request("parameters must be a JSON object") }));
+            continue;
+        }
         if method == "batch" || !crate::metrics::API_METHODS.contains(&method.as_str()) {
             replies.push(
                 json!({ "error": tidings_protocol::Error::from(codes::ERROR_METHOD_NOT_FOUND) }),

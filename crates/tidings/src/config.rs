@@ -26,12 +26,36 @@ pub struct Config {
     pub http_api: HttpApiConfig,
     pub engine: EngineConfig,
     pub websocket: WebsocketConfig,
+    /// Bidirectional emulation over Server-Sent Events (`/connection/sse`).
+    pub sse: StreamTransportConfig,
+    /// Bidirectional emulation over HTTP streaming (`/connection/http_stream`).
+    pub http_stream: StreamTransportConfig,
+    /// Where emulation clients POST their commands.
+    pub emulation: EmulationConfig,
+    /// Tidings' long-polling transport (`/connection/long_poll`).
+    pub long_poll: LongPollConfig,
+    /// Unidirectional WebSocket (`/connection/uni_websocket`).
+    pub uni_websocket: StreamTransportConfig,
+    /// Unidirectional Server-Sent Events (`/connection/uni_sse`).
+    pub uni_sse: StreamTransportConfig,
+    /// Unidirectional HTTP streaming (`/connection/uni_http_stream`).
+    pub uni_http_stream: StreamTransportConfig,
     pub health: HealthConfig,
     pub prometheus: PrometheusConfig,
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
-    /// Name of this node in `/api/info`; defaults to `tidings-<pid>` when empty.
-    pub node_name: String,
+    pub node: NodeConfig,
+    /// Keys in the file that Tidings does not know (typos, or Centrifugo features it
+    /// lacks). Not a configuration key: filled by [`Config::load`] for a warning.
+    #[serde(skip)]
+    pub unknown_keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeConfig {
+    /// Name of this node in `/api/info`. Default: `tidings-<pid>`.
+    pub name: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -166,7 +190,8 @@ pub struct Namespace {
 pub struct ChannelOptions {
     /// Keep presence (who is subscribed) for channels here.
     pub presence: bool,
-    /// Send join/leave pushes to subscribers that ask for them (needs `presence`).
+    /// Publish join/leave messages; subscribers that ask for them (and may read
+    /// presence) receive them.
     pub join_leave: bool,
     /// Send join/leave pushes to every subscriber, asked or not.
     pub force_push_join_leave: bool,
@@ -257,6 +282,88 @@ pub struct WebsocketConfig {
     /// Give up on a write that takes longer. Default `1s`.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
+}
+
+/// Options shared by the streaming transports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StreamTransportConfig {
+    /// Serve the endpoint. Default `false` (the development profile turns it on).
+    pub enabled: bool,
+    /// Path of the endpoint; empty means the transport's standard path.
+    pub handler_prefix: String,
+    /// Largest connect request accepted in a POST body or in `cf_connect`.
+    /// Default `65536`.
+    pub max_request_body_size: usize,
+}
+
+impl Default for StreamTransportConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            handler_prefix: String::new(),
+            max_request_body_size: 65_536,
+        }
+    }
+}
+
+impl StreamTransportConfig {
+    /// The configured path, or `default` when none is set.
+    pub fn path<'a>(&'a self, default: &'a str) -> &'a str {
+        if self.handler_prefix.is_empty() {
+            default
+        } else {
+            &self.handler_prefix
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EmulationConfig {
+    /// Path that takes emulated commands. Default `/emulation`.
+    pub handler_prefix: String,
+    /// Largest command batch accepted. Default `65536`.
+    pub max_request_body_size: usize,
+}
+
+impl Default for EmulationConfig {
+    fn default() -> Self {
+        Self {
+            handler_prefix: "/emulation".into(),
+            max_request_body_size: 65_536,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LongPollConfig {
+    /// Serve the endpoint. Default `false` (the development profile turns it on).
+    pub enabled: bool,
+    /// Path of the endpoint. Default `/connection/long_poll`.
+    pub handler_prefix: String,
+    /// How long a poll waits for something to deliver. Default `25s`.
+    #[serde(with = "humantime_serde")]
+    pub hold: Duration,
+    /// A session with no poll in progress for this long is closed (presence
+    /// removed, leave sent). Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// Most bytes one poll response carries. Default `1048576`.
+    pub max_response_size: usize,
+}
+
+impl Default for LongPollConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            handler_prefix: "/connection/long_poll".into(),
+            hold: Duration::from_secs(25),
+            session_timeout: Duration::from_secs(30),
+            max_response_size: 1_048_576,
+        }
+    }
 }
 
 impl Default for WebsocketConfig {
@@ -354,6 +461,16 @@ impl Config {
         cfg.http_server.address = "127.0.0.1".into();
         cfg.client.allow_anonymous_connect_without_token = true;
         cfg.client.allowed_origins = vec!["*".into()];
+        for t in [
+            &mut cfg.sse,
+            &mut cfg.http_stream,
+            &mut cfg.uni_websocket,
+            &mut cfg.uni_sse,
+            &mut cfg.uni_http_stream,
+        ] {
+            t.enabled = true;
+        }
+        cfg.long_poll.enabled = true;
         cfg.channel.without_namespace = ChannelOptions {
             presence: true,
             join_leave: true,
@@ -428,10 +545,15 @@ impl Config {
         }
         let overrides = env_overrides(&base, env)?;
         figment = figment.merge(Serialized::defaults(overrides));
-        let cfg: Config = figment
+        let mut cfg: Config = figment
             .extract()
             .map_err(|e| ConfigError::Parse(e.to_string()))?;
         cfg.validate()?;
+        let loaded: serde_json::Value = figment.extract().unwrap_or_default();
+        let known = serde_json::to_value(&cfg).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let mut unknown = Vec::new();
+        unknown_keys(&loaded, &known, "", &mut unknown);
+        cfg.unknown_keys = unknown;
         Ok(cfg)
     }
 
@@ -458,6 +580,11 @@ impl Config {
         }
         if self.client.ping_interval.is_zero() || self.client.pong_timeout.is_zero() {
             return bad("client.ping_interval and client.pong_timeout must be positive".into());
+        }
+        if self.long_poll.hold.is_zero() || self.long_poll.hold >= self.long_poll.session_timeout {
+            return bad(
+                "long_poll.hold must be positive and shorter than long_poll.session_timeout".into(),
+            );
         }
         if self.client.pong_timeout >= self.client.ping_interval {
             return bad("client.pong_timeout must be shorter than client.ping_interval".into());
@@ -544,6 +671,46 @@ fn env_overrides(
         insert_path(&mut out, &path, value);
     }
     Ok(serde_json::Value::Object(out))
+}
+
+/// Lists the keys of `loaded` that `known` lacks. Namespaces are checked against the
+/// channel options.
+fn unknown_keys(
+    loaded: &serde_json::Value,
+    known: &serde_json::Value,
+    prefix: &str,
+    out: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    match (loaded, known) {
+        (Value::Object(l), Value::Object(k)) => {
+            for (key, value) in l {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                match k.get(key) {
+                    Some(known_value) => unknown_keys(value, known_value, &path, out),
+                    None => out.push(path),
+                }
+            }
+        }
+        (Value::Array(l), Value::Array(k)) => {
+            // Arrays of objects (namespaces): every item is checked against the first
+            // known item, or against a namespace template when the list is empty.
+            let template = k
+                .first()
+                .cloned()
+                .unwrap_or_else(|| serde_json::to_value(Namespace::default()).unwrap_or_default());
+            if template.is_object() {
+                for (i, item) in l.iter().enumerate() {
+                    unknown_keys(item, &template, &format!("{prefix}[{i}]"), out);
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 fn collect_leaves<'a>(
@@ -703,6 +870,24 @@ mod tests {
         );
         let missing = dir.join("nope.json");
         assert!(Config::load(Some(&missing), env(&[])).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn unknown_keys_are_reported() {
+        let dir = std::env::temp_dir().join(format!("tidings-unknown-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.json");
+        std::fs::write(
+            &file,
+            r#"{"http_api":{"key":"k","kee":1},"channel":{"namespaces":[{"name":"ab","presense":true}]},"grpc_api":{}}"#,
+        )
+        .unwrap();
+        let cfg = Config::load(Some(&file), env(&[])).unwrap();
+        assert_eq!(
+            cfg.unknown_keys,
+            vec!["channel.namespaces[0].presense", "grpc_api", "http_api.kee"]
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 

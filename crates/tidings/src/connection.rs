@@ -41,8 +41,12 @@ static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
 pub struct Connection {
     /// Process-unique number: the hub's map key, cheaper than the client id string.
     pub serial: u64,
-    /// The client id sent in the connect reply (a UUID).
+    /// The client id sent in the connect reply (a UUID). Other clients see it in
+    /// presence, so it is not a secret.
     pub client_id: String,
+    /// The session id that emulation and long-poll requests name to reach this
+    /// connection. Only this client learns it, so it acts as a capability.
+    pub session_id: String,
     /// The user id, known once the connect command is accepted ("" = anonymous).
     user: OnceLock<String>,
     /// Name of the transport, for logs and metrics.
@@ -60,6 +64,7 @@ impl Connection {
         let conn = Connection {
             serial: NEXT_SERIAL.fetch_add(1, Ordering::Relaxed),
             client_id: uuid::Uuid::new_v4().to_string(),
+            session_id: uuid::Uuid::new_v4().simple().to_string(),
             user: OnceLock::new(),
             transport,
             outbox: Outbox::new(queue_max_size),

@@ -143,6 +143,25 @@ struct Registry {
     users: HashMap<String, HashSet<String>>,
 }
 
+/// Where to deliver the commands of an emulated (SSE, HTTP streaming, long-poll)
+/// session, which arrive on requests separate from the stream.
+pub type SessionInbox = tokio::sync::mpsc::Sender<crate::session::Inbound>;
+
+/// Commands one emulated session may have waiting; a client that posts faster than
+/// its session handles them gets HTTP 429 until it catches up.
+pub const SESSION_INBOX: usize = 64;
+
+/// Why an emulation request could not be delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// No session with that id on this node (never existed, or closed).
+    #[error("session not found")]
+    NotFound,
+    /// The session has too many commands waiting.
+    #[error("session is busy")]
+    Busy,
+}
+
 pub(crate) struct NodeInner {
     pub(crate) config: Arc<Config>,
     pub(crate) hub: Arc<Hub>,
@@ -158,6 +177,8 @@ pub(crate) struct NodeInner {
     started: Instant,
     // A plain mutex: held only for map updates at connect/disconnect time.
     registry: Mutex<Registry>,
+    /// Emulated sessions by session id. A plain mutex: lookups and inserts only.
+    sessions: Mutex<HashMap<String, SessionInbox>>,
     pub(crate) rpc: Option<RpcHandler>,
 }
 
@@ -192,10 +213,10 @@ impl NodeBuilder {
             hub: hub.clone(),
             metrics: metrics.clone(),
         }));
-        let name = if config.node_name.is_empty() {
+        let name = if config.node.name.is_empty() {
             format!("tidings-{}", std::process::id())
         } else {
-            config.node_name.clone()
+            config.node.name.clone()
         };
         let inner = Arc::new(NodeInner {
             config,
@@ -209,16 +230,18 @@ impl NodeBuilder {
             name,
             started: Instant::now(),
             registry: Mutex::new(Registry::default()),
+            sessions: Mutex::new(HashMap::new()),
             rpc: self.rpc,
         });
         // Periodic sweep of idle streams, bounded by the shutdown token.
         let token = inner.shutdown.clone();
+        let hub = inner.hub.clone();
         inner.tracker.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tokio::select! {
                     _ = token.cancelled() => break,
-                    _ = tick.tick() => { memory.sweep(); }
+                    _ = tick.tick() => { memory.sweep(|ch| hub.num_subscribers(ch) > 0); }
                 }
             }
         });
@@ -510,6 +533,42 @@ impl Node {
             }
         }
         Ok(n)
+    }
+
+    /// Makes a session reachable by [`Node::route`].
+    pub fn register_session(&self, session_id: &str, inbox: SessionInbox) {
+        self.inner
+            .sessions
+            .lock()
+            .insert(session_id.to_string(), inbox);
+    }
+
+    pub fn unregister_session(&self, session_id: &str) {
+        self.inner.sessions.lock().remove(session_id);
+    }
+
+    /// Number of emulated sessions on this node.
+    pub fn num_sessions(&self) -> usize {
+        self.inner.sessions.lock().len()
+    }
+
+    /// Hands a frame of commands to the session that holds `session_id`.
+    ///
+    /// # Errors
+    /// [`RouteError::NotFound`] for an unknown or closed session,
+    /// [`RouteError::Busy`] when its inbox is full.
+    pub fn route(&self, session_id: &str, frame: String) -> Result<(), RouteError> {
+        let inbox = self
+            .inner
+            .sessions
+            .lock()
+            .get(session_id)
+            .cloned()
+            .ok_or(RouteError::NotFound)?;
+        inbox.try_send(Ok(frame)).map_err(|e| match e {
+            tokio::sync::mpsc::error::TrySendError::Full(_) => RouteError::Busy,
+            tokio::sync::mpsc::error::TrySendError::Closed(_) => RouteError::NotFound,
+        })
     }
 
     pub(crate) fn register(&self, conn: &Arc<Connection>) {

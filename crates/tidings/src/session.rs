@@ -55,6 +55,12 @@ struct ChannelSub {
     chan_info: Option<RawJson>,
 }
 
+/// When the connection's credentials expire; `expire_at` wins over `exp`, and 0
+/// means never.
+fn expiry(claims: &ConnectClaims) -> Option<u64> {
+    claims.expire_at.or(claims.exp).filter(|t| *t > 0)
+}
+
 /// Client-side flags of a subscribe (what the client asked for).
 #[derive(Default, Clone)]
 struct SubscribeAsk {
@@ -72,8 +78,22 @@ struct Subscribed {
     after_offset: u64,
 }
 
+/// How a connection speaks the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionMode {
+    /// Commands and replies over one socket (WebSocket).
+    Bidirectional,
+    /// Commands and replies, with commands arriving on separate requests (SSE, HTTP
+    /// streaming, long polling): the connect reply carries the session id to send
+    /// them with.
+    Emulated,
+    /// A connect request, then pushes only (uni_websocket, uni_sse, uni_http_stream).
+    Unidirectional,
+}
+
 pub struct Session {
     node: Node,
+    mode: SessionMode,
     conn: Arc<Connection>,
     control: mpsc::Receiver<Control>,
     connected: bool,
@@ -89,12 +109,23 @@ pub struct Session {
 }
 
 impl Session {
-    /// Creates the session of a new connection.
+    /// Creates the session of a new bidirectional connection.
     pub fn new(node: Node, conn: Arc<Connection>, control: mpsc::Receiver<Control>) -> Self {
+        Self::with_mode(node, conn, control, SessionMode::Bidirectional)
+    }
+
+    /// Creates a session speaking the protocol in the given mode.
+    pub fn with_mode(
+        node: Node,
+        conn: Arc<Connection>,
+        control: mpsc::Receiver<Control>,
+        mode: SessionMode,
+    ) -> Self {
         let now = Instant::now();
         let stale = node.config().client.stale_close_delay;
         Self {
             node,
+            mode,
             conn,
             control,
             connected: false,
@@ -205,6 +236,23 @@ impl Session {
     }
 
     async fn handle_frame(&mut self, frame: &str) -> Result<(), Disconnect> {
+        if self.mode == SessionMode::Unidirectional {
+            // The first frame is the connect request itself; a unidirectional client
+            // has nothing else to say, so anything later is ignored.
+            if self.connected {
+                return Ok(());
+            }
+            self.node.metrics().messages_received.increment(1);
+            let req: ConnectRequest = if frame.trim().is_empty() {
+                ConnectRequest::default()
+            } else if !frame.trim_start().starts_with('{') {
+                return Err(Disconnect::bad_request());
+            } else {
+                serde_json::from_str(frame).map_err(|_| Disconnect::bad_request())?
+            };
+            self.node.metrics().command(Method::Connect);
+            return self.on_connect(0, req).await;
+        }
         for line in codec::split_frame(frame) {
             self.node.metrics().messages_received.increment(1);
             let cmd: Command = serde_json::from_str(line).map_err(|_| Disconnect::bad_request())?;
@@ -223,9 +271,8 @@ impl Session {
             };
         }
         let Some(method) = cmd.method() else {
-            // An id with no known request: the client may speak a newer protocol.
-            self.send_error(cmd.id, codes::ERROR_METHOD_NOT_FOUND);
-            return Ok(());
+            // An id with no request this server knows.
+            return Err(Disconnect::bad_request());
         };
         if cmd.id == 0 && method != Method::Send {
             return Err(Disconnect::bad_request());
@@ -320,7 +367,7 @@ impl Session {
             match auth::verify_connect_token(&cfg.token, &req.token) {
                 Ok(claims) => {
                     if claims.sub.is_empty() && cfg.disallow_anonymous_connection_tokens {
-                        return Err(Disconnect::invalid_token());
+                        return Err(Disconnect::permission_denied());
                     }
                     (claims.sub.clone(), claims)
                 }
@@ -333,8 +380,8 @@ impl Session {
         } else if cfg.allow_anonymous_connect_without_token || cfg.insecure {
             (String::new(), ConnectClaims::default())
         } else {
-            self.send_error(id, codes::ERROR_UNAUTHORIZED);
-            return Ok(());
+            // No credentials and anonymous access is off.
+            return Err(Disconnect::bad_request());
         };
         if self.node.is_shutting_down() {
             return Err(Disconnect::shutdown());
@@ -342,15 +389,18 @@ impl Session {
         self.conn.set_user(user);
         self.conn_info = claims.info.clone();
         let now_unix = auth::unix_now();
-        let expires_unix = claims.expire_at.or(claims.exp);
+        let expires_unix = expiry(&claims);
         let mut result = ConnectResult {
             client: self.conn.client_id.clone(),
             version: crate::node::VERSION.to_string(),
             ping: self.node.config().client.ping_interval.as_secs().max(1) as u32,
-            pong: true,
+            pong: self.mode != SessionMode::Unidirectional,
             node: self.node.uid().to_string(),
             ..Default::default()
         };
+        if self.mode != SessionMode::Bidirectional {
+            result.session = self.conn.session_id.clone();
+        }
         if let Some(exp) = expires_unix {
             let ttl = exp.saturating_sub(now_unix);
             result.expires = true;
@@ -371,6 +421,21 @@ impl Session {
             .collect();
         for (c, sub) in &claims.subs {
             channels.push((c.clone(), sub.info.clone(), sub.data.clone()));
+        }
+        if self.mode == SessionMode::Unidirectional {
+            // A unidirectional client cannot subscribe later, so the channels it names
+            // in `subs` are subscribed now, each under the usual permission rules.
+            for (channel, sub) in &req.subs {
+                let ask = SubscribeRequest {
+                    channel: channel.clone(),
+                    ..sub.clone()
+                };
+                if !channels.iter().any(|(c, _, _)| c == channel)
+                    && self.check_subscribe(&ask).is_ok()
+                {
+                    channels.push((channel.clone(), None, None));
+                }
+            }
         }
         let mut pending_live = Vec::new();
         for (channel, chan_info, data) in channels {
@@ -401,11 +466,18 @@ impl Session {
                 }
             }
         }
-        self.send_reply(&Reply {
-            id,
-            connect: Some(result),
-            ..Default::default()
-        });
+        if self.mode == SessionMode::Unidirectional {
+            self.send_reply(&Reply::push(Push {
+                connect: Some(result),
+                ..Default::default()
+            }));
+        } else {
+            self.send_reply(&Reply {
+                id,
+                connect: Some(result),
+                ..Default::default()
+            });
+        }
         for (channel, sub) in pending_live {
             sub.subscriber.go_live(None, sub.after_offset);
             self.after_subscribe(&channel).await;
@@ -425,7 +497,7 @@ impl Session {
                     version: crate::node::VERSION.to_string(),
                     ..Default::default()
                 };
-                match claims.expire_at.or(claims.exp) {
+                match expiry(&claims) {
                     Some(exp) => {
                         let ttl = exp.saturating_sub(auth::unix_now());
                         result.expires = true;
@@ -441,10 +513,8 @@ impl Session {
                 });
                 Ok(())
             }
-            Err(TokenError::Expired) => {
-                self.send_error(id, codes::ERROR_TOKEN_EXPIRED);
-                Ok(())
-            }
+            // The client was asked to refresh and came back with a stale token.
+            Err(TokenError::Expired) => Err(Disconnect::expired()),
             Err(TokenError::Invalid) => Err(Disconnect::invalid_token()),
         }
     }
@@ -455,14 +525,17 @@ impl Session {
             self.send_error(id, code);
             return Ok(());
         }
+        // Asking for a stream position or join/leave needs the permission to read
+        // history or presence (the force_* options grant them regardless).
+        let (may_history, may_presence) = self.stream_permissions(&req.channel);
         let ask = SubscribeAsk {
             recover: req.recover.then(|| StreamPosition {
                 offset: req.offset,
                 epoch: req.epoch.clone(),
             }),
-            recoverable: req.recoverable,
-            positioned: req.positioned,
-            join_leave: req.join_leave,
+            recoverable: req.recoverable && may_history,
+            positioned: req.positioned && may_history,
+            join_leave: req.join_leave && may_presence,
         };
         match self.subscribe_channel(&req.channel, ask, None).await {
             Ok(sub) => {
@@ -482,6 +555,23 @@ impl Session {
         Ok(())
     }
 
+    /// Whether this client may read history and presence of a channel it is
+    /// subscribing to.
+    fn stream_permissions(&self, channel_name: &str) -> (bool, bool) {
+        let config = self.node.config();
+        let Ok(ch) = channel::resolve(config, channel_name) else {
+            return (false, false);
+        };
+        if config.client.insecure {
+            return (true, true);
+        }
+        let user = self.conn.user();
+        (
+            channel::can_history(ch.options, user, true),
+            channel::can_presence(ch.options, user, true),
+        )
+    }
+
     fn check_subscribe(&self, req: &SubscribeRequest) -> Result<(), ErrorCode> {
         let config = self.node.config();
         let ch = channel::resolve(config, &req.channel)?;
@@ -496,7 +586,12 @@ impl Session {
             return Ok(());
         }
         let user = self.conn.user();
-        if let Some(mut users) = ch.limited_users(config) {
+        if ch.name.contains(config.channel.user_boundary.as_str()) {
+            // A user boundary only means something where user-limited channels are on;
+            // elsewhere such a name is refused rather than silently made public.
+            let Some(mut users) = ch.limited_users(config) else {
+                return Err(codes::ERROR_PERMISSION_DENIED);
+            };
             return if !user.is_empty() && users.any(|u| u == user) {
                 Ok(())
             } else {

@@ -154,18 +154,20 @@ impl MemoryBroker {
         self.handler.get()
     }
 
-    /// Drops streams idle longer than the meta TTL and expired publications.
-    /// Called periodically by the node; returns how many streams were dropped.
-    pub fn sweep(&self) -> usize {
+    /// Drops expired publications and idle streams: streams nobody published to
+    /// after [`EMPTY_STREAM_TTL`] without reads unless `in_use` says the channel still
+    /// has subscribers, others after the meta TTL. Called periodically by the node;
+    /// returns how many streams were dropped.
+    pub fn sweep(&self, in_use: impl Fn(&str) -> bool) -> usize {
         let now = Instant::now();
         let mut dropped = 0;
         for shard in self.streams.iter() {
             let mut shard = shard.lock();
-            shard.retain(|_, stream| {
+            shard.retain(|channel, stream| {
                 let mut s = stream.lock();
                 s.expire(now);
                 let keep = if s.top == 0 {
-                    now.duration_since(s.last_access) < EMPTY_STREAM_TTL
+                    now.duration_since(s.last_access) < EMPTY_STREAM_TTL || in_use(channel)
                 } else {
                     now.duration_since(s.last_publish) < self.meta_ttl
                 };

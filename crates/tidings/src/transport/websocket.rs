@@ -12,6 +12,8 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 
+use tidings_protocol::Disconnect;
+
 use crate::connection::Connection;
 use crate::node::Node;
 use crate::outbox::{join_batch, Drained};
@@ -65,13 +67,18 @@ pub async fn serve(node: Node, socket: WebSocket) {
                 let frame = join_batch(&items);
                 let text = match Utf8Bytes::try_from(frame) {
                     Ok(t) => t,
-                    Err(_) => break,
+                    Err(_) => {
+                        writer_conn.outbox.close(Disconnect::server_error(), false);
+                        break;
+                    }
                 };
                 // A write that cannot finish within write_timeout means the client is
-                // not reading: give up on it without a close frame.
+                // not reading: give up on it (no close frame could get through either)
+                // and end the session.
                 let sent =
                     tokio::time::timeout(write_timeout, sink.send(Message::Text(text))).await;
                 if !matches!(sent, Ok(Ok(()))) {
+                    writer_conn.outbox.close(Disconnect::write_error(), false);
                     break;
                 }
             }
