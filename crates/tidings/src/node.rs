@@ -179,6 +179,8 @@ pub(crate) struct NodeInner {
     registry: Mutex<Registry>,
     /// Emulated sessions by session id. A plain mutex: lookups and inserts only.
     sessions: Mutex<HashMap<String, SessionInbox>>,
+    /// Long-poll sessions, for the poll requests.
+    pub(crate) long_polls: crate::transport::long_poll::Registry,
     pub(crate) rpc: Option<RpcHandler>,
 }
 
@@ -231,6 +233,7 @@ impl NodeBuilder {
             started: Instant::now(),
             registry: Mutex::new(Registry::default()),
             sessions: Mutex::new(HashMap::new()),
+            long_polls: Default::default(),
             rpc: self.rpc,
         });
         // Periodic sweep of idle streams, bounded by the shutdown token.

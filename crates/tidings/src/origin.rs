@@ -22,6 +22,12 @@ pub fn allowed(config: &Config, headers: &HeaderMap) -> bool {
             return true;
         }
     }
+    matches_allowed(config, &origin)
+}
+
+/// Whether an origin matches `client.allowed_origins` (used for CORS too).
+pub fn matches_allowed(config: &Config, origin: &str) -> bool {
+    let origin = origin.to_ascii_lowercase();
     config.client.allowed_origins.iter().any(|pattern| {
         let pattern = pattern.to_ascii_lowercase();
         pattern == "*" || crate::node::glob_match(&pattern, &origin)

@@ -14,7 +14,8 @@ use tokio::net::TcpListener;
 
 use crate::node::Node;
 
-/// The node's endpoints: the WebSocket transport, the server API, health and metrics.
+/// The node's endpoints: the client transports that are enabled, the server API,
+/// health and metrics.
 pub fn router(node: &Node) -> Router {
     let cfg = node.config();
     let api_path = format!(
@@ -27,6 +28,13 @@ pub fn router(node: &Node) -> Router {
             get(crate::transport::websocket::handler),
         )
         .route(&api_path, post(crate::api::handler));
+    if cfg.uni_websocket.enabled {
+        app = app.route(
+            cfg.uni_websocket.path("/connection/uni_websocket"),
+            get(crate::transport::websocket::uni_handler),
+        );
+    }
+    app = app.merge(http_transports(node));
     if cfg.health.enabled {
         app = app.route(
             "/health",
@@ -37,6 +45,66 @@ pub fn router(node: &Node) -> Router {
         app = app.route("/metrics", get(metrics));
     }
     app.with_state(node.clone())
+}
+
+/// The HTTP-based client transports, with CORS for browsers on allowed origins.
+fn http_transports(node: &Node) -> Router<Node> {
+    use crate::transport::{emulation, long_poll, stream};
+    use axum::routing::{delete, MethodRouter};
+    let cfg = node.config();
+    let mut app = Router::new();
+    if cfg.sse.enabled {
+        let sse: MethodRouter<Node> = get(stream::sse).post(stream::sse);
+        app = app.route(cfg.sse.path("/connection/sse"), sse);
+    }
+    if cfg.http_stream.enabled {
+        app = app.route(
+            cfg.http_stream.path("/connection/http_stream"),
+            post(stream::http_stream),
+        );
+    }
+    if cfg.uni_sse.enabled {
+        app = app.route(
+            cfg.uni_sse.path("/connection/uni_sse"),
+            get(stream::uni_sse).post(stream::uni_sse),
+        );
+    }
+    if cfg.uni_http_stream.enabled {
+        app = app.route(
+            cfg.uni_http_stream.path("/connection/uni_http_stream"),
+            post(stream::uni_http_stream),
+        );
+    }
+    if cfg.long_poll.enabled {
+        app = app.route(
+            &cfg.long_poll.handler_prefix,
+            post(long_poll::open)
+                .get(long_poll::poll)
+                .merge(delete(long_poll::close)),
+        );
+    }
+    if cfg.sse.enabled || cfg.http_stream.enabled || cfg.long_poll.enabled {
+        app = app.route(&cfg.emulation.handler_prefix, post(emulation::handler));
+    }
+    let config = node.inner.config.clone();
+    // Browsers on allowed origins may call these cross-origin. The allowed origin is
+    // echoed back, never `*`, and credentials are not allowed.
+    let cors = tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::AllowOrigin::predicate(
+            move |origin, _| {
+                origin
+                    .to_str()
+                    .is_ok_and(|o| crate::origin::matches_allowed(&config, o))
+            },
+        ))
+        .allow_methods([
+            axum::http::Method::GET,
+            axum::http::Method::POST,
+            axum::http::Method::DELETE,
+        ])
+        .allow_headers([header::CONTENT_TYPE])
+        .max_age(std::time::Duration::from_secs(3600));
+    app.layer(cors)
 }
 
 async fn metrics(axum::extract::State(node): axum::extract::State<Node>) -> impl IntoResponse {

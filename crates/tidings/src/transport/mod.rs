@@ -1,4 +1,100 @@
-//! Transports adapt a socket or stream to a [`Session`](crate::session::Session):
-//! they read frames into it and write what the connection's outbox hands them.
+//! Transports adapt a socket or an HTTP exchange to a [`Session`]: they hand it the
+//! client's frames and write what the connection's outbox gives them, in their own
+//! framing. Nothing here knows the protocol beyond that.
+//!
+//! - [`websocket`]: `/connection/websocket` and `/connection/uni_websocket`.
+//! - [`stream`]: the response bodies of SSE and HTTP streaming, bidirectional
+//!   (`/connection/sse`, `/connection/http_stream`, commands via [`emulation`]) and
+//!   unidirectional (`/connection/uni_sse`, `/connection/uni_http_stream`).
+//! - [`long_poll`]: `/connection/long_poll`, Tidings' own long-polling transport.
 
+pub mod emulation;
+pub mod long_poll;
+pub mod stream;
 pub mod websocket;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::connection::Connection;
+use crate::node::{Node, SESSION_INBOX};
+use crate::session::{Inbound, Session, SessionMode};
+
+/// The encoded prefix of a push reply; unidirectional transports send the push
+/// object itself, so they take a view of the shared bytes without it.
+const PUSH_PREFIX: &[u8] = b"{\"push\":";
+
+/// The unidirectional form of an encoded reply: `{"push":X}` becomes `X` (a slice
+/// of the same bytes, no copy); anything else (the `{}` ping) is unchanged.
+pub(crate) fn unwrap_push(item: &Bytes) -> Bytes {
+    if item.starts_with(PUSH_PREFIX) && item.ends_with(b"}") {
+        item.slice(PUSH_PREFIX.len()..item.len() - 1)
+    } else {
+        item.clone()
+    }
+}
+
+/// The disconnect push that ends a stream, which has no close code of its own.
+pub(crate) fn disconnect_push(d: &tidings_protocol::Disconnect) -> Bytes {
+    Bytes::from(
+        tidings_protocol::Reply::push(tidings_protocol::Push {
+            disconnect: Some(d.clone()),
+            ..Default::default()
+        })
+        .to_json(),
+    )
+}
+
+/// Starts a session on its own tracked task. `first` is the frame the client sent
+/// with the opening request (its connect command, or for unidirectional transports
+/// its connect request). Emulated sessions become reachable by their session id
+/// until they end.
+pub(crate) fn start_session(
+    node: &Node,
+    transport: &'static str,
+    mode: SessionMode,
+    first: Option<String>,
+) -> (Arc<Connection>, mpsc::Sender<Inbound>) {
+    let (conn, control) = Connection::new(transport, node.config().client.queue_max_size);
+    let (tx, rx) = mpsc::channel::<Inbound>(SESSION_INBOX);
+    if let Some(frame) = first {
+        // The channel is new and empty, so this cannot fail.
+        let _ = tx.try_send(Ok(frame));
+    }
+    if mode == SessionMode::Emulated {
+        node.register_session(&conn.session_id, tx.clone());
+    }
+    let task_node = node.clone();
+    let task_conn = conn.clone();
+    let keep_open = tx.clone();
+    node.spawn_connection(async move {
+        // Holding a sender keeps the inbound stream open for as long as the session
+        // runs; it ends when the connection closes, not when input stops.
+        let _keep_open = keep_open;
+        let inbound = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|frame| (frame, rx))
+        }));
+        Session::with_mode(task_node.clone(), task_conn.clone(), control, mode)
+            .run(inbound)
+            .await;
+        task_node.unregister_session(&task_conn.session_id);
+    });
+    (conn, tx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unwrap_push_takes_the_inner_object() {
+        let item = Bytes::from_static(b"{\"push\":{\"channel\":\"a\",\"pub\":{\"data\":1}}}");
+        assert_eq!(
+            &unwrap_push(&item)[..],
+            b"{\"channel\":\"a\",\"pub\":{\"data\":1}}"
+        );
+        assert_eq!(&unwrap_push(&Bytes::from_static(b"{}"))[..], b"{}");
+    }
+}

@@ -1,23 +1,28 @@
-//! The bidirectional WebSocket transport at `/connection/websocket`.
+//! The WebSocket transports: bidirectional at `/connection/websocket`,
+//! unidirectional at `/connection/uni_websocket`.
 //!
-//! Text frames carry newline-delimited JSON commands; the writer joins everything
-//! queued into one text frame per write. Disconnects travel as the close frame's
-//! code and reason, which is where centrifuge-js reads them.
+//! Bidirectional: text frames carry newline-delimited JSON commands, and the writer
+//! joins everything queued into one text frame per write. Unidirectional: the first
+//! message (or the `cf_connect` query parameter) is the connect request, and every
+//! push goes out as its own text message, unwrapped, since plain WebSocket clients
+//! parse one JSON value per message. Disconnects travel as the close frame's code
+//! and reason, which is where centrifuge-js reads them (unidirectional clients also
+//! get a disconnect push first).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
-
 use tidings_protocol::Disconnect;
 
 use crate::connection::Connection;
 use crate::node::Node;
 use crate::outbox::{join_batch, Drained};
-use crate::session::{InboundError, Session};
+use crate::session::{Inbound, InboundError, Session, SessionMode};
 
 /// Small per-connection buffers: an idle connection should cost kilobytes, not the
 /// 128 KiB tungstenite defaults.
@@ -29,13 +34,38 @@ pub async fn handler(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let limit = node.config().websocket.message_size_limit;
+    upgrade(node, headers, ws, limit, false, None)
+}
+
+pub async fn uni_handler(
+    State(node): State<Node>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let limit = node.config().uni_websocket.max_request_body_size;
+    let first = query.get("cf_connect").cloned();
+    if first.as_ref().is_some_and(|c| c.len() > limit) {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "connect request too large").into_response();
+    }
+    upgrade(node, headers, ws, limit, true, first)
+}
+
+fn upgrade(
+    node: Node,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+    limit: usize,
+    uni: bool,
+    first: Option<String>,
+) -> Response {
     if node.is_shutting_down() {
-        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
     if !crate::origin::allowed(node.config(), &headers) {
-        return (axum::http::StatusCode::FORBIDDEN, "origin not allowed").into_response();
+        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
-    let limit = node.config().websocket.message_size_limit;
     ws.max_message_size(limit)
         .max_frame_size(limit)
         .read_buffer_size(READ_BUFFER)
@@ -43,40 +73,38 @@ pub async fn handler(
         .on_upgrade(move |socket| {
             let task_node = node.clone();
             async move {
-                task_node.spawn_connection(serve(node, socket));
+                task_node.spawn_connection(serve(node, socket, uni, first));
             }
         })
         .into_response()
 }
 
 /// Serves one upgraded socket until either side ends it.
-pub async fn serve(node: Node, socket: WebSocket) {
+pub async fn serve(node: Node, socket: WebSocket, uni: bool, first: Option<String>) {
     let queue = node.config().client.queue_max_size;
     let write_timeout = node.config().websocket.write_timeout;
-    let (conn, control) = Connection::new("websocket", queue);
+    let transport = if uni { "uni_websocket" } else { "websocket" };
+    let (conn, control) = Connection::new(transport, queue);
     let (mut sink, stream) = socket.split();
 
     let writer_conn: Arc<Connection> = conn.clone();
     let writer = tokio::spawn(async move {
         loop {
-            let (items, close) = match writer_conn.outbox.drain().await {
+            let (mut items, close) = match writer_conn.outbox.drain().await {
                 Drained::Batch(items) => (items, None),
                 Drained::Close(items, d) => (items, Some(d)),
             };
+            if uni {
+                if let Some(d) = &close {
+                    items.push(super::disconnect_push(d));
+                }
+            }
             if !items.is_empty() {
-                let frame = join_batch(&items);
-                let text = match Utf8Bytes::try_from(frame) {
-                    Ok(t) => t,
-                    Err(_) => {
-                        writer_conn.outbox.close(Disconnect::server_error(), false);
-                        break;
-                    }
-                };
                 // A write that cannot finish within write_timeout means the client is
                 // not reading: give up on it (no close frame could get through either)
                 // and end the session.
                 let sent =
-                    tokio::time::timeout(write_timeout, sink.send(Message::Text(text))).await;
+                    tokio::time::timeout(write_timeout, write_items(&mut sink, &items, uni)).await;
                 if !matches!(sent, Ok(Ok(()))) {
                     writer_conn.outbox.close(Disconnect::write_error(), false);
                     break;
@@ -120,10 +148,35 @@ pub async fn serve(node: Node, socket: WebSocket) {
         let keep = !matches!(m, Err(InboundError::Transport));
         async move { keep }
     });
-    Session::new(node, conn, control)
+    let first: Option<Inbound> = first.map(Ok);
+    let inbound = futures_util::stream::iter(first).chain(inbound);
+    let mode = if uni {
+        SessionMode::Unidirectional
+    } else {
+        SessionMode::Bidirectional
+    };
+    Session::with_mode(node, conn, control, mode)
         .run(Box::pin(inbound))
         .await;
     let _ = writer.await;
+}
+
+/// Writes a drained batch: one joined frame (bidirectional), or one message per
+/// push with a single flush (unidirectional).
+async fn write_items<S>(sink: &mut S, items: &[bytes::Bytes], uni: bool) -> Result<(), axum::Error>
+where
+    S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
+{
+    if uni {
+        for item in items {
+            let text = Utf8Bytes::try_from(super::unwrap_push(item)).map_err(axum::Error::new)?;
+            sink.feed(Message::Text(text)).await?;
+        }
+        sink.flush().await
+    } else {
+        let text = Utf8Bytes::try_from(join_batch(items)).map_err(axum::Error::new)?;
+        sink.send(Message::Text(text)).await
+    }
 }
 
 /// axum wraps tungstenite's errors; the capacity error is the size limit.

@@ -1,0 +1,346 @@
+//! `/connection/long_poll`: the full bidirectional protocol over plain HTTP requests.
+//!
+//! Wire format (documented in docs/transports.md):
+//!
+//! - `POST /connection/long_poll` with the connect command frame as the body opens a
+//!   session and answers `{"session": ID, "node": UID}`. The connect reply arrives
+//!   with the first poll.
+//! - `GET /connection/long_poll?session=ID&cursor=N` returns
+//!   `{"cursor": M, "first": F, "messages": [...], "close": {...}}`: the queued replies
+//!   and pushes numbered `F..=M`, as soon as there are any, or an empty list after
+//!   `long_poll.hold`. `cursor` acknowledges everything up to `N`; unacknowledged
+//!   messages are sent again, so a retried or duplicated poll never loses a message,
+//!   and numbering lets the client drop what it already has. `close` is set once,
+//!   with the disconnect code and reason, when the session has ended.
+//! - Commands go to `POST /emulation` with `{"session": ID, "data": FRAME}`.
+//! - `DELETE /connection/long_poll?session=ID` ends the session.
+//!
+//! One poll at a time per session: a second concurrent poll gets 409 and the first
+//! is unaffected. A session with no poll for `long_poll.session_timeout` is closed,
+//! which removes its presence and sends its leave.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes as AxumBytes;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::{BufMut, Bytes, BytesMut};
+use parking_lot::Mutex;
+use serde::Deserialize;
+use tidings_protocol::Disconnect;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::connection::Connection;
+use crate::node::Node;
+use crate::outbox::Drained;
+use crate::session::SessionMode;
+
+use super::start_session;
+
+/// Sessions of this transport by session id, for the poll handler.
+#[derive(Default)]
+pub struct Registry {
+    // A plain mutex: lookups, inserts and removals only.
+    sessions: Mutex<HashMap<String, Arc<PollSession>>>,
+}
+
+impl Registry {
+    pub fn len(&self) -> usize {
+        self.sessions.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn get(&self, id: &str) -> Option<Arc<PollSession>> {
+        self.sessions.lock().get(id).cloned()
+    }
+}
+
+/// Messages waiting for a poll, numbered from 1.
+struct Buffer {
+    items: VecDeque<(u64, Bytes)>,
+    bytes: usize,
+    next_seq: u64,
+    close: Option<Disconnect>,
+}
+
+/// The server side of one long-poll session.
+pub struct PollSession {
+    conn: Arc<Connection>,
+    // A plain mutex: appends and reads only, never held across an await.
+    buffer: Mutex<Buffer>,
+    /// Wakes a waiting poll when messages or the close arrive.
+    notify: Notify,
+    /// Set while a poll is in progress.
+    polling: AtomicBool,
+    /// When the last poll ended (or the session opened).
+    last_poll: Mutex<Instant>,
+}
+
+impl PollSession {
+    fn push(&self, items: Vec<Bytes>, close: Option<Disconnect>, limit: usize) {
+        let mut buf = self.buffer.lock();
+        for item in items {
+            buf.bytes += item.len();
+            let seq = buf.next_seq;
+            buf.next_seq += 1;
+            buf.items.push_back((seq, item));
+        }
+        if buf.bytes > limit && buf.close.is_none() {
+            // The client polls too rarely for what it is sent: same rule as a full
+            // outbox. What is buffered stays, so the client can still read up to
+            // the close.
+            drop(buf);
+            self.conn.outbox.close(Disconnect::slow(), false);
+            buf = self.buffer.lock();
+        }
+        if close.is_some() && buf.close.is_none() {
+            buf.close = close;
+        }
+        drop(buf);
+        self.notify.notify_waiters();
+    }
+}
+
+/// Moves what the session sends into the poll buffer, and closes the session when
+/// nobody polls for `session_timeout`.
+async fn pump(node: Node, session: Arc<PollSession>) {
+    let cfg = node.config().long_poll.clone();
+    let limit = node.config().client.queue_max_size;
+    let mut check = tokio::time::interval(Duration::from_millis(500).min(cfg.session_timeout / 2));
+    loop {
+        tokio::select! {
+            drained = session.conn.outbox.drain() => {
+                match drained {
+                    Drained::Batch(items) => session.push(items, None, limit),
+                    Drained::Close(items, d) => {
+                        session.push(items, Some(d), limit);
+                        break;
+                    }
+                }
+            }
+            _ = check.tick() => {
+                let idle = !session.polling.load(Ordering::Acquire)
+                    && session.last_poll.lock().elapsed() >= cfg.session_timeout;
+                if idle {
+                    // The client is gone: end the session; the drain above then
+                    // delivers the close into the buffer.
+                    session.conn.outbox.close(Disconnect::connection_closed(), false);
+                }
+            }
+        }
+    }
+    // Keep the closed session long enough for the client to collect the close, then
+    // forget it.
+    let linger = tokio::time::sleep(cfg.session_timeout);
+    tokio::pin!(linger);
+    loop {
+        tokio::select! {
+            _ = &mut linger => break,
+            _ = session.notify.notified() => {}
+        }
+        if session.buffer.lock().items.is_empty() && !session.polling.load(Ordering::Acquire) {
+            break;
+        }
+    }
+    node.inner
+        .long_polls
+        .sessions
+        .lock()
+        .remove(&session.conn.session_id);
+}
+
+pub async fn open(State(node): State<Node>, headers: HeaderMap, body: AxumBytes) -> Response {
+    if node.is_shutting_down() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    if !crate::origin::allowed(node.config(), &headers) {
+        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+    }
+    if body.len() > node.config().emulation.max_request_body_size {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "connect request too large").into_response();
+    }
+    let Ok(first) = String::from_utf8(body.to_vec()) else {
+        return (StatusCode::BAD_REQUEST, "the body must be UTF-8 JSON").into_response();
+    };
+    if first.trim().is_empty() {
+        return (
+            StatusCode::BAD_REQUEST,
+            "send the connect command as the body",
+        )
+            .into_response();
+    }
+    let (conn, _inbox) = start_session(&node, "long_poll", SessionMode::Emulated, Some(first));
+    let session = Arc::new(PollSession {
+        conn: conn.clone(),
+        buffer: Mutex::new(Buffer {
+            items: VecDeque::new(),
+            bytes: 0,
+            next_seq: 1,
+            close: None,
+        }),
+        notify: Notify::new(),
+        polling: AtomicBool::new(false),
+        last_poll: Mutex::new(Instant::now()),
+    });
+    node.inner
+        .long_polls
+        .sessions
+        .lock()
+        .insert(conn.session_id.clone(), session.clone());
+    let pump_node = node.clone();
+    node.spawn_connection(pump(pump_node, session));
+    json_response(
+        StatusCode::OK,
+        serde_json::json!({ "session": conn.session_id, "node": node.uid() })
+            .to_string()
+            .into(),
+    )
+}
+
+#[derive(Deserialize)]
+pub struct PollParams {
+    #[serde(default)]
+    session: String,
+    #[serde(default)]
+    cursor: u64,
+}
+
+/// Resets the in-progress flag however the poll ends, including when the client
+/// gives up and the request is dropped.
+struct PollGuard(Arc<PollSession>);
+
+impl Drop for PollGuard {
+    fn drop(&mut self) {
+        *self.0.last_poll.lock() = Instant::now();
+        self.0.polling.store(false, Ordering::Release);
+        self.0.notify.notify_waiters();
+    }
+}
+
+pub async fn poll(
+    State(node): State<Node>,
+    headers: HeaderMap,
+    Query(params): Query<PollParams>,
+) -> Response {
+    if !crate::origin::allowed(node.config(), &headers) {
+        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+    }
+    let Some(session) = node.inner.long_polls.get(&params.session) else {
+        return (StatusCode::NOT_FOUND, "session not found").into_response();
+    };
+    if session.polling.swap(true, Ordering::AcqRel) {
+        return (
+            StatusCode::CONFLICT,
+            "another poll is in progress for this session",
+        )
+            .into_response();
+    }
+    let _guard = PollGuard(session.clone());
+    let cfg = &node.config().long_poll;
+    let deadline = Instant::now() + cfg.hold;
+    loop {
+        let notified = session.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(body) = take(&session, params.cursor, cfg.max_response_size) {
+            return json_response(StatusCode::OK, body);
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                let body = format!("{{\"cursor\":{},\"messages\":[]}}", params.cursor);
+                return json_response(StatusCode::OK, body.into());
+            }
+        }
+    }
+}
+
+/// Acknowledges up to `cursor` and builds a response from what follows, if there is
+/// anything to say.
+fn take(session: &PollSession, cursor: u64, max_bytes: usize) -> Option<Bytes> {
+    let mut buf = session.buffer.lock();
+    while buf.items.front().is_some_and(|(seq, _)| *seq <= cursor) {
+        if let Some((_, item)) = buf.items.pop_front() {
+            buf.bytes -= item.len();
+        }
+    }
+    if buf.items.is_empty() && buf.close.is_none() {
+        return None;
+    }
+    let mut out = BytesMut::with_capacity(64 + buf.bytes.min(max_bytes));
+    let mut last = cursor;
+    let mut first = 0;
+    out.put_slice(b"\"messages\":[");
+    for (seq, item) in &buf.items {
+        if first != 0 && out.len() + item.len() > max_bytes {
+            break;
+        }
+        if first == 0 {
+            first = *seq;
+        } else {
+            out.put_u8(b',');
+        }
+        out.put_slice(item);
+        last = *seq;
+    }
+    out.put_u8(b']');
+    let complete = buf.items.back().is_none_or(|(seq, _)| *seq == last);
+    let mut head = format!("{{\"cursor\":{last},");
+    if first != 0 {
+        head.push_str(&format!("\"first\":{first},"));
+    }
+    let mut body = BytesMut::from(head.as_bytes());
+    body.put_slice(&out);
+    if let (true, Some(d)) = (complete, &buf.close) {
+        body.put_slice(
+            format!(
+                ",\"close\":{}",
+                serde_json::json!({"code": d.code, "reason": d.reason, "reconnect": d.reconnect})
+            )
+            .as_bytes(),
+        );
+    }
+    body.put_u8(b'}');
+    Some(body.freeze())
+}
+
+pub async fn close(
+    State(node): State<Node>,
+    headers: HeaderMap,
+    Query(params): Query<PollParams>,
+) -> Response {
+    if !crate::origin::allowed(node.config(), &headers) {
+        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+    }
+    match node.inner.long_polls.get(&params.session) {
+        Some(session) => {
+            session
+                .conn
+                .outbox
+                .close(Disconnect::connection_closed(), false);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        None => (StatusCode::NOT_FOUND, "session not found").into_response(),
+    }
+}
+
+fn json_response(status: StatusCode, body: Bytes) -> Response {
+    let mut res = (status, body).into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-store"),
+    );
+    res
+}
