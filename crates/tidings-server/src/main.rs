@@ -77,7 +77,7 @@ fn main() -> anyhow::Result<()> {
         Command::Token(args) => token(args),
         Command::CheckConfig { config } => {
             let cfg = Config::load(config.as_deref(), std::env::vars())?;
-            println!("{}", serde_json::to_string_pretty(&cfg)?);
+            announce(&serde_json::to_string_pretty(&cfg)?);
             Ok(())
         }
     }
@@ -108,7 +108,7 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
         info,
         ..Default::default()
     };
-    println!("{}", sign_connect_token(&secret, &claims)?);
+    announce(&sign_connect_token(&secret, &claims)?);
     Ok(())
 }
 
@@ -127,7 +127,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let development = args.config.is_none();
     if config.http_api.key.is_empty() && !config.http_api.insecure && development {
         config.http_api.key = random_key();
-        println!("server API key: {}", config.http_api.key);
+        announce(&format!("server API key: {}", config.http_api.key));
     }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -158,7 +158,7 @@ async fn run(config: Config, development: bool) -> anyhow::Result<()> {
     // Register the signal handlers before announcing readiness, so a SIGTERM that
     // follows the announcement at once still shuts down gracefully.
     let signals = shutdown_signal()?;
-    println!("tidings listening on http://{local}");
+    announce(&format!("tidings listening on http://{local}"));
     tidings::server::run(listener, node, app, signals).await?;
     tracing::info!("shut down");
     Ok(())
@@ -194,9 +194,21 @@ fn init_tracing(level: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},tidings={level}")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // A closed stderr (the reader of a pipe went away) must not turn a log line
+        // into a panic, least of all on the shutdown path.
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// Prints a line on stdout for people and scripts. A closed stdout is ignored rather
+/// than allowed to panic, as `println!` would.
+fn announce(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 fn random_key() -> String {

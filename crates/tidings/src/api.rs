@@ -71,10 +71,9 @@ fn authorize(node: &Node, headers: &HeaderMap, query: Option<&str>) -> Result<()
         })
         .or_else(|| {
             // `?api_key=KEY`, for tools that cannot set headers.
-            query?
-                .split('&')
-                .find_map(|pair| pair.strip_prefix("api_key="))
-                .map(str::to_owned)
+            let params: std::collections::HashMap<String, String> =
+                serde_urlencoded::from_str(query?).ok()?;
+            params.get("api_key").cloned()
         })
         .ok_or(ApiError::Unauthorized)?;
     if bool::from(given.as_bytes().ct_eq(cfg.key.as_bytes())) {

@@ -35,7 +35,7 @@ pub struct Config {
     /// Tidings' long-polling transport (`/connection/long_poll`).
     pub long_poll: LongPollConfig,
     /// Unidirectional WebSocket (`/connection/uni_websocket`).
-    pub uni_websocket: StreamTransportConfig,
+    pub uni_websocket: UniWebsocketConfig,
     /// Unidirectional Server-Sent Events (`/connection/uni_sse`).
     pub uni_sse: StreamTransportConfig,
     /// Unidirectional HTTP streaming (`/connection/uni_http_stream`).
@@ -320,6 +320,28 @@ impl StreamTransportConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
+pub struct UniWebsocketConfig {
+    /// Serve the endpoint. Default `false` (the development profile turns it on).
+    pub enabled: bool,
+    /// Path of the endpoint. Default `/connection/uni_websocket`.
+    pub handler_prefix: String,
+    /// Largest incoming message (the connect request); larger ones close with 1009.
+    /// Default `65536`.
+    pub message_size_limit: usize,
+}
+
+impl Default for UniWebsocketConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            handler_prefix: "/connection/uni_websocket".into(),
+            message_size_limit: 65_536,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct EmulationConfig {
     /// Path that takes emulated commands. Default `/emulation`.
     pub handler_prefix: String,
@@ -464,12 +486,12 @@ impl Config {
         for t in [
             &mut cfg.sse,
             &mut cfg.http_stream,
-            &mut cfg.uni_websocket,
             &mut cfg.uni_sse,
             &mut cfg.uni_http_stream,
         ] {
             t.enabled = true;
         }
+        cfg.uni_websocket.enabled = true;
         cfg.long_poll.enabled = true;
         cfg.channel.without_namespace = ChannelOptions {
             presence: true,

@@ -30,7 +30,7 @@ pub fn router(node: &Node) -> Router {
         .route(&api_path, post(crate::api::handler));
     if cfg.uni_websocket.enabled {
         app = app.route(
-            cfg.uni_websocket.path("/connection/uni_websocket"),
+            &cfg.uni_websocket.handler_prefix,
             get(crate::transport::websocket::uni_handler),
         );
     }
@@ -115,8 +115,13 @@ async fn metrics(axum::extract::State(node): axum::extract::State<Node>) -> impl
     )
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves, then tells every client
-/// (disconnect 3001) and waits up to `shutdown.timeout` for connections to drain.
+/// Serves `app` on `listener` until `shutdown` resolves (or [`Node::shutdown`] is
+/// called), then tells every client (disconnect 3001) and waits up to
+/// `shutdown.timeout` for connections to drain before it stops listening.
+///
+/// The listener stays open during the drain: new connections are refused with 503
+/// by the handlers, while long-poll and emulation requests of existing sessions still
+/// get through, so every client can collect its disconnect.
 ///
 /// # Errors
 /// Returns the I/O error that stopped the accept loop.
@@ -127,19 +132,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let token = node.shutdown_token();
-    let signal_node = node.clone();
-    // axum's graceful shutdown does not track upgraded WebSocket tasks; the node's
-    // own token and tracker do, so trigger both from the same future.
-    let stop = async move {
-        shutdown.await;
-        signal_node.inner.shutdown.cancel();
+    let drain = async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = token.cancelled() => {}
+        }
+        node.shutdown().await;
     };
-    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-        token.cancelled().await;
-    });
-    let stopper = tokio::spawn(stop);
-    let result = serve.await;
-    stopper.abort();
-    node.shutdown().await;
-    result
+    // axum's graceful shutdown does not track upgraded WebSocket tasks or streams; the
+    // node's tracker does, so the drain above runs first.
+    axum::serve(listener, app)
+        .with_graceful_shutdown(drain)
+        .await
 }

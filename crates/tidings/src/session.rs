@@ -215,7 +215,11 @@ impl Session {
             let cfg = &self.node.config().client;
             self.conn
                 .send(Bytes::from_static(tidings_protocol::PING_FRAME));
-            self.pong_deadline = Some(now + cfg.pong_timeout);
+            // Unidirectional clients cannot answer; their pings only keep proxies
+            // from closing an idle stream.
+            if self.mode != SessionMode::Unidirectional {
+                self.pong_deadline = Some(now + cfg.pong_timeout);
+            }
             self.next_ping = now + cfg.ping_interval;
         }
         Ok(())
@@ -255,6 +259,10 @@ impl Session {
         }
         for line in codec::split_frame(frame) {
             self.node.metrics().messages_received.increment(1);
+            // serde would also accept a JSON array for a struct; a command is an object.
+            if !line.trim_start().starts_with('{') {
+                return Err(Disconnect::bad_request());
+            }
             let cmd: Command = serde_json::from_str(line).map_err(|_| Disconnect::bad_request())?;
             self.handle_command(cmd).await?;
         }
@@ -430,6 +438,10 @@ impl Session {
                     channel: channel.clone(),
                     ..sub.clone()
                 };
+                let limit = self.node.config().client.channel_limit;
+                if limit > 0 && channels.len() >= limit {
+                    break;
+                }
                 if !channels.iter().any(|(c, _, _)| c == channel)
                     && self.check_subscribe(&ask).is_ok()
                 {
@@ -824,6 +836,9 @@ impl Session {
     async fn on_presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, NodeError> {
         let config = self.node.config();
         let ch = channel::resolve(config, channel)?;
+        if !ch.options.presence {
+            return Err(codes::ERROR_NOT_AVAILABLE.into());
+        }
         if !config.client.insecure
             && !channel::can_presence(
                 ch.options,
@@ -839,6 +854,9 @@ impl Session {
     async fn on_presence_stats(&self, channel: &str) -> Result<PresenceStatsResult, NodeError> {
         let config = self.node.config();
         let ch = channel::resolve(config, channel)?;
+        if !ch.options.presence {
+            return Err(codes::ERROR_NOT_AVAILABLE.into());
+        }
         if !config.client.insecure
             && !channel::can_presence(
                 ch.options,

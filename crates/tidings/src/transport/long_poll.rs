@@ -69,6 +69,8 @@ struct Buffer {
     bytes: usize,
     next_seq: u64,
     close: Option<Disconnect>,
+    /// A poll response has carried the close; the session can be forgotten.
+    close_sent: bool,
 }
 
 /// The server side of one long-poll session.
@@ -146,7 +148,7 @@ async fn pump(node: Node, session: Arc<PollSession>) {
             _ = &mut linger => break,
             _ = session.notify.notified() => {}
         }
-        if session.buffer.lock().items.is_empty() && !session.polling.load(Ordering::Acquire) {
+        if session.buffer.lock().close_sent && !session.polling.load(Ordering::Acquire) {
             break;
         }
     }
@@ -185,6 +187,7 @@ pub async fn open(State(node): State<Node>, headers: HeaderMap, body: AxumBytes)
             bytes: 0,
             next_seq: 1,
             close: None,
+            close_sent: false,
         }),
         notify: Notify::new(),
         polling: AtomicBool::new(false),
@@ -300,13 +303,10 @@ fn take(session: &PollSession, cursor: u64, max_bytes: usize) -> Option<Bytes> {
     let mut body = BytesMut::from(head.as_bytes());
     body.put_slice(&out);
     if let (true, Some(d)) = (complete, &buf.close) {
-        body.put_slice(
-            format!(
-                ",\"close\":{}",
-                serde_json::json!({"code": d.code, "reason": d.reason, "reconnect": d.reconnect})
-            )
-            .as_bytes(),
-        );
+        let close =
+            serde_json::json!({"code": d.code, "reason": d.reason, "reconnect": d.reconnect});
+        body.put_slice(format!(",\"close\":{close}").as_bytes());
+        buf.close_sent = true;
     }
     body.put_u8(b'}');
     Some(body.freeze())

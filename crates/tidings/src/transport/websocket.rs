@@ -44,7 +44,7 @@ pub async fn uni_handler(
     Query(query): Query<HashMap<String, String>>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let limit = node.config().uni_websocket.max_request_body_size;
+    let limit = node.config().uni_websocket.message_size_limit;
     let first = query.get("cf_connect").cloned();
     if first.as_ref().is_some_and(|c| c.len() > limit) {
         return (StatusCode::PAYLOAD_TOO_LARGE, "connect request too large").into_response();
