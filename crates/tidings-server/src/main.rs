@@ -30,11 +30,15 @@ enum Command {
     Serve(ServeArgs),
     /// Print an HS256 connection token.
     Token(TokenArgs),
-    /// Load and validate a configuration, then print it as JSON.
+    /// Load and validate a configuration, then print it as JSON. Unknown keys are
+    /// listed on stderr.
     CheckConfig {
         /// Config file (.json, .toml, .yaml).
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Config file, as a positional argument.
+        #[arg(conflicts_with = "config")]
+        file: Option<PathBuf>,
     },
 }
 
@@ -75,8 +79,11 @@ fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
         Command::Serve(args) => serve(args),
         Command::Token(args) => token(args),
-        Command::CheckConfig { config } => {
-            let cfg = Config::load(config.as_deref(), std::env::vars())?;
+        Command::CheckConfig { config, file } => {
+            let cfg = Config::load(config.or(file).as_deref(), std::env::vars())?;
+            for key in &cfg.unknown_keys {
+                eprintln!("warning: unknown configuration key {key} is ignored");
+            }
             announce(&serde_json::to_string_pretty(&cfg)?);
             Ok(())
         }
