@@ -42,6 +42,10 @@ use crate::session::SessionMode;
 
 use super::start_session;
 
+/// How long a closed session waits for its client's next poll while the node shuts
+/// down.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
 /// Sessions of this transport by session id, for the poll handler.
 #[derive(Default)]
 pub struct Registry {
@@ -140,8 +144,14 @@ async fn pump(node: Node, session: Arc<PollSession>) {
         }
     }
     // Keep the closed session long enough for the client to collect the close, then
-    // forget it.
-    let linger = tokio::time::sleep(cfg.session_timeout);
+    // forget it. A live client polls again within moments of its last answer, so
+    // during shutdown a short grace is enough and keeps the drain quick.
+    let grace = if node.is_shutting_down() {
+        SHUTDOWN_GRACE.min(cfg.session_timeout)
+    } else {
+        cfg.session_timeout
+    };
+    let linger = tokio::time::sleep(grace);
     tokio::pin!(linger);
     loop {
         tokio::select! {
