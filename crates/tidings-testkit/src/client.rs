@@ -80,7 +80,7 @@ pub async fn handshake_status(url: &str, headers: &[(&str, &str)]) -> anyhow::Re
 
 /// Dials `url` (optionally with a small receive buffer, so a test can stop
 /// reading and have the server notice soon) and runs the handshake.
-async fn handshake(
+pub(crate) async fn handshake(
     url: &str,
     headers: &[(&str, &str)],
     recv_buffer: Option<u32>,
@@ -127,17 +127,17 @@ async fn handshake(
 }
 
 /// The id of a reply, when it answers a command (pushes have none).
-fn reply_id(reply: &Value) -> Option<u64> {
+pub(crate) fn reply_id(reply: &Value) -> Option<u64> {
     reply.get("id").and_then(Value::as_u64).filter(|id| *id > 0)
 }
 
 /// A server ping is an empty reply.
-fn is_ping(reply: &Value) -> bool {
+pub(crate) fn is_ping(reply: &Value) -> bool {
     reply.as_object().is_some_and(|o| o.is_empty())
 }
 
 /// The method of a command: its first key other than `id`.
-fn command_method(cmd: &Value) -> Option<String> {
+pub(crate) fn command_method(cmd: &Value) -> Option<String> {
     cmd.as_object()?.keys().find(|k| *k != "id").cloned()
 }
 

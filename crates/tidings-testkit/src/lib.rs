@@ -11,6 +11,15 @@
 //!   tokio-tungstenite. It speaks JSON commands and splits newline-batched
 //!   frames back into single replies, so tests can see exactly what the
 //!   server sent.
+//! - [`transport`]: the [`Transport`] enum and the adapters that carry frames
+//!   over WebSocket, SSE, HTTP streaming and long polling.
+//! - [`proto_client`]: [`ProtoClient`], the same raw protocol client as
+//!   [`WsClient`] over any [`Transport`], so a scenario is written once and
+//!   run over all four.
+//! - [`uni_client`]: [`UniClient`] for the unidirectional endpoints.
+//! - [`raw_http`]: HTTP/1.1 written by hand over TCP, to abandon a request
+//!   once it is on the wire.
+//! - [`sse`]: a spec-compliant Server-Sent Events parser.
 //! - [`token`]: HS256 connection tokens signed like a backend would sign them.
 //! - [`profile`]: config documents for `--config` that tests start from.
 //! - [`metrics`]: reads values out of Prometheus text.
@@ -23,9 +32,18 @@
 pub mod client;
 pub mod metrics;
 pub mod profile;
+pub mod proto_client;
+pub mod raw_http;
 pub mod server;
+pub mod sse;
 pub mod token;
+pub mod transport;
+pub mod uni_client;
 
 pub use client::{handshake_status, Outcome, WsClient, DEFAULT_WAIT};
+pub use proto_client::ProtoClient;
 pub use server::{TidingsServer, TidingsServerBuilder};
+pub use sse::{SseEvent, SseParser};
 pub use token::{hs256_token, hs256_token_with_claims, unix_now};
+pub use transport::Transport;
+pub use uni_client::{UniClient, UniTransport};

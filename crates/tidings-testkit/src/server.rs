@@ -16,6 +16,8 @@ use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
 
 use crate::client::WsClient;
+use crate::proto_client::ProtoClient;
+use crate::transport::Transport;
 
 /// How long a server gets to print its listening line.
 const START_DEADLINE: Duration = Duration::from_secs(15);
@@ -302,6 +304,43 @@ impl TidingsServer {
             .connect(serde_json::json!({ "token": token }))
             .await?;
         Ok(client)
+    }
+
+    /// Connects anonymously over `transport`.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the connection or the connect command fails.
+    pub async fn connect_over(&self, transport: Transport) -> anyhow::Result<ProtoClient> {
+        ProtoClient::connect(&self.http_url(), transport, serde_json::json!({})).await
+    }
+
+    /// Connects over `transport` with the given connect request fields
+    /// (`token`, `data`, …).
+    ///
+    /// # Errors
+    ///
+    /// Fails when the connection or the connect command fails.
+    pub async fn connect_over_with(
+        &self,
+        transport: Transport,
+        params: Value,
+    ) -> anyhow::Result<ProtoClient> {
+        ProtoClient::connect(&self.http_url(), transport, params).await
+    }
+
+    /// The `tidings_connections` gauge from `/metrics`.
+    ///
+    /// # Errors
+    ///
+    /// Fails when `/metrics` cannot be read or lacks the gauge.
+    pub async fn connections_gauge(&self) -> anyhow::Result<f64> {
+        let (status, text) = self.http_get("/metrics").await?;
+        if status != 200 {
+            bail!("GET /metrics -> HTTP {status}");
+        }
+        crate::metrics::sample(&text, "tidings_connections", &[])
+            .context("no tidings_connections sample in /metrics")
     }
 
     /// POSTs `body` to `/api/<method>` with the known key in `X-API-Key`.

@@ -10,8 +10,9 @@
 //!   and pushes numbered `F..=M`, as soon as there are any, or an empty list after
 //!   `long_poll.hold`. `cursor` acknowledges everything up to `N`; unacknowledged
 //!   messages are sent again, so a retried or duplicated poll never loses a message,
-//!   and numbering lets the client drop what it already has. `close` is set once,
-//!   with the disconnect code and reason, when the session has ended.
+//!   and numbering lets the client drop what it already has. When the session has
+//!   ended, every poll that reaches the end also carries `close` (code, reason,
+//!   reconnect), numbered after the last message, until the session is forgotten.
 //! - Commands go to `POST /emulation` with `{"session": ID, "data": FRAME}`.
 //! - `DELETE /connection/long_poll?session=ID` ends the session.
 //!
@@ -73,8 +74,11 @@ struct Buffer {
     bytes: usize,
     next_seq: u64,
     close: Option<Disconnect>,
-    /// A poll response has carried the close; the session can be forgotten.
-    close_sent: bool,
+    /// The close has a number of its own, after the last message. Every poll that
+    /// reaches the end gets the close again (a lost answer loses nothing); a poll
+    /// acknowledging this number shows the client has it.
+    close_seq: u64,
+    close_acked: bool,
 }
 
 /// The server side of one long-poll session.
@@ -109,6 +113,8 @@ impl PollSession {
         }
         if close.is_some() && buf.close.is_none() {
             buf.close = close;
+            buf.close_seq = buf.next_seq;
+            buf.next_seq += 1;
         }
         drop(buf);
         self.notify.notify_waiters();
@@ -158,7 +164,7 @@ async fn pump(node: Node, session: Arc<PollSession>) {
             _ = &mut linger => break,
             _ = session.notify.notified() => {}
         }
-        if session.buffer.lock().close_sent && !session.polling.load(Ordering::Acquire) {
+        if session.buffer.lock().close_acked && !session.polling.load(Ordering::Acquire) {
             break;
         }
     }
@@ -197,7 +203,8 @@ pub async fn open(State(node): State<Node>, headers: HeaderMap, body: AxumBytes)
             bytes: 0,
             next_seq: 1,
             close: None,
-            close_sent: false,
+            close_seq: 0,
+            close_acked: false,
         }),
         notify: Notify::new(),
         polling: AtomicBool::new(false),
@@ -288,6 +295,9 @@ fn take(session: &PollSession, cursor: u64, max_bytes: usize) -> Option<Bytes> {
     if buf.items.is_empty() && buf.close.is_none() {
         return None;
     }
+    if buf.close.is_some() && cursor >= buf.close_seq {
+        buf.close_acked = true;
+    }
     let mut out = BytesMut::with_capacity(64 + buf.bytes.min(max_bytes));
     let mut last = cursor;
     let mut first = 0;
@@ -306,6 +316,9 @@ fn take(session: &PollSession, cursor: u64, max_bytes: usize) -> Option<Bytes> {
     }
     out.put_u8(b']');
     let complete = buf.items.back().is_none_or(|(seq, _)| *seq == last);
+    if complete && buf.close.is_some() {
+        last = buf.close_seq;
+    }
     let mut head = format!("{{\"cursor\":{last},");
     if first != 0 {
         head.push_str(&format!("\"first\":{first},"));
@@ -316,7 +329,6 @@ fn take(session: &PollSession, cursor: u64, max_bytes: usize) -> Option<Bytes> {
         let close =
             serde_json::json!({"code": d.code, "reason": d.reason, "reconnect": d.reconnect});
         body.put_slice(format!(",\"close\":{close}").as_bytes());
-        buf.close_sent = true;
     }
     body.put_u8(b'}');
     Some(body.freeze())
