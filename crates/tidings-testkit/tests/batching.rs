@@ -46,7 +46,11 @@ async fn replies_are_in_command_order_within_a_batch() -> anyhow::Result<()> {
 #[tokio::test]
 async fn replies_to_a_batch_share_frames() -> anyhow::Result<()> {
     const COMMANDS: u64 = 600;
-    let server = TidingsServer::start().await?;
+    // More commands at once than the default command budget lets through.
+    let server = TidingsServer::builder()
+        .env("TIDINGS_CLIENT_COMMAND_RATE_LIMIT_BURST", "1000")
+        .start()
+        .await?;
     let pad = "r".repeat(200);
     server.publish("big", json!({ "pad": pad })).await?;
 

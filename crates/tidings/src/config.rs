@@ -110,6 +110,46 @@ pub struct ClientConfig {
     /// How long a connection may stay open without sending `connect`. Default `10s`.
     #[serde(with = "humantime_serde")]
     pub stale_close_delay: Duration,
+    /// Most connections one user (non-empty user id) may hold on this node; the next
+    /// `connect` is closed with 3504. Default `0` (no limit).
+    pub user_connection_limit: usize,
+    /// Most client connections this node holds at once; past it new ones get HTTP 503.
+    /// Default `0` (no limit).
+    pub connection_limit: usize,
+    /// Most new client connections this node accepts per second (bursts of as many);
+    /// past it new ones get HTTP 503. Default `0` (no limit).
+    pub connection_rate_limit: u32,
+    /// The per-connection command budget (a Tidings key; Centrifugo has no free
+    /// equivalent).
+    pub command_rate_limit: CommandRateLimitConfig,
+}
+
+/// A token bucket per connection: every command takes a token, tokens come back at
+/// `rate` per second up to `burst`. A command without a token is answered with 111;
+/// a connection that keeps going is closed with 3013.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CommandRateLimitConfig {
+    /// Apply the budget. Default `true`.
+    pub enabled: bool,
+    /// Tokens added per second. Default `100`.
+    pub rate: u32,
+    /// Size of the bucket: the longest burst a connection may send. Default `200`.
+    pub burst: u32,
+    /// Refused commands, counted since the bucket was last full, that close the
+    /// connection with 3013. Default `50`; `0` never closes.
+    pub disconnect_after: u32,
+}
+
+impl Default for CommandRateLimitConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            rate: 100,
+            burst: 200,
+            disconnect_after: 50,
+        }
+    }
 }
 
 impl Default for ClientConfig {
@@ -127,6 +167,10 @@ impl Default for ClientConfig {
             recovery_max_publication_limit: 300,
             channel_limit: 128,
             stale_close_delay: Duration::from_secs(10),
+            user_connection_limit: 0,
+            connection_limit: 0,
+            connection_rate_limit: 0,
+            command_rate_limit: CommandRateLimitConfig::default(),
         }
     }
 }
@@ -243,6 +287,8 @@ pub struct HttpApiConfig {
     pub insecure: bool,
     /// Path prefix of the API. Default `/api`.
     pub handler_prefix: String,
+    /// Largest request body; larger ones get HTTP 413. Default `2097152` (2 MiB).
+    pub max_request_body_size: usize,
 }
 
 impl Default for HttpApiConfig {
@@ -251,6 +297,7 @@ impl Default for HttpApiConfig {
             key: String::new(),
             insecure: false,
             handler_prefix: "/api".into(),
+            max_request_body_size: 2 * 1024 * 1024,
         }
     }
 }
@@ -611,6 +658,13 @@ impl Config {
         if self.client.pong_timeout >= self.client.ping_interval {
             return bad("client.pong_timeout must be shorter than client.ping_interval".into());
         }
+        let budget = &self.client.command_rate_limit;
+        if budget.enabled && (budget.rate == 0 || budget.burst == 0) {
+            return bad(
+                "client.command_rate_limit.rate and .burst must be positive while it is enabled"
+                    .into(),
+            );
+        }
         let mut seen = HashSet::new();
         let all = std::iter::once((
             "channel.without_namespace".to_string(),
@@ -918,5 +972,37 @@ mod tests {
         let mut cfg = Config::default();
         cfg.channel.without_namespace.history_size = 10;
         assert!(cfg.validate().is_err());
+    }
+
+    #[test]
+    fn limits_load_from_the_environment() {
+        let cfg = Config::load(
+            None,
+            env(&[
+                ("TIDINGS_CLIENT_USER_CONNECTION_LIMIT", "2"),
+                ("TIDINGS_CLIENT_CONNECTION_LIMIT", "1000"),
+                ("TIDINGS_CLIENT_CONNECTION_RATE_LIMIT", "50"),
+                ("TIDINGS_CLIENT_COMMAND_RATE_LIMIT_BURST", "20"),
+                ("TIDINGS_CLIENT_COMMAND_RATE_LIMIT_DISCONNECT_AFTER", "0"),
+                ("TIDINGS_HTTP_API_MAX_REQUEST_BODY_SIZE", "4096"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.client.user_connection_limit, 2);
+        assert_eq!(cfg.client.connection_limit, 1000);
+        assert_eq!(cfg.client.connection_rate_limit, 50);
+        assert_eq!(cfg.client.command_rate_limit.burst, 20);
+        assert_eq!(cfg.client.command_rate_limit.rate, 100);
+        assert_eq!(cfg.client.command_rate_limit.disconnect_after, 0);
+        assert_eq!(cfg.http_api.max_request_body_size, 4096);
+    }
+
+    #[test]
+    fn enabled_command_budget_needs_a_rate_and_a_burst() {
+        let mut cfg = Config::default();
+        cfg.client.command_rate_limit.rate = 0;
+        assert!(cfg.validate().is_err());
+        cfg.client.command_rate_limit.enabled = false;
+        assert!(cfg.validate().is_ok());
     }
 }

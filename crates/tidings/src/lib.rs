@@ -9,6 +9,8 @@
 //! - [`node`] owns everything shared: the [`hub`] (local fan-out), the [`broker`]
 //!   (publish, history, delivery between nodes), [`presence`], [`config`], [`metrics`].
 //! - [`outbox`] bounds what a connection may have queued and batches its writes.
+//! - [`limit`] counts connections and holds the token buckets that bound how fast
+//!   connections arrive and how fast each one may send commands.
 //! - [`api`] is the Centrifugo-compatible server HTTP API.
 //! - [`server`] puts the routes together and runs them with graceful shutdown.
 //!
@@ -34,6 +36,7 @@ pub mod channel;
 pub mod config;
 pub mod connection;
 pub mod hub;
+pub mod limit;
 pub mod metrics;
 pub mod node;
 pub mod origin;

@@ -51,6 +51,9 @@ pub struct Metrics {
     pub channels: Gauge,
     pub messages_sent: Counter,
     pub messages_received: Counter,
+    /// New connections refused with 503, by reason.
+    refused_connection_limit: Counter,
+    refused_connection_rate: Counter,
     commands: HashMap<Method, Counter>,
     api_commands: HashMap<&'static str, Counter>,
     /// Codes are open-ended (apps may use 4000–4999), so their counters are made on
@@ -84,6 +87,14 @@ impl Metrics {
         let channels = gauge("tidings_channels");
         let messages_sent = counter("tidings_messages_sent_total", vec![]);
         let messages_received = counter("tidings_messages_received_total", vec![]);
+        let refused = |reason: &'static str| {
+            counter(
+                "tidings_connections_refused_total",
+                vec![Label::new("reason", reason)],
+            )
+        };
+        let refused_connection_limit = refused("connection_limit");
+        let refused_connection_rate = refused("connection_rate_limit");
         let commands = METHODS
             .iter()
             .map(|method| {
@@ -116,6 +127,8 @@ impl Metrics {
             channels,
             messages_sent,
             messages_received,
+            refused_connection_limit,
+            refused_connection_rate,
             commands,
             api_commands,
             disconnects: Mutex::new(HashMap::new()),
@@ -141,6 +154,16 @@ impl Metrics {
     pub fn command(&self, method: Method) {
         if let Some(c) = self.commands.get(&method) {
             c.increment(1);
+        }
+    }
+
+    /// A new connection was refused before it started.
+    pub fn connection_refused(&self, why: crate::limit::AdmitError) {
+        match why {
+            crate::limit::AdmitError::ConnectionLimit => {
+                self.refused_connection_limit.increment(1);
+            }
+            crate::limit::AdmitError::RateLimit => self.refused_connection_rate.increment(1),
         }
     }
 

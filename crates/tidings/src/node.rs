@@ -25,6 +25,7 @@ use crate::channel;
 use crate::config::Config;
 use crate::connection::{Connection, Control, ServerSubscribe};
 use crate::hub::Hub;
+use crate::limit::{AdmitError, ConnectionGate, ConnectionPermit};
 use crate::metrics::Metrics;
 use crate::presence::{MemoryPresenceManager, PresenceManager, PresenceStats};
 
@@ -177,6 +178,9 @@ pub(crate) struct NodeInner {
     started: Instant,
     // A plain mutex: held only for map updates at connect/disconnect time.
     registry: Mutex<Registry>,
+    /// Counts client connections and applies the connection and connection-rate
+    /// limits before a transport starts a session.
+    gate: ConnectionGate,
     /// Emulated sessions by session id. A plain mutex: lookups and inserts only.
     sessions: Mutex<HashMap<String, SessionInbox>>,
     /// Long-poll sessions, for the poll requests.
@@ -220,6 +224,10 @@ impl NodeBuilder {
         } else {
             config.node.name.clone()
         };
+        let gate = ConnectionGate::new(
+            config.client.connection_limit,
+            config.client.connection_rate_limit,
+        );
         let inner = Arc::new(NodeInner {
             config,
             hub,
@@ -232,6 +240,7 @@ impl NodeBuilder {
             name,
             started: Instant::now(),
             registry: Mutex::new(Registry::default()),
+            gate,
             sessions: Mutex::new(HashMap::new()),
             long_polls: Default::default(),
             rpc: self.rpc,
@@ -574,13 +583,45 @@ impl Node {
         })
     }
 
-    pub(crate) fn register(&self, conn: &Arc<Connection>) {
+    /// Admits a new client connection. Transports call it before they start a
+    /// session and hold the permit for as long as the session runs.
+    ///
+    /// # Errors
+    /// [`AdmitError`] when `client.connection_limit` connections are open or new
+    /// ones arrive faster than `client.connection_rate_limit`.
+    pub fn try_admit(&self) -> Result<ConnectionPermit, AdmitError> {
+        let admitted = self.inner.gate.try_admit();
+        if let Err(why) = admitted {
+            self.inner.metrics.connection_refused(why);
+            tracing::debug!(reason = %why, "connection refused");
+        }
+        admitted
+    }
+
+    /// Client connections on this node, counted from admission until their
+    /// session ends (connected or not yet).
+    pub fn num_connections(&self) -> usize {
+        self.inner.gate.open()
+    }
+
+    /// Records a connected client. `false` when its user already holds
+    /// `client.user_connection_limit` connections on this node (anonymous users are
+    /// not counted); the check and the insert share one lock, so simultaneous
+    /// connects of one user cannot overshoot.
+    #[must_use]
+    pub(crate) fn register(&self, conn: &Arc<Connection>) -> bool {
+        let limit = self.inner.config.client.user_connection_limit;
         let mut reg = self.inner.registry.lock();
+        let user = conn.user();
+        if limit > 0 && !user.is_empty() && reg.users.get(user).is_some_and(|s| s.len() >= limit) {
+            return false;
+        }
         reg.clients.insert(conn.client_id.clone(), conn.clone());
         reg.users
-            .entry(conn.user().to_string())
+            .entry(user.to_string())
             .or_default()
             .insert(conn.client_id.clone());
+        true
     }
 
     pub(crate) fn unregister(&self, conn: &Connection) {

@@ -6,6 +6,7 @@
 
 use std::future::Future;
 
+use axum::extract::DefaultBodyLimit;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -27,7 +28,10 @@ pub fn router(node: &Node) -> Router {
             &cfg.websocket.handler_prefix,
             get(crate::transport::websocket::handler),
         )
-        .route(&api_path, post(crate::api::handler));
+        .route(
+            &api_path,
+            post(crate::api::handler).layer(body_limit(cfg.http_api.max_request_body_size)),
+        );
     if cfg.uni_websocket.enabled {
         app = app.route(
             &cfg.uni_websocket.handler_prefix,
@@ -55,24 +59,30 @@ fn http_transports(node: &Node) -> Router<Node> {
     let mut app = Router::new();
     if cfg.sse.enabled {
         let sse: MethodRouter<Node> = get(stream::sse).post(stream::sse);
-        app = app.route(cfg.sse.path("/connection/sse"), sse);
+        app = app.route(
+            cfg.sse.path("/connection/sse"),
+            sse.layer(body_limit(cfg.sse.max_request_body_size)),
+        );
     }
     if cfg.http_stream.enabled {
         app = app.route(
             cfg.http_stream.path("/connection/http_stream"),
-            post(stream::http_stream),
+            post(stream::http_stream).layer(body_limit(cfg.http_stream.max_request_body_size)),
         );
     }
     if cfg.uni_sse.enabled {
         app = app.route(
             cfg.uni_sse.path("/connection/uni_sse"),
-            get(stream::uni_sse).post(stream::uni_sse),
+            get(stream::uni_sse)
+                .post(stream::uni_sse)
+                .layer(body_limit(cfg.uni_sse.max_request_body_size)),
         );
     }
     if cfg.uni_http_stream.enabled {
         app = app.route(
             cfg.uni_http_stream.path("/connection/uni_http_stream"),
-            post(stream::uni_http_stream),
+            post(stream::uni_http_stream)
+                .layer(body_limit(cfg.uni_http_stream.max_request_body_size)),
         );
     }
     if cfg.long_poll.enabled {
@@ -80,11 +90,15 @@ fn http_transports(node: &Node) -> Router<Node> {
             &cfg.long_poll.handler_prefix,
             post(long_poll::open)
                 .get(long_poll::poll)
-                .merge(delete(long_poll::close)),
+                .merge(delete(long_poll::close))
+                .layer(body_limit(cfg.emulation.max_request_body_size)),
         );
     }
     if cfg.sse.enabled || cfg.http_stream.enabled || cfg.long_poll.enabled {
-        app = app.route(&cfg.emulation.handler_prefix, post(emulation::handler));
+        app = app.route(
+            &cfg.emulation.handler_prefix,
+            post(emulation::handler).layer(body_limit(cfg.emulation.max_request_body_size)),
+        );
     }
     let config = node.inner.config.clone();
     // Browsers on allowed origins may call these cross-origin. The allowed origin is
@@ -105,6 +119,13 @@ fn http_transports(node: &Node) -> Router<Node> {
         .allow_headers([header::CONTENT_TYPE])
         .max_age(std::time::Duration::from_secs(3600));
     app.layer(cors)
+}
+
+/// Bounds how much of a request body is read: past `max` bytes the request is
+/// answered 413 (with axum's "length limit exceeded" message) before the handler
+/// runs, so an oversized body is never buffered whole.
+fn body_limit(max: usize) -> DefaultBodyLimit {
+    DefaultBodyLimit::max(max)
 }
 
 async fn metrics(axum::extract::State(node): axum::extract::State<Node>) -> impl IntoResponse {

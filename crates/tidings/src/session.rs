@@ -27,6 +27,7 @@ use crate::broker::HistoryFilter;
 use crate::channel;
 use crate::connection::{Connection, Control, ServerSubscribe};
 use crate::hub::Subscriber;
+use crate::limit::TokenBucket;
 use crate::node::{Node, NodeError, PublishRequest, RpcRequest};
 
 /// What a transport hands the session.
@@ -78,6 +79,44 @@ struct Subscribed {
     after_offset: u64,
 }
 
+/// The command budget of a connection (`client.command_rate_limit`).
+struct CommandBudget {
+    bucket: TokenBucket,
+    /// Commands refused since the bucket was last full. A client that slows down
+    /// until the bucket refills is forgiven; one that keeps pushing is closed.
+    refused: u32,
+    /// `refused` at which the connection is closed with 3013; 0 never closes.
+    disconnect_after: u32,
+}
+
+/// What the budget says about one command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Budget {
+    Allowed,
+    /// Answer 111 and go on.
+    Refused,
+    /// Too many refusals: close with 3013.
+    Exhausted,
+}
+
+impl CommandBudget {
+    fn check(&mut self, now: Instant) -> Budget {
+        self.bucket.refill(now);
+        if self.bucket.is_full() {
+            self.refused = 0;
+        }
+        if self.bucket.try_take(now) {
+            return Budget::Allowed;
+        }
+        self.refused = self.refused.saturating_add(1);
+        if self.disconnect_after > 0 && self.refused >= self.disconnect_after {
+            Budget::Exhausted
+        } else {
+            Budget::Refused
+        }
+    }
+}
+
 /// How a connection speaks the protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionMode {
@@ -106,6 +145,8 @@ pub struct Session {
     pong_deadline: Option<Instant>,
     next_ping: Instant,
     stale_at: Instant,
+    /// `None` when `client.command_rate_limit` is off.
+    budget: Option<CommandBudget>,
 }
 
 impl Session {
@@ -123,6 +164,12 @@ impl Session {
     ) -> Self {
         let now = Instant::now();
         let stale = node.config().client.stale_close_delay;
+        let limit = &node.config().client.command_rate_limit;
+        let budget = limit.enabled.then(|| CommandBudget {
+            bucket: TokenBucket::new(limit.rate, limit.burst, now),
+            refused: 0,
+            disconnect_after: limit.disconnect_after,
+        });
         Self {
             node,
             mode,
@@ -135,6 +182,7 @@ impl Session {
             pong_deadline: None,
             next_ping: now,
             stale_at: now + stale,
+            budget,
         }
     }
 
@@ -270,6 +318,22 @@ impl Session {
     }
 
     async fn handle_command(&mut self, cmd: Command) -> Result<(), Disconnect> {
+        // Every command takes a token, pongs and `send` included.
+        let budget = match &mut self.budget {
+            Some(budget) => budget.check(Instant::now()),
+            None => Budget::Allowed,
+        };
+        match budget {
+            Budget::Allowed => {}
+            Budget::Refused => {
+                // An error reply needs an id; a pong or `send` over budget is dropped.
+                if cmd.id != 0 {
+                    self.send_error(cmd.id, codes::ERROR_TOO_MANY_REQUESTS);
+                }
+                return Ok(());
+            }
+            Budget::Exhausted => return Err(Disconnect::too_many_requests()),
+        }
         if cmd.is_pong() {
             // A pong answers a ping, and pings start after connect.
             return if self.connected {
@@ -415,8 +479,10 @@ impl Session {
             result.ttl = ttl as u32;
             self.expire_at = Some(Instant::now() + Duration::from_secs(ttl));
         }
+        if !self.node.register(&self.conn) {
+            return Err(Disconnect::connection_limit());
+        }
         self.connected = true;
-        self.node.register(&self.conn);
         let ping_interval = self.node.config().client.ping_interval;
         self.next_ping = Instant::now() + ping_interval;
 
@@ -1102,5 +1168,120 @@ mod tests {
         assert!(lines
             .iter()
             .any(|l| l == r#"{"id":3,"error":{"code":105,"message":"already subscribed"}}"#));
+    }
+
+    fn with_budget(rate: u32, burst: u32, disconnect_after: u32) -> Config {
+        let mut config = Config::development();
+        config.client.command_rate_limit = crate::config::CommandRateLimitConfig {
+            enabled: true,
+            rate,
+            burst,
+            disconnect_after,
+        };
+        config
+    }
+
+    /// The next `n` replies, however the writer batches them.
+    async fn replies(h: &Harness, n: usize) -> Vec<String> {
+        let mut lines = Vec::new();
+        while lines.len() < n {
+            lines.extend(h.next().await.unwrap());
+        }
+        lines
+    }
+
+    fn pings(ids: std::ops::RangeInclusive<u32>) -> String {
+        ids.map(|id| format!(r#"{{"id":{id},"ping":{{}}}}"#))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    const TOO_MANY: &str = r#"{"code":111,"message":"too many requests","temporary":true}"#;
+
+    // Paused time: the bucket refills only when the test advances the clock.
+    #[tokio::test(start_paused = true)]
+    async fn commands_over_the_budget_get_111_until_tokens_come_back() {
+        let h = start(with_budget(1, 3, 0));
+        h.send(r#"{"id":1,"connect":{}}"#).await;
+        h.next().await.unwrap();
+        // Connect took one of the three tokens: two pings pass, the third is refused.
+        h.send(&pings(2..=4)).await;
+        let lines = replies(&h, 3).await;
+        assert!(lines[0].starts_with(r#"{"id":2,"ping""#), "{lines:?}");
+        assert!(lines[1].starts_with(r#"{"id":3,"ping""#), "{lines:?}");
+        assert_eq!(lines[2], format!(r#"{{"id":4,"error":{TOO_MANY}}}"#));
+        // A second later one token is back, and only one.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        h.send(&pings(5..=6)).await;
+        let lines = replies(&h, 2).await;
+        assert!(lines[0].starts_with(r#"{"id":5,"ping""#), "{lines:?}");
+        assert_eq!(lines[1], format!(r#"{{"id":6,"error":{TOO_MANY}}}"#));
+        assert!(h.conn.outbox.closed_with().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_keeps_going_over_budget_is_closed_3013() {
+        let h = start(with_budget(1, 2, 3));
+        h.send(r#"{"id":1,"connect":{}}"#).await;
+        h.next().await.unwrap();
+        h.send(&pings(2..=8)).await;
+        // What was queued before the close comes with it.
+        let mut lines = Vec::new();
+        let closed = loop {
+            let (items, close) = match h.conn.outbox.drain().await {
+                Drained::Batch(items) => (items, None),
+                Drained::Close(items, d) => (items, Some(d)),
+            };
+            lines.extend(items.iter().map(|b| String::from_utf8(b.to_vec()).unwrap()));
+            if let Some(d) = close {
+                break d;
+            }
+        };
+        assert_eq!(closed.code, 3013);
+        assert_eq!(closed.reason, "too many requests");
+        // One ping passed, two were refused, and the third refusal closed it.
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(lines[0].starts_with(r#"{"id":2,"ping""#), "{lines:?}");
+        assert!(lines[1..].iter().all(|l| l.contains(TOO_MANY)), "{lines:?}");
+        h.task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_are_forgiven_once_the_bucket_refills() {
+        let h = start(with_budget(1, 2, 3));
+        h.send(r#"{"id":1,"connect":{}}"#).await;
+        h.next().await.unwrap();
+        h.send(&pings(2..=4)).await;
+        assert_eq!(
+            replies(&h, 3)
+                .await
+                .iter()
+                .filter(|l| l.contains(TOO_MANY))
+                .count(),
+            2
+        );
+        // Quiet long enough to fill the bucket: the two refusals no longer count,
+        // so one more refusal (the third overall) keeps the connection.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        h.send(&pings(5..=7)).await;
+        assert_eq!(
+            replies(&h, 3)
+                .await
+                .iter()
+                .filter(|l| l.contains(TOO_MANY))
+                .count(),
+            1
+        );
+        assert!(h.conn.outbox.closed_with().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pongs_count_against_the_budget_but_get_no_reply() {
+        let h = start(with_budget(1, 2, 3));
+        h.send(r#"{"id":1,"connect":{}}"#).await;
+        h.next().await.unwrap();
+        // One pong passes and three more are dropped; the third refusal closes.
+        h.send("{}\n{}\n{}\n{}").await;
+        assert_eq!(h.closed_with().await.code, 3013);
     }
 }

@@ -195,7 +195,17 @@ pub async fn open(State(node): State<Node>, headers: HeaderMap, body: AxumBytes)
         )
             .into_response();
     }
-    let (conn, _inbox) = start_session(&node, "long_poll", SessionMode::Emulated, Some(first));
+    let permit = match node.try_admit() {
+        Ok(permit) => permit,
+        Err(refused) => return refused.into_response(),
+    };
+    let (conn, _inbox) = start_session(
+        &node,
+        "long_poll",
+        SessionMode::Emulated,
+        Some(first),
+        permit,
+    );
     let session = Arc::new(PollSession {
         conn: conn.clone(),
         buffer: Mutex::new(Buffer {

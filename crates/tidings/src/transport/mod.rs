@@ -15,10 +15,13 @@ pub mod websocket;
 
 use std::sync::Arc;
 
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::connection::Connection;
+use crate::limit::{AdmitError, ConnectionPermit};
 use crate::node::{Node, SESSION_INBOX};
 use crate::session::{Inbound, Session, SessionMode};
 
@@ -47,15 +50,24 @@ pub(crate) fn disconnect_push(d: &tidings_protocol::Disconnect) -> Bytes {
     )
 }
 
+/// A connection refused by `client.connection_limit` or
+/// `client.connection_rate_limit` gets 503, whatever its transport.
+impl IntoResponse for AdmitError {
+    fn into_response(self) -> Response {
+        (StatusCode::SERVICE_UNAVAILABLE, self.to_string()).into_response()
+    }
+}
+
 /// Starts a session on its own tracked task. `first` is the frame the client sent
 /// with the opening request (its connect command, or for unidirectional transports
 /// its connect request). Emulated sessions become reachable by their session id
-/// until they end.
+/// until they end. The task holds `permit` until the session ends.
 pub(crate) fn start_session(
     node: &Node,
     transport: &'static str,
     mode: SessionMode,
     first: Option<String>,
+    permit: ConnectionPermit,
 ) -> (Arc<Connection>, mpsc::Sender<Inbound>) {
     let (conn, control) = Connection::new(transport, node.config().client.queue_max_size);
     let (tx, rx) = mpsc::channel::<Inbound>(SESSION_INBOX);
@@ -73,6 +85,7 @@ pub(crate) fn start_session(
         // Holding a sender keeps the inbound stream open for as long as the session
         // runs; it ends when the connection closes, not when input stops.
         let _keep_open = keep_open;
+        let _permit = permit;
         let inbound = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|frame| (frame, rx))
         }));

@@ -180,7 +180,11 @@ pub async fn open(
     } else {
         connect
     };
-    let (conn, _inbox) = start_session(&node, endpoint.name(), mode, Some(first));
+    let permit = match node.try_admit() {
+        Ok(permit) => permit,
+        Err(refused) => return refused.into_response(),
+    };
+    let (conn, _inbox) = start_session(&node, endpoint.name(), mode, Some(first), permit);
     streaming_response(conn, framing, uni)
 }
 

@@ -20,6 +20,7 @@ use futures_util::{SinkExt, StreamExt};
 use tidings_protocol::Disconnect;
 
 use crate::connection::Connection;
+use crate::limit::ConnectionPermit;
 use crate::node::Node;
 use crate::outbox::{join_batch, Drained};
 use crate::session::{Inbound, InboundError, Session, SessionMode};
@@ -66,6 +67,11 @@ fn upgrade(
     if !crate::origin::allowed(node.config(), &headers) {
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
+    // An upgrade that never completes drops the callback, and the permit with it.
+    let permit = match node.try_admit() {
+        Ok(permit) => permit,
+        Err(refused) => return refused.into_response(),
+    };
     ws.max_message_size(limit)
         .max_frame_size(limit)
         .read_buffer_size(READ_BUFFER)
@@ -73,14 +79,22 @@ fn upgrade(
         .on_upgrade(move |socket| {
             let task_node = node.clone();
             async move {
-                task_node.spawn_connection(serve(node, socket, uni, first));
+                task_node.spawn_connection(serve(node, socket, uni, first, permit));
             }
         })
         .into_response()
 }
 
-/// Serves one upgraded socket until either side ends it.
-pub async fn serve(node: Node, socket: WebSocket, uni: bool, first: Option<String>) {
+/// Serves one upgraded socket until either side ends it; the connection counts
+/// against the node's limits until then.
+pub async fn serve(
+    node: Node,
+    socket: WebSocket,
+    uni: bool,
+    first: Option<String>,
+    permit: ConnectionPermit,
+) {
+    let _permit = permit;
     let queue = node.config().client.queue_max_size;
     let write_timeout = node.config().websocket.write_timeout;
     let transport = if uni { "uni_websocket" } else { "websocket" };
