@@ -10,7 +10,8 @@
 //!   (publish, history, delivery between nodes), [`presence`], [`config`], [`metrics`].
 //! - [`outbox`] bounds what a connection may have queued and batches its writes.
 //! - [`api`] is the Centrifugo-compatible server HTTP API.
-//! - [`server`] puts the routes together and runs them with graceful shutdown.
+//! - [`server`] puts the routes together and runs them with graceful shutdown, a
+//!   header read timeout and, with [`tls`], https:// and wss://.
 //!
 //! # Examples
 //!
@@ -41,6 +42,7 @@ pub mod outbox;
 pub mod presence;
 pub mod server;
 pub mod session;
+pub mod tls;
 pub mod transport;
 
 pub use config::Config;
