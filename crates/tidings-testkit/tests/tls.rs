@@ -253,3 +253,49 @@ async fn connection_that_never_completes_the_handshake_is_closed() -> anyhow::Re
     assert_eq!(status, 200);
     Ok(())
 }
+
+/// GETs `path` in plain HTTP and returns the status, or `None` when no HTTP answer
+/// came back.
+async fn plain_get_status(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<Option<u16>> {
+    let mut tcp = TcpStream::connect(addr).await?;
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    let _ = timeout(WAIT, tcp.read_to_end(&mut buf))
+        .await
+        .context("plain request was neither answered nor closed")?;
+    let text = String::from_utf8_lossy(&buf);
+    Ok(text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok()))
+}
+
+#[tokio::test]
+async fn internal_port_follows_tls_unless_tls_external() -> anyhow::Result<()> {
+    let cert = server_cert()?;
+    let connector = connector(&cert.der, None)?;
+
+    let mut config = tls_config(&cert, json!({}));
+    config["http_server"]["internal_port"] = json!("0");
+    let server = TidingsServer::builder()
+        .config_json(config.clone())
+        .start()
+        .await?;
+    let internal = server.internal_addr().context("no internal listener")?;
+    let (status, body) = https_post(&connector, internal, "/api/info", "{}").await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(plain_get_status(internal, "/health").await?, None);
+    drop(server);
+
+    config["http_server"]["tls_external"] = json!(true);
+    let server = TidingsServer::builder().config_json(config).start().await?;
+    let internal = server.internal_addr().context("no internal listener")?;
+    assert!(server.is_tls(), "the public listener keeps TLS");
+    assert_eq!(plain_get_status(internal, "/health").await?, Some(200));
+    let (status, _) = https_post(&connector, server.addr(), "/api/info", "{}").await?;
+    assert_eq!(status, 404, "the API is not on the public listener");
+    Ok(())
+}
