@@ -24,7 +24,11 @@
 //!     .route("/hello", axum::routing::get(|| async { "hi" }))
 //!     .merge(tidings::server::router(&node));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! axum::serve(listener, app).await
+//! // Serves until Ctrl-C, then drains the node; slow clients are timed out.
+//! tidings::server::run(listener, node, app, async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! })
+//! .await
 //! # }
 //! ```
 
