@@ -166,15 +166,16 @@ export class TidingsServer {
       const lines = createInterface({ input: child.stdout });
       lines.on('line', (line) => {
         this.stdoutLines.push(line);
-        const m = /^tidings listening on (http:\/\/(\S+):(\d+))\s*$/.exec(line);
+        const m = /^tidings listening on (https?):\/\/(\S+):(\d+)\s*$/.exec(line);
         if (m) {
           clearTimeout(timer);
           let host = m[2];
           // A wildcard bind address is not something to connect to.
           if (host === '0.0.0.0' || host === '[::]' || host === '::') host = '127.0.0.1';
           this.port = Number(m[3]);
-          this.httpUrl = `http://${host}:${this.port}`;
-          this.wsUrl = `ws://${host}:${this.port}/connection/websocket`;
+          this.tls = m[1] === 'https';
+          this.httpUrl = `${m[1]}://${host}:${this.port}`;
+          this.wsUrl = `${this.tls ? 'wss' : 'ws'}://${host}:${this.port}/connection/websocket`;
           resolve(this);
         }
       });

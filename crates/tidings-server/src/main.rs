@@ -40,6 +40,20 @@ enum Command {
         #[arg(conflicts_with = "config")]
         file: Option<PathBuf>,
     },
+    /// Development helper: write a self-signed certificate (cert.pem) and its key
+    /// (key.pem) for local TLS, valid for localhost, 127.0.0.1 and ::1.
+    #[command(hide = true)]
+    DevCert(DevCertArgs),
+}
+
+#[derive(clap::Args)]
+struct DevCertArgs {
+    /// Directory to write cert.pem and key.pem into (created if missing).
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
+    /// Extra host names or IP addresses the certificate is valid for.
+    #[arg(long = "host")]
+    hosts: Vec<String>,
 }
 
 #[derive(clap::Args, Default)]
@@ -79,6 +93,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
         Command::Serve(args) => serve(args),
         Command::Token(args) => token(args),
+        Command::DevCert(args) => dev_cert(args),
         Command::CheckConfig { config, file } => {
             let cfg = Config::load(config.or(file).as_deref(), std::env::vars())?;
             for key in &cfg.unknown_keys {
@@ -119,6 +134,41 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn dev_cert(args: DevCertArgs) -> anyhow::Result<()> {
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+    names.extend(args.hosts);
+    let certified =
+        rcgen::generate_simple_self_signed(names).context("cannot generate a certificate")?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let cert = args.out.join("cert.pem");
+    let key = args.out.join("key.pem");
+    std::fs::write(&cert, certified.cert.pem())
+        .with_context(|| format!("cannot write {}", cert.display()))?;
+    write_private(&key, &certified.key_pair.serialize_pem())?;
+    announce(&format!(
+        "wrote {} and {} (self-signed, for development only)",
+        cert.display(),
+        key.display()
+    ));
+    Ok(())
+}
+
+/// Writes a file that only its owner may read, where the platform allows.
+fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(contents.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
     if let Some(a) = args.address {
@@ -143,32 +193,87 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn run(config: Config, development: bool) -> anyhow::Result<()> {
-    let host = if config.http_server.address.is_empty() {
-        "0.0.0.0".to_string()
-    } else {
-        config.http_server.address.clone()
-    };
-    let addr: SocketAddr = format!("{host}:{}", config.http_server.port)
-        .parse()
-        .or_else(|_| format!("[{host}]:{}", config.http_server.port).parse())
-        .with_context(|| format!("bad listen address {host:?}"))?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
+    let http = &config.http_server;
+    let public_tls = http
+        .tls
+        .enabled
+        .then(|| tidings::tls::server_config(&http.tls))
+        .transpose()
+        .context("http_server.tls")?;
+    let listener = bind(&http.address, http.port).await?;
     let local = listener.local_addr()?;
+    let internal = match http.separate_internal_port() {
+        Some(port) => {
+            let tls = http
+                .internal_tls()
+                .map(tidings::tls::server_config)
+                .transpose()
+                .context("TLS of the internal port")?;
+            Some((bind(http.internal_address(), port).await?, tls))
+        }
+        None => None,
+    };
     let node = Node::new(config);
-    let app =
-        tidings::server::router(&node).route("/", axum::routing::get(|| async { Html(DEMO_PAGE) }));
+    let demo = || axum::routing::get(|| async { Html(DEMO_PAGE) });
+    let mut endpoints = Vec::new();
+    let public_app = match &internal {
+        Some(_) => tidings::server::client_router(&node),
+        None => tidings::server::router(&node),
+    };
+    let mut public = tidings::server::Endpoint::new(listener, public_app.route("/", demo()));
+    let public_scheme = scheme(public_tls.is_some());
+    if let Some(tls) = public_tls {
+        public = public.with_tls(tls);
+    }
+    endpoints.push(public);
+    let mut internal_line = None;
+    if let Some((listener, tls)) = internal {
+        internal_line = Some(format!(
+            "tidings internal endpoints on {}://{}",
+            scheme(tls.is_some()),
+            listener.local_addr()?
+        ));
+        let mut endpoint =
+            tidings::server::Endpoint::new(listener, tidings::server::internal_router(&node));
+        if let Some(tls) = tls {
+            endpoint = endpoint.with_tls(tls);
+        }
+        endpoints.push(endpoint);
+    }
     if development {
         tracing::info!("no --config given: running the development profile (anonymous access, history and presence on channels without namespace)");
     }
     // Register the signal handlers before announcing readiness, so a SIGTERM that
     // follows the announcement at once still shuts down gracefully.
     let signals = shutdown_signal()?;
-    announce(&format!("tidings listening on http://{local}"));
-    tidings::server::run(listener, node, app, signals).await?;
+    // The internal line comes first: readers may stop at the listening line.
+    if let Some(line) = internal_line {
+        announce(&line);
+    }
+    announce(&format!("tidings listening on {public_scheme}://{local}"));
+    tidings::server::serve(node, endpoints, signals).await?;
     tracing::info!("shut down");
     Ok(())
+}
+
+fn scheme(tls: bool) -> &'static str {
+    if tls {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+/// Binds `host:port`; an empty host means every interface.
+async fn bind(host: &str, port: u16) -> anyhow::Result<tokio::net::TcpListener> {
+    let host = if host.is_empty() { "0.0.0.0" } else { host };
+    let addr: SocketAddr = format!("{host}:{port}")
+        .parse()
+        .or_else(|_| format!("[{host}]:{port}").parse())
+        .with_context(|| format!("bad listen address {host:?}"))?;
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
 }
 
 /// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called,

@@ -25,8 +25,13 @@ const START_DEADLINE: Duration = Duration::from_secs(15);
 /// Output lines kept for the failure report; older lines are dropped.
 const LOG_LINES_KEPT: usize = 2000;
 
-/// The line the binary prints once it accepts connections.
-const LISTENING_PREFIX: &str = "tidings listening on http://";
+/// The line the binary prints once it accepts connections (then `http://ADDR` or
+/// `https://ADDR`).
+const LISTENING_PREFIX: &str = "tidings listening on ";
+
+/// The line the binary prints, before the listening line, when the server API,
+/// health and metrics have a listener of their own.
+const INTERNAL_PREFIX: &str = "tidings internal endpoints on ";
 
 /// The line the development profile prints with its random API key.
 const API_KEY_PREFIX: &str = "server API key: ";
@@ -50,6 +55,10 @@ pub struct TidingsServer {
     pid: u32,
     /// Where the server said it listens.
     addr: SocketAddr,
+    /// Whether that listener serves TLS.
+    tls: bool,
+    /// The separate listener of the API, health and metrics, if any.
+    internal_addr: Option<SocketAddr>,
     /// Key for `/api/*`, when one is known.
     api_key: Option<String>,
     /// Everything the server printed, newest last, bounded.
@@ -188,6 +197,8 @@ impl TidingsServerBuilder {
             child,
             pid,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls: false,
+            internal_addr: None,
             api_key: known_key,
             logs,
             http: reqwest::Client::new(),
@@ -216,11 +227,14 @@ impl TidingsServerBuilder {
                 ),
             };
             if let Some(rest) = line.trim().strip_prefix(LISTENING_PREFIX) {
-                let parsed: SocketAddr = rest
-                    .trim_end_matches('/')
-                    .parse()
+                let (tls, parsed) = parse_url_addr(rest)
                     .with_context(|| format!("parsing listening line {line:?}"))?;
+                server.tls = tls;
                 addr = Some(parsed);
+            } else if let Some(rest) = line.trim().strip_prefix(INTERNAL_PREFIX) {
+                let (_, parsed) = parse_url_addr(rest)
+                    .with_context(|| format!("parsing internal line {line:?}"))?;
+                server.internal_addr = Some(parsed);
             } else if let Some(key) = line.trim().strip_prefix(API_KEY_PREFIX) {
                 printed_key = Some(key.trim().to_owned());
             }
@@ -253,6 +267,17 @@ impl TidingsServer {
         self.addr
     }
 
+    /// Whether the public listener serves TLS (`https://`, `wss://`).
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The separate listener of the server API, health and metrics
+    /// (`http_server.internal_port`), if the server has one.
+    pub fn internal_addr(&self) -> Option<SocketAddr> {
+        self.internal_addr
+    }
+
     /// The child's process id.
     pub fn pid(&self) -> u32 {
         self.pid
@@ -271,6 +296,15 @@ impl TidingsServer {
     /// `http://ADDR`.
     pub fn http_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Where `/api/*` is served: the internal listener when there is one, else
+    /// [`Self::http_url`].
+    pub fn api_url(&self) -> String {
+        match self.internal_addr {
+            Some(addr) => format!("http://{addr}"),
+            None => self.http_url(),
+        }
     }
 
     /// Opens a WebSocket without sending `connect`.
@@ -402,7 +436,7 @@ impl TidingsServer {
     ) -> anyhow::Result<(u16, String)> {
         let mut request = self
             .http
-            .post(format!("{}/api/{method}", self.http_url()))
+            .post(format!("{}/api/{method}", self.api_url()))
             .header("Content-Type", "application/json")
             .body(body.to_owned())
             .timeout(crate::DEFAULT_WAIT);
@@ -541,6 +575,18 @@ async fn drain<R: AsyncRead + Unpin>(
             }
         }
     }
+}
+
+/// Splits `http://ADDR` or `https://ADDR` into (is TLS, address).
+fn parse_url_addr(url: &str) -> anyhow::Result<(bool, SocketAddr)> {
+    let (tls, rest) = if let Some(rest) = url.strip_prefix("https://") {
+        (true, rest)
+    } else if let Some(rest) = url.strip_prefix("http://") {
+        (false, rest)
+    } else {
+        bail!("no http:// or https:// in {url:?}");
+    };
+    Ok((tls, rest.trim_end_matches('/').parse()?))
 }
 
 /// `TIDINGS_BIN`, or `<workspace>/target/debug/tidings` (honouring

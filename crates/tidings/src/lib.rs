@@ -12,7 +12,8 @@
 //! - [`limit`] counts connections and holds the token buckets that bound how fast
 //!   connections arrive and how fast each one may send commands.
 //! - [`api`] is the Centrifugo-compatible server HTTP API.
-//! - [`server`] puts the routes together and runs them with graceful shutdown.
+//! - [`server`] puts the routes together and runs them with graceful shutdown, a
+//!   header read timeout and, with [`tls`], https:// and wss://.
 //!
 //! # Examples
 //!
@@ -25,7 +26,11 @@
 //!     .route("/hello", axum::routing::get(|| async { "hi" }))
 //!     .merge(tidings::server::router(&node));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! axum::serve(listener, app).await
+//! // Serves until Ctrl-C, then drains the node; slow clients are timed out.
+//! tidings::server::run(listener, node, app, async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! })
+//! .await
 //! # }
 //! ```
 
@@ -44,6 +49,7 @@ pub mod outbox;
 pub mod presence;
 pub mod server;
 pub mod session;
+pub mod tls;
 pub mod transport;
 
 pub use config::Config;

@@ -762,6 +762,14 @@ impl Session {
             result.recovered = recovered;
             result.was_recovering = ask.recover.is_some() && recoverable;
         }
+        // Presence is in place before the reply goes out, so whoever hears of the
+        // subscription (the client itself, or anyone it tells) finds it there.
+        if opts.presence {
+            let info = self.client_info(chan_info.clone());
+            if let Err(e) = inner.presence.add(channel, info).await {
+                tracing::warn!(channel, error = %e, "presence add failed");
+            }
+        }
         self.subs.insert(
             channel.to_string(),
             ChannelSub {
@@ -819,18 +827,13 @@ impl Session {
         }
     }
 
-    /// Presence entry and join message, once the subscriber is live.
+    /// The join message, once the subscriber is live (so it follows the reply).
     async fn after_subscribe(&self, channel: &str) {
         let Some(sub) = self.subs.get(channel) else {
             return;
         };
         let info = self.client_info(sub.chan_info.clone());
         let inner = &self.node.inner;
-        if sub.presence {
-            if let Err(e) = inner.presence.add(channel, info.clone()).await {
-                tracing::warn!(channel, error = %e, "presence add failed");
-            }
-        }
         if sub.join_leave {
             if let Err(e) = inner.broker.publish_join(channel, info).await {
                 tracing::warn!(channel, error = %e, "join publish failed");

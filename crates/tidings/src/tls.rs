@@ -1,0 +1,149 @@
+//! TLS for the HTTP listeners, with rustls and its ring provider (no OpenSSL).
+//!
+//! [`server_config`] turns Centrifugo's TLS object ([`TlsConfig`]) into a rustls
+//! server configuration for [`crate::server::Endpoint::with_tls`]. Each PEM field may
+//! hold the PEM text, the PEM text in base64, or a file path, tried in that order, as
+//! Centrifugo does.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+
+pub use rustls;
+
+use crate::config::TlsConfig;
+
+/// Why a TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM field is neither PEM text, base64 PEM, nor a readable file.
+    #[error("{field}: cannot read PEM file {path}: {source}")]
+    Read {
+        field: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    /// The PEM data holds no usable item of the expected kind.
+    #[error("{field}: {what}")]
+    Pem { field: &'static str, what: String },
+    /// rustls refused the certificate, the key, or the pair.
+    #[error("TLS: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The client CA list could not be turned into a verifier.
+    #[error("client_ca_pem: {0}")]
+    ClientVerifier(#[from] rustls::server::VerifierBuilderError),
+}
+
+/// The ALPN protocol Tidings serves: HTTP/1.1 only, which WebSocket upgrades need.
+const ALPN_HTTP11: &[u8] = b"http/1.1";
+
+/// Builds the rustls server configuration for `tls`.
+///
+/// # Errors
+/// [`TlsError`] when a PEM field cannot be read or parsed, the key does not match the
+/// certificate, or the client CA list is unusable.
+pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs = certificates("cert_pem", &tls.cert_pem)?;
+    let key_pem = pem_bytes("key_pem", &tls.key_pem)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Pem {
+        field: "key_pem",
+        what: format!("no private key found ({e})"),
+    })?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = if tls.client_ca_pem.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in certificates("client_ca_pem", &tls.client_ca_pem)? {
+            roots.add(cert)?;
+        }
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
+        builder.with_client_cert_verifier(verifier)
+    };
+    let mut config = builder.with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Every certificate in a PEM field; at least one.
+fn certificates(
+    field: &'static str,
+    value: &str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = pem_bytes(field, value)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem {
+            field,
+            what: format!("bad certificate PEM ({e})"),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem {
+            field,
+            what: "no certificate found".into(),
+        });
+    }
+    Ok(certs)
+}
+
+/// The PEM bytes a field stands for: the text itself, base64 of it, or a file.
+fn pem_bytes(field: &'static str, value: &str) -> Result<Vec<u8>, TlsError> {
+    const MARKER: &str = "-----BEGIN";
+    if value.contains(MARKER) {
+        return Ok(value.as_bytes().to_vec());
+    }
+    let compact: String = value.split_whitespace().collect();
+    if let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(&compact) {
+        if decoded
+            .windows(MARKER.len())
+            .any(|w| w == MARKER.as_bytes())
+        {
+            return Ok(decoded);
+        }
+    }
+    std::fs::read(Path::new(value)).map_err(|source| TlsError::Read {
+        field,
+        path: value.to_string(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_field_takes_text_base64_or_path() {
+        let text = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        assert_eq!(pem_bytes("cert_pem", text).unwrap(), text.as_bytes());
+        let b64 = base64::engine::general_purpose::STANDARD.encode(text);
+        assert_eq!(pem_bytes("cert_pem", &b64).unwrap(), text.as_bytes());
+        let path = std::env::temp_dir().join(format!("tidings-pem-{}", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        assert_eq!(
+            pem_bytes("cert_pem", path.to_str().unwrap()).unwrap(),
+            text.as_bytes()
+        );
+        std::fs::remove_file(&path).ok();
+        let err = pem_bytes("key_pem", "/nonexistent/key.pem").unwrap_err();
+        assert!(err.to_string().contains("key_pem"), "{err}");
+    }
+
+    #[test]
+    fn garbage_certificate_is_a_typed_error() {
+        let tls = TlsConfig {
+            enabled: true,
+            cert_pem: "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n".into(),
+            key_pem: "-----BEGIN PRIVATE KEY-----\n!!!\n-----END PRIVATE KEY-----\n".into(),
+            client_ca_pem: String::new(),
+        };
+        assert!(server_config(&tls).is_err());
+    }
+}
