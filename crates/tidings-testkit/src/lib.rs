@@ -12,6 +12,10 @@
 //!   frames back into single replies, so tests can see exactly what the
 //!   server sent.
 //! - [`token`]: HS256 connection tokens signed like a backend would sign them.
+//! - [`keys`]: RSA, ECDSA and Ed25519 key pairs made in the test, with PEM and JWK
+//!   public keys, signing tokens like an identity provider.
+//! - [`stub`]: a one-route HTTP server serving JSON (a JWKS endpoint) and counting
+//!   requests.
 //! - [`profile`]: config documents for `--config` that tests start from.
 //! - [`metrics`]: reads values out of Prometheus text.
 //!
@@ -21,9 +25,11 @@
 //! way a user would, through its command line, its sockets and its output.
 
 pub mod client;
+pub mod keys;
 pub mod metrics;
 pub mod profile;
 pub mod server;
+pub mod stub;
 pub mod token;
 
 pub use client::{handshake_status, Outcome, WsClient, DEFAULT_WAIT};
