@@ -34,7 +34,7 @@ enum Command {
     /// development.
     Token(TokenArgs),
     /// Load and validate a configuration, then print it as JSON. Unknown keys are
-    /// listed on stderr. Exits non-zero, naming each, when settings are insecure:
+    /// listed on stderr. Exits with status 2, naming each, when settings are insecure:
     /// client.insecure, skipped token signature checks, an HMAC secret under 32
     /// bytes, JWKS over plain http to another host, or http_api.insecure on a
     /// non-loopback address.
@@ -102,12 +102,14 @@ fn main() -> anyhow::Result<()> {
             for problem in &problems {
                 eprintln!("error: {problem}");
             }
-            anyhow::ensure!(
-                problems.is_empty(),
-                "refusing an insecure configuration ({} problem{} above)",
-                problems.len(),
-                if problems.len() == 1 { "" } else { "s" }
-            );
+            if !problems.is_empty() {
+                eprintln!(
+                    "refusing an insecure configuration ({} problem{} above)",
+                    problems.len(),
+                    if problems.len() == 1 { "" } else { "s" }
+                );
+                std::process::exit(2);
+            }
             announce(&serde_json::to_string_pretty(&cfg)?);
             Ok(())
         }

@@ -33,5 +33,5 @@ pub mod stub;
 pub mod token;
 
 pub use client::{handshake_status, Outcome, WsClient, DEFAULT_WAIT};
-pub use server::{TidingsServer, TidingsServerBuilder};
+pub use server::{binary_path, TidingsServer, TidingsServerBuilder};
 pub use token::{hs256_token, hs256_token_with_claims, unix_now};

@@ -1042,6 +1042,91 @@ mod tests {
     }
 
     #[test]
+    fn subscription_token_section_loads_from_file_and_env() {
+        let dir = std::env::temp_dir().join(format!("tidings-subtoken-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.yaml");
+        std::fs::write(
+            &file,
+            "client:\n  subscription_token:\n    enabled: true\n    hmac_secret_key: from-file\n    audience: subs\n",
+        )
+        .unwrap();
+        let cfg = Config::load(
+            Some(&file),
+            env(&[("TIDINGS_CLIENT_SUBSCRIPTION_TOKEN_ISSUER", "from-env")]),
+        )
+        .unwrap();
+        let sub = &cfg.client.subscription_token;
+        assert!(sub.enabled);
+        assert_eq!(sub.token.hmac_secret_key, "from-file");
+        assert_eq!(sub.token.audience, "subs");
+        assert_eq!(sub.token.issuer, "from-env");
+        assert!(cfg.unknown_keys.is_empty(), "{:?}", cfg.unknown_keys);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn unusable_token_settings_fail_validation_with_the_key_name() {
+        let mut cfg = Config::default();
+        cfg.client.token.ecdsa_public_key = "garbage".into();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("client.token.ecdsa_public_key"), "{err}");
+        let mut cfg = Config::default();
+        cfg.client.token.issuer = "a".into();
+        cfg.client.token.issuer_regex = "a".into();
+        assert!(cfg.validate().is_err());
+        let mut cfg = Config::default();
+        cfg.client.token.jwks_public_endpoint = "https://idp/{{realm}}/certs".into();
+        assert!(cfg.validate().is_err());
+    }
+
+    #[test]
+    fn insecure_settings_are_listed() {
+        let mut cfg = Config::default();
+        cfg.client.token.hmac_secret_key = "x".repeat(MIN_HMAC_SECRET_LEN);
+        cfg.http_api.key = "k".into();
+        assert!(cfg.insecure_settings().is_empty());
+        cfg.http_api.insecure = true;
+        cfg.http_server.address = "127.0.0.1".into();
+        assert!(cfg.insecure_settings().is_empty());
+        cfg.http_server.address = String::new();
+        assert_eq!(cfg.insecure_settings().len(), 1);
+        cfg.client.insecure = true;
+        cfg.client.insecure_skip_token_signature_verify = true;
+        cfg.client.token.hmac_secret_key = "short".into();
+        assert_eq!(cfg.insecure_settings().len(), 4);
+        cfg.client.token.hmac_secret_key.clear();
+        cfg.client.token.jwks_public_endpoint = "http://user@[::1]:80/keys".into();
+        assert_eq!(cfg.insecure_settings().len(), 3);
+        cfg.client.token.jwks_public_endpoint = "http://keys.internal:80/keys".into();
+        assert_eq!(cfg.insecure_settings().len(), 4);
+    }
+
+    #[test]
+    fn loopback_addresses() {
+        for a in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "::1",
+            "[::1]",
+            "localhost",
+            "LOCALHOST",
+        ] {
+            assert!(is_loopback(a), "{a}");
+        }
+        for a in [
+            "",
+            "0.0.0.0",
+            "::",
+            "10.0.0.1",
+            "example.com",
+            "localhost.evil.com",
+        ] {
+            assert!(!is_loopback(a), "{a}");
+        }
+    }
+
+    #[test]
     fn history_without_ttl_is_rejected() {
         let mut cfg = Config::default();
         cfg.channel.without_namespace.history_size = 10;
