@@ -1319,6 +1319,37 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn unrefreshed_token_closes_with_3005_once_the_grace_is_over() {
+        let mut config = Config::development();
+        config.client.token.hmac_secret_key = "session-test-secret".into();
+        let h = start(config);
+        let claims = ConnectClaims {
+            sub: "u".into(),
+            exp: Some(auth::unix_now() + 30),
+            ..Default::default()
+        };
+        let token = auth::sign_connect_token("session-test-secret", &claims).unwrap();
+        let started = Instant::now();
+        h.send(&format!(r#"{{"id":1,"connect":{{"token":"{token}"}}}}"#))
+            .await;
+        let connect = h.next().await.unwrap();
+        assert!(connect[0].contains(r#""expires":true"#), "{connect:?}");
+        // Pings are answered, so only the expiry can end the connection.
+        let closed = loop {
+            match h.next().await {
+                Ok(batch) if batch == ["{}"] => h.send("{}").await,
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(d) => break d,
+            }
+        };
+        assert_eq!(closed.code, 3005);
+        // ttl (29–30 s by the wall clock) plus the default 25 s grace.
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_secs(54), "{waited:?}");
+        assert!(waited <= Duration::from_secs(56), "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn connection_that_never_connects_goes_stale() {
         let h = start(Config::development());
         assert_eq!(h.closed_with().await.code, 3502);
