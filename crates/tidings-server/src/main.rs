@@ -224,6 +224,16 @@ async fn run(config: Config, development: bool) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     let node = Node::new(config);
+    match node.auth().connection().jwks() {
+        Some(jwks) => tracing::info!(url = jwks.url(), "connection tokens: keys from JWKS"),
+        None => {
+            let algorithms = node.auth().connection().static_algorithms();
+            tracing::info!(
+                ?algorithms,
+                "connection tokens: algorithms of the configured keys"
+            );
+        }
+    }
     let app =
         tidings::server::router(&node).route("/", axum::routing::get(|| async { Html(DEMO_PAGE) }));
     if development {

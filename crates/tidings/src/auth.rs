@@ -324,13 +324,7 @@ impl TokenVerifier {
     /// Checks format, algorithm, key, signature, then `exp`, `nbf`, `aud` and `iss`,
     /// and returns the decoded JSON payload.
     async fn verified_payload(&self, token: &str) -> Result<Vec<u8>, TokenError> {
-        if token.len() > MAX_TOKEN_LEN {
-            return Err(invalid("token too long"));
-        }
-        // The header only tells which configured key to try; `alg: none` and unknown
-        // algorithms do not parse and end here.
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|e| invalid(&format!("header: {e}")))?;
+        let header = pre_parse(token)?;
         let alg = header.alg;
         let mut validation = Validation::new(alg);
         validation.algorithms = vec![alg];
@@ -431,6 +425,20 @@ impl TokenVerifier {
             _ => String::new(),
         }))
     }
+}
+
+/// Reads a token's header before anything is verified: the length bound, the three
+/// parts, and a header naming an algorithm this crate knows. `alg: none` and unknown
+/// algorithms end here. The header only says which configured key to try; nothing in
+/// it is trusted.
+///
+/// # Errors
+/// [`TokenError::Invalid`] for anything that is not a well-formed JWT header.
+pub fn pre_parse(token: &str) -> Result<jsonwebtoken::Header, TokenError> {
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(invalid("token too long"));
+    }
+    jsonwebtoken::decode_header(token).map_err(|e| invalid(&format!("header: {e}")))
 }
 
 /// `aud` may be one string or a list.
