@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use axum::response::Html;
 use clap::{Parser, Subcommand};
-use tidings::auth::{sign_connect_token, unix_now, ConnectClaims};
+use tidings::auth::{
+    sign_connect_token, sign_subscribe_token, unix_now, ConnectClaims, SubscribeClaims,
+};
 use tidings::{Config, Node};
 
 /// The demo chat, served at `/`.
@@ -28,10 +30,14 @@ struct Cli {
 enum Command {
     /// Run the server (the default when no command is given).
     Serve(ServeArgs),
-    /// Print an HS256 connection token.
+    /// Print an HS256 connection token (or, with --channel, a subscription token) for
+    /// development.
     Token(TokenArgs),
     /// Load and validate a configuration, then print it as JSON. Unknown keys are
-    /// listed on stderr.
+    /// listed on stderr. Exits with status 2, naming each, when settings are insecure:
+    /// client.insecure, skipped token signature checks, an HMAC secret under 32
+    /// bytes, JWKS over plain http to another host, or http_api.insecure on a
+    /// non-loopback address.
     CheckConfig {
         /// Config file (.json, .toml, .yaml).
         #[arg(long, short)]
@@ -77,12 +83,20 @@ struct TokenArgs {
     secret: Option<String>,
     #[arg(long, short)]
     config: Option<PathBuf>,
-    /// User id (`sub` claim).
+    /// User id (`sub` claim); empty for an anonymous token.
     #[arg(long, short)]
     user: String,
-    /// Seconds until the token expires; 0 for no expiry.
-    #[arg(long, default_value_t = 3600)]
-    ttl: u64,
+    /// Channels to subscribe the connection to on the server side (`channels`
+    /// claim), comma-separated.
+    #[arg(long, value_delimiter = ',', conflicts_with = "channel")]
+    channels: Vec<String>,
+    /// Sign a subscription token for this channel instead of a connection token.
+    #[arg(long)]
+    channel: Option<String>,
+    /// Time until the token expires: seconds (`3600`) or a duration (`1h`, `90m`,
+    /// `1h 30m`); `0` for no expiry.
+    #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+    ttl: std::time::Duration,
     /// JSON for the `info` claim.
     #[arg(long)]
     info: Option<String>,
@@ -98,6 +112,18 @@ fn main() -> anyhow::Result<()> {
             let cfg = Config::load(config.or(file).as_deref(), std::env::vars())?;
             for key in &cfg.unknown_keys {
                 eprintln!("warning: unknown configuration key {key} is ignored");
+            }
+            let problems = cfg.insecure_settings();
+            for problem in &problems {
+                eprintln!("error: {problem}");
+            }
+            if !problems.is_empty() {
+                eprintln!(
+                    "refusing an insecure configuration ({} problem{} above)",
+                    problems.len(),
+                    if problems.len() == 1 { "" } else { "s" }
+                );
+                std::process::exit(2);
             }
             announce(&serde_json::to_string_pretty(&cfg)?);
             Ok(())
@@ -124,13 +150,38 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
         .map(|s| tidings::protocol::RawJson::parse(s.into_bytes()))
         .transpose()
         .context("--info must be JSON")?;
-    let claims = ConnectClaims {
-        sub: args.user,
-        exp: (args.ttl > 0).then(|| unix_now() + args.ttl),
-        info,
-        ..Default::default()
+    let now = unix_now();
+    let ttl = args.ttl.as_secs();
+    let exp = (ttl > 0).then(|| now.saturating_add(ttl));
+    let token = match args.channel {
+        Some(channel) => sign_subscribe_token(
+            &secret,
+            &SubscribeClaims {
+                sub: args.user,
+                channel,
+                exp,
+                iat: Some(now),
+                info,
+                ..Default::default()
+            },
+        )?,
+        None => sign_connect_token(
+            &secret,
+            &ConnectClaims {
+                sub: args.user,
+                exp,
+                iat: Some(now),
+                info,
+                channels: args
+                    .channels
+                    .into_iter()
+                    .filter(|c| !c.is_empty())
+                    .collect(),
+                ..Default::default()
+            },
+        )?,
     };
-    announce(&sign_connect_token(&secret, &claims)?);
+    announce(&token);
     Ok(())
 }
 
@@ -169,6 +220,19 @@ fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--ttl`: plain seconds, or a humantime duration such as `1h` or `15m`.
+fn parse_ttl(value: &str) -> Result<std::time::Duration, String> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return value
+            .parse()
+            .map(std::time::Duration::from_secs)
+            .map_err(|e| format!("{value:?}: {e}"));
+    }
+    humantime::parse_duration(value)
+        .map_err(|e| format!("{value:?} is neither seconds nor a duration like 1h: {e}"))
+}
+
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
     if let Some(a) = args.address {
@@ -180,6 +244,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_tracing(&config.log.level);
     for key in &config.unknown_keys {
         tracing::warn!(key, "unknown configuration key ignored");
+    }
+    for problem in config.insecure_settings() {
+        tracing::warn!("insecure setting: {problem}");
     }
     let development = args.config.is_none();
     if config.http_api.key.is_empty() && !config.http_api.insecure && development {
@@ -214,6 +281,16 @@ async fn run(config: Config, development: bool) -> anyhow::Result<()> {
         None => None,
     };
     let node = Node::new(config);
+    match node.auth().connection().jwks() {
+        Some(jwks) => tracing::info!(url = jwks.url(), "connection tokens: keys from JWKS"),
+        None => {
+            let algorithms = node.auth().connection().static_algorithms();
+            tracing::info!(
+                ?algorithms,
+                "connection tokens: algorithms of the configured keys"
+            );
+        }
+    }
     let demo = || axum::routing::get(|| async { Html(DEMO_PAGE) });
     let mut endpoints = Vec::new();
     let public_app = match &internal {

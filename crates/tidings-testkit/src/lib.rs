@@ -21,6 +21,10 @@
 //!   once it is on the wire.
 //! - [`sse`]: a spec-compliant Server-Sent Events parser.
 //! - [`token`]: HS256 connection tokens signed like a backend would sign them.
+//! - [`keys`]: RSA, ECDSA and Ed25519 key pairs made in the test, with PEM and JWK
+//!   public keys, signing tokens like an identity provider.
+//! - [`stub`]: a one-route HTTP server serving JSON (a JWKS endpoint) and counting
+//!   requests.
 //! - [`profile`]: config documents for `--config` that tests start from.
 //! - [`metrics`]: reads values out of Prometheus text.
 //!
@@ -30,19 +34,21 @@
 //! way a user would, through its command line, its sockets and its output.
 
 pub mod client;
+pub mod keys;
 pub mod metrics;
 pub mod profile;
 pub mod proto_client;
 pub mod raw_http;
 pub mod server;
 pub mod sse;
+pub mod stub;
 pub mod token;
 pub mod transport;
 pub mod uni_client;
 
 pub use client::{handshake_status, Outcome, WsClient, DEFAULT_WAIT};
 pub use proto_client::ProtoClient;
-pub use server::{TidingsServer, TidingsServerBuilder};
+pub use server::{binary_path, TidingsServer, TidingsServerBuilder};
 pub use sse::{SseEvent, SseParser};
 pub use token::{hs256_token, hs256_token_with_claims, unix_now};
 pub use transport::Transport;

@@ -589,9 +589,13 @@ fn parse_url_addr(url: &str) -> anyhow::Result<(bool, SocketAddr)> {
     Ok((tls, rest.trim_end_matches('/').parse()?))
 }
 
-/// `TIDINGS_BIN`, or `<workspace>/target/debug/tidings` (honouring
-/// `CARGO_TARGET_DIR`).
-fn binary_path() -> anyhow::Result<PathBuf> {
+/// Where the `tidings` binary is: `TIDINGS_BIN`, or
+/// `<workspace>/target/debug/tidings` (honouring `CARGO_TARGET_DIR`).
+///
+/// # Errors
+///
+/// Fails when the binary has not been built.
+pub fn binary_path() -> anyhow::Result<PathBuf> {
     if let Some(bin) = std::env::var_os("TIDINGS_BIN") {
         return Ok(PathBuf::from(bin));
     }

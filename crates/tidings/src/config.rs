@@ -171,7 +171,11 @@ pub struct ClientConfig {
     /// wildcards work. Same-origin requests and requests without `Origin` are allowed.
     /// Default: none.
     pub allowed_origins: Vec<String>,
+    /// How connection tokens are verified (and subscription tokens, unless
+    /// `subscription_token.enabled`).
     pub token: TokenConfig,
+    /// Separate keys for subscription tokens; used only when `enabled`.
+    pub subscription_token: SubscriptionTokenConfig,
     /// Connect without a token as an anonymous user (user id `""`). Default `false`.
     pub allow_anonymous_connect_without_token: bool,
     /// Reject tokens whose `sub` is empty. Default `false`.
@@ -179,6 +183,17 @@ pub struct ClientConfig {
     /// Development only: no token check and every channel permission granted.
     /// Default `false`.
     pub insecure: bool,
+    /// Development only: token claims are read but signatures are not checked, for
+    /// connection and subscription tokens alike. Default `false`.
+    pub insecure_skip_token_signature_verify: bool,
+    /// Grace after a connection's expiry for the client's `refresh` to arrive; past
+    /// it the connection is closed with 3005. Default `25s`.
+    #[serde(with = "humantime_serde")]
+    pub expired_close_delay: Duration,
+    /// Grace after a subscription's expiry for the client's `sub_refresh`; past it
+    /// the client is unsubscribed with 2501. Default `25s`.
+    #[serde(with = "humantime_serde")]
+    pub expired_sub_close_delay: Duration,
     /// Interval between server pings. Default `25s`.
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
@@ -245,9 +260,13 @@ impl Default for ClientConfig {
         Self {
             allowed_origins: Vec::new(),
             token: TokenConfig::default(),
+            subscription_token: SubscriptionTokenConfig::default(),
             allow_anonymous_connect_without_token: false,
             disallow_anonymous_connection_tokens: false,
             insecure: false,
+            insecure_skip_token_signature_verify: false,
+            expired_close_delay: Duration::from_secs(25),
+            expired_sub_close_delay: Duration::from_secs(25),
             ping_interval: Duration::from_secs(25),
             pong_timeout: Duration::from_secs(8),
             queue_max_size: 1_048_576,
@@ -263,15 +282,50 @@ impl Default for ClientConfig {
     }
 }
 
+/// Where token signing keys come from and which claims must match.
+///
+/// Each key enables only its own algorithms: the HMAC secret HS256/HS384/HS512, the
+/// RSA key RS256/RS384/RS512, the ECDSA key ES256 or ES384 (after its curve), the
+/// Ed25519 key EdDSA. With `jwks_public_endpoint` set, keys come from that endpoint
+/// only and the static keys are not used. See docs/authentication.md.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TokenConfig {
-    /// Secret for HS256/HS384/HS512 connection tokens. Default: none (token connects fail).
+    /// Secret for HS256/HS384/HS512 tokens. Default: none.
     pub hmac_secret_key: String,
+    /// PEM public key (`PUBLIC KEY` or `RSA PUBLIC KEY`) for RS256/RS384/RS512
+    /// tokens. Default: none.
+    pub rsa_public_key: String,
+    /// PEM public key on P-256 (ES256) or P-384 (ES384). Default: none.
+    pub ecdsa_public_key: String,
+    /// PEM Ed25519 public key for EdDSA tokens. A Tidings addition: Centrifugo takes
+    /// Ed25519 keys from JWKS only. Default: none.
+    pub ed25519_public_key: String,
+    /// URL of a JSON Web Key Set (RSA, EC P-256/P-384 and OKP Ed25519 keys), looked
+    /// up by the token's `kid`. Default: none.
+    pub jwks_public_endpoint: String,
     /// Expected `aud` claim, when set. Default: not checked.
     pub audience: String,
+    /// Regular expression the `aud` claim must match, when set. Default: not checked.
+    pub audience_regex: String,
     /// Expected `iss` claim, when set. Default: not checked.
     pub issuer: String,
+    /// Regular expression the `iss` claim must match, when set. Default: not checked.
+    pub issuer_regex: String,
+    /// Claim holding the user id instead of `sub`. Default: `sub`.
+    pub user_id_claim: String,
+}
+
+/// `client.subscription_token`: when `enabled`, subscription tokens are verified with
+/// these settings and never with `client.token`'s.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SubscriptionTokenConfig {
+    /// Use the settings below for subscription tokens. Default `false`: subscription
+    /// tokens are verified like connection tokens.
+    pub enabled: bool,
+    #[serde(flatten)]
+    pub token: TokenConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -773,6 +827,7 @@ impl Config {
                     .into(),
             );
         }
+        crate::auth::Auth::new(&self.client).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let mut seen = HashSet::new();
         let all = std::iter::once((
             "channel.without_namespace".to_string(),
@@ -813,6 +868,64 @@ impl Config {
         Ok(())
     }
 
+    /// Settings that are valid but unsafe outside development, one sentence each.
+    /// `tidings check-config` refuses a configuration that has any; `serve` logs them.
+    pub fn insecure_settings(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        if self.client.insecure {
+            found.push(
+                "client.insecure is on: connections need no token and every channel permission is granted"
+                    .to_string(),
+            );
+        }
+        if self.client.insecure_skip_token_signature_verify {
+            found.push(
+                "client.insecure_skip_token_signature_verify is on: token signatures are not checked, anyone can forge a token"
+                    .to_string(),
+            );
+        }
+        let mut sections = vec![("client.token", &self.client.token)];
+        if self.client.subscription_token.enabled {
+            sections.push((
+                "client.subscription_token",
+                &self.client.subscription_token.token,
+            ));
+        }
+        for (name, token) in sections {
+            let len = token.hmac_secret_key.len();
+            if len > 0 && len < MIN_HMAC_SECRET_LEN {
+                found.push(format!(
+                    "{name}.hmac_secret_key is {len} bytes long; use at least {MIN_HMAC_SECRET_LEN} random bytes"
+                ));
+            }
+            let url = token.jwks_public_endpoint.as_str();
+            if let Some(rest) = url.strip_prefix("http://") {
+                let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+                let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+                let host = match host.strip_prefix('[') {
+                    Some(v6) => v6.split(']').next().unwrap_or_default(),
+                    None => host.split(':').next().unwrap_or_default(),
+                };
+                if !is_loopback(host) {
+                    found.push(format!(
+                        "{name}.jwks_public_endpoint fetches keys over plain http from {host}; anyone on the path can swap them (use https)"
+                    ));
+                }
+            }
+        }
+        if self.http_api.insecure && !is_loopback(&self.http_server.address) {
+            let shown = if self.http_server.address.is_empty() {
+                "every interface".to_string()
+            } else {
+                self.http_server.address.clone()
+            };
+            found.push(format!(
+                "http_api.insecure serves the server API without a key on {shown}; bind http_server.address to a loopback address or set http_api.key"
+            ));
+        }
+        found
+    }
+
     /// The options of a namespace, or `None` when it is not configured.
     pub fn namespace(&self, name: &str) -> Option<&ChannelOptions> {
         if name.is_empty() {
@@ -824,6 +937,21 @@ impl Config {
             .find(|ns| ns.name == name)
             .map(|ns| &ns.options)
     }
+}
+
+/// Shortest HMAC secret `check-config` accepts: 32 bytes, the output size of HS256.
+pub const MIN_HMAC_SECRET_LEN: usize = 32;
+
+/// Whether a listen address or host name only reaches this machine. The empty
+/// address means every interface, which is not loopback.
+pub fn is_loopback(address: &str) -> bool {
+    let trimmed = address.trim_start_matches('[').trim_end_matches(']');
+    if trimmed.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    trimmed
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Turns `TIDINGS_*` variables into a nested map of overrides.
@@ -1129,6 +1257,91 @@ mod tests {
         let mut cfg = Config::default();
         cfg.http_server.header_read_timeout = Duration::ZERO;
         assert!(cfg.validate().is_err());
+    }
+
+    #[test]
+    fn subscription_token_section_loads_from_file_and_env() {
+        let dir = std::env::temp_dir().join(format!("tidings-subtoken-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.yaml");
+        std::fs::write(
+            &file,
+            "client:\n  subscription_token:\n    enabled: true\n    hmac_secret_key: from-file\n    audience: subs\n",
+        )
+        .unwrap();
+        let cfg = Config::load(
+            Some(&file),
+            env(&[("TIDINGS_CLIENT_SUBSCRIPTION_TOKEN_ISSUER", "from-env")]),
+        )
+        .unwrap();
+        let sub = &cfg.client.subscription_token;
+        assert!(sub.enabled);
+        assert_eq!(sub.token.hmac_secret_key, "from-file");
+        assert_eq!(sub.token.audience, "subs");
+        assert_eq!(sub.token.issuer, "from-env");
+        assert!(cfg.unknown_keys.is_empty(), "{:?}", cfg.unknown_keys);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn unusable_token_settings_fail_validation_with_the_key_name() {
+        let mut cfg = Config::default();
+        cfg.client.token.ecdsa_public_key = "garbage".into();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("client.token.ecdsa_public_key"), "{err}");
+        let mut cfg = Config::default();
+        cfg.client.token.issuer = "a".into();
+        cfg.client.token.issuer_regex = "a".into();
+        assert!(cfg.validate().is_err());
+        let mut cfg = Config::default();
+        cfg.client.token.jwks_public_endpoint = "https://idp/{{realm}}/certs".into();
+        assert!(cfg.validate().is_err());
+    }
+
+    #[test]
+    fn insecure_settings_are_listed() {
+        let mut cfg = Config::default();
+        cfg.client.token.hmac_secret_key = "x".repeat(MIN_HMAC_SECRET_LEN);
+        cfg.http_api.key = "k".into();
+        assert!(cfg.insecure_settings().is_empty());
+        cfg.http_api.insecure = true;
+        cfg.http_server.address = "127.0.0.1".into();
+        assert!(cfg.insecure_settings().is_empty());
+        cfg.http_server.address = String::new();
+        assert_eq!(cfg.insecure_settings().len(), 1);
+        cfg.client.insecure = true;
+        cfg.client.insecure_skip_token_signature_verify = true;
+        cfg.client.token.hmac_secret_key = "short".into();
+        assert_eq!(cfg.insecure_settings().len(), 4);
+        cfg.client.token.hmac_secret_key.clear();
+        cfg.client.token.jwks_public_endpoint = "http://user@[::1]:80/keys".into();
+        assert_eq!(cfg.insecure_settings().len(), 3);
+        cfg.client.token.jwks_public_endpoint = "http://keys.internal:80/keys".into();
+        assert_eq!(cfg.insecure_settings().len(), 4);
+    }
+
+    #[test]
+    fn loopback_addresses() {
+        for a in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "::1",
+            "[::1]",
+            "localhost",
+            "LOCALHOST",
+        ] {
+            assert!(is_loopback(a), "{a}");
+        }
+        for a in [
+            "",
+            "0.0.0.0",
+            "::",
+            "10.0.0.1",
+            "example.com",
+            "localhost.evil.com",
+        ] {
+            assert!(!is_loopback(a), "{a}");
+        }
     }
 
     #[test]

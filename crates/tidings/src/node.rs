@@ -186,6 +186,8 @@ pub(crate) struct NodeInner {
     /// Long-poll sessions, for the poll requests.
     pub(crate) long_polls: crate::transport::long_poll::Registry,
     pub(crate) rpc: Option<RpcHandler>,
+    /// Token verifiers (keys parsed once; the JWKS cache lives here).
+    pub(crate) auth: Arc<crate::auth::Auth>,
 }
 
 /// A Tidings node. See the module docs.
@@ -228,6 +230,12 @@ impl NodeBuilder {
             config.client.connection_limit,
             config.client.connection_rate_limit,
         );
+        let auth = crate::auth::Auth::new(&config.client).unwrap_or_else(|e| {
+            // Config::load validates this; a hand-built config that skipped it gets a
+            // node that accepts no token rather than one that accepts any.
+            tracing::error!(error = %e, "token configuration unusable: every token will be refused");
+            crate::auth::Auth::reject_all()
+        });
         let inner = Arc::new(NodeInner {
             config,
             hub,
@@ -244,6 +252,7 @@ impl NodeBuilder {
             sessions: Mutex::new(HashMap::new()),
             long_polls: Default::default(),
             rpc: self.rpc,
+            auth: Arc::new(auth),
         });
         // Periodic sweep of idle streams, bounded by the shutdown token.
         let token = inner.shutdown.clone();
@@ -324,6 +333,11 @@ impl Node {
 
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// The token verifiers.
+    pub fn auth(&self) -> &crate::auth::Auth {
+        &self.inner.auth
     }
 
     pub fn metrics(&self) -> &Metrics {

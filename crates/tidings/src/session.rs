@@ -22,7 +22,7 @@ use tidings_protocol::{
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::auth::{self, ConnectClaims, TokenError};
+use crate::auth::{self, ConnectClaims, SubscribeClaims, SubscribeOverride, TokenError};
 use crate::broker::HistoryFilter;
 use crate::channel;
 use crate::connection::{Connection, Control, ServerSubscribe};
@@ -54,12 +54,45 @@ struct ChannelSub {
     /// Namespace emits join/leave: publish a leave on unsubscribe.
     join_leave: bool,
     chan_info: Option<RawJson>,
+    /// When a subscription token's validity runs out, grace included: past it the
+    /// client is unsubscribed with 2501 unless `sub_refresh` moved it.
+    expire_at: Option<Instant>,
 }
 
 /// When the connection's credentials expire; `expire_at` wins over `exp`, and 0
 /// means never.
 fn expiry(claims: &ConnectClaims) -> Option<u64> {
     claims.expire_at.or(claims.exp).filter(|t| *t > 0)
+}
+
+/// When a subscription expires, by the same rule.
+fn sub_expiry(claims: &SubscribeClaims) -> Option<u64> {
+    claims.expire_at.or(claims.exp).filter(|t| *t > 0)
+}
+
+/// A Unix expiry as seconds left (the `ttl` clients see) and the instant, grace
+/// included, at which the server acts on it.
+fn expiry_deadline(expires_unix: u64, grace: Duration) -> (u32, Instant) {
+    let ttl = expires_unix.saturating_sub(auth::unix_now());
+    // Far-future expiries are capped at a year so the instant cannot overflow.
+    let ttl = ttl.min(365 * 24 * 3600);
+    (
+        ttl as u32,
+        Instant::now() + Duration::from_secs(ttl) + grace,
+    )
+}
+
+/// Why a subscribe was refused: an error reply, or (for a token naming another
+/// channel or user) the end of the connection.
+enum Refusal {
+    Error(ErrorCode),
+    Disconnect(Disconnect),
+}
+
+impl From<ErrorCode> for Refusal {
+    fn from(code: ErrorCode) -> Self {
+        Refusal::Error(code)
+    }
 }
 
 /// Client-side flags of a subscribe (what the client asked for).
@@ -69,6 +102,10 @@ struct SubscribeAsk {
     recoverable: bool,
     positioned: bool,
     join_leave: bool,
+    /// Namespace options switched per subscriber by a token's `override`.
+    overrides: Option<SubscribeOverride>,
+    /// The subscription's expiry deadline (subscription tokens only).
+    expire_at: Option<Instant>,
 }
 
 /// The outcome of subscribing, before the reply is sent.
@@ -139,8 +176,11 @@ pub struct Session {
     /// `info` claim of the connection token, shown to others.
     conn_info: Option<RawJson>,
     subs: HashMap<String, ChannelSub>,
-    /// When the connection's credentials run out unless refreshed.
+    /// When the connection's credentials run out unless refreshed (grace included).
     expire_at: Option<Instant>,
+    /// Earliest subscription expiry; may be early (then nothing is due yet), never
+    /// late.
+    sub_expire_at: Option<Instant>,
     /// Set after a ping; cleared by any frame from the client.
     pong_deadline: Option<Instant>,
     next_ping: Instant,
@@ -179,6 +219,7 @@ impl Session {
             conn_info: None,
             subs: HashMap::new(),
             expire_at: None,
+            sub_expire_at: None,
             pong_deadline: None,
             next_ping: now,
             stale_at: now + stale,
@@ -226,6 +267,8 @@ impl Session {
                 _ = tokio::time::sleep_until(deadline) => {
                     if let Err(d) = self.handle_timer() {
                         self.close(d);
+                    } else {
+                        self.expire_subscriptions().await;
                     }
                 }
             }
@@ -242,7 +285,31 @@ impl Session {
         if let Some(exp) = self.expire_at {
             at = at.min(exp);
         }
+        if let Some(exp) = self.sub_expire_at.filter(|_| self.connected) {
+            at = at.min(exp);
+        }
         at
+    }
+
+    /// Unsubscribes (2501) every subscription whose token ran out without a
+    /// `sub_refresh`; the SDKs resubscribe with a fresh token.
+    async fn expire_subscriptions(&mut self) {
+        let now = Instant::now();
+        if self.sub_expire_at.is_none_or(|at| now < at) {
+            return;
+        }
+        let due: Vec<String> = self
+            .subs
+            .iter()
+            .filter(|(_, s)| s.expire_at.is_some_and(|at| now >= at))
+            .map(|(c, _)| c.clone())
+            .collect();
+        for channel in due {
+            let (code, reason) = codes::unsubscribe::EXPIRED;
+            self.unsubscribe_channel(&channel, Some((code, reason)))
+                .await;
+        }
+        self.sub_expire_at = self.subs.values().filter_map(|s| s.expire_at).min();
     }
 
     fn handle_timer(&mut self) -> Result<(), Disconnect> {
@@ -423,8 +490,14 @@ impl Session {
                 // protocol defines no reply, so they are accepted and dropped.
             }
             Method::Rpc => self.on_rpc(id, cmd.rpc.unwrap_or_default()).await,
-            Method::Refresh => self.on_refresh(id, &cmd.refresh.unwrap_or_default().token)?,
-            Method::SubRefresh => self.send_error(id, codes::ERROR_NOT_AVAILABLE),
+            Method::Refresh => {
+                self.on_refresh(id, &cmd.refresh.unwrap_or_default().token)
+                    .await?;
+            }
+            Method::SubRefresh => {
+                self.on_sub_refresh(id, cmd.sub_refresh.unwrap_or_default())
+                    .await?;
+            }
         }
         Ok(())
     }
@@ -436,7 +509,7 @@ impl Session {
         let node = self.node.clone();
         let cfg = &node.config().client;
         let (user, claims) = if !req.token.is_empty() {
-            match auth::verify_connect_token(&cfg.token, &req.token) {
+            match node.auth().connection().verify_connect(&req.token).await {
                 Ok(claims) => {
                     if claims.sub.is_empty() && cfg.disallow_anonymous_connection_tokens {
                         return Err(Disconnect::permission_denied());
@@ -460,7 +533,6 @@ impl Session {
         }
         self.conn.set_user(user);
         self.conn_info = claims.info.clone();
-        let now_unix = auth::unix_now();
         let expires_unix = expiry(&claims);
         let mut result = ConnectResult {
             client: self.conn.client_id.clone(),
@@ -474,10 +546,10 @@ impl Session {
             result.session = self.conn.session_id.clone();
         }
         if let Some(exp) = expires_unix {
-            let ttl = exp.saturating_sub(now_unix);
+            let (ttl, at) = expiry_deadline(exp, self.node.config().client.expired_close_delay);
             result.expires = true;
-            result.ttl = ttl as u32;
-            self.expire_at = Some(Instant::now() + Duration::from_secs(ttl));
+            result.ttl = ttl;
+            self.expire_at = Some(at);
         }
         if !self.node.register(&self.conn) {
             return Err(Disconnect::connection_limit());
@@ -488,13 +560,24 @@ impl Session {
 
         // Server-side subscriptions from the token, recovered with the positions the
         // client sent in `subs` (it remembers them across reconnects).
-        let mut channels: Vec<(String, Option<RawJson>, Option<RawJson>)> = claims
+        type ServerSub = (
+            String,
+            Option<RawJson>,
+            Option<RawJson>,
+            Option<SubscribeOverride>,
+        );
+        let mut channels: Vec<ServerSub> = claims
             .channels
             .iter()
-            .map(|c| (c.clone(), None, None))
+            .map(|c| (c.clone(), None, None, None))
             .collect();
         for (c, sub) in &claims.subs {
-            channels.push((c.clone(), sub.info.clone(), sub.data.clone()));
+            channels.push((
+                c.clone(),
+                sub.info.clone(),
+                sub.data.clone(),
+                sub.r#override.clone(),
+            ));
         }
         if self.mode == SessionMode::Unidirectional {
             // A unidirectional client cannot subscribe later, so the channels it names
@@ -508,15 +591,15 @@ impl Session {
                 if limit > 0 && channels.len() >= limit {
                     break;
                 }
-                if !channels.iter().any(|(c, _, _)| c == channel)
+                if !channels.iter().any(|(c, ..)| c == channel)
                     && self.check_subscribe(&ask).is_ok()
                 {
-                    channels.push((channel.clone(), None, None));
+                    channels.push((channel.clone(), None, None, None));
                 }
             }
         }
         let mut pending_live = Vec::new();
-        for (channel, chan_info, data) in channels {
+        for (channel, chan_info, data, overrides) in channels {
             if self.subs.contains_key(&channel)
                 || channel::resolve(self.node.config(), &channel).is_err()
             {
@@ -533,6 +616,7 @@ impl Session {
                     ..Default::default()
                 })
                 .unwrap_or_default();
+            let ask = SubscribeAsk { overrides, ..ask };
             match self.subscribe_channel(&channel, ask, chan_info).await {
                 Ok(mut sub) => {
                     sub.result.data = data;
@@ -563,9 +647,9 @@ impl Session {
         Ok(())
     }
 
-    fn on_refresh(&mut self, id: u32, token: &str) -> Result<(), Disconnect> {
-        let cfg = &self.node.config().client;
-        match auth::verify_connect_token(&cfg.token, token) {
+    async fn on_refresh(&mut self, id: u32, token: &str) -> Result<(), Disconnect> {
+        let node = self.node.clone();
+        match node.auth().connection().verify_connect(token).await {
             Ok(claims) => {
                 if claims.sub != self.conn.user() {
                     return Err(Disconnect::invalid_token());
@@ -577,12 +661,16 @@ impl Session {
                 };
                 match expiry(&claims) {
                     Some(exp) => {
-                        let ttl = exp.saturating_sub(auth::unix_now());
+                        let grace = node.config().client.expired_close_delay;
+                        let (ttl, at) = expiry_deadline(exp, grace);
                         result.expires = true;
-                        result.ttl = ttl as u32;
-                        self.expire_at = Some(Instant::now() + Duration::from_secs(ttl));
+                        result.ttl = ttl;
+                        self.expire_at = Some(at);
                     }
                     None => self.expire_at = None,
+                }
+                if claims.info.is_some() {
+                    self.conn_info = claims.info;
                 }
                 self.send_reply(&Reply {
                     id,
@@ -597,16 +685,95 @@ impl Session {
         }
     }
 
-    async fn on_subscribe(&mut self, id: u32, req: SubscribeRequest) -> Result<(), Disconnect> {
-        let check = self.check_subscribe(&req);
-        if let Err(code) = check {
-            self.send_error(id, code);
+    /// Renews a subscription made with a token (`sub_refresh`).
+    async fn on_sub_refresh(
+        &mut self,
+        id: u32,
+        req: tidings_protocol::SubRefreshRequest,
+    ) -> Result<(), Disconnect> {
+        if req.channel.is_empty() {
+            return Err(Disconnect::bad_request());
+        }
+        if !self.subs.contains_key(&req.channel) {
+            self.send_error(id, codes::ERROR_PERMISSION_DENIED);
             return Ok(());
         }
+        if req.token.is_empty() {
+            self.send_error(id, codes::ERROR_BAD_REQUEST);
+            return Ok(());
+        }
+        let node = self.node.clone();
+        let claims = match node
+            .auth()
+            .subscription()
+            .verify_subscribe(&req.token)
+            .await
+        {
+            Ok(claims) => claims,
+            // The subscription keeps its old deadline; the SDK may try again.
+            Err(TokenError::Expired) => {
+                self.send_error(id, codes::ERROR_TOKEN_EXPIRED);
+                return Ok(());
+            }
+            Err(TokenError::Invalid) => return Err(Disconnect::invalid_token()),
+        };
+        self.token_matches(&claims, &req.channel)?;
+        let mut result = tidings_protocol::SubRefreshResult::default();
+        let expire_at = sub_expiry(&claims).map(|exp| {
+            let grace = node.config().client.expired_sub_close_delay;
+            let (ttl, at) = expiry_deadline(exp, grace);
+            result.expires = true;
+            result.ttl = ttl;
+            at
+        });
+        if let Some(sub) = self.subs.get_mut(&req.channel) {
+            sub.expire_at = expire_at;
+            if claims.info.is_some() {
+                sub.chan_info = claims.info;
+            }
+        }
+        self.sub_expire_at = self.subs.values().filter_map(|s| s.expire_at).min();
+        self.send_reply(&Reply {
+            id,
+            sub_refresh: Some(result),
+            ..Default::default()
+        });
+        Ok(())
+    }
+
+    /// A subscription token must be for this channel, this user and, when it names
+    /// one, this client; otherwise the connection holds someone else's token and is
+    /// closed with 3500, as Centrifugo does.
+    fn token_matches(&self, claims: &SubscribeClaims, channel: &str) -> Result<(), Disconnect> {
+        if claims.channel != channel
+            || claims.sub != self.conn.user()
+            || (!claims.client.is_empty() && claims.client != self.conn.client_id)
+        {
+            return Err(Disconnect::invalid_token());
+        }
+        Ok(())
+    }
+
+    async fn on_subscribe(&mut self, id: u32, req: SubscribeRequest) -> Result<(), Disconnect> {
+        let granted = if req.token.is_empty() {
+            self.check_subscribe(&req)
+                .map(|()| None)
+                .map_err(Refusal::from)
+        } else {
+            self.check_subscribe_token(&req).await.map(Some)
+        };
+        let token = match granted {
+            Ok(token) => token,
+            Err(Refusal::Error(code)) => {
+                self.send_error(id, code);
+                return Ok(());
+            }
+            Err(Refusal::Disconnect(d)) => return Err(d),
+        };
         // Asking for a stream position or join/leave needs the permission to read
         // history or presence (the force_* options grant them regardless).
         let (may_history, may_presence) = self.stream_permissions(&req.channel);
-        let ask = SubscribeAsk {
+        let mut ask = SubscribeAsk {
             recover: req.recover.then(|| StreamPosition {
                 offset: req.offset,
                 epoch: req.epoch.clone(),
@@ -614,9 +781,29 @@ impl Session {
             recoverable: req.recoverable && may_history,
             positioned: req.positioned && may_history,
             join_leave: req.join_leave && may_presence,
+            ..Default::default()
         };
-        match self.subscribe_channel(&req.channel, ask, None).await {
-            Ok(sub) => {
+        let mut chan_info = None;
+        let mut data = None;
+        let mut ttl = None;
+        if let Some(claims) = token {
+            if let Some(exp) = sub_expiry(&claims) {
+                let grace = self.node.config().client.expired_sub_close_delay;
+                let (secs, at) = expiry_deadline(exp, grace);
+                ttl = Some(secs);
+                ask.expire_at = Some(at);
+            }
+            ask.overrides = claims.r#override;
+            chan_info = claims.info;
+            data = claims.data;
+        }
+        match self.subscribe_channel(&req.channel, ask, chan_info).await {
+            Ok(mut sub) => {
+                if let Some(ttl) = ttl {
+                    sub.result.expires = true;
+                    sub.result.ttl = ttl;
+                }
+                sub.result.data = data;
                 let reply = Bytes::from(
                     Reply {
                         id,
@@ -631,6 +818,29 @@ impl Session {
             Err(e) => self.send_error(id, e.to_protocol()),
         }
         Ok(())
+    }
+
+    /// Checks a subscribe that carries a token. The token alone decides, for any
+    /// channel (Centrifugo v6): namespace permissions and user lists are not consulted.
+    async fn check_subscribe_token(
+        &self,
+        req: &SubscribeRequest,
+    ) -> Result<SubscribeClaims, Refusal> {
+        self.check_subscribe_limits(req)?;
+        let node = self.node.clone();
+        let claims = match node
+            .auth()
+            .subscription()
+            .verify_subscribe(&req.token)
+            .await
+        {
+            Ok(claims) => claims,
+            Err(TokenError::Expired) => return Err(codes::ERROR_TOKEN_EXPIRED.into()),
+            Err(TokenError::Invalid) => return Err(codes::ERROR_PERMISSION_DENIED.into()),
+        };
+        self.token_matches(&claims, &req.channel)
+            .map_err(Refusal::Disconnect)?;
+        Ok(claims)
     }
 
     /// Whether this client may read history and presence of a channel it is
@@ -650,15 +860,29 @@ impl Session {
         )
     }
 
-    fn check_subscribe(&self, req: &SubscribeRequest) -> Result<(), ErrorCode> {
+    /// Checks that hold for every subscribe: a valid name in a known namespace, not
+    /// subscribed yet, under the channel limit.
+    fn check_subscribe_limits(&self, req: &SubscribeRequest) -> Result<(), ErrorCode> {
         let config = self.node.config();
-        let ch = channel::resolve(config, &req.channel)?;
+        channel::resolve(config, &req.channel)?;
         if self.subs.contains_key(&req.channel) {
             return Err(codes::ERROR_ALREADY_SUBSCRIBED);
         }
         let limit = config.client.channel_limit;
         if limit > 0 && self.subs.len() >= limit {
             return Err(codes::ERROR_LIMIT_EXCEEDED);
+        }
+        Ok(())
+    }
+
+    /// Checks a subscribe without a token against the namespace's permissions.
+    fn check_subscribe(&self, req: &SubscribeRequest) -> Result<(), ErrorCode> {
+        self.check_subscribe_limits(req)?;
+        let config = self.node.config();
+        let ch = channel::resolve(config, &req.channel)?;
+        if ch.is_private() {
+            // `$` channels need a subscription token, whatever else is allowed.
+            return Err(codes::ERROR_PERMISSION_DENIED);
         }
         if config.client.insecure {
             return Ok(());
@@ -675,10 +899,6 @@ impl Session {
             } else {
                 Err(codes::ERROR_PERMISSION_DENIED)
             };
-        }
-        if ch.is_private() {
-            // Subscription tokens for private channels are not supported yet.
-            return Err(codes::ERROR_PERMISSION_DENIED);
         }
         if !channel::can_subscribe(ch.options, user) {
             return Err(codes::ERROR_PERMISSION_DENIED);
@@ -707,8 +927,28 @@ impl Session {
         let node = self.node.clone();
         let config = node.config();
         let ch = channel::resolve(config, channel)?;
-        let opts = ch.options;
         let history = ch.history_enabled();
+        let mut effective;
+        let opts = match &ask.overrides {
+            None => ch.options,
+            Some(o) => {
+                effective = ch.options.clone();
+                let set = |field: &mut bool, value: &Option<auth::BoolValue>| {
+                    if let Some(v) = value {
+                        *field = v.value;
+                    }
+                };
+                set(&mut effective.presence, &o.presence);
+                set(&mut effective.join_leave, &o.join_leave);
+                set(
+                    &mut effective.force_push_join_leave,
+                    &o.force_push_join_leave,
+                );
+                set(&mut effective.force_recovery, &o.force_recovery);
+                set(&mut effective.force_positioning, &o.force_positioning);
+                &effective
+            }
+        };
         let recoverable =
             history && (opts.force_recovery || (opts.allow_recovery && ask.recoverable));
         let positioned = history
@@ -776,8 +1016,12 @@ impl Session {
                 presence: opts.presence,
                 join_leave: opts.join_leave,
                 chan_info,
+                expire_at: ask.expire_at,
             },
         );
+        if let Some(at) = ask.expire_at {
+            self.sub_expire_at = Some(self.sub_expire_at.map_or(at, |t| t.min(at)));
+        }
         inner.metrics.subscription_added();
         Ok(Subscribed {
             result,
@@ -1141,6 +1385,37 @@ mod tests {
             h.send("{}").await;
         }
         assert!(h.conn.outbox.closed_with().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unrefreshed_token_closes_with_3005_once_the_grace_is_over() {
+        let mut config = Config::development();
+        config.client.token.hmac_secret_key = "session-test-secret".into();
+        let h = start(config);
+        let claims = ConnectClaims {
+            sub: "u".into(),
+            exp: Some(auth::unix_now() + 30),
+            ..Default::default()
+        };
+        let token = auth::sign_connect_token("session-test-secret", &claims).unwrap();
+        let started = Instant::now();
+        h.send(&format!(r#"{{"id":1,"connect":{{"token":"{token}"}}}}"#))
+            .await;
+        let connect = h.next().await.unwrap();
+        assert!(connect[0].contains(r#""expires":true"#), "{connect:?}");
+        // Pings are answered, so only the expiry can end the connection.
+        let closed = loop {
+            match h.next().await {
+                Ok(batch) if batch == ["{}"] => h.send("{}").await,
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(d) => break d,
+            }
+        };
+        assert_eq!(closed.code, 3005);
+        // ttl (29–30 s by the wall clock) plus the default 25 s grace.
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_secs(54), "{waited:?}");
+        assert!(waited <= Duration::from_secs(56), "{waited:?}");
     }
 
     #[tokio::test(start_paused = true)]
