@@ -913,14 +913,22 @@ impl Config {
                 }
             }
         }
-        if self.http_api.insecure && !is_loopback(&self.http_server.address) {
-            let shown = if self.http_server.address.is_empty() {
+        // The API lives on the internal listener when there is one.
+        let (api_address, key) = match self.http_server.separate_internal_port() {
+            Some(_) => (
+                self.http_server.internal_address(),
+                "http_server.internal_address",
+            ),
+            None => (self.http_server.address.as_str(), "http_server.address"),
+        };
+        if self.http_api.insecure && !is_loopback(api_address) {
+            let shown = if api_address.is_empty() {
                 "every interface".to_string()
             } else {
-                self.http_server.address.clone()
+                api_address.to_string()
             };
             found.push(format!(
-                "http_api.insecure serves the server API without a key on {shown}; bind http_server.address to a loopback address or set http_api.key"
+                "http_api.insecure serves the server API without a key on {shown}; bind {key} to a loopback address or set http_api.key"
             ));
         }
         found
@@ -1309,6 +1317,12 @@ mod tests {
         assert!(cfg.insecure_settings().is_empty());
         cfg.http_server.address = String::new();
         assert_eq!(cfg.insecure_settings().len(), 1);
+        // With an internal port, the API's own address is what counts.
+        cfg.http_server.internal_port = "9001".into();
+        cfg.http_server.internal_address = "127.0.0.1".into();
+        assert!(cfg.insecure_settings().is_empty());
+        cfg.http_server.internal_port = String::new();
+        cfg.http_server.internal_address = String::new();
         cfg.client.insecure = true;
         cfg.client.insecure_skip_token_signature_verify = true;
         cfg.client.token.hmac_secret_key = "short".into();
