@@ -23,6 +23,7 @@
 pub mod client;
 pub mod metrics;
 pub mod profile;
+pub mod raw_ws;
 pub mod server;
 pub mod token;
 

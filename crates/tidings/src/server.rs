@@ -44,7 +44,12 @@ pub fn router(node: &Node) -> Router {
     if cfg.prometheus.enabled {
         app = app.route("/metrics", get(metrics));
     }
-    app.with_state(node.clone())
+    // axum answers a wrong method with an empty 405; say what is wrong instead, as
+    // every other refusal does.
+    app.method_not_allowed_fallback(|| async {
+        (StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+    })
+    .with_state(node.clone())
 }
 
 /// The HTTP-based client transports, with CORS for browsers on allowed origins.

@@ -41,10 +41,23 @@ pub enum InboundError {
     Transport,
     /// The frame cannot be the protocol (for example not UTF-8).
     Malformed,
+    /// The client broke the transport's own framing rules (WebSocket: RSV bits,
+    /// an unmasked or fragmented control frame, a bad opcode or fragment order):
+    /// close 1002.
+    ProtocolViolation,
+    /// A text message that is not UTF-8 (WebSocket close 1007).
+    InvalidText,
 }
 
 /// Close code for a frame over the size limit (RFC 6455 "message too big").
 pub const CLOSE_TOO_LARGE: u32 = 1009;
+
+/// Close code for a frame that breaks RFC 6455 itself ("protocol error").
+pub const CLOSE_PROTOCOL_ERROR: u32 = 1002;
+
+/// Close code for a text message whose bytes are not UTF-8 ("invalid frame
+/// payload data").
+pub const CLOSE_INVALID_PAYLOAD: u32 = 1007;
 
 /// One subscription of this connection.
 struct ChannelSub {
@@ -172,6 +185,12 @@ impl Session {
                     }
                     Some(Err(InboundError::TooLarge)) => {
                         self.close(Disconnect::new(CLOSE_TOO_LARGE, "message too big"));
+                    }
+                    Some(Err(InboundError::ProtocolViolation)) => {
+                        self.close(Disconnect::new(CLOSE_PROTOCOL_ERROR, "protocol error"));
+                    }
+                    Some(Err(InboundError::InvalidText)) => {
+                        self.close(Disconnect::new(CLOSE_INVALID_PAYLOAD, "invalid text"));
                     }
                     Some(Err(InboundError::Transport)) | None => break,
                 },

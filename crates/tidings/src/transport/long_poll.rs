@@ -189,6 +189,13 @@ pub async fn open(State(node): State<Node>, headers: HeaderMap, body: AxumBytes)
         )
             .into_response();
     }
+    if !super::opening_frame_is_json(&first, false) {
+        return (
+            StatusCode::BAD_REQUEST,
+            "the body must be the connect command frame: one JSON object per line",
+        )
+            .into_response();
+    }
     let (conn, _inbox) = start_session(&node, "long_poll", SessionMode::Emulated, Some(first));
     let session = Arc::new(PollSession {
         conn: conn.clone(),

@@ -169,6 +169,13 @@ pub async fn open(
         )
             .into_response();
     }
+    if !super::opening_frame_is_json(&connect, uni) {
+        return (
+            StatusCode::BAD_REQUEST,
+            "the connect request must be JSON: one object (or one per line for a command frame)",
+        )
+            .into_response();
+    }
     let mode = if uni {
         SessionMode::Unidirectional
     } else {
