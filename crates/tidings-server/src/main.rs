@@ -10,6 +10,9 @@ use clap::{Parser, Subcommand};
 use tidings::auth::{sign_connect_token, unix_now, ConnectClaims};
 use tidings::{Config, Node};
 
+#[cfg(feature = "autobahn-echo")]
+mod autobahn;
+
 /// The demo chat, served at `/`.
 const DEMO_PAGE: &str = include_str!("../../../web/index.html");
 
@@ -159,6 +162,11 @@ async fn run(config: Config, development: bool) -> anyhow::Result<()> {
     let node = Node::new(config);
     let app =
         tidings::server::router(&node).route("/", axum::routing::get(|| async { Html(DEMO_PAGE) }));
+    #[cfg(feature = "autobahn-echo")]
+    let app = {
+        tracing::warn!("built with autobahn-echo: /autobahn/echo is a raw WebSocket echo for tests");
+        app.route("/autobahn/echo", axum::routing::get(autobahn::echo))
+    };
     if development {
         tracing::info!("no --config given: running the development profile (anonymous access, history and presence on channels without namespace)");
     }

@@ -79,10 +79,7 @@ fn upgrade(
     if !crate::origin::allowed(node.config(), &headers) {
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
-    ws.max_message_size(limit)
-        .max_frame_size(limit)
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
+    configure(ws, limit)
         .on_upgrade(move |socket| {
             let task_node = node.clone();
             async move {
@@ -90,6 +87,16 @@ fn upgrade(
             }
         })
         .into_response()
+}
+
+/// The WebSocket settings of every Tidings endpoint: small buffers, and `limit` as
+/// both the message and the frame size limit. Public so that the binary's
+/// `autobahn-echo` test route runs the conformance suite against the same stack.
+pub fn configure(ws: WebSocketUpgrade, limit: usize) -> WebSocketUpgrade {
+    ws.max_message_size(limit)
+        .max_frame_size(limit)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
 }
 
 /// Whether `Sec-WebSocket-Key` is what RFC 6455 (4.1, 4.2.1) requires: base64 of
