@@ -1331,6 +1331,11 @@ async fn garbage_on_emulation_gets_4xx_with_a_message() -> anyhow::Result<()> {
         (br#"{"session":"s","data":[1]}"#.to_vec(), 400),
         (br#"{"session":"s","data":null}"#.to_vec(), 400),
         (vec![0xff, 0xfe], 400),
+        // Not UTF-8 inside a field the parser skips (found by fuzzing).
+        (
+            b"{\"session\":\"nope\",\"x\":\"\xff\xfe\",\"data\":\"{}\"}".to_vec(),
+            400,
+        ),
         (br#"{"session":"nope","data":"{}"}"#.to_vec(), 404),
         (br#"{"session":"","data":{"id":1,"ping":{}}}"#.to_vec(), 404),
     ] {

@@ -59,6 +59,18 @@ pub const CLOSE_PROTOCOL_ERROR: u32 = 1002;
 /// payload data").
 pub const CLOSE_INVALID_PAYLOAD: u32 = 1007;
 
+/// Decodes one line of a client's command frame (see [`codec::split_frame`]).
+///
+/// # Errors
+/// Disconnect 3501 "bad request" when the line is not a JSON object (serde would
+/// also read a JSON array into a struct) or does not fit [`Command`].
+pub fn decode_command(line: &str) -> Result<Command, Disconnect> {
+    if !line.trim_start().starts_with('{') {
+        return Err(Disconnect::bad_request());
+    }
+    serde_json::from_str(line).map_err(|_| Disconnect::bad_request())
+}
+
 /// One subscription of this connection.
 struct ChannelSub {
     /// Namespace keeps presence: remove the entry on unsubscribe.
@@ -278,11 +290,7 @@ impl Session {
         }
         for line in codec::split_frame(frame) {
             self.node.metrics().messages_received.increment(1);
-            // serde would also accept a JSON array for a struct; a command is an object.
-            if !line.trim_start().starts_with('{') {
-                return Err(Disconnect::bad_request());
-            }
-            let cmd: Command = serde_json::from_str(line).map_err(|_| Disconnect::bad_request())?;
+            let cmd = decode_command(line)?;
             self.handle_command(cmd).await?;
         }
         Ok(())

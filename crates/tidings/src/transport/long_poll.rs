@@ -225,12 +225,13 @@ pub async fn open(State(node): State<Node>, headers: HeaderMap, body: AxumBytes)
     )
 }
 
-#[derive(Deserialize)]
+/// The query of a poll or close: `?session=ID&cursor=N`.
+#[derive(Debug, Deserialize)]
 pub struct PollParams {
     #[serde(default)]
-    session: String,
+    pub session: String,
     #[serde(default)]
-    cursor: u64,
+    pub cursor: u64,
 }
 
 /// Resets the in-progress flag however the poll ends, including when the client
@@ -295,11 +296,29 @@ fn take(session: &PollSession, cursor: u64, max_bytes: usize) -> Option<Bytes> {
     if buf.items.is_empty() && buf.close.is_none() {
         return None;
     }
-    let mut out = BytesMut::with_capacity(64 + buf.bytes.min(max_bytes));
+    let (body, close_sent) = poll_body(&buf.items, cursor, max_bytes, buf.close.as_ref());
+    if close_sent {
+        buf.close_sent = true;
+    }
+    Some(body)
+}
+
+/// The JSON body of a poll answer (see the module docs) from the waiting messages,
+/// numbered and all after `cursor`: as many as fit in `max_bytes`, and at least one.
+/// `close` is added when every waiting message is in the answer; the second value
+/// says whether it was. Public for the fuzzers.
+pub fn poll_body(
+    items: &VecDeque<(u64, Bytes)>,
+    cursor: u64,
+    max_bytes: usize,
+    close: Option<&Disconnect>,
+) -> (Bytes, bool) {
+    let waiting: usize = items.iter().map(|(_, item)| item.len()).sum();
+    let mut out = BytesMut::with_capacity(64 + waiting.min(max_bytes));
     let mut last = cursor;
     let mut first = 0;
     out.put_slice(b"\"messages\":[");
-    for (seq, item) in &buf.items {
+    for (seq, item) in items {
         if first != 0 && out.len() + item.len() > max_bytes {
             break;
         }
@@ -312,21 +331,22 @@ fn take(session: &PollSession, cursor: u64, max_bytes: usize) -> Option<Bytes> {
         last = *seq;
     }
     out.put_u8(b']');
-    let complete = buf.items.back().is_none_or(|(seq, _)| *seq == last);
+    let complete = items.back().is_none_or(|(seq, _)| *seq == last);
     let mut head = format!("{{\"cursor\":{last},");
     if first != 0 {
         head.push_str(&format!("\"first\":{first},"));
     }
     let mut body = BytesMut::from(head.as_bytes());
     body.put_slice(&out);
-    if let (true, Some(d)) = (complete, &buf.close) {
+    let mut close_sent = false;
+    if let (true, Some(d)) = (complete, close) {
         let close =
             serde_json::json!({"code": d.code, "reason": d.reason, "reconnect": d.reconnect});
         body.put_slice(format!(",\"close\":{close}").as_bytes());
-        buf.close_sent = true;
+        close_sent = true;
     }
     body.put_u8(b'}');
-    Some(body.freeze())
+    (body.freeze(), close_sent)
 }
 
 pub async fn close(
