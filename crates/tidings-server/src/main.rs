@@ -164,7 +164,9 @@ async fn run(config: Config, development: bool) -> anyhow::Result<()> {
         tidings::server::router(&node).route("/", axum::routing::get(|| async { Html(DEMO_PAGE) }));
     #[cfg(feature = "autobahn-echo")]
     let app = {
-        tracing::warn!("built with autobahn-echo: /autobahn/echo is a raw WebSocket echo for tests");
+        tracing::warn!(
+            "built with autobahn-echo: /autobahn/echo is a raw WebSocket echo for tests"
+        );
         app.route("/autobahn/echo", axum::routing::get(autobahn::echo))
     };
     if development {
