@@ -793,6 +793,7 @@ async fn continuation_flood_is_closed_1009_in_bounded_time_and_memory() -> anyho
     let ending = reader.expect_end(Duration::from_secs(15)).await?;
     let took = started.elapsed();
     let sent = tokio::time::timeout(DEFAULT_WAIT, write).await??;
+    eprintln!("continuation flood: {ending:?} after {took:?}, {sent} bytes written");
     ensure!(
         matches!(ending, Ending::Close(1009, _)),
         "the flood ended with {ending:?} after {sent} bytes"
@@ -993,7 +994,7 @@ async fn requests_that_are_not_http_get_400() -> anyhow::Result<()> {
     ] {
         let (response, ws) = RawWs::handshake(node.server.addr(), request.as_bytes()).await?;
         ensure!(
-            ws.is_none() && (400..500).contains(&response.status),
+            ws.is_none() && response.status == 400,
             "{request:?} got {}",
             response.head
         );
