@@ -1585,3 +1585,89 @@ async fn request_objects_given_as_arrays_are_read_positionally() -> anyhow::Resu
     ensure!(reply["error"]["code"] == json!(107), "{reply}");
     node.unhurt().await
 }
+
+// ---------------------------------------------------------------------------
+// Token claims (a fuzzing find)
+// ---------------------------------------------------------------------------
+
+/// An HS256 token over exactly these claim bytes, which need not be UTF-8.
+fn token_over_raw_claims(secret: &str, claims: &[u8]) -> anyhow::Result<String> {
+    use base64_url as b64;
+    let header = b64::encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let message = format!("{header}.{}", b64::encode(claims));
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    let signature =
+        jsonwebtoken::crypto::sign(message.as_bytes(), &key, jsonwebtoken::Algorithm::HS256)?;
+    Ok(format!("{message}.{signature}"))
+}
+
+/// Unpadded base64url, as JWTs use it.
+mod base64_url {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+    pub fn encode(bytes: &[u8]) -> String {
+        let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+        for chunk in bytes.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+            for i in 0..=chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            }
+        }
+        out
+    }
+}
+
+#[tokio::test]
+async fn token_claims_are_utf8_where_they_are_read() -> anyhow::Result<()> {
+    // The jwt_preparse fuzz target found that a claim Tidings does not read may hold
+    // bytes that are not UTF-8 (serde_json checks only what it keeps). Such a token
+    // needs the secret, so its signer is trusted; it connects as its `sub`. The same
+    // bytes in a claim Tidings reads make the token invalid (3500).
+    const SECRET: &str = "hostile-suite-secret-of-32-bytes";
+    let server = TidingsServer::builder()
+        .config_json(tidings_testkit::profile::open_config("api-key", SECRET))
+        .start()
+        .await?;
+    let mut control = server.connected_client().await?;
+    let subscribed = control.subscribe(CONTROL).await?;
+    let mut node = Watched {
+        offset: subscribed["offset"].as_u64().unwrap_or(0),
+        server,
+        control,
+        checks: 0,
+    };
+    let unread = token_over_raw_claims(SECRET, b"{\"sub\":\"42\",\"zz\":\"\xfe\xff\xef\"}")?;
+    let mut client = node.server.client().await?;
+    client.connect(json!({ "token": unread })).await?;
+    client.subscribe("claims").await?;
+    let presence = client
+        .call_result(json!({ "presence": { "channel": "claims" } }))
+        .await?;
+    let users: Vec<&Value> = presence["presence"]
+        .as_object()
+        .map(|m| m.values().map(|c| &c["user"]).collect())
+        .unwrap_or_default();
+    ensure!(users == [&json!("42")], "presence: {presence}");
+    node.unhurt().await?;
+    for claims in [
+        &b"{\"sub\":\"4\xff2\"}"[..],
+        &b"{\"sub\":\"42\",\"info\":\"\xfe\"}"[..],
+        &b"{\"sub\":\"42\",\"channels\":[\"\xc0\xaf\"]}"[..],
+    ] {
+        let token = token_over_raw_claims(SECRET, claims)?;
+        let mut client = node.server.client().await?;
+        let (code, reason) = client
+            .send_raw_expect_close(&json!({ "id": 1, "connect": { "token": token } }).to_string())
+            .await?;
+        ensure!(
+            code == 3500,
+            "claims {}: {code} {reason:?}",
+            String::from_utf8_lossy(claims)
+        );
+        node.unhurt().await?;
+    }
+    Ok(())
+}
