@@ -40,6 +40,10 @@ export TIDINGS_BIN="$ROOT/target/debug/tidings"
 say "Rust tests"
 cargo test --workspace
 
+# --- WebSocket conformance -------------------------------------------------------------
+say "WebSocket conformance (Autobahn|Testsuite, cases 1-10)"
+scripts/autobahn.sh
+
 # --- Node: centrifuge-js and the browser ---------------------------------------------
 say "Node tests (centrifuge-js, headless Chromium)"
 (cd clients/js && npm ci --no-audit --no-fund --loglevel=error && npm test)

@@ -12,6 +12,9 @@ use tidings::auth::{
 };
 use tidings::{Config, Node};
 
+#[cfg(feature = "autobahn-echo")]
+mod autobahn;
+
 /// The demo chat, served at `/`.
 const DEMO_PAGE: &str = include_str!("../../../web/index.html");
 
@@ -297,7 +300,15 @@ async fn run(config: Config, development: bool) -> anyhow::Result<()> {
         Some(_) => tidings::server::client_router(&node),
         None => tidings::server::router(&node),
     };
-    let mut public = tidings::server::Endpoint::new(listener, public_app.route("/", demo()));
+    let public_app = public_app.route("/", demo());
+    #[cfg(feature = "autobahn-echo")]
+    let public_app = {
+        tracing::warn!(
+            "built with autobahn-echo: /autobahn/echo is a raw WebSocket echo for tests"
+        );
+        public_app.route("/autobahn/echo", axum::routing::get(autobahn::echo))
+    };
+    let mut public = tidings::server::Endpoint::new(listener, public_app);
     let public_scheme = scheme(public_tls.is_some());
     if let Some(tls) = public_tls {
         public = public.with_tls(tls);

@@ -39,6 +39,7 @@ pub mod metrics;
 pub mod profile;
 pub mod proto_client;
 pub mod raw_http;
+pub mod raw_ws;
 pub mod server;
 pub mod sse;
 pub mod stub;

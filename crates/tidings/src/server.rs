@@ -47,7 +47,7 @@ pub fn client_router(node: &Node) -> Router {
         );
     }
     app = app.merge(http_transports(node));
-    app.with_state(node.clone())
+    explain_wrong_method(app).with_state(node.clone())
 }
 
 /// The endpoints for operators and backends, not for the internet: the server API,
@@ -72,7 +72,15 @@ pub fn internal_router(node: &Node) -> Router {
     if cfg.prometheus.enabled {
         app = app.route("/metrics", get(metrics));
     }
-    app.with_state(node.clone())
+    explain_wrong_method(app).with_state(node.clone())
+}
+
+/// axum answers a wrong method with an empty 405; say what is wrong instead, as
+/// every other refusal does.
+fn explain_wrong_method(app: Router<Node>) -> Router<Node> {
+    app.method_not_allowed_fallback(|| async {
+        (StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+    })
 }
 
 /// The HTTP-based client transports, with CORS for browsers on allowed origins.

@@ -42,10 +42,35 @@ pub enum InboundError {
     Transport,
     /// The frame cannot be the protocol (for example not UTF-8).
     Malformed,
+    /// The client broke the transport's own framing rules (WebSocket: RSV bits,
+    /// an unmasked or fragmented control frame, a bad opcode or fragment order):
+    /// close 1002.
+    ProtocolViolation,
+    /// A text message that is not UTF-8 (WebSocket close 1007).
+    InvalidText,
 }
 
 /// Close code for a frame over the size limit (RFC 6455 "message too big").
 pub const CLOSE_TOO_LARGE: u32 = 1009;
+
+/// Close code for a frame that breaks RFC 6455 itself ("protocol error").
+pub const CLOSE_PROTOCOL_ERROR: u32 = 1002;
+
+/// Close code for a text message whose bytes are not UTF-8 ("invalid frame
+/// payload data").
+pub const CLOSE_INVALID_PAYLOAD: u32 = 1007;
+
+/// Decodes one line of a client's command frame (see [`codec::split_frame`]).
+///
+/// # Errors
+/// Disconnect 3501 "bad request" when the line is not a JSON object (serde would
+/// also read a JSON array into a struct) or does not fit [`Command`].
+pub fn decode_command(line: &str) -> Result<Command, Disconnect> {
+    if !line.trim_start().starts_with('{') {
+        return Err(Disconnect::bad_request());
+    }
+    serde_json::from_str(line).map_err(|_| Disconnect::bad_request())
+}
 
 /// One subscription of this connection.
 struct ChannelSub {
@@ -262,6 +287,12 @@ impl Session {
                     Some(Err(InboundError::TooLarge)) => {
                         self.close(Disconnect::new(CLOSE_TOO_LARGE, "message too big"));
                     }
+                    Some(Err(InboundError::ProtocolViolation)) => {
+                        self.close(Disconnect::new(CLOSE_PROTOCOL_ERROR, "protocol error"));
+                    }
+                    Some(Err(InboundError::InvalidText)) => {
+                        self.close(Disconnect::new(CLOSE_INVALID_PAYLOAD, "invalid text"));
+                    }
                     Some(Err(InboundError::Transport)) | None => break,
                 },
                 _ = tokio::time::sleep_until(deadline) => {
@@ -374,11 +405,7 @@ impl Session {
         }
         for line in codec::split_frame(frame) {
             self.node.metrics().messages_received.increment(1);
-            // serde would also accept a JSON array for a struct; a command is an object.
-            if !line.trim_start().starts_with('{') {
-                return Err(Disconnect::bad_request());
-            }
-            let cmd: Command = serde_json::from_str(line).map_err(|_| Disconnect::bad_request())?;
+            let cmd = decode_command(line)?;
             self.handle_command(cmd).await?;
         }
         Ok(())

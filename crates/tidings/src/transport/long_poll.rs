@@ -195,6 +195,13 @@ pub async fn open(State(node): State<Node>, headers: HeaderMap, body: AxumBytes)
         )
             .into_response();
     }
+    if !super::opening_frame_is_json(&first, false) {
+        return (
+            StatusCode::BAD_REQUEST,
+            "the body must be the connect command frame: one JSON object per line",
+        )
+            .into_response();
+    }
     let permit = match node.try_admit() {
         Ok(permit) => permit,
         Err(refused) => return refused.into_response(),
@@ -235,12 +242,13 @@ pub async fn open(State(node): State<Node>, headers: HeaderMap, body: AxumBytes)
     )
 }
 
-#[derive(Deserialize)]
+/// The query of a poll or close: `?session=ID&cursor=N`.
+#[derive(Debug, Deserialize)]
 pub struct PollParams {
     #[serde(default)]
-    session: String,
+    pub session: String,
     #[serde(default)]
-    cursor: u64,
+    pub cursor: u64,
 }
 
 /// Resets the in-progress flag however the poll ends, including when the client
@@ -308,11 +316,26 @@ fn take(session: &PollSession, cursor: u64, max_bytes: usize) -> Option<Bytes> {
     if buf.close.is_some() && cursor >= buf.close_seq {
         buf.close_acked = true;
     }
-    let mut out = BytesMut::with_capacity(64 + buf.bytes.min(max_bytes));
+    let close = buf.close.as_ref().map(|d| (d, buf.close_seq));
+    Some(poll_body(&buf.items, cursor, max_bytes, close))
+}
+
+/// The JSON body of a poll answer (see the module docs) from the waiting messages,
+/// numbered and all after `cursor`: as many as fit in `max_bytes`, and at least one.
+/// `close` (the disconnect and its number) is added when every waiting message is in
+/// the answer, and the cursor then names the close. Public for the fuzzers.
+pub fn poll_body(
+    items: &VecDeque<(u64, Bytes)>,
+    cursor: u64,
+    max_bytes: usize,
+    close: Option<(&Disconnect, u64)>,
+) -> Bytes {
+    let waiting: usize = items.iter().map(|(_, item)| item.len()).sum();
+    let mut out = BytesMut::with_capacity(64 + waiting.min(max_bytes));
     let mut last = cursor;
     let mut first = 0;
     out.put_slice(b"\"messages\":[");
-    for (seq, item) in &buf.items {
+    for (seq, item) in items {
         if first != 0 && out.len() + item.len() > max_bytes {
             break;
         }
@@ -325,9 +348,9 @@ fn take(session: &PollSession, cursor: u64, max_bytes: usize) -> Option<Bytes> {
         last = *seq;
     }
     out.put_u8(b']');
-    let complete = buf.items.back().is_none_or(|(seq, _)| *seq == last);
-    if complete && buf.close.is_some() {
-        last = buf.close_seq;
+    let complete = items.back().is_none_or(|(seq, _)| *seq == last);
+    if let (true, Some((_, close_seq))) = (complete, close) {
+        last = close_seq;
     }
     let mut head = format!("{{\"cursor\":{last},");
     if first != 0 {
@@ -335,13 +358,13 @@ fn take(session: &PollSession, cursor: u64, max_bytes: usize) -> Option<Bytes> {
     }
     let mut body = BytesMut::from(head.as_bytes());
     body.put_slice(&out);
-    if let (true, Some(d)) = (complete, &buf.close) {
+    if let (true, Some((d, _))) = (complete, close) {
         let close =
             serde_json::json!({"code": d.code, "reason": d.reason, "reconnect": d.reconnect});
         body.put_slice(format!(",\"close\":{close}").as_bytes());
     }
     body.put_u8(b'}');
-    Some(body.freeze())
+    body.freeze()
 }
 
 pub async fn close(

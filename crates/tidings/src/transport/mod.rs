@@ -58,6 +58,36 @@ impl IntoResponse for AdmitError {
     }
 }
 
+/// Whether the frame that opens an HTTP-based connection (the body or `cf_connect`
+/// of sse, http_stream, long_poll and the unidirectional transports) is something a
+/// session can read: for a bidirectional connection, every non-blank line one JSON
+/// object; for a unidirectional one, one JSON object or nothing. Anything else is
+/// refused with HTTP 400 before a session, a task or a long-poll entry exists for
+/// it, as docs/protocol.md ("Bad input") says of the HTTP transports. Whether the
+/// objects are valid commands is still the session's call (close 3501).
+///
+/// # Examples
+///
+/// ```
+/// use tidings::transport::opening_frame_is_json;
+/// assert!(opening_frame_is_json("{\"id\":1,\"connect\":{}}", false));
+/// assert!(opening_frame_is_json("", true));
+/// assert!(!opening_frame_is_json("[1]", true));
+/// assert!(!opening_frame_is_json("{\"id\":1}\nnot json", false));
+/// ```
+pub fn opening_frame_is_json(frame: &str, uni: bool) -> bool {
+    fn one_object(text: &str) -> bool {
+        text.trim_start().starts_with('{')
+            && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+    }
+    if uni {
+        frame.trim().is_empty() || one_object(frame)
+    } else {
+        let mut lines = tidings_protocol::codec::split_frame(frame).peekable();
+        lines.peek().is_some() && lines.all(one_object)
+    }
+}
+
 /// Starts a session on its own tracked task. `first` is the frame the client sent
 /// with the opening request (its connect command, or for unidirectional transports
 /// its connect request). Emulated sessions become reachable by their session id

@@ -58,6 +58,14 @@ fn frame_into(out: &mut BytesMut, item: &Bytes, framing: Framing, uni: bool) {
     }
 }
 
+/// One encoded reply or push as it goes on the wire of a streaming transport: a
+/// line, or a `data:` event; `uni` drops the push wrapper. Public for the fuzzers.
+pub fn frame_item(item: &Bytes, framing: Framing, uni: bool) -> Bytes {
+    let mut out = BytesMut::with_capacity(item.len() + 8);
+    frame_into(&mut out, item, framing, uni);
+    out.freeze()
+}
+
 /// The streaming body of a connection.
 pub fn body(conn: Arc<Connection>, framing: Framing, uni: bool) -> Body {
     let guard = CloseOnDrop(conn);
@@ -166,6 +174,13 @@ pub async fn open(
         return (
             StatusCode::BAD_REQUEST,
             "send the connect command (cf_connect parameter or request body)",
+        )
+            .into_response();
+    }
+    if !super::opening_frame_is_json(&connect, uni) {
+        return (
+            StatusCode::BAD_REQUEST,
+            "the connect request must be JSON: one object (or one per line for a command frame)",
         )
             .into_response();
     }

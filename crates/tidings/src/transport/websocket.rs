@@ -50,6 +50,12 @@ pub async fn uni_handler(
     if first.as_ref().is_some_and(|c| c.len() > limit) {
         return (StatusCode::PAYLOAD_TOO_LARGE, "connect request too large").into_response();
     }
+    if first
+        .as_deref()
+        .is_some_and(|c| !super::opening_frame_is_json(c, true))
+    {
+        return (StatusCode::BAD_REQUEST, "cf_connect must be a JSON object").into_response();
+    }
     upgrade(node, headers, ws, limit, true, first)
 }
 
@@ -61,6 +67,13 @@ fn upgrade(
     uni: bool,
     first: Option<String>,
 ) -> Response {
+    if !valid_key(&headers) {
+        return (
+            StatusCode::BAD_REQUEST,
+            "Sec-WebSocket-Key must be the base64 encoding of 16 bytes",
+        )
+            .into_response();
+    }
     if node.is_shutting_down() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
@@ -72,10 +85,7 @@ fn upgrade(
         Ok(permit) => permit,
         Err(refused) => return refused.into_response(),
     };
-    ws.max_message_size(limit)
-        .max_frame_size(limit)
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
+    configure(ws, limit)
         .on_upgrade(move |socket| {
             let task_node = node.clone();
             async move {
@@ -83,6 +93,33 @@ fn upgrade(
             }
         })
         .into_response()
+}
+
+/// The WebSocket settings of every Tidings endpoint: small buffers, and `limit` as
+/// both the message and the frame size limit. Public so that the binary's
+/// `autobahn-echo` test route runs the conformance suite against the same stack.
+pub fn configure(ws: WebSocketUpgrade, limit: usize) -> WebSocketUpgrade {
+    ws.max_message_size(limit)
+        .max_frame_size(limit)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+}
+
+/// Whether `Sec-WebSocket-Key` is what RFC 6455 (4.1, 4.2.1) requires: base64 of
+/// 16 bytes, so 22 base64 characters and `==`. axum only checks that the header is
+/// there and hashes any value, so a malformed key would otherwise be upgraded;
+/// the RFC asks for 400 instead. Unused trailing bits are not checked.
+fn valid_key(headers: &HeaderMap) -> bool {
+    let Some(key) = headers.get(axum::http::header::SEC_WEBSOCKET_KEY) else {
+        // axum's extractor has already refused a request without one.
+        return false;
+    };
+    let key = key.as_bytes();
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key[..22]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
 }
 
 /// Serves one upgraded socket until either side ends it; the connection counts
@@ -148,13 +185,7 @@ pub async fn serve(
             },
             Ok(Message::Ping(_) | Message::Pong(_)) => None,
             Ok(Message::Close(_)) => Some(Err(InboundError::Transport)),
-            Err(e) => {
-                if is_too_large(&e) {
-                    Some(Err(InboundError::TooLarge))
-                } else {
-                    Some(Err(InboundError::Transport))
-                }
-            }
+            Err(e) => Some(Err(read_error(&e))),
         }
     });
     // After a close frame or an error nothing more is read.
@@ -193,9 +224,58 @@ where
     }
 }
 
-/// axum wraps tungstenite's errors; the capacity error is the size limit.
-fn is_too_large(e: &axum::Error) -> bool {
-    std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<tungstenite::Error>())
-        .is_some_and(|t| matches!(t, tungstenite::Error::Capacity(_)))
+/// What a read error means for the session. axum wraps tungstenite's errors: the
+/// capacity error is the size limit (1009), broken UTF-8 in a text message is 1007
+/// and a broken framing rule is 1002. Without these a misbehaving client would be
+/// told 3000 "connection closed", which invites it to reconnect and do it again.
+/// A client that just went away (reset, EOF) is a transport end.
+fn read_error(e: &axum::Error) -> InboundError {
+    use tungstenite::error::ProtocolError;
+    let Some(t) = std::error::Error::source(e).and_then(|s| s.downcast_ref::<tungstenite::Error>())
+    else {
+        return InboundError::Transport;
+    };
+    match t {
+        tungstenite::Error::Capacity(_) => InboundError::TooLarge,
+        tungstenite::Error::Utf8(_) => InboundError::InvalidText,
+        tungstenite::Error::Protocol(
+            ProtocolError::ResetWithoutClosingHandshake
+            | ProtocolError::ReceivedAfterClosing
+            | ProtocolError::SendAfterClosing,
+        ) => InboundError::Transport,
+        tungstenite::Error::Protocol(_) => InboundError::ProtocolViolation,
+        _ => InboundError::Transport,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_key(key: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            axum::http::header::SEC_WEBSOCKET_KEY,
+            key.parse().expect("header value"),
+        );
+        headers
+    }
+
+    #[test]
+    fn websocket_keys_must_be_16_bytes_of_base64() {
+        assert!(valid_key(&with_key("dGhlIHNhbXBsZSBub25jZQ==")));
+        assert!(valid_key(&with_key("AAAAAAAAAAAAAAAAAAAAAA==")));
+        for bad in [
+            "",
+            "!!!",
+            "c2hvcnQ=",
+            "dGhlIHNhbXBsZSBub25jZQ",
+            "dGhlIHNhbXBsZSBub25jZQ=!",
+            "dGhlIHNhbXBsZSBub25jZ*==",
+            "dGhlIHNhbXBsZSBub25jZQ==dGhl",
+        ] {
+            assert!(!valid_key(&with_key(bad)), "{bad:?} was accepted");
+        }
+        assert!(!valid_key(&HeaderMap::new()));
+    }
 }
