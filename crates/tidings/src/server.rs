@@ -46,8 +46,11 @@ pub fn client_router(node: &Node) -> Router {
             get(crate::transport::websocket::uni_handler),
         );
     }
-    app = app.merge(http_transports(node));
-    explain_wrong_method(app).with_state(node.clone())
+    // The HTTP transports explain a wrong method inside their CORS layer, so that a
+    // preflight still reaches CORS first.
+    explain_wrong_method(app)
+        .merge(http_transports(node))
+        .with_state(node.clone())
 }
 
 /// The endpoints for operators and backends, not for the internet: the server API,
@@ -150,7 +153,7 @@ fn http_transports(node: &Node) -> Router<Node> {
         ])
         .allow_headers([header::CONTENT_TYPE])
         .max_age(std::time::Duration::from_secs(3600));
-    app.layer(cors)
+    explain_wrong_method(app).layer(cors)
 }
 
 /// Bounds how much of a request body is read: past `max` bytes the request is
