@@ -1173,7 +1173,8 @@ impl Session {
             .map(|_| ())
     }
 
-    async fn on_presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, NodeError> {
+    /// Presence queries: 108 where presence is off, then the permission (103).
+    fn check_presence(&self, channel: &str) -> Result<(), NodeError> {
         let config = self.node.config();
         let ch = channel::resolve(config, channel)?;
         if !ch.options.presence {
@@ -1188,24 +1189,16 @@ impl Session {
         {
             return Err(codes::ERROR_PERMISSION_DENIED.into());
         }
+        Ok(())
+    }
+
+    async fn on_presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, NodeError> {
+        self.check_presence(channel)?;
         self.node.presence(channel).await
     }
 
     async fn on_presence_stats(&self, channel: &str) -> Result<PresenceStatsResult, NodeError> {
-        let config = self.node.config();
-        let ch = channel::resolve(config, channel)?;
-        if !ch.options.presence {
-            return Err(codes::ERROR_NOT_AVAILABLE.into());
-        }
-        if !config.client.insecure
-            && !channel::can_presence(
-                ch.options,
-                self.conn.user(),
-                self.subs.contains_key(channel),
-            )
-        {
-            return Err(codes::ERROR_PERMISSION_DENIED.into());
-        }
+        self.check_presence(channel)?;
         let stats = self.node.presence_stats(channel).await?;
         Ok(PresenceStatsResult {
             num_clients: stats.num_clients,
