@@ -381,6 +381,14 @@ impl Session {
         self.conn.send(Bytes::from(reply.to_json()));
     }
 
+    /// Sends a command's result as its reply (with the command's id), or its error.
+    fn answer(&self, id: u32, result: Result<Reply, NodeError>) {
+        match result {
+            Ok(reply) => self.send_reply(&Reply { id, ..reply }),
+            Err(e) => self.send_error(id, e.to_protocol()),
+        }
+    }
+
     fn send_error(&self, id: u32, err: impl Into<tidings_protocol::Error>) {
         self.send_reply(&Reply::error(id, err));
     }
@@ -465,47 +473,35 @@ impl Session {
             }
             Method::Publish => {
                 let req = cmd.publish.unwrap_or_default();
-                match self.on_publish(req).await {
-                    Ok(()) => self.send_reply(&Reply {
-                        id,
-                        publish: Some(Empty {}),
-                        ..Default::default()
-                    }),
-                    Err(e) => self.send_error(id, e.to_protocol()),
-                }
+                let result = self.on_publish(req).await.map(|()| Reply {
+                    publish: Some(Empty {}),
+                    ..Default::default()
+                });
+                self.answer(id, result);
             }
             Method::Presence => {
                 let channel = cmd.presence.unwrap_or_default().channel;
-                match self.on_presence(&channel).await {
-                    Ok(presence) => self.send_reply(&Reply {
-                        id,
-                        presence: Some(PresenceResult { presence }),
-                        ..Default::default()
-                    }),
-                    Err(e) => self.send_error(id, e.to_protocol()),
-                }
+                let result = self.on_presence(&channel).await.map(|presence| Reply {
+                    presence: Some(PresenceResult { presence }),
+                    ..Default::default()
+                });
+                self.answer(id, result);
             }
             Method::PresenceStats => {
                 let channel = cmd.presence_stats.unwrap_or_default().channel;
-                match self.on_presence_stats(&channel).await {
-                    Ok(stats) => self.send_reply(&Reply {
-                        id,
-                        presence_stats: Some(stats),
-                        ..Default::default()
-                    }),
-                    Err(e) => self.send_error(id, e.to_protocol()),
-                }
+                let result = self.on_presence_stats(&channel).await.map(|stats| Reply {
+                    presence_stats: Some(stats),
+                    ..Default::default()
+                });
+                self.answer(id, result);
             }
             Method::History => {
                 let req = cmd.history.unwrap_or_default();
-                match self.on_history(req).await {
-                    Ok(history) => self.send_reply(&Reply {
-                        id,
-                        history: Some(history),
-                        ..Default::default()
-                    }),
-                    Err(e) => self.send_error(id, e.to_protocol()),
-                }
+                let result = self.on_history(req).await.map(|history| Reply {
+                    history: Some(history),
+                    ..Default::default()
+                });
+                self.answer(id, result);
             }
             Method::Ping => self.send_reply(&Reply {
                 id,
