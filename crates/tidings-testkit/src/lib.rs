@@ -33,6 +33,7 @@
 //! The crate does not depend on the Tidings crates: it drives the binary the
 //! way a user would, through its command line, its sockets and its output.
 
+pub mod brokers;
 pub mod client;
 pub mod keys;
 pub mod metrics;
@@ -47,6 +48,7 @@ pub mod token;
 pub mod transport;
 pub mod uni_client;
 
+pub use brokers::{NatsServer, RedisServer};
 pub use client::{handshake_status, Outcome, WsClient, DEFAULT_WAIT};
 pub use proto_client::ProtoClient;
 pub use server::{binary_path, TidingsServer, TidingsServerBuilder};

@@ -447,15 +447,60 @@ impl Default for HttpApiConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EngineConfig {
-    /// `memory` (the only engine so far). Default `memory`.
+    /// `memory` (one node), `redis` or `nats`. Default `memory`.
     #[serde(rename = "type")]
     pub kind: String,
+    /// Settings of the Redis engine (`engine.type = "redis"`).
+    pub redis: RedisEngineConfig,
+    /// Settings of the NATS engine (`engine.type = "nats"`).
+    pub nats: NatsEngineConfig,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             kind: "memory".into(),
+            redis: RedisEngineConfig::default(),
+            nats: NatsEngineConfig::default(),
+        }
+    }
+}
+
+/// `engine.redis.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RedisEngineConfig {
+    /// Redis addresses (`redis://host:port`, `rediss://` for TLS). Default
+    /// `["redis://127.0.0.1:6379"]`.
+    pub address: Vec<String>,
+    /// Prefix of every key and pub/sub channel. Default `tidings`.
+    pub prefix: String,
+}
+
+impl Default for RedisEngineConfig {
+    fn default() -> Self {
+        Self {
+            address: vec!["redis://127.0.0.1:6379".into()],
+            prefix: "tidings".into(),
+        }
+    }
+}
+
+/// `engine.nats.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NatsEngineConfig {
+    /// NATS server URL. Default `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// Prefix of every subject, stream and bucket. Default `tidings`.
+    pub prefix: String,
+}
+
+impl Default for NatsEngineConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            prefix: "tidings".into(),
         }
     }
 }

@@ -40,6 +40,8 @@ pub mod broker;
 pub mod channel;
 pub mod config;
 pub mod connection;
+pub(crate) mod control;
+pub mod engine;
 pub mod hub;
 pub mod limit;
 pub mod metrics;

@@ -18,8 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::{
-    Broker, BrokerError, BrokerEventHandler, HistoryFilter, HistoryPage, MemoryBroker,
-    PublishOptions,
+    Broker, BrokerError, BrokerEventHandler, HistoryFilter, HistoryPage, PublishOptions,
 };
 use crate::channel;
 use crate::config::Config;
@@ -27,7 +26,7 @@ use crate::connection::{Connection, Control, ServerSubscribe};
 use crate::hub::Hub;
 use crate::limit::{AdmitError, ConnectionGate, ConnectionPermit};
 use crate::metrics::Metrics;
-use crate::presence::{MemoryPresenceManager, PresenceManager, PresenceStats};
+use crate::presence::{PresenceManager, PresenceStats};
 
 /// Version reported to clients and in `/api/info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -215,12 +214,20 @@ impl NodeBuilder {
         let config = Arc::new(self.config);
         let hub = Arc::new(Hub::new());
         let metrics = Arc::new(Metrics::new());
-        let memory = Arc::new(MemoryBroker::new(config.channel.history_meta_ttl));
-        let broker: Arc<dyn Broker> = memory.clone();
-        broker.run(Arc::new(Fanout {
+        let engine = crate::engine::build(&config).unwrap_or_else(|e| {
+            // Config::load validates the engine; a hand-built config that skipped it
+            // gets a memory engine (one node) and an error in the log.
+            tracing::error!(error = %e, "engine unusable: running with the memory engine");
+            let mut memory_only = (*config).clone();
+            memory_only.engine = Default::default();
+            crate::engine::build(&memory_only).expect("the memory engine always builds")
+        });
+        let broker = engine.broker;
+        let fanout = Arc::new(Fanout {
             hub: hub.clone(),
             metrics: metrics.clone(),
-        }));
+            node: std::sync::OnceLock::new(),
+        });
         let name = if config.node.name.is_empty() {
             format!("tidings-{}", std::process::id())
         } else {
@@ -240,7 +247,7 @@ impl NodeBuilder {
             config,
             hub,
             broker,
-            presence: Arc::new(MemoryPresenceManager::new()),
+            presence: engine.presence,
             metrics,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -254,18 +261,22 @@ impl NodeBuilder {
             rpc: self.rpc,
             auth: Arc::new(auth),
         });
-        // Periodic sweep of idle streams, bounded by the shutdown token.
-        let token = inner.shutdown.clone();
-        let hub = inner.hub.clone();
-        inner.tracker.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
-            loop {
-                tokio::select! {
-                    _ = token.cancelled() => break,
-                    _ = tick.tick() => { memory.sweep(|ch| hub.num_subscribers(ch) > 0); }
+        let _ = fanout.node.set(Arc::downgrade(&inner));
+        inner.broker.run(&inner.uid, fanout);
+        if let Some(memory) = engine.memory {
+            // Periodic sweep of idle streams, bounded by the shutdown token.
+            let token = inner.shutdown.clone();
+            let hub = inner.hub.clone();
+            inner.tracker.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => break,
+                        _ = tick.tick() => { memory.sweep(|ch| hub.num_subscribers(ch) > 0); }
+                    }
                 }
-            }
-        });
+            });
+        }
         Node { inner }
     }
 }
@@ -274,6 +285,8 @@ impl NodeBuilder {
 struct Fanout {
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
+    /// The node, for control messages; weak so the broker does not keep it alive.
+    node: std::sync::OnceLock<std::sync::Weak<NodeInner>>,
 }
 
 impl BrokerEventHandler for Fanout {
@@ -304,6 +317,12 @@ impl BrokerEventHandler for Fanout {
         );
         let n = self.hub.join_leave(channel, &bytes, None);
         self.metrics.messages_sent.increment(n as u64);
+    }
+
+    fn handle_control(&self, data: &[u8]) {
+        if let Some(inner) = self.node.get().and_then(std::sync::Weak::upgrade) {
+            crate::control::handle(&Node { inner }, data);
+        }
     }
 
     fn handle_leave(&self, channel: &str, info: &ClientInfo) {

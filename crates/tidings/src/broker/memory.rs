@@ -78,6 +78,7 @@ type StreamShard = Mutex<HashMap<String, Arc<Mutex<Stream>>>>;
 /// Single-node broker: fan-out is a function call, history lives in process memory.
 pub struct MemoryBroker {
     handler: OnceLock<Arc<dyn BrokerEventHandler>>,
+    node_uid: OnceLock<String>,
     // Shard locks are held only to find or create a stream; the stream's own lock
     // orders publications. Both are plain mutexes: nothing awaits while holding them.
     streams: Box<[StreamShard]>,
@@ -126,6 +127,7 @@ impl MemoryBroker {
     pub fn new(meta_ttl: Duration) -> Self {
         Self {
             handler: OnceLock::new(),
+            node_uid: OnceLock::new(),
             streams: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: BuildHasherDefault::default(),
             meta_ttl,
@@ -183,8 +185,22 @@ impl MemoryBroker {
 
 #[async_trait]
 impl Broker for MemoryBroker {
-    fn run(&self, handler: Arc<dyn BrokerEventHandler>) {
+    fn run(&self, node_uid: &str, handler: Arc<dyn BrokerEventHandler>) {
+        let _ = self.node_uid.set(node_uid.to_string());
         let _ = self.handler.set(handler);
+    }
+
+    async fn publish_control(
+        &self,
+        data: bytes::Bytes,
+        to: Option<&str>,
+    ) -> Result<(), BrokerError> {
+        // One node: a message for everyone, or for this node, is delivered here.
+        let for_us = to.is_none_or(|uid| self.node_uid.get().is_some_and(|me| me == uid));
+        if let (true, Some(h)) = (for_us, self.handler()) {
+            h.handle_control(&data);
+        }
+        Ok(())
     }
 
     async fn publish(

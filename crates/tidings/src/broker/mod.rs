@@ -65,12 +65,31 @@ pub trait BrokerEventHandler: Send + Sync + 'static {
     fn handle_publication(&self, channel: &str, publication: &Publication);
     fn handle_join(&self, channel: &str, info: &ClientInfo);
     fn handle_leave(&self, channel: &str, info: &ClientInfo);
+    /// A node-to-node control message (see [`Broker::publish_control`]). The bytes
+    /// are the node's own encoding; the broker never looks inside.
+    fn handle_control(&self, data: &[u8]);
+    /// The broker lost its connection and has it back, with every channel
+    /// subscription restored. Publications sent in between may have been missed: the
+    /// node checks stream positions and tells subscribers in doubt to recover.
+    fn handle_reconnect(&self) {}
 }
 
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// Connects the broker to this node's handler. Called once, before any publish.
-    fn run(&self, handler: std::sync::Arc<dyn BrokerEventHandler>);
+    /// `node_uid` names this node for targeted control messages. Must not block:
+    /// a broker that needs a network connection starts it in the background and
+    /// keeps reconnecting (calls fail with [`BrokerError::Backend`] meanwhile).
+    fn run(&self, node_uid: &str, handler: std::sync::Arc<dyn BrokerEventHandler>);
+
+    /// Sends a control message to every node, this one included (`to = None`), or
+    /// to the one node whose uid is `to`. At most once: a node that is not connected
+    /// does not get it later.
+    async fn publish_control(
+        &self,
+        data: bytes::Bytes,
+        to: Option<&str>,
+    ) -> Result<(), BrokerError>;
 
     /// Publishes, appends to history when `opts.history_size > 0`, and returns the
     /// new top position (offset 0 and the current epoch without history).
