@@ -1521,4 +1521,25 @@ mod tests {
         cfg.client.command_rate_limit.enabled = false;
         assert!(cfg.validate().is_ok());
     }
+
+    #[test]
+    fn the_nats_engine_is_accepted_and_its_keys_checked() {
+        let mut cfg = Config::default();
+        cfg.engine.kind = "nats".into();
+        assert!(cfg.validate().is_ok());
+        for prefix in ["", "a.b", "a*", "x y", &"p".repeat(33)] {
+            cfg.engine.nats.prefix = prefix.to_string();
+            assert!(cfg.validate().is_err(), "prefix {prefix:?}");
+        }
+        cfg.engine.nats.prefix = "app_1-x".into();
+        cfg.engine.nats.presence_ttl = Duration::from_millis(500);
+        assert!(cfg.validate().is_err());
+        cfg.engine.nats.presence_ttl = Duration::from_secs(2);
+        cfg.engine.nats.request_timeout = Duration::ZERO;
+        assert!(cfg.validate().is_err());
+        cfg.engine.nats.request_timeout = Duration::from_secs(1);
+        assert!(cfg.validate().is_ok());
+        cfg.engine.kind = "zookeeper".into();
+        assert!(cfg.validate().is_err());
+    }
 }

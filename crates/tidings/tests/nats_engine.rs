@@ -253,6 +253,44 @@ async fn a_retried_idempotent_publish_is_published_once() -> anyhow::Result<()> 
 }
 
 #[tokio::test]
+async fn an_idempotent_publish_without_history_is_published_once() -> anyhow::Result<()> {
+    let server = NatsServer::start().await?;
+    let a = node(&server.url(), "a").await?;
+    let b = node(&server.url(), "b").await?;
+    a.broker.subscribe("live").await?;
+    let keyed = |key: &str| PublishOptions {
+        idempotency_key: Some(key.into()),
+        ..Default::default()
+    };
+    a.broker.publish("live", publication(1), keyed("k")).await?;
+    b.broker.publish("live", publication(1), keyed("k")).await?;
+    // The same key in another channel is another key.
+    a.broker
+        .publish("other", publication(5), keyed("k"))
+        .await?;
+    a.broker
+        .publish("live", publication(2), keyed("k2"))
+        .await?;
+    until("two deliveries", || {
+        a.events.publications("live").len() >= 2
+    })
+    .await?;
+    a.broker
+        .publish("live", publication(3), PublishOptions::default())
+        .await?;
+    until("the last one", || a.events.publications("live").len() >= 3).await?;
+    assert_eq!(
+        a.events.publications("live"),
+        vec![
+            (0, "1".to_string()),
+            (0, "2".to_string()),
+            (0, "3".to_string())
+        ]
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn limit_and_reverse() -> anyhow::Result<()> {
     let server = NatsServer::start().await?;
     let a = node(&server.url(), "a").await?;

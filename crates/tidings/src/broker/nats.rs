@@ -197,6 +197,11 @@ impl Names {
         format!("{}.barrier", self.prefix)
     }
 
+    /// KV bucket of idempotency keys of channels without history.
+    pub fn idempotency_bucket(&self) -> String {
+        format!("{}_idempotency", self.prefix)
+    }
+
     /// KV bucket of presence.
     pub fn presence_bucket(&self) -> String {
         format!("{}_presence", self.prefix)
@@ -338,6 +343,40 @@ impl NatsConnection {
         }
     }
 
+    /// A KV bucket whose entries live `ttl`, created when missing.
+    pub(crate) async fn key_value(
+        &self,
+        bucket: &str,
+        ttl: Duration,
+    ) -> Result<jetstream::kv::Store, String> {
+        let js = self.jetstream()?;
+        if let Ok(store) = self.timed("KV lookup", js.get_key_value(bucket)).await {
+            return Ok(store);
+        }
+        // The bucket's stream is made here rather than with `create_key_value`,
+        // whose request the 2.9 servers of Debian and Ubuntu answer in a form
+        // async-nats cannot read. Same layout as a KV bucket of history 1.
+        let config = stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age: ttl,
+            duplicate_window: ttl.min(Duration::from_secs(120)),
+            storage: stream::StorageType::Memory,
+            discard: stream::DiscardPolicy::New,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            num_replicas: 1,
+            ..Default::default()
+        };
+        if let Err(e) = self.timed("KV create", js.create_stream(config)).await {
+            // Another node may have created it meanwhile.
+            tracing::debug!(error = %e, bucket, "KV bucket create");
+        }
+        self.timed("KV lookup", js.get_key_value(bucket)).await
+    }
+
     /// Returns once the server has handled everything this connection sent before
     /// (subscriptions included): a request nobody answers comes back "no
     /// responders" only after that.
@@ -417,6 +456,9 @@ pub struct NatsBroker {
     next_sub: std::sync::atomic::AtomicU64,
     /// Background tasks (control subscriptions, reconnect watcher); aborted on drop.
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Idempotency keys of publishes without history (with history, the stream's
+    /// duplicate detection does it).
+    idempotency: Mutex<Option<jetstream::kv::Store>>,
     /// True once the node-wide subscriptions (control, publish) are in place.
     ready: watch::Sender<bool>,
 }
@@ -449,6 +491,7 @@ impl NatsBroker {
             next_sub: std::sync::atomic::AtomicU64::new(1),
             tasks: Mutex::new(Vec::new()),
             ready: watch::channel(false).0,
+            idempotency: Mutex::new(None),
         }
     }
 
@@ -628,6 +671,67 @@ impl NatsBroker {
             }
         }
         Err(backend("JetStream publish: no stream for the channel"))
+    }
+
+    /// Core publish of a publication without history.
+    async fn publish_plain(
+        &self,
+        channel: &str,
+        publication: &Publication,
+    ) -> Result<(), BrokerError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(KIND_HEADER, "pub");
+        let body = Bytes::from(serde_json::to_vec(publication).map_err(backend)?);
+        self.core_publish(self.names().client(channel), Some(headers), body)
+            .await
+    }
+
+    fn idempotency_key(channel: &str, key: &str) -> String {
+        format!("{}.{}", encode_token(channel), encode_token(key))
+    }
+
+    async fn idempotency_store(&self) -> Result<jetstream::kv::Store, BrokerError> {
+        if let Some(s) = self.idempotency.lock().clone() {
+            return Ok(s);
+        }
+        let store = self
+            .conn
+            .key_value(&self.names().idempotency_bucket(), IDEMPOTENCY_WINDOW)
+            .await
+            .map_err(backend)?;
+        *self.idempotency.lock() = Some(store.clone());
+        Ok(store)
+    }
+
+    /// True when this publish is the first with `key` in the window.
+    async fn claim_key(&self, channel: &str, key: &str) -> Result<bool, BrokerError> {
+        let k = Self::idempotency_key(channel, key);
+        for attempt in 0..2 {
+            let store = self.idempotency_store().await?;
+            let created = tokio::time::timeout(
+                self.conn.config.request_timeout,
+                store.create(&k, Bytes::from_static(b"1")),
+            )
+            .await
+            .map_err(|_| backend("idempotency key: timed out"))?;
+            match created {
+                Ok(_) => return Ok(true),
+                Err(e) if e.kind() == jetstream::kv::CreateErrorKind::AlreadyExists => {
+                    return Ok(false)
+                }
+                // The bucket may be gone (fresh server): look it up again once.
+                Err(_) if attempt == 0 => *self.idempotency.lock() = None,
+                Err(e) => return Err(backend(format!("idempotency key: {e}"))),
+            }
+        }
+        Err(backend("idempotency key: bucket unavailable"))
+    }
+
+    async fn release_key(&self, channel: &str, key: &str) {
+        let k = Self::idempotency_key(channel, key);
+        if let Ok(store) = self.idempotency_store().await {
+            let _ = tokio::time::timeout(self.conn.config.request_timeout, store.purge(&k)).await;
+        }
     }
 
     async fn read_history(
@@ -975,11 +1079,20 @@ impl Broker for NatsBroker {
     ) -> Result<StreamPosition, BrokerError> {
         publication.offset = 0;
         if opts.history_size == 0 {
-            let mut headers = HeaderMap::new();
-            headers.insert(KIND_HEADER, "pub");
-            let body = Bytes::from(serde_json::to_vec(&publication).map_err(backend)?);
-            self.core_publish(self.names().client(channel), Some(headers), body)
-                .await?;
+            // Claim the key first (the bucket's `create` fails when it exists);
+            // give it back when the publish fails, so a retry is not swallowed.
+            let claimed = match &opts.idempotency_key {
+                Some(key) => match self.claim_key(channel, key).await? {
+                    true => Some(key),
+                    false => return Ok(StreamPosition::default()),
+                },
+                None => None,
+            };
+            let sent = self.publish_plain(channel, &publication).await;
+            if let (Err(_), Some(key)) = (&sent, claimed) {
+                self.release_key(channel, key).await;
+            }
+            sent?;
             return Ok(StreamPosition::default());
         }
         self.publish_history(channel, &publication, &opts).await
@@ -992,7 +1105,6 @@ impl Broker for NatsBroker {
         self.core_publish(self.names().client(channel), Some(headers), body)
             .await
     }
-
     async fn publish_leave(&self, channel: &str, info: ClientInfo) -> Result<(), BrokerError> {
         let mut headers = HeaderMap::new();
         headers.insert(KIND_HEADER, "leave");

@@ -53,44 +53,14 @@ impl NatsPresenceManager {
         if let Some(s) = self.store.lock().clone() {
             return Ok(s);
         }
-        let js = self.conn.jetstream().map_err(err)?;
-        let bucket = self.conn.names.presence_bucket();
-        let store = match self
+        let store = self
             .conn
-            .timed("KV lookup", js.get_key_value(&bucket))
+            .key_value(
+                &self.conn.names.presence_bucket(),
+                self.conn.config.presence_ttl,
+            )
             .await
-        {
-            Ok(s) => s,
-            Err(_) => {
-                // The bucket's stream, made here rather than with
-                // `create_key_value`, whose request the 2.9 servers of Debian and
-                // Ubuntu answer in a form async-nats cannot read. Same layout as a
-                // KV bucket of history 1.
-                let ttl = self.conn.config.presence_ttl;
-                let config = jetstream::stream::Config {
-                    name: format!("KV_{bucket}"),
-                    subjects: vec![format!("$KV.{bucket}.>")],
-                    max_messages_per_subject: 1,
-                    max_age: ttl,
-                    duplicate_window: ttl.min(Duration::from_secs(120)),
-                    storage: jetstream::stream::StorageType::Memory,
-                    discard: jetstream::stream::DiscardPolicy::New,
-                    allow_rollup: true,
-                    deny_delete: true,
-                    allow_direct: true,
-                    num_replicas: 1,
-                    ..Default::default()
-                };
-                if let Err(create) = self.conn.timed("KV create", js.create_stream(config)).await {
-                    // Another node may have created it meanwhile.
-                    tracing::debug!(error = %create, "presence bucket create");
-                }
-                self.conn
-                    .timed("KV lookup", js.get_key_value(&bucket))
-                    .await
-                    .map_err(err)?
-            }
-        };
+            .map_err(err)?;
         *self.store.lock() = Some(store.clone());
         Ok(store)
     }
