@@ -988,6 +988,9 @@ async fn serve_ingest(
                 }
             },
         };
+        if msg.reply.is_none() && reply.get("error").is_some() {
+            tracing::warn!(reply = %reply, "publish from a backend on NATS failed");
+        }
         if let (Some(to), Ok(client)) = (msg.reply, conn.client()) {
             let _ = client.publish(to, Bytes::from(reply.to_string())).await;
         }
