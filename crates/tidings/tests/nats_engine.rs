@@ -208,6 +208,53 @@ async fn offsets_grow_history_is_bounded_and_trimmed_positions_are_unrecoverable
 }
 
 #[tokio::test]
+async fn concurrent_publishers_on_two_nodes_get_contiguous_offsets_in_one_epoch(
+) -> anyhow::Result<()> {
+    let server = NatsServer::start().await?;
+    let a = node(&server.url(), "a").await?;
+    let b = node(&server.url(), "b").await?;
+    a.broker.subscribe("race").await?;
+    let many = PublishOptions {
+        history_size: 100,
+        ..opts()
+    };
+    let mut tasks = Vec::new();
+    for n in 0..40u32 {
+        let broker = if n % 2 == 0 {
+            a.broker.clone()
+        } else {
+            b.broker.clone()
+        };
+        let o = many.clone();
+        tasks.push(tokio::spawn(async move {
+            broker.publish("race", publication(n), o).await
+        }));
+    }
+    let mut positions = Vec::new();
+    for t in tasks {
+        positions.push(t.await??);
+    }
+    let epochs: std::collections::HashSet<_> = positions.iter().map(|p| p.epoch.clone()).collect();
+    assert_eq!(epochs.len(), 1, "one stream, one epoch: {epochs:?}");
+    let mut offsets: Vec<u64> = positions.iter().map(|p| p.offset).collect();
+    offsets.sort_unstable();
+    assert_eq!(offsets, (1..=40).collect::<Vec<u64>>());
+    // Delivered in offset order.
+    until("every delivery", || {
+        a.events.publications("race").len() == 40
+    })
+    .await?;
+    let delivered: Vec<u64> = a
+        .events
+        .publications("race")
+        .iter()
+        .map(|(o, _)| *o)
+        .collect();
+    assert_eq!(delivered, (1..=40).collect::<Vec<u64>>());
+    Ok(())
+}
+
+#[tokio::test]
 async fn an_unpublished_channel_has_the_epoch_later_publications_get() -> anyhow::Result<()> {
     let server = NatsServer::start().await?;
     let a = node(&server.url(), "a").await?;

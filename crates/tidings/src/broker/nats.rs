@@ -544,7 +544,11 @@ impl NatsBroker {
         let js = self.conn.jetstream().map_err(backend)?;
         let name = self.names().stream(channel);
         for _ in 0..3 {
-            match self.conn.timed("stream info", js.get_stream(&name)).await {
+            let found =
+                tokio::time::timeout(self.conn.config.request_timeout, js.get_stream(&name))
+                    .await
+                    .map_err(|_| backend("stream info: timed out"))?;
+            match found {
                 Ok(stream) => {
                     let info = stream.cached_info().clone();
                     let Some((size, ttl)) = settings else {
@@ -567,8 +571,8 @@ impl NatsBroker {
                         .await
                         .map_err(backend);
                 }
-                Err(e) if e.contains("stream not found") => {}
-                Err(e) => return Err(backend(e)),
+                Err(e) if is_stream_not_found(&e) => {}
+                Err(e) => return Err(backend(format!("stream info: {e}"))),
             }
             let epoch = new_epoch();
             let (size, ttl) = settings.unwrap_or((1, Duration::ZERO));
@@ -587,17 +591,23 @@ impl NatsBroker {
                 num_replicas: 1,
                 ..limits
             };
-            match self
-                .conn
-                .timed("stream create", js.create_stream(config))
-                .await
-            {
-                Ok(mut stream) => {
-                    return Ok(stream.info().await.map_err(backend)?.clone());
-                }
+            let created =
+                tokio::time::timeout(self.conn.config.request_timeout, js.create_stream(config))
+                    .await
+                    .map_err(|_| backend("stream create: timed out"))?;
+            match created {
+                Ok(stream) => return Ok(stream.cached_info().clone()),
                 // Another node created it first: read it again.
-                Err(e) if e.contains("already in use") => continue,
-                Err(e) => return Err(backend(e)),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        jetstream::context::CreateStreamErrorKind::JetStream(ref j)
+                            if j.error_code() == jetstream::ErrorCode::STREAM_NAME_EXIST
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(backend(format!("stream create: {e}"))),
             }
         }
         Err(backend("stream could not be created"))
@@ -898,6 +908,14 @@ fn stream_limits(size: usize, ttl: Duration) -> stream::Config {
     }
 }
 
+fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(ref j)
+            if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
 /// The epoch a stream carries in its subject.
 fn epoch_of(info: &stream::Info) -> Option<String> {
     let subject = info.config.subjects.first()?;
@@ -1192,10 +1210,13 @@ impl Broker for NatsBroker {
     async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
         let js = self.conn.jetstream().map_err(backend)?;
         let name = self.names().stream(channel);
-        let stream = match self.conn.timed("stream info", js.get_stream(&name)).await {
+        let found = tokio::time::timeout(self.conn.config.request_timeout, js.get_stream(&name))
+            .await
+            .map_err(|_| backend("stream info: timed out"))?;
+        let stream = match found {
             Ok(s) => s,
-            Err(e) if e.contains("stream not found") => return Ok(()),
-            Err(e) => return Err(backend(e)),
+            Err(e) if is_stream_not_found(&e) => return Ok(()),
+            Err(e) => return Err(backend(format!("stream info: {e}"))),
         };
         // Purging keeps the last sequence: the position stays.
         self.conn
