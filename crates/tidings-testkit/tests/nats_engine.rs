@@ -145,3 +145,126 @@ async fn two_nodes_share_publications_history_recovery_and_presence() -> anyhow:
     assert!(refused["error"]["code"].is_number(), "{refused}");
     Ok(())
 }
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM.
+struct Pki {
+    ca: String,
+    server_cert: String,
+    server_key: String,
+    client_cert: String,
+    client_key: String,
+}
+
+fn pki() -> anyhow::Result<Pki> {
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key)?;
+    let server_key = rcgen::KeyPair::generate()?;
+    let mut server_params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])?;
+    server_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let server = server_params.signed_by(&server_key, &ca, &ca_key)?;
+    let client_key = rcgen::KeyPair::generate()?;
+    let mut client_params = rcgen::CertificateParams::new(vec!["tidings".to_string()])?;
+    client_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let client = client_params.signed_by(&client_key, &ca, &ca_key)?;
+    Ok(Pki {
+        ca: ca.pem(),
+        server_cert: server.pem(),
+        server_key: server_key.serialize_pem(),
+        client_cert: client.pem(),
+        client_key: client_key.serialize_pem(),
+    })
+}
+
+#[tokio::test]
+async fn the_engine_talks_to_nats_over_mutual_tls() -> anyhow::Result<()> {
+    let pki = pki()?;
+    let dir = std::env::temp_dir().join(format!("tidings-nats-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let write = |name: &str, text: &str| -> anyhow::Result<String> {
+        let path = dir.join(name);
+        std::fs::write(&path, text)?;
+        Ok(path.to_string_lossy().into_owned())
+    };
+    let (cert, key, ca) = (
+        write("server.pem", &pki.server_cert)?,
+        write("server.key", &pki.server_key)?,
+        write("ca.pem", &pki.ca)?,
+    );
+    let port = tidings_testkit::brokers::free_port()?;
+    let nats_bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file())
+        .unwrap_or("nats-server");
+    let store = dir.join("js");
+    let mut child = tokio::process::Command::new(nats_bin)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(&store)
+        .args([
+            "--tlsverify",
+            "--tlscert",
+            &cert,
+            "--tlskey",
+            &key,
+            "--tlscacert",
+            &ca,
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let deadline = Instant::now() + WAIT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "nats-server with TLS did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // PEM given inline (CA) and as files (client certificate), both forms work.
+    let mut config = open_config(API_KEY, SECRET);
+    config["engine"] = json!({
+        "type": "nats",
+        "nats": {
+            "url": format!("tls://127.0.0.1:{port}"),
+            "tls": {
+                "enabled": true,
+                "server_ca_pem": pki.ca,
+                "cert_pem": write("client.pem", &pki.client_cert)?,
+                "key_pem": write("client.key", &pki.client_key)?,
+            }
+        }
+    });
+    let node = TidingsServer::builder().config_json(config).start().await?;
+    let first = publish_when_ready(&node, "secure", json!({"n": 1})).await?;
+    assert_eq!(first["offset"], 1, "{first}");
+    let history = node
+        .api_ok("history", json!({"channel": "secure", "limit": 10}))
+        .await?;
+    assert_eq!(history["publications"][0]["data"]["n"], 1, "{history}");
+
+    // Without a client certificate the server refuses the node: publishes fail.
+    let mut config = open_config(API_KEY, SECRET);
+    config["engine"] = json!({
+        "type": "nats",
+        "nats": {
+            "url": format!("tls://127.0.0.1:{port}"),
+            "tls": { "enabled": true, "server_ca_pem": pki.ca }
+        }
+    });
+    let refused = TidingsServer::builder().config_json(config).start().await?;
+    let (status, body) = refused
+        .api("publish", json!({"channel": "secure", "data": 2}))
+        .await?;
+    assert!(
+        status != 200 || body.get("error").is_some(),
+        "a node without a client certificate published: {status} {body}"
+    );
+    child.start_kill().ok();
+    child.wait().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
