@@ -58,8 +58,13 @@ pub fn build(config: &Config) -> Result<Engine, String> {
         "nats" => {
             let conn = NatsConnection::start(&config.engine.nats)?;
             let ingest = IngestSlot::default();
+            let broker = Arc::new(
+                NatsBroker::new(conn.clone(), ingest.clone())
+                    .with_meta_ttl(config.channel.history_meta_ttl),
+            );
+            broker.start_sweeper();
             Ok(Engine {
-                broker: Arc::new(NatsBroker::new(conn.clone(), ingest.clone())),
+                broker,
                 presence: Arc::new(NatsPresenceManager::new(conn)),
                 memory: None,
                 ingest,

@@ -417,6 +417,44 @@ async fn remove_history_keeps_the_position() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn the_sweep_deletes_streams_nobody_needs() -> anyhow::Result<()> {
+    let server = NatsServer::start().await?;
+    let a = node(&server.url(), "a").await?;
+    // Read but never published: one with a subscriber here, one without.
+    let ghost = a.broker.history("ghost", HistoryFilter::default()).await?;
+    a.broker.subscribe("watched").await?;
+    a.broker
+        .history("watched", HistoryFilter::default())
+        .await?;
+    let live = a.broker.publish("live", publication(1), opts()).await?;
+
+    // Long thresholds: nothing goes.
+    let day = Duration::from_secs(86_400);
+    assert_eq!(a.broker.sweep(day, day).await?, 0);
+    // Empty streams of unwatched channels go at once; published ones stay.
+    assert_eq!(a.broker.sweep(Duration::ZERO, day).await?, 1);
+    let again = a.broker.history("ghost", HistoryFilter::default()).await?;
+    assert_ne!(
+        again.position.epoch, ghost.position.epoch,
+        "ghost was recreated"
+    );
+    let page = a.broker.history("live", HistoryFilter::default()).await?;
+    assert_eq!(page.position, live);
+    // Streams whose last publication is older than the meta TTL go too.
+    assert_eq!(a.broker.sweep(day, Duration::ZERO).await?, 1);
+    let page = a.broker.history("live", HistoryFilter::default()).await?;
+    assert_ne!(page.position.epoch, live.epoch);
+    assert_eq!(page.position.offset, 0);
+    // A publish after the sweep finds its stream gone and makes a new one.
+    let next = a.broker.publish("live", publication(2), opts()).await?;
+    assert_eq!(
+        (next.offset, next.epoch.as_str()),
+        (1, page.position.epoch.as_str())
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn history_ttl_drops_old_publications() -> anyhow::Result<()> {
     let server = NatsServer::start().await?;
     let a = node(&server.url(), "a").await?;

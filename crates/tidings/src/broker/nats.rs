@@ -75,6 +75,13 @@ const MAX_STREAM_NAME: usize = 200;
 /// Most publications one history call reads.
 const MAX_HISTORY_READ: u64 = 100_000;
 
+/// How often each node sweeps unneeded history streams ([`NatsBroker::sweep`]).
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(300);
+
+/// A stream nobody published to is deleted this long after its creation, unless
+/// the sweeping node has subscribers on its channel (as the memory broker does).
+const EMPTY_STREAM_TTL: Duration = Duration::from_secs(300);
+
 /// Most channels whose stream settings are remembered; past it the memo is cleared.
 const MAX_STREAM_MEMO: usize = 100_000;
 
@@ -456,6 +463,9 @@ pub struct NatsBroker {
     next_sub: std::sync::atomic::AtomicU64,
     /// Background tasks (control subscriptions, reconnect watcher); aborted on drop.
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Streams whose last publication is older than this are deleted by the sweep
+    /// (`channel.history_meta_ttl`).
+    meta_ttl: Duration,
     /// Idempotency keys of publishes without history (with history, the stream's
     /// duplicate detection does it).
     idempotency: Mutex<Option<jetstream::kv::Store>>,
@@ -492,7 +502,96 @@ impl NatsBroker {
             tasks: Mutex::new(Vec::new()),
             ready: watch::channel(false).0,
             idempotency: Mutex::new(None),
+            meta_ttl: Duration::from_secs(30 * 24 * 3600),
         }
+    }
+
+    /// Sets how long a channel's stream outlives its last publication
+    /// (`channel.history_meta_ttl`; default 30 days).
+    pub fn with_meta_ttl(mut self, meta_ttl: Duration) -> Self {
+        self.meta_ttl = meta_ttl;
+        self
+    }
+
+    /// Runs [`NatsBroker::sweep`] every [`SWEEP_INTERVAL`] until the broker is
+    /// dropped.
+    pub fn start_sweeper(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(broker) = weak.upgrade() else { break };
+                match broker.sweep(EMPTY_STREAM_TTL, broker.meta_ttl).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(deleted = n, "unneeded history streams deleted"),
+                    Err(e) => tracing::debug!(error = %e, "history stream sweep failed"),
+                }
+            }
+        });
+    }
+
+    /// Deletes this prefix's history streams that nobody needs: streams nobody ever
+    /// published to, created more than `empty_after` ago, of channels this node has
+    /// no subscription to; and streams whose last publication is older than
+    /// `meta_ttl`. Returns how many were deleted. Every node runs it every
+    /// [`SWEEP_INTERVAL`], so that history reads of made-up channel names cannot
+    /// grow the server's streams for long.
+    ///
+    /// # Errors
+    /// A backend error when the streams cannot be listed.
+    pub async fn sweep(
+        &self,
+        empty_after: Duration,
+        meta_ttl: Duration,
+    ) -> Result<usize, BrokerError> {
+        let js = self.conn.jetstream().map_err(backend)?.clone();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let older = |t: i64, d: Duration| now.saturating_sub(t) >= d.as_secs() as i64;
+        let history_prefix = format!("{}.history.", self.conn.config.prefix);
+        let mut doomed = Vec::new();
+        let mut streams = js.streams();
+        let listing = async {
+            while let Some(info) = streams.next().await {
+                let info = info.map_err(backend)?;
+                let Some(subject) = info.config.subjects.first() else {
+                    continue;
+                };
+                let Some(rest) = subject.strip_prefix(&history_prefix) else {
+                    continue;
+                };
+                let Some(channel) = rest.split('.').next().and_then(decode_token) else {
+                    continue;
+                };
+                let state = &info.state;
+                let unused = state.last_sequence == 0
+                    && older(info.created.unix_timestamp(), empty_after)
+                    && !self.subs.lock().contains_key(&channel);
+                let stale = state.last_sequence > 0
+                    && older(state.last_timestamp.unix_timestamp(), meta_ttl);
+                if unused || stale {
+                    doomed.push((channel, info.config.name.clone()));
+                }
+            }
+            Ok::<_, BrokerError>(())
+        };
+        tokio::time::timeout(self.conn.config.request_timeout * 6, listing)
+            .await
+            .map_err(|_| backend("stream listing: timed out"))??;
+        let mut deleted = 0;
+        for (channel, name) in doomed {
+            self.memo.lock().remove(&channel);
+            if let Ok(Ok(_)) =
+                tokio::time::timeout(self.conn.config.request_timeout, js.delete_stream(&name))
+                    .await
+            {
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
     }
 
     /// Waits until the broker is connected and its node-wide subscriptions
