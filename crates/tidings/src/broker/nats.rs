@@ -944,7 +944,12 @@ impl NatsBroker {
                 .map_err(backend)?;
             let name = consumer.cached_info().name.clone();
             let result = read_consumer(&consumer, count).await;
-            let _ = stream.delete_consumer(&name).await;
+            // The consumer would vanish by itself after its inactive threshold;
+            // deleting it now keeps the server tidy without delaying the answer.
+            let stream = stream.clone();
+            tokio::spawn(async move {
+                let _ = stream.delete_consumer(&name).await;
+            });
             let msgs = result?;
             let mut out = Vec::with_capacity(msgs.len());
             for (seq, payload) in msgs {

@@ -156,7 +156,11 @@ async fn read_last_values(store: kv::Store, filter: String) -> Result<Vec<Client
         Ok::<_, String>(())
     }
     .await;
-    let _ = store.stream.delete_consumer(&name).await;
+    // Deleted in the background; it would expire by itself anyway.
+    let stream = store.stream.clone();
+    tokio::spawn(async move {
+        let _ = stream.delete_consumer(&name).await;
+    });
     result.map(|()| out)
 }
 
