@@ -929,7 +929,7 @@ impl NatsBroker {
         let js = self.conn.jetstream().map_err(backend)?;
         let conn = &self.conn;
         let work = async {
-            let stream = js.get_stream(stream_name).await.map_err(backend)?;
+            let stream = js.get_stream_no_info(stream_name).await.map_err(backend)?;
             let consumer = stream
                 .create_consumer(jetstream::consumer::pull::Config {
                     deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
