@@ -486,14 +486,33 @@ impl Default for RedisEngineConfig {
     }
 }
 
-/// `engine.nats.*`.
+/// `engine.nats.*`: Centrifugo's NATS broker keys (`url`, `prefix`, `dial_timeout`,
+/// `write_timeout`, `tls`) plus Tidings' own for JetStream history and KV presence.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct NatsEngineConfig {
-    /// NATS server URL. Default `nats://127.0.0.1:4222`.
+    /// NATS server URL; several comma-separated URLs of one cluster work too.
+    /// Default `nats://127.0.0.1:4222`.
     pub url: String,
-    /// Prefix of every subject, stream and bucket. Default `tidings`.
+    /// Prefix of every subject, stream and bucket, so unrelated setups can share one
+    /// NATS. Letters, digits, `_` and `-` only. Default `tidings`.
     pub prefix: String,
+    /// Give up on one connection attempt after this long (the client keeps
+    /// retrying). Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub dial_timeout: Duration,
+    /// Give up on a core NATS write (fan-out, control) after this long. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Give up on a JetStream or KV round trip (history publish and read, presence)
+    /// after this long. Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// How long a presence entry lives after its client's last refresh. Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub presence_ttl: Duration,
+    /// TLS to the NATS server.
+    pub tls: NatsTlsConfig,
 }
 
 impl Default for NatsEngineConfig {
@@ -501,8 +520,66 @@ impl Default for NatsEngineConfig {
         Self {
             url: "nats://127.0.0.1:4222".into(),
             prefix: "tidings".into(),
+            dial_timeout: Duration::from_secs(1),
+            write_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(5),
+            presence_ttl: Duration::from_secs(60),
+            tls: NatsTlsConfig::default(),
         }
     }
+}
+
+impl NatsEngineConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.url.trim().is_empty() {
+            return bad("engine.nats.url must not be empty".into());
+        }
+        let prefix_ok = !self.prefix.is_empty()
+            && self.prefix.len() <= 32
+            && self
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !prefix_ok {
+            return bad(format!(
+                "engine.nats.prefix {:?}: 1 to 32 letters, digits, '_' or '-'",
+                self.prefix
+            ));
+        }
+        for (key, d) in [
+            ("dial_timeout", self.dial_timeout),
+            ("write_timeout", self.write_timeout),
+            ("request_timeout", self.request_timeout),
+        ] {
+            if d.is_zero() {
+                return bad(format!("engine.nats.{key} must be positive"));
+            }
+        }
+        if self.presence_ttl < Duration::from_secs(1) {
+            return bad("engine.nats.presence_ttl must be at least 1s".into());
+        }
+        if self.tls.enabled && (self.tls.cert_pem.is_empty() != self.tls.key_pem.is_empty()) {
+            return bad("engine.nats.tls: cert_pem and key_pem go together".into());
+        }
+        Ok(())
+    }
+}
+
+/// `engine.nats.tls`: TLS from Tidings to the NATS server. Each PEM field takes the
+/// PEM text, the PEM text in base64, or a file path.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NatsTlsConfig {
+    /// Connect with TLS. Default `false` (a `tls://` URL also turns it on).
+    pub enabled: bool,
+    /// Client certificate chain, for servers that verify clients. Default: none.
+    pub cert_pem: String,
+    /// The client certificate's private key. Default: none.
+    pub key_pem: String,
+    /// CA certificates the server's certificate must chain to. Default: the
+    /// system's roots (webpki roots when there are none).
+    pub server_ca_pem: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -839,11 +916,14 @@ impl Config {
         if http.header_read_timeout.is_zero() {
             return bad("http_server.header_read_timeout must be positive".into());
         }
-        if self.engine.kind != "memory" {
-            return bad(format!(
-                "engine.type {:?} is not supported yet (only \"memory\")",
-                self.engine.kind
-            ));
+        match self.engine.kind.as_str() {
+            "memory" => {}
+            "nats" => self.engine.nats.validate()?,
+            other => {
+                return bad(format!(
+                    "engine.type {other:?} is not supported (\"memory\" or \"nats\")"
+                ))
+            }
         }
         if self.channel.namespace_boundary.is_empty() {
             return bad("channel.namespace_boundary must not be empty".into());
@@ -1440,5 +1520,26 @@ mod tests {
         assert!(cfg.validate().is_err());
         cfg.client.command_rate_limit.enabled = false;
         assert!(cfg.validate().is_ok());
+    }
+
+    #[test]
+    fn the_nats_engine_is_accepted_and_its_keys_checked() {
+        let mut cfg = Config::default();
+        cfg.engine.kind = "nats".into();
+        assert!(cfg.validate().is_ok());
+        for prefix in ["", "a.b", "a*", "x y", &"p".repeat(33)] {
+            cfg.engine.nats.prefix = prefix.to_string();
+            assert!(cfg.validate().is_err(), "prefix {prefix:?}");
+        }
+        cfg.engine.nats.prefix = "app_1-x".into();
+        cfg.engine.nats.presence_ttl = Duration::from_millis(500);
+        assert!(cfg.validate().is_err());
+        cfg.engine.nats.presence_ttl = Duration::from_secs(2);
+        cfg.engine.nats.request_timeout = Duration::ZERO;
+        assert!(cfg.validate().is_err());
+        cfg.engine.nats.request_timeout = Duration::from_secs(1);
+        assert!(cfg.validate().is_ok());
+        cfg.engine.kind = "zookeeper".into();
+        assert!(cfg.validate().is_err());
     }
 }

@@ -4,11 +4,29 @@
 //! nodes through a shared server; their modules live under `broker/` and
 //! `presence/`.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use crate::broker::{Broker, MemoryBroker};
+use futures_util::future::BoxFuture;
+use tidings_protocol::StreamPosition;
+
+use crate::broker::{Broker, MemoryBroker, NatsBroker, NatsConnection};
 use crate::config::Config;
-use crate::presence::{MemoryPresenceManager, PresenceManager};
+use crate::presence::{MemoryPresenceManager, NatsPresenceManager, PresenceManager};
+
+/// The node's publish path, for publications that reach the node through the
+/// engine instead of the HTTP API (a backend writing to NATS `<prefix>.publish`):
+/// the same checks, options and history as an API publish.
+pub type Ingest = Arc<
+    dyn Fn(
+            crate::node::PublishRequest,
+        ) -> BoxFuture<'static, Result<StreamPosition, tidings_protocol::Error>>
+        + Send
+        + Sync,
+>;
+
+/// Where `Node::build` puts its [`Ingest`] once the node exists; an engine that
+/// takes publishes from backends reads it for each one.
+pub type IngestSlot = Arc<OnceLock<Ingest>>;
 
 /// A node's broker and presence manager.
 pub struct Engine {
@@ -17,6 +35,8 @@ pub struct Engine {
     /// The memory broker, when that is the engine, for the node's periodic sweep of
     /// idle streams (the networked engines expire their data on the server).
     pub memory: Option<Arc<MemoryBroker>>,
+    /// Filled by `Node::build` with the node's publish path (see [`Ingest`]).
+    pub ingest: IngestSlot,
 }
 
 /// Builds the engine the configuration names. `Config::validate` has already
@@ -32,6 +52,22 @@ pub fn build(config: &Config) -> Result<Engine, String> {
                 broker: memory.clone(),
                 presence: Arc::new(MemoryPresenceManager::new()),
                 memory: Some(memory),
+                ingest: IngestSlot::default(),
+            })
+        }
+        "nats" => {
+            let conn = NatsConnection::start(&config.engine.nats)?;
+            let ingest = IngestSlot::default();
+            let broker = Arc::new(
+                NatsBroker::new(conn.clone(), ingest.clone())
+                    .with_meta_ttl(config.channel.history_meta_ttl),
+            );
+            broker.start_sweeper();
+            Ok(Engine {
+                broker,
+                presence: Arc::new(NatsPresenceManager::new(conn)),
+                memory: None,
+                ingest,
             })
         }
         other => Err(format!("engine.type {other:?} is not available")),

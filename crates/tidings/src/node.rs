@@ -262,6 +262,16 @@ impl NodeBuilder {
             auth: Arc::new(auth),
         });
         let _ = fanout.node.set(Arc::downgrade(&inner));
+        // Publishes that reach the node through the engine take the API's path; weak,
+        // so the engine does not keep the node alive.
+        let weak = Arc::downgrade(&inner);
+        let _ = engine.ingest.set(Arc::new(move |req| {
+            let node = weak.upgrade().map(|inner| Node { inner });
+            Box::pin(async move {
+                let node = node.ok_or(codes::ERROR_INTERNAL)?;
+                node.publish(req).await.map_err(|e| e.to_protocol())
+            })
+        }));
         inner.broker.run(&inner.uid, fanout);
         if let Some(memory) = engine.memory {
             // Periodic sweep of idle streams, bounded by the shutdown token.

@@ -72,8 +72,20 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsEr
     Ok(Arc::new(config))
 }
 
+/// The private key in a PEM field (PKCS#8, PKCS#1 or SEC1).
+pub(crate) fn private_key(
+    field: &'static str,
+    value: &str,
+) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = pem_bytes(field, value)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| TlsError::Pem {
+        field,
+        what: format!("no private key found ({e})"),
+    })
+}
+
 /// Every certificate in a PEM field; at least one.
-fn certificates(
+pub(crate) fn certificates(
     field: &'static str,
     value: &str,
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {

@@ -6,6 +6,7 @@
 //! returned to a publisher always names a publication that is in the history.
 
 pub mod memory;
+pub mod nats;
 
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use async_trait::async_trait;
 use tidings_protocol::{ClientInfo, Publication, StreamPosition};
 
 pub use memory::MemoryBroker;
+pub use nats::{NatsBroker, NatsConnection};
 
 /// Per-publish history settings, taken from the channel's namespace.
 #[derive(Debug, Clone, Default)]

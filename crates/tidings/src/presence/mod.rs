@@ -1,6 +1,7 @@
 //! Who is subscribed to a channel, across the nodes that share a presence backend.
 
 pub mod memory;
+pub mod nats;
 
 use std::collections::HashMap;
 
@@ -8,6 +9,7 @@ use async_trait::async_trait;
 use tidings_protocol::ClientInfo;
 
 pub use memory::MemoryPresenceManager;
+pub use nats::NatsPresenceManager;
 
 /// Why a presence call failed.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,211 @@
+//! Presence in a JetStream KV bucket (`<prefix>_presence`).
+//!
+//! One key per channel and client, `<channel token>.<client token>` (tokens as in
+//! [`crate::broker::nats::encode_token`]), holding the client's info as JSON. The
+//! bucket's `max_age` is `engine.nats.presence_ttl`: an entry that is not written
+//! again within the TTL disappears, so the clients of a node that died leave
+//! presence on their own. `add` rewrites the entry, which refreshes it. Reading a
+//! channel's presence reads the last value of every key under `<channel token>.`
+//! with a short-lived consumer, skipping deletion markers.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use parking_lot::Mutex;
+use tidings_protocol::ClientInfo;
+
+use super::{PresenceError, PresenceManager, PresenceStats};
+use crate::broker::nats::{encode_token, NatsConnection};
+
+/// Most entries one presence call reads.
+const MAX_ENTRIES: u64 = 100_000;
+
+/// Presence manager over NATS JetStream KV; see the module docs.
+pub struct NatsPresenceManager {
+    conn: Arc<NatsConnection>,
+    /// The bucket, once looked up or created; dropped when the server lost it.
+    store: Mutex<Option<kv::Store>>,
+}
+
+fn err(e: impl std::fmt::Display) -> PresenceError {
+    PresenceError(e.to_string())
+}
+
+impl NatsPresenceManager {
+    pub fn new(conn: Arc<NatsConnection>) -> Self {
+        Self {
+            conn,
+            store: Mutex::new(None),
+        }
+    }
+
+    fn key(channel: &str, client_id: &str) -> String {
+        format!("{}.{}", encode_token(channel), encode_token(client_id))
+    }
+
+    /// The bucket, created when missing.
+    async fn store(&self) -> Result<kv::Store, PresenceError> {
+        if let Some(s) = self.store.lock().clone() {
+            return Ok(s);
+        }
+        let store = self
+            .conn
+            .key_value(
+                &self.conn.names.presence_bucket(),
+                self.conn.config.presence_ttl,
+            )
+            .await
+            .map_err(err)?;
+        *self.store.lock() = Some(store.clone());
+        Ok(store)
+    }
+
+    /// Runs `op` on the bucket; when it fails, looks the bucket up again (the
+    /// server may have lost it) and tries once more.
+    async fn with_store<T, F, Fut>(&self, op: F) -> Result<T, PresenceError>
+    where
+        F: Fn(kv::Store) -> Fut,
+        Fut: std::future::Future<Output = Result<T, String>>,
+    {
+        let store = self.store().await?;
+        match op(store).await {
+            Ok(v) => Ok(v),
+            Err(first) => {
+                self.conn.client().map_err(err)?;
+                *self.store.lock() = None;
+                let store = self.store().await?;
+                op(store)
+                    .await
+                    .map_err(|e| err(format!("{e} (after {first})")))
+            }
+        }
+    }
+
+    /// Every live entry of a channel.
+    async fn entries(&self, channel: &str) -> Result<Vec<ClientInfo>, PresenceError> {
+        let filter = format!(
+            "$KV.{}.{}.>",
+            self.conn.names.presence_bucket(),
+            encode_token(channel)
+        );
+        let budget = self.conn.config.request_timeout;
+        self.with_store(|store| {
+            let filter = filter.clone();
+            async move {
+                tokio::time::timeout(budget * 2, read_last_values(store, filter))
+                    .await
+                    .map_err(|_| "presence read: timed out".to_string())?
+            }
+        })
+        .await
+    }
+}
+
+/// The last value of every key matching `filter`, skipping deletion markers.
+async fn read_last_values(store: kv::Store, filter: String) -> Result<Vec<ClientInfo>, String> {
+    let consumer = store
+        .stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            filter_subject: filter,
+            inactive_threshold: Duration::from_secs(30),
+            memory_storage: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("presence read: {e}"))?;
+    let name = consumer.cached_info().name.clone();
+    let pending = consumer.cached_info().num_pending.min(MAX_ENTRIES);
+    let mut out = Vec::new();
+    let mut seen = 0u64;
+    let result = async {
+        while seen < pending {
+            let want = (pending - seen).min(1000) as usize;
+            let mut batch = consumer
+                .fetch()
+                .max_messages(want)
+                .messages()
+                .await
+                .map_err(|e| format!("presence read: {e}"))?;
+            let before = seen;
+            while let Some(msg) = batch.next().await {
+                let msg = msg.map_err(|e| format!("presence read: {e}"))?;
+                seen += 1;
+                let deleted = msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("KV-Operation"))
+                    .is_some_and(|op| op.as_str() != "PUT");
+                if deleted {
+                    continue;
+                }
+                if let Ok(info) = serde_json::from_slice::<ClientInfo>(&msg.payload) {
+                    out.push(info);
+                }
+            }
+            if seen == before {
+                break;
+            }
+        }
+        Ok::<_, String>(())
+    }
+    .await;
+    // Deleted in the background; it would expire by itself anyway.
+    let stream = store.stream.clone();
+    tokio::spawn(async move {
+        let _ = stream.delete_consumer(&name).await;
+    });
+    result.map(|()| out)
+}
+
+#[async_trait]
+impl PresenceManager for NatsPresenceManager {
+    async fn add(&self, channel: &str, info: ClientInfo) -> Result<(), PresenceError> {
+        let key = Self::key(channel, &info.client);
+        let value = Bytes::from(serde_json::to_vec(&info).map_err(err)?);
+        let conn = self.conn.clone();
+        self.with_store(|store| {
+            let (key, value, conn) = (key.clone(), value.clone(), conn.clone());
+            async move {
+                conn.timed("presence add", store.put(key, value))
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .await
+    }
+
+    async fn remove(&self, channel: &str, client_id: &str) -> Result<(), PresenceError> {
+        let key = Self::key(channel, client_id);
+        let conn = self.conn.clone();
+        self.with_store(|store| {
+            let (key, conn) = (key.clone(), conn.clone());
+            async move { conn.timed("presence remove", store.delete(key)).await }
+        })
+        .await
+    }
+
+    async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, PresenceError> {
+        Ok(self
+            .entries(channel)
+            .await?
+            .into_iter()
+            .map(|info| (info.client.clone(), info))
+            .collect())
+    }
+
+    async fn stats(&self, channel: &str) -> Result<PresenceStats, PresenceError> {
+        let entries = self.entries(channel).await?;
+        let users: HashSet<&str> = entries.iter().map(|i| i.user.as_str()).collect();
+        Ok(PresenceStats {
+            num_clients: u32::try_from(entries.len()).unwrap_or(u32::MAX),
+            num_users: u32::try_from(users.len()).unwrap_or(u32::MAX),
+        })
+    }
+}
