@@ -48,6 +48,9 @@ pub fn client_router(node: &Node) -> Router {
     }
     // The HTTP transports explain a wrong method inside their CORS layer, so that a
     // preflight still reaches CORS first.
+    if cfg.socketio.enabled {
+        app = app.merge(crate::socketio::router(node));
+    }
     explain_wrong_method(app)
         .merge(http_transports(node))
         .with_state(node.clone())
