@@ -137,7 +137,11 @@ async fn bad_handshakes_get_the_standard_error_codes() -> anyhow::Result<()> {
         ("EIO=3&transport=polling", 5, "Unsupported protocol version"),
         ("EIO=4", 0, "Transport unknown"),
         ("EIO=4&transport=flash", 0, "Transport unknown"),
-        ("EIO=4&transport=polling&sid=nosuchsession", 1, "Session ID unknown"),
+        (
+            "EIO=4&transport=polling&sid=nosuchsession",
+            1,
+            "Session ID unknown",
+        ),
     ] {
         let res = http.get(format!("{base}?{query}")).send().await?;
         assert_eq!(res.status().as_u16(), 400, "{query}");
@@ -172,7 +176,13 @@ async fn malformed_engine_and_socketio_packets_close_only_their_session() -> any
     bystander_still_served(&server, &calm, 1).await?;
 
     // Valid Engine.IO, broken Socket.IO: the session is closed.
-    for broken in ["4{oops", "49", r#"42{"not":"an array"}"#, "42[]", r#"44{"message":"x"}"#] {
+    for broken in [
+        "4{oops",
+        "49",
+        r#"42{"not":"an array"}"#,
+        "42[]",
+        r#"44{"message":"x"}"#,
+    ] {
         let bad = Poller::open(&server).await?;
         let (status, _) = bad.post(broken).await?;
         assert!(status == 200 || status == 400, "{broken}: {status}");
@@ -216,7 +226,11 @@ async fn a_second_concurrent_poll_gets_400_and_closes_the_session() -> anyhow::R
     let (a, b) = tokio::join!(p.get(), p.get());
     let mut answers = [a?, b?];
     answers.sort();
-    assert_eq!(answers[0], (200, "1".to_string()), "the pending poll ends with close");
+    assert_eq!(
+        answers[0],
+        (200, "1".to_string()),
+        "the pending poll ends with close"
+    );
     assert_eq!(answers[1].0, 400);
     standard(&answers[1].1, 3, "Bad request");
     p.expect_gone().await?;
@@ -311,6 +325,68 @@ async fn abusive_binary_posts_are_bounded() -> anyhow::Result<()> {
     assert_eq!(status, 400);
     p.expect_gone().await?;
 
+    bystander_still_served(&server, &calm, 1).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_event_flood_is_refused_then_closed_by_the_command_budget() -> anyhow::Result<()> {
+    let mut config = open_config("hostile-key", "hostile-secret-of-at-least-32-bytes!");
+    config["socketio"] = json!({
+        "enabled": true,
+        "max_payload": MAX_PAYLOAD,
+        "ping_interval": "2s",
+        "ping_timeout": "1s"
+    });
+    config["client"]["command_rate_limit"] =
+        json!({ "enabled": true, "rate": 1, "burst": 2, "disconnect_after": 5 });
+    let server = TidingsServer::builder()
+        .config_json(config)
+        .api_key("hostile-key")
+        .start()
+        .await?;
+    let calm = bystander(&server).await?;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let url = format!(
+        "ws://{}/socket.io/?EIO=4&transport=websocket",
+        server.addr()
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await?;
+    ws.send(Message::text("40")).await?;
+    // Twenty acknowledged events at once: two fit the burst, the next ones are
+    // refused, and the fifth refusal closes the session.
+    for id in 1..=20 {
+        ws.send(Message::text(format!(
+            r#"42{id}["tidings:join",{{"room":"flood"}}]"#
+        )))
+        .await?;
+    }
+    let mut acks = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(deadline.into(), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.as_str().starts_with("43") => {
+                acks.push(t.as_str().to_string());
+            }
+            Ok(Some(Ok(Message::Close(_))) | None | Some(Err(_))) => break,
+            Ok(Some(Ok(_))) => {}
+            Err(_) => bail!("the flooding socket was not closed; acks: {acks:?}"),
+        }
+    }
+    let refusal = r#"[{"error":"too many requests","ok":false}]"#;
+    assert_eq!(
+        acks,
+        vec![
+            r#"431[{"ok":true,"room":"flood"}]"#.to_string(),
+            r#"432[{"ok":true,"room":"flood"}]"#.to_string(),
+            format!("433{refusal}"),
+            format!("434{refusal}"),
+            format!("435{refusal}"),
+            format!("436{refusal}"),
+        ],
+        "two allowed, four refused, then the close"
+    );
     bystander_still_served(&server, &calm, 1).await?;
     Ok(())
 }

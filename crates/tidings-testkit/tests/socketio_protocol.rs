@@ -11,9 +11,8 @@ use tidings_testkit::profile::{namespace, open_channel_options, open_config};
 use tidings_testkit::TidingsServer;
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn server() -> anyhow::Result<TidingsServer> {
     let mut config = open_config("proto-key", "proto-secret-of-at-least-32-bytes!!");
@@ -56,7 +55,10 @@ async fn post(url: &str, body: &str) -> anyhow::Result<(u16, String)> {
 }
 
 async fn ws_connect(server: &TidingsServer, sid: Option<&str>) -> anyhow::Result<Ws> {
-    let mut url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", server.addr());
+    let mut url = format!(
+        "ws://{}/socket.io/?EIO=4&transport=websocket",
+        server.addr()
+    );
     if let Some(sid) = sid {
         url.push_str("&sid=");
         url.push_str(sid);
@@ -111,8 +113,14 @@ async fn polling_heartbeat_runs_and_a_missing_pong_closes_the_session() -> anyho
             assert_eq!(body, r#"{"code":1,"message":"Session ID unknown"}"#);
             break;
         }
-        assert_eq!(body, "1", "only the close packet may come before the refusal");
-        assert!(Instant::now() < deadline, "the session outlived its ping timeout");
+        assert_eq!(
+            body, "1",
+            "only the close packet may come before the refusal"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the session outlived its ping timeout"
+        );
     }
     Ok(())
 }
@@ -153,7 +161,11 @@ async fn a_client_close_ends_the_pending_poll_with_noop() -> anyhow::Result<()> 
         let (pending, closed) = tokio::join!(get(&url), post(&url, "1"));
         assert_eq!(closed?, (200, "ok".to_string()));
         let pending = pending?;
-        assert_eq!(get(&url).await?.0, 400, "the session is gone after the close");
+        assert_eq!(
+            get(&url).await?.0,
+            400,
+            "the session is gone after the close"
+        );
         if pending.0 == 400 {
             continue;
         }
@@ -182,7 +194,10 @@ async fn upgrade_from_polling_probes_then_moves_the_session_to_websocket() -> an
     // From here polling is refused, the session itself goes on over the WebSocket.
     let deadline = Instant::now() + Duration::from_secs(5);
     while get(&url).await?.0 != 400 {
-        assert!(Instant::now() < deadline, "polling still answered after the upgrade");
+        assert!(
+            Instant::now() < deadline,
+            "polling still answered after the upgrade"
+        );
     }
     let again = http()
         .get(format!(
@@ -193,7 +208,10 @@ async fn upgrade_from_polling_probes_then_moves_the_session_to_websocket() -> an
         .await?;
     assert_eq!(again.status().as_u16(), 400, "a second upgrade is refused");
     server.publish("up", json!({"via": "websocket"})).await?;
-    assert_eq!(ws_text(&mut ws).await?, r#"42["message",{"via":"websocket"}]"#);
+    assert_eq!(
+        ws_text(&mut ws).await?,
+        r#"42["message",{"via":"websocket"}]"#
+    );
     Ok(())
 }
 
@@ -209,8 +227,10 @@ async fn namespaces_map_onto_tidings_namespaces() -> anyhow::Result<()> {
     ws.send(Message::text("40/chat,")).await?;
     let connect = ws_text(&mut ws).await?;
     assert!(connect.starts_with("40/chat,{\"sid\":"), "{connect}");
-    ws.send(Message::text(r#"40/chat,7["tidings:join",{"room":"general"}]"#))
-        .await?;
+    ws.send(Message::text(
+        r#"40/chat,7["tidings:join",{"room":"general"}]"#,
+    ))
+    .await?;
     // That was a CONNECT with an array, which is malformed: the session closes.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -225,8 +245,10 @@ async fn namespaces_map_onto_tidings_namespaces() -> anyhow::Result<()> {
     let (mut ws, _) = ws_session(&server).await?;
     ws.send(Message::text("40/chat,")).await?;
     ws_text(&mut ws).await?;
-    ws.send(Message::text(r#"42/chat,7["tidings:join",{"room":"general"}]"#))
-        .await?;
+    ws.send(Message::text(
+        r#"42/chat,7["tidings:join",{"room":"general"}]"#,
+    ))
+    .await?;
     assert_eq!(
         ws_text(&mut ws).await?,
         r#"43/chat,7[{"ok":true,"room":"general"}]"#
@@ -238,8 +260,8 @@ async fn namespaces_map_onto_tidings_namespaces() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn binary_arguments_travel_as_attachments_and_as_base64_for_centrifugo(
-) -> anyhow::Result<()> {
+async fn binary_arguments_travel_as_attachments_and_as_base64_for_centrifugo() -> anyhow::Result<()>
+{
     let server = server().await?;
     let (mut a, _) = ws_session(&server).await?;
     let (mut b, _) = ws_session(&server).await?;
@@ -312,7 +334,10 @@ async fn disconnecting_a_namespace_leaves_its_rooms() -> anyhow::Result<()> {
         if members(&ws_text(&mut a).await?)? == vec![a_id.clone()] {
             break;
         }
-        assert!(Instant::now() < deadline, "b is still present after DISCONNECT");
+        assert!(
+            Instant::now() < deadline,
+            "b is still present after DISCONNECT"
+        );
     }
     Ok(())
 }

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -32,6 +32,7 @@ use crate::broker::HistoryFilter;
 use crate::channel;
 use crate::connection::{Control, ServerSubscribe};
 use crate::hub::Subscriber;
+use crate::limit::TokenBucket;
 use crate::node::{Node, NodeError, PublishRequest};
 
 /// A connected Socket.IO namespace.
@@ -52,8 +53,37 @@ struct Partial {
     bytes: usize,
 }
 
+/// `client.command_rate_limit` applied to Socket.IO events: each event takes a
+/// token; an event over budget is answered `{ok: false, error: "too many requests"}`,
+/// and a client that keeps going past `disconnect_after` refusals is closed.
+struct EventBudget {
+    bucket: TokenBucket,
+    refused: u32,
+    disconnect_after: u32,
+}
+
+impl EventBudget {
+    /// `Ok(true)` to run the event, `Ok(false)` to refuse it, `Err` to close.
+    fn take(&mut self) -> Result<bool, Disconnect> {
+        let now = Instant::now();
+        self.bucket.refill(now);
+        if self.bucket.is_full() {
+            self.refused = 0;
+        }
+        if self.bucket.try_take(now) {
+            return Ok(true);
+        }
+        self.refused = self.refused.saturating_add(1);
+        if self.disconnect_after > 0 && self.refused >= self.disconnect_after {
+            return Err(Disconnect::too_many_requests());
+        }
+        Ok(false)
+    }
+}
+
 struct Sio {
     node: Node,
+    budget: Option<EventBudget>,
     shared: Arc<Shared>,
     sockets: HashMap<String, Socket>,
     /// Set by the first accepted CONNECT; every namespace must be the same user.
@@ -84,8 +114,15 @@ pub async fn run(
     let metrics = node.metrics();
     metrics.connections.increment(1.0);
     let cfg = node.config().socketio.clone();
+    let limit = &node.config().client.command_rate_limit;
+    let budget = limit.enabled.then(|| EventBudget {
+        bucket: TokenBucket::new(limit.rate, limit.burst, Instant::now()),
+        refused: 0,
+        disconnect_after: limit.disconnect_after,
+    });
     let mut sio = Sio {
         node: node.clone(),
+        budget,
         shared: shared.clone(),
         sockets: HashMap::new(),
         user: None,
@@ -97,8 +134,14 @@ pub async fn run(
     let shutdown = node.shutdown_token();
     let mut next_ping = Instant::now() + cfg.ping_interval;
     let mut pong_deadline: Option<Instant> = None;
+    // A session that never connects a namespace is closed, like a Centrifugo
+    // connection that never sends connect (`client.stale_close_delay`).
+    let stale_at = Instant::now() + node.config().client.stale_close_delay;
     loop {
-        let deadline = pong_deadline.unwrap_or(next_ping);
+        let mut deadline = pong_deadline.unwrap_or(next_ping);
+        if sio.user.is_none() {
+            deadline = deadline.min(stale_at);
+        }
         tokio::select! {
             _ = closed.cancelled() => break,
             _ = shutdown.cancelled() => {
@@ -117,7 +160,8 @@ pub async fn run(
                     Some(Inbound::Packet(p)) => sio.handle(p).await,
                 };
                 if let Err(d) = result {
-                    shared.close(d);
+                    // What is queued (acks, refusals) still goes out before the close.
+                    shared.conn.outbox.close(d, true);
                     break;
                 }
             }
@@ -128,7 +172,14 @@ pub async fn run(
                     break;
                 }
             }
-            _ = tokio::time::sleep_until(deadline.into()) => {
+            _ = tokio::time::sleep_until(deadline) => {
+                if sio.user.is_none() && Instant::now() >= stale_at {
+                    shared.close(Disconnect::stale());
+                    break;
+                }
+                if Instant::now() < deadline {
+                    continue;
+                }
                 if pong_deadline.is_some() {
                     shared.close(Disconnect::no_pong());
                     break;
@@ -205,7 +256,15 @@ impl Sio {
                 let Some(Value::Array(args)) = packet.data else {
                     return Err(malformed());
                 };
-                let reply = self.on_event(&packet.nsp, args).await;
+                let allowed = match self.budget.as_mut() {
+                    Some(budget) => budget.take()?,
+                    None => true,
+                };
+                let reply = if allowed {
+                    self.on_event(&packet.nsp, args).await
+                } else {
+                    json!({"ok": false, "error": codes::ERROR_TOO_MANY_REQUESTS.message})
+                };
                 if let Some(id) = packet.id {
                     let mut ack = Packet::new(packet::ACK, &packet.nsp, Some(json!([reply])));
                     ack.id = Some(id);
