@@ -1234,6 +1234,31 @@ mod tests {
     }
 
     #[test]
+    fn socketio_section_loads_without_unknown_keys_and_is_validated() {
+        let dir = std::env::temp_dir().join(format!("tidings-sio-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.json");
+        std::fs::write(
+            &good,
+            r#"{"socketio": {"enabled": true, "namespaces": {"/chat": "chat"}, "subscriptions": ["news"], "ping_interval": "5s"}}"#,
+        )
+        .unwrap();
+        let cfg = Config::load(Some(&good), env(&[])).unwrap();
+        assert!(cfg.unknown_keys.is_empty(), "{:?}", cfg.unknown_keys);
+        assert_eq!(
+            cfg.socketio.namespaces.get("/chat").map(String::as_str),
+            Some("chat")
+        );
+        assert_eq!(cfg.socketio.ping_interval, Duration::from_secs(5));
+        let bad = dir.join("bad.json");
+        std::fs::write(&bad, r#"{"socketio": {"namespaces": {"chat": "chat"}}}"#).unwrap();
+        assert!(Config::load(Some(&bad), env(&[])).is_err());
+        std::fs::write(&bad, r#"{"socketio": {"max_payload": 10}}"#).unwrap();
+        assert!(Config::load(Some(&bad), env(&[])).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn development_profile_without_file() {
         let cfg = Config::load(None, env(&[])).unwrap();
         assert!(cfg.client.allow_anonymous_connect_without_token);
