@@ -40,7 +40,14 @@ pub mod packet;
 pub mod session;
 pub mod transport;
 
-pub use transport::{router, Registry};
+pub use transport::{
+    router, serve_forwarded, ForwardedPoll, ForwardedReply, PollForwarder, Registry,
+};
+
+/// The node's Socket.IO sessions (and where to install a [`PollForwarder`]).
+pub fn registry(node: &crate::Node) -> &Registry {
+    &node.inner.socketio
+}
 
 /// The Tidings namespace a Socket.IO namespace maps onto, if any.
 pub fn tidings_namespace(config: &crate::Config, nsp: &str) -> Option<String> {

@@ -118,13 +118,53 @@ impl Shared {
     }
 }
 
+/// A polling request for a session held by another node, as it travels between
+/// nodes. Engine.IO v4 polling bodies are text; the body still travels as base64 so
+/// that the owning node is the one that judges (and refuses) a bad one.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ForwardedPoll {
+    pub sid: String,
+    /// `true` for a POST (packets from the client), `false` for a GET (a poll).
+    pub post: bool,
+    /// The POST body, base64; empty for a GET.
+    #[serde(default)]
+    pub body: String,
+}
+
+/// The owning node's answer, returned to the client as it is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ForwardedReply {
+    pub status: u16,
+    pub content_type: String,
+    pub body: String,
+}
+
+/// Sends a [`ForwardedPoll`] to the node whose tag (the sid's first [`TAG_LEN`]
+/// characters) is given and returns its reply; `None` when that node cannot be
+/// reached. A GET can take up to `socketio.ping_interval` to be answered.
+pub type PollForwarder = Arc<
+    dyn Fn(
+            String,
+            ForwardedPoll,
+        ) -> futures_util::future::BoxFuture<'static, Option<ForwardedReply>>
+        + Send
+        + Sync,
+>;
+
 /// The Engine.IO sessions of one node, by sid.
 #[derive(Default)]
 pub struct Registry {
     sessions: Mutex<HashMap<String, Arc<Shared>>>,
+    forwarder: std::sync::OnceLock<PollForwarder>,
 }
 
 impl Registry {
+    /// Installs the node-to-node route for polls whose sid names another node. Set
+    /// once; later calls are ignored.
+    pub fn set_forwarder(&self, forwarder: PollForwarder) {
+        let _ = self.forwarder.set(forwarder);
+    }
+
     /// An open session; a closing one counts as gone.
     pub fn get(&self, sid: &str) -> Option<Arc<Shared>> {
         self.sessions
@@ -254,20 +294,83 @@ async fn endpoint(State(node): State<Node>, req: Request) -> Response {
     }
 }
 
-/// The seam for polling without sticky sessions: a request whose sid names another
-/// node is sent to that node, which answers it with [`serve_poll`], and its answer is
-/// returned as is. Wire it to the node-to-node request/reply of `control.rs`: the
-/// node whose uid (alphanumerics only) starts with `sid[..TAG_LEN]` gets the
-/// method, the sid and the body (at most `socketio.max_payload` bytes), and replies
-/// with status, content type and body. Until then, `None`: the client gets 400
-/// "Session ID unknown" and opens a new session, as with any lost session.
+/// Polling without sticky sessions: a request whose sid names another node is sent
+/// to that node through the registry's [`PollForwarder`], which answers it with
+/// [`serve_forwarded`], and its answer is returned as it is. Without a forwarder, or
+/// when the node cannot be reached, `None`: the client gets 400 "Session ID unknown"
+/// and opens a new session, as with any lost session.
 pub async fn forward_poll(
-    _node: &Node,
-    _sid: &str,
-    _parts: &axum::http::request::Parts,
-    _body: axum::body::Body,
+    node: &Node,
+    sid: &str,
+    parts: &axum::http::request::Parts,
+    body: axum::body::Body,
 ) -> Option<Response> {
-    None
+    let forwarder = node.inner.socketio.forwarder.get()?.clone();
+    let post = match parts.method {
+        Method::GET => false,
+        Method::POST => true,
+        _ => return Some(RequestError::BadRequest.into_response()),
+    };
+    let body = if post {
+        let max = node.config().socketio.max_payload;
+        match axum::body::to_bytes(body, max).await {
+            Ok(bytes) => base64::engine::general_purpose::STANDARD.encode(bytes),
+            Err(_) => {
+                return Some((StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large").into_response())
+            }
+        }
+    } else {
+        String::new()
+    };
+    let tag = sid.get(..TAG_LEN)?.to_string();
+    let request = ForwardedPoll {
+        sid: sid.to_string(),
+        post,
+        body,
+    };
+    let reply = forwarder(tag, request).await?;
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    Some(
+        (
+            status,
+            [(header::CONTENT_TYPE, reply.content_type)],
+            reply.body,
+        )
+            .into_response(),
+    )
+}
+
+/// Answers a poll forwarded by another node, for a session this node holds.
+pub async fn serve_forwarded(node: &Node, request: ForwardedPoll) -> ForwardedReply {
+    let response = match node.inner.socketio.get(&request.sid) {
+        None => RequestError::UnknownSid.into_response(),
+        Some(shared) => {
+            let (method, body) = if request.post {
+                match base64::engine::general_purpose::STANDARD.decode(&request.body) {
+                    Ok(bytes) => (Method::POST, axum::body::Body::from(bytes)),
+                    Err(_) => (Method::PUT, axum::body::Body::empty()),
+                }
+            } else {
+                (Method::GET, axum::body::Body::empty())
+            };
+            serve_poll(node, shared, method, body).await
+        }
+    };
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("text/plain; charset=UTF-8")
+        .to_string();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap_or_default();
+    ForwardedReply {
+        status,
+        content_type,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    }
 }
 
 /// Answers a polling GET or POST for a session held by this node. Public for the
