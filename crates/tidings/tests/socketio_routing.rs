@@ -81,7 +81,7 @@ async fn a_session_opened_on_one_node_is_served_through_the_other() -> anyhow::R
         http.get(&on_a).send().await?.text().await?,
         r#"42["message",{"hop":1}]"#
     );
-    assert_eq!(socketio::registry(&a).len(), 0, "node A holds no session");
+    assert!(socketio::registry(&a).is_empty(), "node A holds no session");
     assert_eq!(socketio::registry(&b).len(), 1);
 
     // A sid with B's tag that B does not know: B's own answer comes back.
@@ -97,7 +97,7 @@ async fn a_session_opened_on_one_node_is_served_through_the_other() -> anyhow::R
     let res = http.post(&on_a).body("abc").send().await?;
     assert_eq!(res.status().as_u16(), 400);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while socketio::registry(&b).len() != 0 {
+    while !socketio::registry(&b).is_empty() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the session outlived a bad packet"
