@@ -387,6 +387,18 @@ async fn an_event_flood_is_refused_then_closed_by_the_command_budget() -> anyhow
         ],
         "two allowed, four refused, then the close"
     );
+    let (status, metrics) = server.http_get("/metrics").await?;
+    assert_eq!(status, 200);
+    let count = |event: &str| {
+        tidings_testkit::metrics::sample(
+            &metrics,
+            "tidings_socketio_events_total",
+            &[("event", event)],
+        )
+    };
+    assert_eq!(count("refused"), Some(4.0));
+    // The bystander's join and the flood's two.
+    assert_eq!(count("join"), Some(3.0));
     bystander_still_served(&server, &calm, 1).await?;
     Ok(())
 }

@@ -113,6 +113,7 @@ pub async fn run(
 ) {
     let metrics = node.metrics();
     metrics.connections.increment(1.0);
+    metrics.socketio_sessions().increment(1.0);
     let cfg = node.config().socketio.clone();
     let limit = &node.config().client.command_rate_limit;
     let budget = limit.enabled.then(|| EventBudget {
@@ -263,6 +264,7 @@ impl Sio {
                 let reply = if allowed {
                     self.on_event(&packet.nsp, args).await
                 } else {
+                    self.node.metrics().socketio_event("refused");
                     json!({"ok": false, "error": codes::ERROR_TOO_MANY_REQUESTS.message})
                 };
                 if let Some(id) = packet.id {
@@ -703,11 +705,19 @@ impl Sio {
     async fn on_event(&mut self, nsp: &str, args: Vec<Value>) -> Value {
         let name = args.first().and_then(Value::as_str).unwrap_or("");
         let arg = args.get(1);
-        let result = match name {
-            "tidings:join" => self.event_join(nsp, arg).await,
-            "tidings:leave" => self.event_leave(nsp, arg).await,
-            "tidings:publish" => self.event_publish(nsp, arg).await,
-            "tidings:presence" => self.event_presence(nsp, arg).await,
+        let kind = match name {
+            "tidings:join" => "join",
+            "tidings:leave" => "leave",
+            "tidings:publish" => "publish",
+            "tidings:presence" => "presence",
+            _ => "unknown",
+        };
+        self.node.metrics().socketio_event(kind);
+        let result = match kind {
+            "join" => self.event_join(nsp, arg).await,
+            "leave" => self.event_leave(nsp, arg).await,
+            "publish" => self.event_publish(nsp, arg).await,
+            "presence" => self.event_presence(nsp, arg).await,
             _ => Err(format!("unknown event {name:?}")),
         };
         match result {
@@ -854,6 +864,7 @@ impl Sio {
         }
         let metrics = self.node.metrics();
         metrics.connections.decrement(1.0);
+        metrics.socketio_sessions().decrement(1.0);
         let code = self
             .shared
             .conn
