@@ -286,6 +286,19 @@ async fn abusive_binary_posts_are_bounded() -> anyhow::Result<()> {
     standard(&body, 3, "Bad request");
     p.expect_gone().await?;
 
+    // A binary body (application/octet-stream): v4 polling is text only.
+    let p = Poller::open(&server).await?;
+    let res = p
+        .http
+        .post(&p.url)
+        .header("Content-Type", "application/octet-stream")
+        .body(vec![0x04u8, 1, 2, 3])
+        .send()
+        .await?;
+    assert_eq!(res.status().as_u16(), 400);
+    standard(&res.text().await?, 3, "Bad request");
+    p.expect_gone().await?;
+
     // More attachments announced than socketio.max_attachments (4).
     let p = Poller::open(&server).await?;
     p.post("40").await?;

@@ -281,6 +281,18 @@ async fn endpoint(State(node): State<Node>, req: Request) -> Response {
         }
         return open_polling(node);
     };
+    let binary = parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes()
+            .eq_ignore_ascii_case(b"application/octet-stream")
+    });
+    if parts.method == Method::POST && binary {
+        // Engine.IO v4 polling carries binary as base64 text; a raw binary body is
+        // refused and ends the session (when it is here), as the reference does.
+        if let Some(shared) = registry.get(&sid) {
+            shared.close(Disconnect::new(3503, "binary polling body"));
+        }
+        return RequestError::BadRequest.into_response();
+    }
     match registry.get(&sid) {
         Some(shared) => serve_poll(&node, shared, parts.method, body).await,
         None => {
