@@ -382,7 +382,13 @@ impl Sio {
                         recovering = false;
                         continue;
                     }
-                    let since = Some(StreamPosition { offset: off, epoch });
+                    // A room without history is joined again but not recovered.
+                    let since = if epoch.is_empty() {
+                        recovering = false;
+                        None
+                    } else {
+                        Some(StreamPosition { offset: off, epoch })
+                    };
                     match wanted.iter_mut().find(|(w, _)| *w == c) {
                         Some(w) => w.1 = since,
                         None => wanted.push((c, since)),

@@ -752,12 +752,14 @@ pub fn event_args(data: Option<&tidings_protocol::RawJson>) -> Vec<serde_json::V
     vec![serde_json::Value::String("message".into()), value]
 }
 
-/// The recovery offset of a namespace: every positioned room it is in, with its
-/// epoch and last offset, as base64url JSON `[[channel, epoch, offset], ...]`.
+/// The recovery offset of a namespace: every room it is in, with its epoch and last
+/// offset, as base64url JSON `[[channel, epoch, offset], ...]`. A room without
+/// history has an empty epoch: it is joined again on recovery but cannot be
+/// recovered.
 pub fn offset_string(rooms: &HashMap<String, Room>, nsp: &str) -> String {
     let mut entries: Vec<(&str, &str, u64)> = rooms
         .iter()
-        .filter(|(_, r)| !r.epoch.is_empty() && r.nsps.iter().any(|n| n == nsp))
+        .filter(|(_, r)| r.nsps.iter().any(|n| n == nsp))
         .map(|(c, r)| (c.as_str(), r.epoch.as_str(), r.offset))
         .collect();
     entries.sort_unstable();
