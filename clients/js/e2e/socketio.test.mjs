@@ -197,6 +197,47 @@ test('connection state recovery: a cut socket comes back recovered with exactly 
   assert.equal(got[4][0].n, 4);
 });
 
+test('recovery past the history: recovered is false, the room is joined again', { timeout: 30_000 }, async (t) => {
+  const server = await startServer({
+    t,
+    env: {
+      TIDINGS_SOCKETIO_CONNECTION_STATE_RECOVERY: 'true',
+      TIDINGS_CHANNEL_WITHOUT_NAMESPACE_HISTORY_SIZE: '2',
+    },
+  });
+  const proxy = await TcpProxy.start(server.port, { t });
+  const room = uniqueChannel('too-far');
+  const socket = io(`http://127.0.0.1:${proxy.port}`, {
+    transports: ['websocket'],
+    reconnectionDelay: 100,
+    reconnectionDelayMax: 200,
+  });
+  t.after(() => socket.close());
+  await waitEvent(socket, 'connect', { message: 'first connect' });
+  assert.equal((await call(socket, 'tidings:join', { room })).ok, true);
+  const got = collect(socket, 'message');
+  await server.apiOk('publish', { channel: room, data: { n: 0 } });
+  await waitForCount(got, 1, { message: 'a live event before the cut' });
+
+  const disconnected = waitEvent(socket, 'disconnect', { message: 'the cut' });
+  proxy.cut();
+  await disconnected;
+  await waitFor(async () => (await server.metric('tidings_connections')) === 0, {
+    message: 'the server to drop the cut session',
+  });
+  // Five missed, two kept: the position has left the history.
+  for (let n = 1; n <= 5; n++) {
+    await server.apiOk('publish', { channel: room, data: { n } });
+  }
+  const reconnected = waitEvent(socket, 'connect', { timeout: 10_000, message: 'reconnect' });
+  proxy.restore();
+  await reconnected;
+  assert.equal(socket.recovered, false);
+  await server.apiOk('publish', { channel: room, data: { n: 6 } });
+  await waitForCount(got, 2, { message: 'a live event after the failed recovery' });
+  assert.deepEqual(got.map((args) => args[0].n), [0, 6], 'nothing replayed, the room kept');
+});
+
 // ---- Two nodes ---------------------------------------------------------------------
 // Pending the cluster branches: these start a redis-server of their own and two
 // Tidings nodes on it, and skip themselves while the binary refuses

@@ -341,3 +341,42 @@ async fn disconnecting_a_namespace_leaves_its_rooms() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_forged_recovery_offset_joins_only_permitted_rooms_and_is_not_recovered(
+) -> anyhow::Result<()> {
+    let mut config = open_config("proto-key", "proto-secret-of-at-least-32-bytes!!");
+    config["socketio"] = json!({ "enabled": true, "connection_state_recovery": true });
+    let server = TidingsServer::builder()
+        .config_json(config)
+        .api_key("proto-key")
+        .start()
+        .await?;
+    use base64::Engine as _;
+    let offset =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&json!([
+            ["$secret", "e", 0],
+            ["open", "e", 0]
+        ]))?);
+    let mut ws = ws_connect(&server, None).await?;
+    ws_text(&mut ws).await?;
+    ws.send(Message::text(format!(
+        r#"40{{"pid":"forged","offset":"{offset}"}}"#
+    )))
+    .await?;
+    let connect = ws_text(&mut ws).await?;
+    let reply: Value = serde_json::from_str(connect.strip_prefix("40").context("CONNECT")?)?;
+    assert_ne!(reply["pid"], json!("forged"), "not reported as recovered");
+    assert!(reply["pid"].is_string(), "a fresh pid: {reply}");
+    // Joins are done before the CONNECT reply: presence shows them at once.
+    let members = |v: Value| v["presence"].as_object().map_or(0, serde_json::Map::len);
+    let secret = server
+        .api_ok("presence", json!({"channel": "$secret"}))
+        .await?;
+    assert_eq!(members(secret), 0, "a $ channel needs a token");
+    let open = server
+        .api_ok("presence", json!({"channel": "open"}))
+        .await?;
+    assert_eq!(members(open), 1, "a permitted room is joined again");
+    Ok(())
+}
