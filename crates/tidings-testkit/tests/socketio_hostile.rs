@@ -160,6 +160,32 @@ async fn bad_handshakes_get_the_standard_error_codes() -> anyhow::Result<()> {
         .await?;
     // open_config allows every origin, so this one is fine.
     assert_eq!(res.status().as_u16(), 200);
+
+    // With an allow-list, another origin is Forbidden, on both transports.
+    let mut config = open_config("hostile-key", "hostile-secret-of-at-least-32-bytes!");
+    config["client"]["allowed_origins"] = json!(["https://app.example"]);
+    config["socketio"] = json!({ "enabled": true });
+    let strict = TidingsServer::builder().config_json(config).start().await?;
+    let base = format!("{}/socket.io/", strict.http_url());
+    for transport in ["polling", "websocket"] {
+        let res = http
+            .get(format!("{base}?EIO=4&transport={transport}"))
+            .header("Origin", "https://evil.example")
+            .header("Connection", "Upgrade")
+            .header("Upgrade", "websocket")
+            .header("Sec-WebSocket-Version", "13")
+            .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .send()
+            .await?;
+        assert_eq!(res.status().as_u16(), 403, "{transport}");
+        standard(&res.text().await?, 4, "Forbidden");
+    }
+    let res = http
+        .get(format!("{base}?EIO=4&transport=polling"))
+        .header("Origin", "https://app.example")
+        .send()
+        .await?;
+    assert_eq!(res.status().as_u16(), 200);
     Ok(())
 }
 
