@@ -380,3 +380,68 @@ async fn a_forged_recovery_offset_joins_only_permitted_rooms_and_is_not_recovere
     assert_eq!(members(open), 1, "a permitted room is joined again");
     Ok(())
 }
+
+#[tokio::test]
+async fn configured_and_server_api_subscriptions_join_rooms() -> anyhow::Result<()> {
+    const SECRET: &str = "proto-secret-of-at-least-32-bytes!!";
+    let mut config = open_config("proto-key", SECRET);
+    config["socketio"] = json!({ "enabled": true, "subscriptions": ["news"] });
+    let server = TidingsServer::builder()
+        .config_json(config)
+        .api_key("proto-key")
+        .start()
+        .await?;
+    let token = tidings_testkit::hs256_token(SECRET, "ann", None)?;
+    let mut ws = ws_connect(&server, None).await?;
+    ws_text(&mut ws).await?;
+    ws.send(Message::text(format!(r#"40{{"token":"{token}"}}"#)))
+        .await?;
+    assert!(ws_text(&mut ws).await?.starts_with("40{"));
+    // socketio.subscriptions: in "news" from the start.
+    server.publish("news", json!({"headline": 1})).await?;
+    assert_eq!(ws_text(&mut ws).await?, r#"42["message",{"headline":1}]"#);
+    // Server API subscribe of the user: joins "alerts".
+    server
+        .api_ok("subscribe", json!({"user": "ann", "channel": "alerts"}))
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let presence = server
+            .api_ok("presence", json!({"channel": "alerts"}))
+            .await?;
+        if presence["presence"]
+            .as_object()
+            .is_some_and(|m| m.len() == 1)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server API subscribe never joined"
+        );
+    }
+    server
+        .publish("alerts", json!({"event": "alert", "args": ["fire"]}))
+        .await?;
+    assert_eq!(ws_text(&mut ws).await?, r#"42["alert","fire"]"#);
+    // Server API unsubscribe: leaves it again.
+    server
+        .api_ok("unsubscribe", json!({"user": "ann", "channel": "news"}))
+        .await?;
+    loop {
+        let presence = server
+            .api_ok("presence", json!({"channel": "news"}))
+            .await?;
+        if presence["presence"]
+            .as_object()
+            .is_some_and(|m| m.is_empty())
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server API unsubscribe never left"
+        );
+    }
+    Ok(())
+}
