@@ -378,7 +378,7 @@ async fn an_event_flood_is_refused_then_closed_by_the_command_budget() -> anyhow
         "ping_timeout": "1s"
     });
     config["client"]["command_rate_limit"] =
-        json!({ "enabled": true, "rate": 1, "burst": 2, "disconnect_after": 5 });
+        json!({ "enabled": true, "rate": 1, "burst": 3, "disconnect_after": 5 });
     let server = TidingsServer::builder()
         .config_json(config)
         .api_key("hostile-key")
@@ -393,8 +393,8 @@ async fn an_event_flood_is_refused_then_closed_by_the_command_budget() -> anyhow
     );
     let (mut ws, _) = tokio_tungstenite::connect_async(&url).await?;
     ws.send(Message::text("40")).await?;
-    // Twenty acknowledged events at once: two fit the burst, the next ones are
-    // refused, and the fifth refusal closes the session.
+    // CONNECT takes one token of the burst of three; of twenty acknowledged events,
+    // two fit, the next ones are refused, and the fifth refusal closes the session.
     for id in 1..=20 {
         ws.send(Message::text(format!(
             r#"42{id}["tidings:join",{{"room":"flood"}}]"#

@@ -53,8 +53,8 @@ struct Partial {
     bytes: usize,
 }
 
-/// `client.command_rate_limit` applied to Socket.IO events: each event takes a
-/// token; an event over budget is answered `{ok: false, error: "too many requests"}`,
+/// `client.command_rate_limit` applied to Socket.IO CONNECT and EVENT packets: each
+/// takes a token; an event over budget is answered `{ok: false, error: "too many requests"}`,
 /// and a client that keeps going past `disconnect_after` refusals is closed.
 struct EventBudget {
     bucket: TokenBucket,
@@ -243,7 +243,18 @@ impl Sio {
 
     async fn dispatch(&mut self, packet: Packet) -> Result<(), Disconnect> {
         match packet.kind {
-            packet::CONNECT => self.on_connect(&packet.nsp, packet.data).await,
+            packet::CONNECT => {
+                // A CONNECT can cost a token verification: it takes a token too.
+                if !self.take_token()? {
+                    self.connect_error(
+                        &packet.nsp,
+                        codes::ERROR_TOO_MANY_REQUESTS.message,
+                        Some(111),
+                    );
+                    return Ok(());
+                }
+                self.on_connect(&packet.nsp, packet.data).await
+            }
             packet::DISCONNECT => {
                 self.on_namespace_disconnect(&packet.nsp).await;
                 Ok(())
@@ -257,11 +268,7 @@ impl Sio {
                 let Some(Value::Array(args)) = packet.data else {
                     return Err(malformed());
                 };
-                let allowed = match self.budget.as_mut() {
-                    Some(budget) => budget.take()?,
-                    None => true,
-                };
-                let reply = if allowed {
+                let reply = if self.take_token()? {
                     self.on_event(&packet.nsp, args).await
                 } else {
                     self.node.metrics().socketio_event("refused");
@@ -276,6 +283,14 @@ impl Sio {
             }
             // The server never asks for acks.
             _ => Ok(()),
+        }
+    }
+
+    /// One token of the budget: `Ok(false)` to refuse, `Err` to close.
+    fn take_token(&mut self) -> Result<bool, Disconnect> {
+        match self.budget.as_mut() {
+            Some(budget) => budget.take(),
+            None => Ok(true),
         }
     }
 
