@@ -46,11 +46,11 @@ pub fn client_router(node: &Node) -> Router {
             get(crate::transport::websocket::uni_handler),
         );
     }
-    // The HTTP transports explain a wrong method inside their CORS layer, so that a
-    // preflight still reaches CORS first.
     if cfg.socketio.enabled {
         app = app.merge(crate::socketio::router(node));
     }
+    // The HTTP transports explain a wrong method inside their CORS layer, so that a
+    // preflight still reaches CORS first.
     explain_wrong_method(app)
         .merge(http_transports(node))
         .with_state(node.clone())
