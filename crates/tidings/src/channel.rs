@@ -80,6 +80,38 @@ impl ResolvedChannel<'_> {
     }
 }
 
+/// The rules for a client subscribing on its own, without a subscription token: `$`
+/// channels need a token; `client.insecure` allows the rest; a user-limited name
+/// (`dialog#42,43`) admits only the users it names, where the namespace enables such
+/// names; otherwise the namespace's subscribe permission decides. Shared by the
+/// Centrifugo session and the Socket.IO join event.
+///
+/// # Errors
+/// 107/102 for a bad channel, 103 when the client may not subscribe.
+pub fn check_client_subscribe(config: &Config, name: &str, user: &str) -> Result<(), ErrorCode> {
+    let ch = resolve(config, name)?;
+    if ch.is_private() {
+        return Err(codes::ERROR_PERMISSION_DENIED);
+    }
+    if config.client.insecure {
+        return Ok(());
+    }
+    if ch.name.contains(config.channel.user_boundary.as_str()) {
+        let Some(mut users) = ch.limited_users(config) else {
+            return Err(codes::ERROR_PERMISSION_DENIED);
+        };
+        return if !user.is_empty() && users.any(|u| u == user) {
+            Ok(())
+        } else {
+            Err(codes::ERROR_PERMISSION_DENIED)
+        };
+    }
+    if !can_subscribe(ch.options, user) {
+        return Err(codes::ERROR_PERMISSION_DENIED);
+    }
+    Ok(())
+}
+
 /// Whether a client may subscribe without a subscription token.
 pub fn can_subscribe(opts: &ChannelOptions, user: &str) -> bool {
     opts.allow_subscribe_for_client && (!user.is_empty() || opts.allow_subscribe_for_anonymous)

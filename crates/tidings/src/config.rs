@@ -45,6 +45,9 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
     pub node: NodeConfig,
+    /// Socket.IO front door (`/socket.io/`): Engine.IO v4 and Socket.IO v5 clients on
+    /// the same channels. A Tidings section; Centrifugo has no such key.
+    pub socketio: SocketIoConfig,
     /// Keys in the file that Tidings does not know (typos, or Centrifugo features it
     /// lacks). Not a configuration key: filled by [`Config::load`] for a warning.
     #[serde(skip)]
@@ -766,6 +769,55 @@ impl Default for LogConfig {
     }
 }
 
+/// The Socket.IO front door. See docs/socketio.md.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SocketIoConfig {
+    /// Serve Socket.IO clients. Default `false` (the development profile turns it on).
+    pub enabled: bool,
+    /// Path of the endpoint, as socket.io-client's `path` option names it. Default
+    /// `/socket.io/`.
+    pub path: String,
+    /// How often the server pings (Engine.IO `pingInterval`). Default `25s`.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// How long the server waits for the pong (Engine.IO `pingTimeout`). Default `20s`.
+    #[serde(with = "humantime_serde")]
+    pub ping_timeout: Duration,
+    /// Largest HTTP request body or WebSocket message a client may send, in bytes
+    /// (Engine.IO `maxPayload`). Default `1000000`.
+    pub max_payload: usize,
+    /// Most binary attachments one Socket.IO packet may announce. Default `10`.
+    pub max_attachments: usize,
+    /// Socket.IO namespace (`/`, `/chat`) to Tidings channel namespace (`""` for
+    /// channels without namespace). Empty (the default): `/` maps to `""` and `/name`
+    /// to the Tidings namespace `name` when it is configured.
+    pub namespaces: BTreeMap<String, String>,
+    /// Channels every socket joins when it connects to the Socket.IO namespace that
+    /// maps onto the channel's Tidings namespace (server-side subscriptions).
+    pub subscriptions: Vec<String>,
+    /// Offer socket.io-client's `connectionStateRecovery`: a session id (`pid`) in the
+    /// CONNECT reply and a position as the last argument of every room event.
+    /// Default `false`, as in the reference server (it adds that argument).
+    pub connection_state_recovery: bool,
+}
+
+impl Default for SocketIoConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            path: "/socket.io/".into(),
+            ping_interval: Duration::from_secs(25),
+            ping_timeout: Duration::from_secs(20),
+            max_payload: 1_000_000,
+            max_attachments: 10,
+            namespaces: BTreeMap::new(),
+            subscriptions: Vec::new(),
+            connection_state_recovery: false,
+        }
+    }
+}
+
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -804,6 +856,7 @@ impl Config {
         }
         cfg.uni_websocket.enabled = true;
         cfg.long_poll.enabled = true;
+        cfg.socketio.enabled = true;
         cfg.channel.without_namespace = ChannelOptions {
             presence: true,
             join_leave: true,
@@ -944,6 +997,21 @@ impl Config {
         }
         if self.client.pong_timeout >= self.client.ping_interval {
             return bad("client.pong_timeout must be shorter than client.ping_interval".into());
+        }
+        let sio = &self.socketio;
+        if sio.ping_interval.is_zero() || sio.ping_timeout.is_zero() {
+            return bad("socketio.ping_interval and socketio.ping_timeout must be positive".into());
+        }
+        if sio.max_payload < 1024 || !sio.path.starts_with('/') {
+            return bad(
+                "socketio.max_payload must be at least 1024 and socketio.path must start with /"
+                    .into(),
+            );
+        }
+        if let Some(bad_nsp) = sio.namespaces.keys().find(|n| !n.starts_with('/')) {
+            return bad(format!(
+                "socketio.namespaces: {bad_nsp:?} must start with / (a Socket.IO namespace)"
+            ));
         }
         let budget = &self.client.command_rate_limit;
         if budget.enabled && (budget.rate == 0 || budget.burst == 0) {
@@ -1243,6 +1311,31 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn socketio_section_loads_without_unknown_keys_and_is_validated() {
+        let dir = std::env::temp_dir().join(format!("tidings-sio-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.json");
+        std::fs::write(
+            &good,
+            r#"{"socketio": {"enabled": true, "namespaces": {"/chat": "chat"}, "subscriptions": ["news"], "ping_interval": "5s"}}"#,
+        )
+        .unwrap();
+        let cfg = Config::load(Some(&good), env(&[])).unwrap();
+        assert!(cfg.unknown_keys.is_empty(), "{:?}", cfg.unknown_keys);
+        assert_eq!(
+            cfg.socketio.namespaces.get("/chat").map(String::as_str),
+            Some("chat")
+        );
+        assert_eq!(cfg.socketio.ping_interval, Duration::from_secs(5));
+        let bad = dir.join("bad.json");
+        std::fs::write(&bad, r#"{"socketio": {"namespaces": {"chat": "chat"}}}"#).unwrap();
+        assert!(Config::load(Some(&bad), env(&[])).is_err());
+        std::fs::write(&bad, r#"{"socketio": {"max_payload": 10}}"#).unwrap();
+        assert!(Config::load(Some(&bad), env(&[])).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

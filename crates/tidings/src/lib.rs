@@ -11,6 +11,8 @@
 //! - [`outbox`] bounds what a connection may have queued and batches its writes.
 //! - [`limit`] counts connections and holds the token buckets that bound how fast
 //!   connections arrive and how fast each one may send commands.
+//! - [`socketio`] is a second front door: Engine.IO v4 / Socket.IO v5 clients on the
+//!   same channels, as a session kind of its own.
 //! - [`api`] is the Centrifugo-compatible server HTTP API.
 //! - [`server`] puts the routes together and runs them with graceful shutdown, a
 //!   header read timeout and, with [`tls`], https:// and wss://.
@@ -51,6 +53,7 @@ pub mod outbox;
 pub mod presence;
 pub mod server;
 pub mod session;
+pub mod socketio;
 pub mod tls;
 pub mod transport;
 

@@ -187,6 +187,27 @@ impl Metrics {
         counter.increment(1);
     }
 
+    /// Counts one Socket.IO event by kind (`join`, `leave`, `publish`, `presence`,
+    /// `unknown`, `refused`). The recorder finds the labelled counter itself, so
+    /// nothing is kept here.
+    pub fn socketio_event(&self, event: &'static str) {
+        self.recorder
+            .register_counter(
+                &Key::from_parts(
+                    "tidings_socketio_events_total",
+                    vec![Label::new("event", event)],
+                ),
+                &meta(),
+            )
+            .increment(1);
+    }
+
+    /// Engine.IO sessions open now (they also count in `tidings_connections`).
+    pub fn socketio_sessions(&self) -> Gauge {
+        self.recorder
+            .register_gauge(&Key::from_name("tidings_socketio_sessions"), &meta())
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         self.handle.render()

@@ -184,6 +184,8 @@ pub(crate) struct NodeInner {
     sessions: Mutex<HashMap<String, SessionInbox>>,
     /// Long-poll sessions, for the poll requests.
     pub(crate) long_polls: crate::transport::long_poll::Registry,
+    /// Socket.IO (Engine.IO) sessions, by sid.
+    pub(crate) socketio: crate::socketio::Registry,
     pub(crate) rpc: Option<RpcHandler>,
     /// Token verifiers (keys parsed once; the JWKS cache lives here).
     pub(crate) auth: Arc<crate::auth::Auth>,
@@ -258,6 +260,7 @@ impl NodeBuilder {
             gate,
             sessions: Mutex::new(HashMap::new()),
             long_polls: Default::default(),
+            socketio: Default::default(),
             rpc: self.rpc,
             auth: Arc::new(auth),
         });

@@ -46,6 +46,9 @@ pub fn client_router(node: &Node) -> Router {
             get(crate::transport::websocket::uni_handler),
         );
     }
+    if cfg.socketio.enabled {
+        app = app.merge(crate::socketio::router(node));
+    }
     // The HTTP transports explain a wrong method inside their CORS layer, so that a
     // preflight still reaches CORS first.
     explain_wrong_method(app)

@@ -901,32 +901,7 @@ impl Session {
     /// Checks a subscribe without a token against the namespace's permissions.
     fn check_subscribe(&self, req: &SubscribeRequest) -> Result<(), ErrorCode> {
         self.check_subscribe_limits(req)?;
-        let config = self.node.config();
-        let ch = channel::resolve(config, &req.channel)?;
-        if ch.is_private() {
-            // `$` channels need a subscription token, whatever else is allowed.
-            return Err(codes::ERROR_PERMISSION_DENIED);
-        }
-        if config.client.insecure {
-            return Ok(());
-        }
-        let user = self.conn.user();
-        if ch.name.contains(config.channel.user_boundary.as_str()) {
-            // A user boundary only means something where user-limited channels are on;
-            // elsewhere such a name is refused rather than silently made public.
-            let Some(mut users) = ch.limited_users(config) else {
-                return Err(codes::ERROR_PERMISSION_DENIED);
-            };
-            return if !user.is_empty() && users.any(|u| u == user) {
-                Ok(())
-            } else {
-                Err(codes::ERROR_PERMISSION_DENIED)
-            };
-        }
-        if !channel::can_subscribe(ch.options, user) {
-            return Err(codes::ERROR_PERMISSION_DENIED);
-        }
-        Ok(())
+        channel::check_client_subscribe(self.node.config(), &req.channel, self.conn.user())
     }
 
     fn client_info(&self, chan_info: Option<RawJson>) -> ClientInfo {

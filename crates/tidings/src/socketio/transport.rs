@@ -1,0 +1,835 @@
+//! The Engine.IO endpoint: handshake, long polling (GET to receive, POST to send),
+//! WebSocket (direct, or the upgrade from polling with `2probe`/`3probe`/`5`), the
+//! session registry, and the writer side that turns outbox items into frames.
+//!
+//! A sid is `<node tag><random>`: the first [`TAG_LEN`] characters name the node that
+//! holds the session, so a polling request that lands on another node can be routed
+//! there (see [`forward_poll`]) without sticky sessions.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use parking_lot::Mutex;
+use tidings_protocol::{Disconnect, Reply};
+use tokio::sync::{mpsc, watch};
+
+use super::engine::{self, ClientPacket, Frame, Handshake, RequestError};
+use super::packet::{Packet, EVENT};
+use crate::connection::Connection;
+use crate::limit::ConnectionPermit;
+use crate::node::Node;
+use crate::outbox::Drained;
+
+/// Characters of a sid that name the node holding it.
+pub const TAG_LEN: usize = 12;
+
+/// Engine.IO packets one session may have waiting for its task. A POST waits for
+/// room (one POST at a time per session), so a fast client is slowed, not buffered.
+const INBOUND_QUEUE: usize = 64;
+
+/// The disconnect code used when the client itself closed: the pending poll gets a
+/// `noop` rather than a `close` packet, as Engine.IO servers do.
+const CLIENT_CLOSED: u32 = 3000;
+
+/// Which transport carries the session now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// HTTP long polling.
+    Polling,
+    /// A WebSocket answered `3probe`: polls get `noop` until the client sends `5`.
+    Probing,
+    /// Upgraded from polling, or opened as WebSocket: polling requests are refused.
+    WebSocket,
+}
+
+/// What the transports hand the session task.
+#[derive(Debug)]
+pub enum Inbound {
+    Packet(ClientPacket),
+    /// The transport went away or the client broke the protocol: close with this.
+    Gone(Disconnect),
+}
+
+/// A room one session is in: which Socket.IO namespaces joined it and the last
+/// position written to the client (for the recovery offset).
+#[derive(Debug, Clone, Default)]
+pub struct Room {
+    pub room: String,
+    pub nsps: Vec<String>,
+    pub epoch: String,
+    pub offset: u64,
+}
+
+/// What the transports and the session task share for one Engine.IO session.
+pub struct Shared {
+    pub sid: String,
+    pub conn: Arc<Connection>,
+    pub inbound: mpsc::Sender<Inbound>,
+    pub phase: watch::Sender<Phase>,
+    /// A GET poll is in progress.
+    polling: AtomicBool,
+    /// A POST is in progress.
+    posting: AtomicBool,
+    /// Channel → room state, read by the writer to turn publications into events.
+    pub rooms: Mutex<HashMap<String, Room>>,
+    /// Add the recovery offset as the last argument of room events.
+    pub recovery: bool,
+}
+
+impl Shared {
+    /// Closes the session: the outbox stops, the task ends and cleans up.
+    pub fn close(&self, d: Disconnect) {
+        self.conn.outbox.close(d, false);
+    }
+
+    fn is_closed(&self) -> bool {
+        self.conn.outbox.closed_token().is_cancelled()
+    }
+
+    /// Queues a text Engine.IO packet.
+    pub fn send_text(&self, packet: &str) -> bool {
+        let mut item = Vec::with_capacity(packet.len() + 1);
+        item.push(b'T');
+        item.extend_from_slice(packet.as_bytes());
+        self.conn.send(Bytes::from(item))
+    }
+
+    /// Queues a Socket.IO packet (a `4` message and its binary attachments).
+    pub fn send_packet(&self, packet: Packet) -> bool {
+        let (text, attachments) = packet.encode();
+        let mut ok = self.send_text(&format!("4{text}"));
+        for bytes in attachments {
+            let mut item = Vec::with_capacity(bytes.len() + 1);
+            item.push(b'B');
+            item.extend_from_slice(&bytes);
+            ok &= self.conn.send(Bytes::from(item));
+        }
+        ok
+    }
+}
+
+/// A polling request for a session held by another node, as it travels between
+/// nodes. Engine.IO v4 polling bodies are text; the body still travels as base64 so
+/// that the owning node is the one that judges (and refuses) a bad one.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ForwardedPoll {
+    pub sid: String,
+    /// `true` for a POST (packets from the client), `false` for a GET (a poll).
+    pub post: bool,
+    /// The POST body, base64; empty for a GET.
+    #[serde(default)]
+    pub body: String,
+}
+
+/// The owning node's answer, returned to the client as it is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ForwardedReply {
+    pub status: u16,
+    pub content_type: String,
+    pub body: String,
+}
+
+/// Sends a [`ForwardedPoll`] to the node whose tag (the sid's first [`TAG_LEN`]
+/// characters) is given and returns its reply; `None` when that node cannot be
+/// reached. A GET can take up to `socketio.ping_interval` to be answered.
+pub type PollForwarder = Arc<
+    dyn Fn(
+            String,
+            ForwardedPoll,
+        ) -> futures_util::future::BoxFuture<'static, Option<ForwardedReply>>
+        + Send
+        + Sync,
+>;
+
+/// The Engine.IO sessions of one node, by sid.
+#[derive(Default)]
+pub struct Registry {
+    sessions: Mutex<HashMap<String, Arc<Shared>>>,
+    forwarder: std::sync::OnceLock<PollForwarder>,
+}
+
+impl Registry {
+    /// Installs the node-to-node route for polls whose sid names another node. Set
+    /// once; later calls are ignored.
+    pub fn set_forwarder(&self, forwarder: PollForwarder) {
+        let _ = self.forwarder.set(forwarder);
+    }
+
+    /// An open session; a closing one counts as gone.
+    pub fn get(&self, sid: &str) -> Option<Arc<Shared>> {
+        self.sessions
+            .lock()
+            .get(sid)
+            .filter(|s| !s.is_closed())
+            .cloned()
+    }
+
+    pub(crate) fn insert(&self, shared: Arc<Shared>) {
+        self.sessions.lock().insert(shared.sid.clone(), shared);
+    }
+
+    pub(crate) fn remove(&self, sid: &str) {
+        self.sessions.lock().remove(sid);
+    }
+
+    /// Number of Engine.IO sessions on this node.
+    pub fn len(&self) -> usize {
+        self.sessions.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// This node's sid prefix.
+pub fn node_tag(node: &Node) -> String {
+    node.uid()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(TAG_LEN)
+        .collect()
+}
+
+fn new_sid(node: &Node) -> String {
+    format!("{}{}", node_tag(node), uuid::Uuid::new_v4().simple())
+}
+
+/// The Socket.IO routes, with CORS for allowed origins.
+pub fn router(node: &Node) -> Router<Node> {
+    let cfg = node.config();
+    let path = cfg.socketio.path.clone();
+    let mut app = Router::new().route(&path, any(endpoint));
+    let trimmed = path.trim_end_matches('/');
+    if !trimmed.is_empty() && trimmed != path {
+        app = app.route(trimmed, any(endpoint));
+    }
+    let config = node.inner.config.clone();
+    let cors = tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::AllowOrigin::predicate(
+            move |origin, _| {
+                origin
+                    .to_str()
+                    .is_ok_and(|o| crate::origin::matches_allowed(&config, o))
+            },
+        ))
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::CONTENT_TYPE]);
+    app.layer(cors)
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct Query {
+    #[serde(rename = "EIO")]
+    eio: Option<String>,
+    transport: Option<String>,
+    sid: Option<String>,
+}
+
+async fn endpoint(State(node): State<Node>, req: Request) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let query: Query = parts
+        .uri
+        .query()
+        .and_then(|q| serde_urlencoded::from_str(q).ok())
+        .unwrap_or_default();
+    if query.eio.as_deref() != Some("4") {
+        return RequestError::UnsupportedProtocolVersion.into_response();
+    }
+    let websocket = match query.transport.as_deref() {
+        Some("polling") => false,
+        Some("websocket") => true,
+        _ => return RequestError::UnknownTransport.into_response(),
+    };
+    if !crate::origin::allowed(node.config(), &parts.headers) {
+        return RequestError::Forbidden.into_response();
+    }
+    let registry = &node.inner.socketio;
+    if websocket {
+        if parts.method != Method::GET {
+            return RequestError::BadHandshakeMethod.into_response();
+        }
+        let Ok(ws) = WebSocketUpgrade::from_request_parts(&mut parts, &node).await else {
+            return RequestError::BadRequest.into_response();
+        };
+        return match query.sid {
+            None => open_websocket(node, ws),
+            Some(sid) => match registry.get(&sid) {
+                Some(shared) if *shared.phase.borrow() == Phase::Polling => {
+                    upgrade_websocket(node, shared, ws)
+                }
+                Some(_) => RequestError::BadRequest.into_response(),
+                // A WebSocket upgrade cannot be forwarded; the client stays on
+                // polling, which can.
+                None => RequestError::UnknownSid.into_response(),
+            },
+        };
+    }
+    let Some(sid) = query.sid else {
+        if parts.method != Method::GET {
+            return RequestError::BadHandshakeMethod.into_response();
+        }
+        return open_polling(node);
+    };
+    let binary = parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes()
+            .eq_ignore_ascii_case(b"application/octet-stream")
+    });
+    if parts.method == Method::POST && binary {
+        // Engine.IO v4 polling carries binary as base64 text; a raw binary body is
+        // refused and ends the session (when it is here), as the reference does.
+        if let Some(shared) = registry.get(&sid) {
+            shared.close(Disconnect::new(3503, "binary polling body"));
+        }
+        return RequestError::BadRequest.into_response();
+    }
+    match registry.get(&sid) {
+        Some(shared) => serve_poll(&node, shared, parts.method, body).await,
+        None => {
+            if sid.len() > TAG_LEN && !sid.starts_with(&node_tag(&node)) {
+                if let Some(response) = forward_poll(&node, &sid, &parts, body).await {
+                    return response;
+                }
+            }
+            RequestError::UnknownSid.into_response()
+        }
+    }
+}
+
+/// Polling without sticky sessions: a request whose sid names another node is sent
+/// to that node through the registry's [`PollForwarder`], which answers it with
+/// [`serve_forwarded`], and its answer is returned as it is. Without a forwarder, or
+/// when the node cannot be reached, `None`: the client gets 400 "Session ID unknown"
+/// and opens a new session, as with any lost session.
+pub async fn forward_poll(
+    node: &Node,
+    sid: &str,
+    parts: &axum::http::request::Parts,
+    body: axum::body::Body,
+) -> Option<Response> {
+    let forwarder = node.inner.socketio.forwarder.get()?.clone();
+    let post = match parts.method {
+        Method::GET => false,
+        Method::POST => true,
+        _ => return Some(RequestError::BadRequest.into_response()),
+    };
+    let body = if post {
+        let max = node.config().socketio.max_payload;
+        match axum::body::to_bytes(body, max).await {
+            Ok(bytes) => base64::engine::general_purpose::STANDARD.encode(bytes),
+            Err(_) => {
+                return Some((StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large").into_response())
+            }
+        }
+    } else {
+        String::new()
+    };
+    let tag = sid.get(..TAG_LEN)?.to_string();
+    let request = ForwardedPoll {
+        sid: sid.to_string(),
+        post,
+        body,
+    };
+    let reply = forwarder(tag, request).await?;
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    Some(
+        (
+            status,
+            [(header::CONTENT_TYPE, reply.content_type)],
+            reply.body,
+        )
+            .into_response(),
+    )
+}
+
+/// Answers a poll forwarded by another node, for a session this node holds.
+pub async fn serve_forwarded(node: &Node, request: ForwardedPoll) -> ForwardedReply {
+    let response = match node.inner.socketio.get(&request.sid) {
+        None => RequestError::UnknownSid.into_response(),
+        Some(shared) => {
+            let (method, body) = if request.post {
+                match base64::engine::general_purpose::STANDARD.decode(&request.body) {
+                    Ok(bytes) => (Method::POST, axum::body::Body::from(bytes)),
+                    Err(_) => (Method::PUT, axum::body::Body::empty()),
+                }
+            } else {
+                (Method::GET, axum::body::Body::empty())
+            };
+            serve_poll(node, shared, method, body).await
+        }
+    };
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("text/plain; charset=UTF-8")
+        .to_string();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap_or_default();
+    ForwardedReply {
+        status,
+        content_type,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+/// Answers a polling GET or POST for a session held by this node. Public for the
+/// node that receives a forwarded request.
+pub async fn serve_poll(
+    node: &Node,
+    shared: Arc<Shared>,
+    method: Method,
+    body: axum::body::Body,
+) -> Response {
+    match method {
+        Method::GET => poll(shared).await,
+        Method::POST => post(node, shared, body).await,
+        _ => RequestError::BadRequest.into_response(),
+    }
+}
+
+fn handshake(node: &Node, sid: &str, upgrades: &[&str]) -> String {
+    let cfg = &node.config().socketio;
+    Handshake {
+        sid,
+        upgrades,
+        ping_interval: cfg.ping_interval.as_millis() as u64,
+        ping_timeout: cfg.ping_timeout.as_millis() as u64,
+        max_payload: cfg.max_payload,
+    }
+    .packet()
+}
+
+/// Creates a session and starts its task.
+fn start(node: &Node, phase: Phase, permit: ConnectionPermit) -> Arc<Shared> {
+    let (conn, control) = Connection::new("socketio", node.config().client.queue_max_size);
+    let (inbound, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+    let (phase, _) = watch::channel(phase);
+    let shared = Arc::new(Shared {
+        sid: new_sid(node),
+        conn,
+        inbound,
+        phase,
+        polling: AtomicBool::new(false),
+        posting: AtomicBool::new(false),
+        rooms: Mutex::new(HashMap::new()),
+        recovery: node.config().socketio.connection_state_recovery,
+    });
+    node.inner.socketio.insert(shared.clone());
+    let task_node = node.clone();
+    let task_shared = shared.clone();
+    node.spawn_connection(async move {
+        let _permit = permit;
+        super::session::run(task_node.clone(), task_shared.clone(), inbound_rx, control).await;
+        task_node.inner.socketio.remove(&task_shared.sid);
+    });
+    shared
+}
+
+fn admit(node: &Node) -> Result<ConnectionPermit, Box<Response>> {
+    if node.is_shutting_down() {
+        return Err(Box::new(
+            (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response(),
+        ));
+    }
+    node.try_admit()
+        .map_err(|refused| Box::new(refused.into_response()))
+}
+
+fn text_response(body: String) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; charset=UTF-8")],
+        body,
+    )
+        .into_response()
+}
+
+fn open_polling(node: Node) -> Response {
+    let permit = match admit(&node) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let shared = start(&node, Phase::Polling, permit);
+    text_response(handshake(&node, &shared.sid, &["websocket"]))
+}
+
+/// Clears the poll flag when a GET ends; a GET that is dropped before it answered
+/// (the client went away) closes the session, as Engine.IO servers do.
+struct PollGuard {
+    shared: Arc<Shared>,
+    answered: bool,
+}
+
+impl Drop for PollGuard {
+    fn drop(&mut self) {
+        self.shared.polling.store(false, Ordering::Release);
+        if !self.answered {
+            self.shared
+                .close(Disconnect::new(CLIENT_CLOSED, "poll cancelled"));
+        }
+    }
+}
+
+async fn poll(shared: Arc<Shared>) -> Response {
+    let mut phase = shared.phase.subscribe();
+    match *phase.borrow_and_update() {
+        Phase::WebSocket => return RequestError::BadRequest.into_response(),
+        Phase::Probing => return text_response("6".into()),
+        Phase::Polling => {}
+    }
+    if shared.polling.swap(true, Ordering::AcqRel) {
+        // A second poll while one is pending: the protocol allows one at a time.
+        shared.close(Disconnect::new(3501, "overlapping polls"));
+        return RequestError::BadRequest.into_response();
+    }
+    let mut guard = PollGuard {
+        shared: shared.clone(),
+        answered: false,
+    };
+    loop {
+        tokio::select! {
+            drained = shared.conn.outbox.drain() => {
+                let mut frames = Vec::new();
+                let closing = match drained {
+                    Drained::Batch(items) => {
+                        render_all(&shared, &items, &mut frames);
+                        None
+                    }
+                    Drained::Close(items, d) => {
+                        render_all(&shared, &items, &mut frames);
+                        Some(d)
+                    }
+                };
+                if let Some(d) = closing {
+                    let last = if d.code == CLIENT_CLOSED { "6" } else { "1" };
+                    frames.push(Frame::Text(last.into()));
+                }
+                if frames.is_empty() {
+                    continue;
+                }
+                guard.answered = true;
+                return text_response(engine::encode_payload(&frames));
+            }
+            changed = phase.changed() => {
+                if changed.is_err() || *phase.borrow_and_update() != Phase::Polling {
+                    guard.answered = true;
+                    return text_response("6".into());
+                }
+            }
+        }
+    }
+}
+
+async fn post(node: &Node, shared: Arc<Shared>, body: axum::body::Body) -> Response {
+    if *shared.phase.borrow() == Phase::WebSocket {
+        return RequestError::BadRequest.into_response();
+    }
+    if shared.posting.swap(true, Ordering::AcqRel) {
+        shared.close(Disconnect::new(3501, "overlapping posts"));
+        return RequestError::BadRequest.into_response();
+    }
+    let response = post_inner(node, &shared, body).await;
+    shared.posting.store(false, Ordering::Release);
+    response
+}
+
+async fn post_inner(node: &Node, shared: &Shared, body: axum::body::Body) -> Response {
+    let max = node.config().socketio.max_payload;
+    let Ok(bytes) = axum::body::to_bytes(body, max).await else {
+        shared.close(Disconnect::new(3502, "payload too large"));
+        return (StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large").into_response();
+    };
+    let packets = std::str::from_utf8(&bytes)
+        .map_err(|_| engine::Malformed)
+        .and_then(engine::decode_payload);
+    let Ok(packets) = packets else {
+        shared.close(Disconnect::new(3503, "malformed packet"));
+        return RequestError::BadRequest.into_response();
+    };
+    for packet in packets {
+        if shared.inbound.send(Inbound::Packet(packet)).await.is_err() {
+            return RequestError::UnknownSid.into_response();
+        }
+    }
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/html")], "ok").into_response()
+}
+
+fn open_websocket(node: Node, ws: WebSocketUpgrade) -> Response {
+    let permit = match admit(&node) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let max = node.config().socketio.max_payload;
+    crate::transport::websocket::configure(ws, max)
+        .on_upgrade(move |socket| async move {
+            let shared = start(&node, Phase::WebSocket, permit);
+            shared.send_text(&handshake(&node, &shared.sid, &[]));
+            pump(node, shared, socket).await;
+        })
+        .into_response()
+}
+
+fn upgrade_websocket(node: Node, shared: Arc<Shared>, ws: WebSocketUpgrade) -> Response {
+    let max = node.config().socketio.max_payload;
+    crate::transport::websocket::configure(ws, max)
+        .on_upgrade(move |mut socket| async move {
+            let wait = node.config().socketio.ping_timeout;
+            // 2probe → 3probe; polls get noop from here; 5 completes the upgrade.
+            let probed = matches!(
+                tokio::time::timeout(wait, socket.recv()).await,
+                Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "2probe"
+            );
+            if !probed || socket.send(Message::Text("3probe".into())).await.is_err() {
+                return;
+            }
+            shared.phase.send_replace(Phase::Probing);
+            let upgraded = matches!(
+                tokio::time::timeout(wait, socket.recv()).await,
+                Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "5"
+            );
+            if !upgraded || shared.is_closed() {
+                shared.phase.send_replace(Phase::Polling);
+                return;
+            }
+            shared.phase.send_replace(Phase::WebSocket);
+            pump(node, shared, socket).await;
+        })
+        .into_response()
+}
+
+/// Runs a WebSocket as the session's transport until either side ends it.
+async fn pump(node: Node, shared: Arc<Shared>, socket: WebSocket) {
+    let write_timeout = node.config().websocket.write_timeout;
+    let (mut sink, mut stream) = socket.split();
+    let writer_shared = shared.clone();
+    let writer = tokio::spawn(async move {
+        loop {
+            let mut frames = Vec::new();
+            let close = match writer_shared.conn.outbox.drain().await {
+                Drained::Batch(items) => {
+                    render_all(&writer_shared, &items, &mut frames);
+                    None
+                }
+                Drained::Close(items, d) => {
+                    render_all(&writer_shared, &items, &mut frames);
+                    Some(d)
+                }
+            };
+            for frame in frames {
+                let msg = match frame {
+                    Frame::Text(t) => Message::Text(t.into()),
+                    Frame::Binary(b) => Message::Binary(b),
+                };
+                let sent = tokio::time::timeout(write_timeout, sink.send(msg)).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    writer_shared.close(Disconnect::write_error());
+                    return;
+                }
+            }
+            if let Some(d) = close {
+                let frame = CloseFrame {
+                    code: 1000,
+                    reason: d.reason.into(),
+                };
+                let _ = tokio::time::timeout(write_timeout, sink.send(Message::Close(Some(frame))))
+                    .await;
+                let _ = tokio::time::timeout(write_timeout, sink.close()).await;
+                return;
+            }
+        }
+    });
+    let closed = shared.conn.outbox.closed_token().clone();
+    loop {
+        let msg = tokio::select! {
+            _ = closed.cancelled() => break,
+            msg = stream.next() => msg,
+        };
+        let inbound = match msg {
+            Some(Ok(Message::Text(text))) => match engine::decode_text(text.as_str()) {
+                Ok(packet) => Inbound::Packet(packet),
+                Err(_) => Inbound::Gone(Disconnect::new(3503, "malformed packet")),
+            },
+            Some(Ok(Message::Binary(bytes))) => Inbound::Packet(ClientPacket::Binary(bytes)),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Close(_))) | None => {
+                Inbound::Gone(Disconnect::new(CLIENT_CLOSED, "transport close"))
+            }
+            Some(Err(_)) => Inbound::Gone(Disconnect::new(3503, "transport error")),
+        };
+        let gone = matches!(inbound, Inbound::Gone(_));
+        if shared.inbound.send(inbound).await.is_err() || gone {
+            break;
+        }
+    }
+    let _ = writer.await;
+}
+
+fn render_all(shared: &Shared, items: &[Bytes], out: &mut Vec<Frame>) {
+    for item in items {
+        render(shared, item, out);
+    }
+}
+
+/// Turns one outbox item into frames: our own tagged packets as they are, the hub's
+/// Centrifugo publication pushes into Socket.IO events for every namespace that joined
+/// the channel (skipping the session's own publications, as `socket.to(room)` does).
+pub fn render(shared: &Shared, item: &Bytes, out: &mut Vec<Frame>) {
+    match item.first() {
+        Some(b'T') => {
+            if let Ok(text) = std::str::from_utf8(&item[1..]) {
+                out.push(Frame::Text(text.to_string()));
+            }
+        }
+        Some(b'B') => out.push(Frame::Binary(item.slice(1..))),
+        Some(b'{') => transcode(shared, item, out),
+        _ => {}
+    }
+}
+
+fn transcode(shared: &Shared, item: &Bytes, out: &mut Vec<Frame>) {
+    let Ok(reply) = serde_json::from_slice::<Reply>(item) else {
+        return;
+    };
+    let Some(push) = reply.push else { return };
+    let Some(publication) = push.publication else {
+        return;
+    };
+    let mut rooms = shared.rooms.lock();
+    let Some(room) = rooms.get_mut(&push.channel) else {
+        return;
+    };
+    room.offset = room.offset.max(publication.offset);
+    let nsps = room.nsps.clone();
+    if publication
+        .info
+        .as_ref()
+        .is_some_and(|info| info.client == shared.conn.client_id)
+    {
+        return;
+    }
+    let args = event_args(publication.data.as_ref());
+    for nsp in nsps {
+        let mut data = args.clone();
+        if shared.recovery {
+            data.push(serde_json::Value::String(offset_string(&rooms, &nsp)));
+        }
+        let (text, attachments) =
+            Packet::new(EVENT, &nsp, Some(serde_json::Value::Array(data))).encode();
+        out.push(Frame::Text(format!("4{text}")));
+        out.extend(attachments.into_iter().map(Frame::Binary));
+    }
+}
+
+/// A publication's data as event arguments: `{event, args}` as that event, anything
+/// else as the `message` event with the data as its one argument.
+pub fn event_args(data: Option<&tidings_protocol::RawJson>) -> Vec<serde_json::Value> {
+    let value: serde_json::Value = data
+        .and_then(|d| serde_json::from_slice(d.as_bytes()).ok())
+        .unwrap_or(serde_json::Value::Null);
+    if let serde_json::Value::Object(map) = &value {
+        if let (Some(serde_json::Value::String(event)), Some(serde_json::Value::Array(args))) =
+            (map.get("event"), map.get("args"))
+        {
+            let mut out = Vec::with_capacity(args.len() + 1);
+            out.push(serde_json::Value::String(event.clone()));
+            out.extend(args.iter().cloned());
+            return out;
+        }
+    }
+    vec![serde_json::Value::String("message".into()), value]
+}
+
+/// The recovery offset of a namespace: every room it is in, with its epoch and last
+/// offset, as base64url JSON `[[channel, epoch, offset], ...]`. A room without
+/// history has an empty epoch: it is joined again on recovery but cannot be
+/// recovered.
+pub fn offset_string(rooms: &HashMap<String, Room>, nsp: &str) -> String {
+    let mut entries: Vec<(&str, &str, u64)> = rooms
+        .iter()
+        .filter(|(_, r)| r.nsps.iter().any(|n| n == nsp))
+        .map(|(c, r)| (c.as_str(), r.epoch.as_str(), r.offset))
+        .collect();
+    entries.sort_unstable();
+    let json = serde_json::to_vec(&entries).unwrap_or_default();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+}
+
+/// Decodes a recovery offset, keeping at most `max` entries.
+pub fn parse_offset(offset: &str, max: usize) -> Option<Vec<(String, String, u64)>> {
+    if offset.len() > 64 * 1024 {
+        return None;
+    }
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(offset)
+        .ok()?;
+    let mut entries: Vec<(String, String, u64)> = serde_json::from_slice(&json).ok()?;
+    entries.truncate(max);
+    Some(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publication_data_becomes_event_arguments() {
+        let raw = |s: &str| tidings_protocol::RawJson::parse(s.to_string()).unwrap();
+        assert_eq!(
+            event_args(Some(&raw(r#"{"event":"chat","args":[1,"x"]}"#))),
+            vec![
+                serde_json::json!("chat"),
+                serde_json::json!(1),
+                serde_json::json!("x")
+            ]
+        );
+        assert_eq!(
+            event_args(Some(&raw(r#"{"text":"hi"}"#))),
+            vec![
+                serde_json::json!("message"),
+                serde_json::json!({"text":"hi"})
+            ]
+        );
+    }
+
+    #[test]
+    fn offsets_round_trip_and_name_only_the_namespace_rooms() {
+        let mut rooms = HashMap::new();
+        rooms.insert(
+            "a".to_string(),
+            Room {
+                room: "a".into(),
+                nsps: vec!["/".into()],
+                epoch: "e1".into(),
+                offset: 4,
+            },
+        );
+        rooms.insert(
+            "chat:b".to_string(),
+            Room {
+                room: "b".into(),
+                nsps: vec!["/chat".into()],
+                epoch: "e2".into(),
+                offset: 9,
+            },
+        );
+        let s = offset_string(&rooms, "/");
+        assert_eq!(
+            parse_offset(&s, 10),
+            Some(vec![("a".into(), "e1".into(), 4)])
+        );
+        assert_eq!(parse_offset("not base64!", 10), None);
+    }
+}
