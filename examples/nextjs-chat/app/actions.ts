@@ -16,7 +16,9 @@ export async function chooseName(formData: FormData): Promise<void> {
   const jar = await cookies();
   if (!jar.get('chat_user')) jar.set('chat_user', `u-${randomUUID().slice(0, 8)}`, { httpOnly: true, sameSite: 'lax', path: '/' });
   jar.set('chat_name', name, { httpOnly: true, sameSite: 'lax', path: '/' });
-  redirect(`/rooms/${ROOM_RE.test(room) ? room : 'lobby'}`);
+  const transport = String(formData.get('transport') ?? '');
+  const query = /^[a-z_]{1,16}$/.test(transport) ? `?transport=${transport}` : '';
+  redirect(`/rooms/${ROOM_RE.test(room) ? room : 'lobby'}${query}`);
 }
 
 export type SendResult = { ok: true; offset: number } | { ok: false; error: string };

@@ -20,11 +20,11 @@ export default async function RoomPage({
 }) {
   const { room } = await params;
   if (!ROOM_RE.test(room)) notFound();
-  const user = await currentUser();
-  if (!user) return <NameForm room={room} />;
   // ?transport=sse (or http_stream, long_poll, websocket) forces one transport; by
   // default the client tries them all in that order.
   const { transport } = await searchParams;
+  const user = await currentUser();
+  if (!user) return <NameForm room={room} transport={transport} />;
   const forced = TRANSPORTS.find((t) => t === transport);
   const transports: Transport[] = forced ? [forced] : [...TRANSPORTS];
   const rooms = ROOMS.includes(room) ? ROOMS : [...ROOMS, room];
