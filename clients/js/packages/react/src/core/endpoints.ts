@@ -25,7 +25,6 @@ export interface Endpoints {
 export function endpointsFor(url: string, base?: string): Endpoints {
   const parsed = new URL(url, base);
   let path = parsed.pathname.replace(/\/connection(\/.*)?$/, '').replace(/\/+$/, '');
-  if (path === '') path = '';
   const secure = parsed.protocol === 'https:' || parsed.protocol === 'wss:';
   const http = `${secure ? 'https' : 'http'}://${parsed.host}${path}`;
   const ws = `${secure ? 'wss' : 'ws'}://${parsed.host}${path}`;
