@@ -1,6 +1,6 @@
 'use client';
 
-import { useCallback, useEffect, useMemo, useState, useSyncExternalStore } from 'react';
+import { useCallback, useEffect, useMemo, useRef, useState, useSyncExternalStore } from 'react';
 import type { Centrifuge, PublicationContext, PublishResult, SubscriptionOptions } from 'centrifuge';
 
 import type { FeedSnapshot, Publication } from './core/feed.js';
@@ -106,22 +106,14 @@ export function useSubscription(channel: string | null | undefined, options: Use
   }, undefined, options.subscription);
   const snapshot = useStore(feed?.store, EMPTY_FEED);
 
-  // The callback is called from the subscription's own events, not from renders.
+  // The callback is called from the feed as publications arrive, not from renders; the
+  // latest one is used without resubscribing.
+  const callback = useRef(onPublication);
+  callback.current = onPublication;
   useEffect(() => {
-    if (!tidings || !channel || !onPublication) return undefined;
-    const sub = tidings.centrifuge.getSubscription(channel);
-    if (!sub) return undefined;
-    const handler = (ctx: PublicationContext) => {
-      const pub: Publication = { data: ctx.data, era: 0 };
-      if (ctx.offset !== undefined) pub.offset = Number(ctx.offset);
-      if (ctx.info !== undefined) pub.info = ctx.info;
-      onPublication(pub);
-    };
-    sub.on('publication', handler);
-    return () => {
-      sub.removeListener('publication', handler);
-    };
-  }, [tidings, channel, feed, onPublication]);
+    if (!feed) return undefined;
+    return feed.listen((pub) => callback.current?.(pub));
+  }, [feed]);
 
   const publish = useCallback(
     (data: unknown) => (tidings && channel ? tidings.centrifuge.publish(channel, data) : notConnected()),

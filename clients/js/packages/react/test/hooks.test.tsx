@@ -108,7 +108,10 @@ describe('hooks against a real server', () => {
   it('useSubscription prefills from history, receives live publications and publishes', async () => {
     const ch = channel();
     for (const text of ['one', 'two', 'three']) await server.publish(ch, { text });
-    const { result } = renderHook(() => useSubscription(ch, { history: 2 }), { wrapper: wrapper(() => server.url) });
+    const live: unknown[] = [];
+    const { result } = renderHook(() => useSubscription(ch, { history: 2, onPublication: (p) => live.push(p.data) }), {
+      wrapper: wrapper(() => server.url),
+    });
     await waitFor(() => result.current.historyLoaded && result.current.state === 'subscribed', 'history');
     expect(result.current.publications.map((p) => (p.data as { text: string }).text)).toEqual(['two', 'three']);
     await server.publish(ch, { text: 'four' });
@@ -117,6 +120,8 @@ describe('hooks against a real server', () => {
     expect(result.current.publications.map((p) => (p.data as { text: string }).text)).toEqual(['two', 'three', 'four', 'five']);
     expect(result.current.publications.map((p) => p.offset)).toEqual([2, 3, 4, 5]);
     expect(result.current.publications[3]?.info?.client).toMatch(/.+/);
+    // The callback sees what arrives live, not the history prefill.
+    expect(live).toEqual([{ text: 'four' }, { text: 'five' }]);
   });
 
   it('after a dropped connection the subscription recovers what it missed, counted, none twice', async () => {

@@ -100,6 +100,7 @@ export class ChannelFeed {
   private counting: { count: number; ctx: SubscribedContext } | null = null;
   private everSubscribed = false;
   private era = 0;
+  private readonly listeners = new Set<(pub: Publication) => void>();
   private stopped = false;
 
   constructor(private readonly sub: Subscription, options: FeedOptions = {}) {
@@ -129,8 +130,17 @@ export class ChannelFeed {
     if (this.sub.state === 'subscribed') void this.loadHistory();
   }
 
+  /** Calls `listener` with every live or recovered publication as it arrives (not history). Returns the function that stops it. */
+  listen(listener: (pub: Publication) => void): () => void {
+    this.listeners.add(listener);
+    return () => {
+      this.listeners.delete(listener);
+    };
+  }
+
   stop(): void {
     this.stopped = true;
+    this.listeners.clear();
     this.sub.removeListener('subscribing', this.onSubscribing);
     this.sub.removeListener('subscribed', this.onSubscribed);
     this.sub.removeListener('unsubscribed', this.onUnsubscribed);
@@ -195,6 +205,16 @@ export class ChannelFeed {
     if (this.counting) this.counting.count += 1;
     const pub = toPublication(ctx, this.era);
     this.store.update((s) => ({ ...s, publications: mergePublications(s.publications, [pub], this.max) }));
+    for (const listener of [...this.listeners]) {
+      try {
+        listener(pub);
+      } catch (err) {
+        // One failing listener must not stop the others or the feed.
+        setTimeout(() => {
+          throw err;
+        }, 0);
+      }
+    }
   };
 
   private onError = (ctx: SubscriptionErrorContext): void => {
