@@ -88,21 +88,44 @@ describe('hooks against a real server', () => {
         </p>
       );
     }
+    let centrifuge: ReturnType<typeof useTidings>['centrifuge'] = null;
+    function Status() {
+      const conn = useTidings();
+      centrifuge = conn.centrifuge;
+      return <i>{conn.state}</i>;
+    }
     const Wrapper = wrapper(() => server.url);
-    const view = render(
+    const tree = (show: boolean) => (
       <StrictMode>
         <Wrapper>
-          <Both />
-          <Both />
+          <Status />
+          {show && <Both />}
         </Wrapper>
-      </StrictMode>,
+      </StrictMode>
     );
-    await waitFor(() => view.container.textContent === 'subscribed/1subscribed/1', 'subscribed with one member');
+    // The provider mounts twice: still one socket, one connect.
+    const view = render(tree(false));
+    await waitFor(() => view.container.textContent === 'connected', 'connected');
+    expect(sockets).toHaveLength(1);
     expect(commands('connect')).toHaveLength(1);
+    // A component with two hooks on the channel, mounted twice (StrictMode) on a live
+    // connection: one Subscription
+    // object, one subscribe command, no unsubscribe.
+    const made: string[] = [];
+    const original = centrifuge!.newSubscription.bind(centrifuge!);
+    centrifuge!.newSubscription = (name, opts) => {
+      made.push(name);
+      return original(name, opts);
+    };
+    view.rerender(tree(true));
+    await waitFor(() => view.container.textContent === 'connectedsubscribed/1', 'subscribed with one member');
+    expect(made).toEqual([ch]);
     expect(commands('subscribe', ch)).toHaveLength(1);
     expect(commands('unsubscribe', ch)).toHaveLength(0);
-    view.unmount();
-    await waitFor(() => commands('unsubscribe', ch).length === 1 || sockets.every((s) => s.readyState !== WebSocket.OPEN), 'release on unmount');
+    // Unmounting the users of the channel lets it go (one task later).
+    view.rerender(tree(false));
+    await waitFor(() => commands('unsubscribe', ch).length === 1, 'unsubscribe after the last user left');
+    expect(sockets).toHaveLength(1);
   });
 
   it('useSubscription prefills from history, receives live publications and publishes', async () => {
