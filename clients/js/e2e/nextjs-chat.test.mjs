@@ -89,10 +89,12 @@ function waitOnline(person, names) {
   }, names, { timeout: WAIT, message: `${person.nick} to see exactly ${names.join(', ')} online` });
 }
 
+/** Waits until `person`'s typing line names `name` ("Bob is typing…", "Alice and Bob are typing…"). */
 function waitTyping(person, name) {
-  return waitInPage(person.page,
-    (n) => (document.querySelector('[data-testid="typing"]')?.textContent || '').includes(`${n} is typing`), name,
-    { timeout: WAIT, message: `${person.nick} to see "${name} is typing"` });
+  return waitInPage(person.page, (n) => {
+    const line = document.querySelector('[data-testid="typing"]')?.textContent || '';
+    return / typing…$/.test(line) && line.replace(/ (is|are) typing…$/, '').split(/, | and /).includes(n);
+  }, name, { timeout: WAIT, message: `${person.nick} to see ${name} typing` });
 }
 
 /** Waits until `person` shows exactly `expected` as the message texts, in order. */
