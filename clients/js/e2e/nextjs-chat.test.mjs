@@ -61,6 +61,13 @@ async function join(nick, transport) {
   const requests = [];
   page.on('request', (r) => requests.push(new URL(r.url()).pathname));
   page.on('pageerror', (err) => pageErrors.push(`${nick}: ${err.message}`));
+  // Server and browser render the same markup (nothing browser-only during render):
+  // React reports a hydration mismatch as a console error.
+  page.on('console', (msg) => {
+    if (msg.type() === 'error' && /hydrat|did not match|Minified React error/i.test(msg.text())) {
+      pageErrors.push(`${nick}: ${msg.text()}`);
+    }
+  });
   const person = { nick, transport, context, page, requests };
   people.push(person);
   await page.goto(`${next.url}/rooms/${ROOM}${transport ? `?transport=${transport}` : ''}`);
@@ -222,7 +229,7 @@ async function scenario(t) {
   await screenshots('nextjs-after-restart');
   t.diagnostic(`screenshots in ${ARTIFACTS}`);
 
-  assert.deepEqual(pageErrors, [], 'no uncaught errors in the pages');
+  assert.deepEqual(pageErrors, [], 'no uncaught errors or hydration mismatches in the pages');
   for (const p of everyone) assert.equal(await badgeState(p), 'connected');
   for (const p of everyone) await p.context.close();
 }
