@@ -46,9 +46,17 @@ cargo test --workspace
 say "WebSocket conformance (Autobahn|Testsuite, cases 1-10)"
 scripts/autobahn.sh
 
-# --- Node: centrifuge-js and the browser ---------------------------------------------
-say "Node tests (centrifuge-js, headless Chromium)"
-(cd clients/js && npm ci --no-audit --no-fund --loglevel=error && npm test)
+# --- Node: @tidings/react, centrifuge-js, the Next.js example and the browser --------
+# clients/js is an npm workspace (@tidings/long-poll, @tidings/react); the Next.js example
+# has its own lockfile and takes @tidings/react from the workspace. `npm test` builds the
+# packages, checks that web/tidings-core.js matches its sources, runs the Vitest suites
+# (the hooks against the real binary), then the node --test suites, which include
+# `next build` and the browser test of the example.
+say "Node tests (@tidings/react with Vitest, centrifuge-js, Next.js example, headless Chromium)"
+export NEXT_TELEMETRY_DISABLED=1
+(cd clients/js && npm ci --no-audit --no-fund --loglevel=error)
+(cd examples/nextjs-chat && npm ci --no-audit --no-fund --loglevel=error)
+(cd clients/js && npm test)
 
 # --- Python: cent and centrifuge-python ----------------------------------------------
 say "Python tests (cent, centrifuge-python, Go example)"

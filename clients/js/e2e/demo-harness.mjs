@@ -81,3 +81,23 @@ export async function waitInPage(page, fn, arg, { timeout = 10_000, message = 'c
 export function texts(page, selector) {
   return page.$$eval(selector, (nodes) => nodes.map((n) => n.textContent.trim()));
 }
+
+/** The value of the unlabelled Prometheus counter `name` on the server at `baseUrl` (0 when absent). */
+export async function metric(baseUrl, name) {
+  const res = await fetch(`${baseUrl}/metrics`, { signal: AbortSignal.timeout(5_000) });
+  if (res.status !== 200) throw new Error(`/metrics answered HTTP ${res.status}`);
+  const line = (await res.text()).split('\n').find((l) => l.startsWith(`${name} `));
+  return line ? Number(line.slice(name.length + 1)) : 0;
+}
+
+/** Waits until `metric(baseUrl, name)` reaches `atLeast`, or throws after `timeout` ms. */
+export async function waitMetric(baseUrl, name, atLeast, { timeout = 10_000 } = {}) {
+  const deadline = Date.now() + timeout;
+  let value = 0;
+  for (;;) {
+    value = await metric(baseUrl, name);
+    if (value >= atLeast) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${name} >= ${atLeast} (is ${value})`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}

@@ -121,6 +121,18 @@ async fn root_serves_the_demo_chat_page() -> anyhow::Result<()> {
         body.contains("connection/websocket"),
         "the page does not connect anywhere"
     );
+    assert!(
+        body.contains("from '/tidings-core.js'"),
+        "the page does not load its client module"
+    );
+    // The client module it imports: centrifuge-js and the @tidings/react core, bundled.
+    let (status, module) = server.http_get("/tidings-core.js").await?;
+    assert_eq!(status, 200);
+    assert!(
+        module.contains("export{") && module.contains("/connection/long_poll"),
+        "not the bundled client module: {}",
+        &module[..module.len().min(200)]
+    );
     Ok(())
 }
 

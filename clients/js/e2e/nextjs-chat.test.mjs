@@ -1,0 +1,235 @@
+// Browser test of examples/nextjs-chat, the Next.js App Router chat on @tidings/react:
+// `next build`, then `next start` against the real `tidings` binary running the example's
+// config. Four people in separate browser contexts join one room: two on the default
+// transports (WebSocket), one forced to SSE, one forced to long polling. They see each
+// other online and typing and chat both ways; one loses its network and recovers what it
+// missed; then the Tidings server is restarted on the same port mid-conversation, and no
+// message is lost on any page.
+//
+// Env: TIDINGS_BIN, CHROMIUM_PATH, TIDINGS_NEXT_SKIP_BUILD=1 (reuse the last build while
+// iterating), TIDINGS_E2E_ARTIFACTS (screenshot folder; default clients/js/e2e/artifacts).
+
+import assert from 'node:assert/strict';
+import { existsSync, mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { after, before, test } from 'node:test';
+
+import { chromium } from 'playwright-core';
+
+import { CHROMIUM, CHROMIUM_ARGS, texts, waitInPage } from './demo-harness.mjs';
+import { buildExample, EXAMPLE_DIR, freePort, startChatTidings, startNext } from './nextjs-harness.mjs';
+
+const WAIT = 15_000;
+const ROOM = `e2e-${Date.now().toString(36)}`;
+const ARTIFACTS = process.env.TIDINGS_E2E_ARTIFACTS
+  || path.join(path.dirname(fileURLToPath(import.meta.url)), 'artifacts');
+
+let tidings;
+let tidingsPort;
+let tidingsEnv;
+let next;
+let browser;
+const people = [];
+const pageErrors = [];
+
+before(async () => {
+  assert.ok(existsSync(CHROMIUM), `no Chromium at ${CHROMIUM}: apt-get install chromium (scripts/test.sh does)`);
+  if (process.env.TIDINGS_NEXT_SKIP_BUILD !== '1' || !existsSync(path.join(EXAMPLE_DIR, '.next', 'BUILD_ID'))) {
+    await buildExample();
+  }
+  tidingsPort = await freePort();
+  const nextPort = await freePort();
+  tidingsEnv = { TIDINGS_CLIENT_ALLOWED_ORIGINS: `http://127.0.0.1:${nextPort}` };
+  tidings = await startChatTidings(tidingsPort, tidingsEnv);
+  next = await startNext(nextPort, { TIDINGS_URL: tidings.url });
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, headless: true, timeout: 30_000 });
+  mkdirSync(ARTIFACTS, { recursive: true });
+}, { timeout: 240_000 });
+
+after(async () => {
+  if (browser) await browser.close().catch(() => {});
+  if (next) await next.stop();
+  if (tidings) await tidings.stop();
+});
+
+/** A fresh browser profile in the room, named `nick`, optionally forced to one transport. */
+async function join(nick, transport) {
+  const context = await browser.newContext({ viewport: { width: 1000, height: 640 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(WAIT);
+  const requests = [];
+  page.on('request', (r) => requests.push(new URL(r.url()).pathname));
+  page.on('pageerror', (err) => pageErrors.push(`${nick}: ${err.message}`));
+  // Server and browser render the same markup (nothing browser-only during render):
+  // React reports a hydration mismatch as a console error.
+  page.on('console', (msg) => {
+    if (msg.type() === 'error' && /hydrat|did not match|Minified React error/i.test(msg.text())) {
+      pageErrors.push(`${nick}: ${msg.text()}`);
+    }
+  });
+  const person = { nick, transport, context, page, requests };
+  people.push(person);
+  await page.goto(`${next.url}/rooms/${ROOM}${transport ? `?transport=${transport}` : ''}`);
+  await page.getByTestId('name-input').fill(nick);
+  await page.getByTestId('name-save').click();
+  await waitBadge(person, 'connected');
+  return person;
+}
+
+const badgeState = (person) => person.page.getByTestId('badge').getAttribute('data-state');
+
+function waitBadge(person, state, extra = '') {
+  return waitInPage(person.page, ([s, extraAttr]) => {
+    const b = document.querySelector('[data-testid="badge"]');
+    if (!b || b.dataset.state !== s) return false;
+    if (!extraAttr) return true;
+    const [k, v] = extraAttr.split('=');
+    return b.dataset[k] === v;
+  }, [state, extra], { timeout: WAIT, message: `${person.nick}'s badge to be ${state} ${extra}` });
+}
+
+function waitOnline(person, names) {
+  return waitInPage(person.page, (want) => {
+    const have = [...document.querySelectorAll('[data-testid="online-user"]')].map((li) => li.dataset.name);
+    return want.every((n) => have.includes(n)) && have.length === want.length;
+  }, names, { timeout: WAIT, message: `${person.nick} to see exactly ${names.join(', ')} online` });
+}
+
+/** Waits until `person`'s typing line names `name` ("Bob is typing…", "Alice and Bob are typing…"). */
+function waitTyping(person, name) {
+  return waitInPage(person.page, (n) => {
+    const line = document.querySelector('[data-testid="typing"]')?.textContent || '';
+    return / typing…$/.test(line) && line.replace(/ (is|are) typing…$/, '').split(/, | and /).includes(n);
+  }, name, { timeout: WAIT, message: `${person.nick} to see ${name} typing` });
+}
+
+/** Waits until `person` shows exactly `expected` as the message texts, in order. */
+function waitMessages(person, expected) {
+  return waitInPage(person.page, (want) => {
+    const have = [...document.querySelectorAll('[data-testid="message-text"]')].map((n) => n.textContent);
+    return JSON.stringify(have) === JSON.stringify(want);
+  }, expected, { timeout: WAIT, message: `${person.nick} to show exactly ${JSON.stringify(expected)}` })
+    .catch(async (err) => {
+      throw new Error(`${err.message}; shows ${JSON.stringify(await texts(person.page, '[data-testid="message-text"]'))}`);
+    });
+}
+
+async function say(person, text) {
+  const box = person.page.getByTestId('message-input');
+  await box.fill(text);
+  await box.press('Enter');
+  await waitInPage(person.page, () => document.querySelector('[data-testid="message-input"]').value === '', null,
+    { timeout: WAIT, message: `${person.nick}'s message "${text}" to be sent` });
+}
+
+async function screenshots(prefix) {
+  for (const p of people) {
+    if (!p.page.isClosed()) await p.page.screenshot({ path: path.join(ARTIFACTS, `${prefix}-${p.nick}.png`) }).catch(() => {});
+  }
+}
+
+test('four people chat in the Next.js example across transports, a dropped network and a server restart', { timeout: 240_000 }, async (t) => {
+  try {
+    await scenario(t);
+  } catch (err) {
+    await screenshots('nextjs-failure');
+    t.diagnostic(`failure screenshots in ${ARTIFACTS}`);
+    if (tidings) for (const line of tidings.output().split('\n').slice(-30)) t.diagnostic(`tidings: ${line}`);
+    if (next) for (const line of next.output().split('\n').slice(-30)) t.diagnostic(`next: ${line}`);
+    throw err;
+  }
+});
+
+async function scenario(t) {
+  const alice = await join('Alice');
+  const bob = await join('Bob');
+  const carol = await join('Carol', 'sse');
+  const dave = await join('Dave', 'long_poll');
+  const everyone = [alice, bob, carol, dave];
+  const all = ['Alice', 'Bob', 'Carol', 'Dave'];
+
+  // Each page really uses its transport.
+  assert.equal(await alice.page.getByTestId('badge').getAttribute('data-transport'), 'websocket');
+  assert.equal(await carol.page.getByTestId('badge').getAttribute('data-transport'), 'sse');
+  assert.equal(await dave.page.getByTestId('badge').getAttribute('data-transport'), 'long_poll');
+  assert.ok(carol.requests.some((p) => p === '/connection/sse'), 'Carol opened an event stream');
+  assert.ok(dave.requests.some((p) => p === '/connection/long_poll'), 'Dave polled');
+  assert.ok(!dave.requests.some((p) => p === '/connection/sse'), 'Dave did not fall back to SSE');
+
+  // Presence: everyone sees everyone, by the name in their token.
+  for (const p of everyone) await waitOnline(p, all);
+
+  // Typing, both ways, never shown to the typist.
+  await alice.page.getByTestId('message-input').fill('Hel');
+  await waitTyping(bob, 'Alice');
+  await waitTyping(dave, 'Alice');
+  assert.equal(await alice.page.getByTestId('typing').textContent(), '', 'Alice must not see herself typing');
+  await bob.page.getByTestId('message-input').fill('Hi');
+  await waitTyping(alice, 'Bob');
+  await waitTyping(carol, 'Bob');
+  await bob.page.getByTestId('message-input').fill('');
+
+  // Chat in every direction, through the server action.
+  const sent = [];
+  const chat = async (person, text) => { await say(person, text); sent.push(text); };
+  await chat(alice, 'Hello everyone, Alice here.');
+  await chat(bob, 'Hi Alice! Bob on WebSocket.');
+  await chat(carol, 'Carol on SSE says hi.');
+  await chat(dave, 'Dave on long polling, all good.');
+  for (const p of everyone) await waitMessages(p, sent);
+  const authors = await texts(alice.page, '[data-testid="message-author"]');
+  assert.deepEqual(authors, ['You', 'Bob', 'Carol', 'Dave']);
+  // Sending ends the sender's typing indicator elsewhere.
+  await waitInPage(bob.page, () => !document.querySelector('[data-testid="typing"]').textContent.includes('Alice'), null,
+    { timeout: WAIT, message: "Alice's typing indicator to clear on Bob's page" });
+  await screenshots('nextjs-chat');
+
+  // Bob's network goes away; two messages are sent meanwhile; he recovers exactly those.
+  await bob.context.setOffline(true);
+  await waitBadge(bob, 'reconnecting');
+  await chat(alice, 'Bob, did you get this?');
+  await chat(carol, 'And this one?');
+  await bob.context.setOffline(false);
+  await waitBadge(bob, 'connected', 'recovered=2');
+  assert.match(await bob.page.getByTestId('badge').textContent(), /recovered 2 messages/);
+  for (const p of everyone) await waitMessages(p, sent);
+
+  // The Tidings server restarts mid-conversation, on the same port. With the memory engine
+  // the new process has a new stream (epoch): pages must say so and refill from history.
+  // A message sent while it is down fails visibly and is sent again after: no message lost.
+  const beforeRestart = everyone.map((p) => p.context);
+  assert.equal(beforeRestart.length, 4);
+  await tidings.stop();
+  for (const p of everyone) await waitBadge(p, 'reconnecting');
+  await screenshots('nextjs-reconnecting');
+  await alice.page.getByTestId('message-input').fill('Sent while the server was down');
+  await alice.page.getByTestId('message-input').press('Enter');
+  await alice.page.getByTestId('send-error').waitFor({ state: 'visible', timeout: WAIT });
+  assert.equal(await alice.page.getByTestId('message-input').inputValue(), 'Sent while the server was down',
+    'a message that could not be sent stays in the box');
+
+  tidings = await startChatTidings(tidingsPort, tidingsEnv);
+  await alice.page.getByTestId('send').click();
+  await waitInPage(alice.page, () => document.querySelector('[data-testid="message-input"]').value === '', null,
+    { timeout: WAIT, message: 'the retried message to go out' });
+  sent.push('Sent while the server was down');
+  await chat(dave, 'Dave after the restart.');
+  for (const p of everyone) {
+    await waitBadge(p, 'connected', 'lost=true');
+    assert.match(await p.page.getByTestId('badge').textContent(), /reloaded from history/);
+  }
+  for (const p of everyone) await waitMessages(p, sent);
+  for (const p of everyone) await waitOnline(p, all);
+  await chat(bob, 'Bob after the restart, all here.');
+  for (const p of everyone) await waitMessages(p, sent);
+
+  await carol.page.getByTestId('message-input').fill('Carol typing after the restart');
+  await waitTyping(dave, 'Carol');
+  await screenshots('nextjs-after-restart');
+  t.diagnostic(`screenshots in ${ARTIFACTS}`);
+
+  assert.deepEqual(pageErrors, [], 'no uncaught errors or hydration mismatches in the pages');
+  for (const p of everyone) assert.equal(await badgeState(p), 'connected');
+  for (const p of everyone) await p.context.close();
+}
