@@ -840,3 +840,23 @@ async fn direct_publish_envelope_is_published_once_by_one_of_the_nodes() {
     assert_eq!(rec_b.publications("feed").len(), N as usize + 1);
     stop.cancel();
 }
+
+#[tokio::test]
+async fn an_idle_pubsub_connection_survives_its_health_pings() {
+    let redis = RedisServer::start().await.unwrap();
+    let cfg = cfg(&redis);
+    let (a, rec_a, _) = node(&cfg).await;
+    a.subscribe("idle").await.unwrap();
+    // Longer than the pub/sub PING period (3 s): the ping reply must be understood
+    // and must not look like a broken connection.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    a.publish("idle", publication(1), opts(0)).await.unwrap();
+    rec_a
+        .wait_for("publication", |_| rec_a.publications("idle").len() == 1)
+        .await;
+    assert!(
+        !rec_a.events().contains(&Event::Reconnect),
+        "{:?}",
+        rec_a.events()
+    );
+}

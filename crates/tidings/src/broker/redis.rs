@@ -892,7 +892,7 @@ async fn subscription_task(inner: Arc<Inner>) {
                     }
                 }
                 _ = ping.tick() => {
-                    match tokio::time::timeout(inner.cfg.io_timeout, sink.ping::<String>()).await {
+                    match tokio::time::timeout(inner.cfg.io_timeout, sink.ping::<Value>()).await {
                         Ok(Ok(_)) => {}
                         Ok(Err(e)) => break e.to_string(),
                         Err(_) => break "ping timed out".to_string(),
