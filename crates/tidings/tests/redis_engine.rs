@@ -860,3 +860,54 @@ async fn an_idle_pubsub_connection_survives_its_health_pings() {
         rec_a.events()
     );
 }
+
+#[tokio::test]
+async fn a_subscribe_right_after_start_waits_for_the_first_connection() {
+    let redis = RedisServer::start().await.unwrap();
+    let broker = RedisBroker::new(&cfg(&redis), Duration::from_secs(3600)).unwrap();
+    let rec = Arc::new(Recorder::default());
+    broker.run("fresh-node", rec.clone());
+    broker.subscribe("early").await.unwrap();
+    broker
+        .publish("early", publication(1), opts(0))
+        .await
+        .unwrap();
+    rec.wait_for("publication", |_| rec.publications("early").len() == 1)
+        .await;
+}
+
+#[tokio::test]
+async fn a_broker_started_while_redis_is_down_fails_calls_then_connects() {
+    let mut redis = RedisServer::start().await.unwrap();
+    let cfg = cfg(&redis);
+    redis.kill9().await.unwrap();
+    let broker = RedisBroker::new(&cfg, Duration::from_secs(3600)).unwrap();
+    let rec = Arc::new(Recorder::default());
+    broker.run("late-node", rec.clone());
+    let guard = Duration::from_secs(10);
+    assert!(tokio::time::timeout(guard, broker.subscribe("c"))
+        .await
+        .unwrap()
+        .is_err());
+    broker.unsubscribe("c").await.unwrap();
+    assert!(
+        tokio::time::timeout(guard, broker.publish("c", publication(1), opts(1)))
+            .await
+            .unwrap()
+            .is_err()
+    );
+    redis.restart().await.unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while broker.subscribe("c").await.is_err() {
+        broker.unsubscribe("c").await.unwrap();
+        assert!(Instant::now() < deadline, "never connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The command connection retries connecting at most every 100 ms.
+    while let Err(e) = broker.publish("c", publication(1), opts(1)).await {
+        assert!(Instant::now() < deadline, "publish never recovered: {e}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rec.wait_for("publication", |_| rec.publications("c").len() == 1)
+        .await;
+}

@@ -418,6 +418,9 @@ struct SubState {
     waiters: Vec<oneshot::Sender<Result<(), String>>>,
     /// The pub/sub connection is up and in sync (apart from `changed`).
     connected: bool,
+    /// The first connection attempt has ended. Before that, subscribe calls wait
+    /// for it (a node that just started is not "down").
+    tried: bool,
 }
 
 /// The Redis broker. Built by `engine::build`; the tests build it directly.
@@ -577,7 +580,7 @@ impl RedisBroker {
         let (tx, rx) = oneshot::channel();
         {
             let mut s = self.inner.subs.lock();
-            if !s.connected {
+            if !s.connected && s.tried {
                 return Err(BrokerError::Backend("redis pub/sub not connected".into()));
             }
             s.waiters.push(tx);
@@ -862,7 +865,11 @@ async fn subscription_task(inner: Arc<Inner>) {
             continue;
         }
         subscribed.extend(all);
-        inner.subs.lock().connected = true;
+        {
+            let mut s = inner.subs.lock();
+            s.connected = true;
+            s.tried = true;
+        }
         for w in waiters {
             let _ = w.send(Ok(()));
         }
@@ -911,6 +918,7 @@ fn fail_waiters(inner: &Inner, why: &str) {
     let waiters = {
         let mut s = inner.subs.lock();
         s.connected = false;
+        s.tried = true;
         std::mem::take(&mut s.waiters)
     };
     for w in waiters {
