@@ -92,13 +92,25 @@ fn client(cfg: &RedisEngineConfig) -> Result<redis::Client, String> {
     info = info.set_redis_settings(settings);
     let tls = &cfg.tls;
     if url.starts_with("rediss://") && (!tls.server_ca_pem.is_empty() || !tls.cert_pem.is_empty()) {
+        let pem = |field: &'static str, value: &str| {
+            crate::tls::pem_bytes(field, value).map_err(|e| e.to_string())
+        };
+        let client_tls = if tls.cert_pem.is_empty() {
+            None
+        } else {
+            Some(redis::ClientTlsConfig {
+                client_cert: pem("engine.redis.tls.cert_pem", &tls.cert_pem)?,
+                client_key: pem("engine.redis.tls.key_pem", &tls.key_pem)?,
+            })
+        };
+        let root_cert = if tls.server_ca_pem.is_empty() {
+            None
+        } else {
+            Some(pem("engine.redis.tls.server_ca_pem", &tls.server_ca_pem)?)
+        };
         let certs = redis::TlsCertificates {
-            client_tls: (!tls.cert_pem.is_empty()).then(|| redis::ClientTlsConfig {
-                client_cert: tls.cert_pem.as_bytes().to_vec(),
-                client_key: tls.key_pem.as_bytes().to_vec(),
-            }),
-            root_cert: (!tls.server_ca_pem.is_empty())
-                .then(|| tls.server_ca_pem.as_bytes().to_vec()),
+            client_tls,
+            root_cert,
         };
         return redis::Client::build_with_tls(info, certs)
             .map_err(|e| format!("engine.redis.tls: {e}"));
