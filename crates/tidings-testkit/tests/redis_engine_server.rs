@@ -159,3 +159,45 @@ async fn publish_fails_while_redis_is_down_and_works_after_it_returns() -> anyho
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_backend_publishes_through_the_redis_stream_without_the_api() -> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let server = server_on(&redis).await?;
+    let mut client = user(&server, "erin").await?;
+    client.subscribe("direct").await?;
+
+    // docs/engines.md: XADD tidings.publish * payload <json>.
+    let backend = redis::Client::open(redis.url())?;
+    let mut conn = backend.get_multiplexed_async_connection().await?;
+    for (n, payload) in [
+        json!({ "channel": "direct", "data": { "n": 1 }, "tags": { "k": "v" } }),
+        json!({ "channel": "direct", "data": { "n": 2 }, "idempotency_key": "two" }),
+        json!({ "channel": "direct", "data": { "n": 2 }, "idempotency_key": "two" }),
+        json!({ "channel": "direct", "data": { "n": 3 } }),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let id: String = redis::cmd("XADD")
+            .arg("tidings.publish")
+            .arg("*")
+            .arg("payload")
+            .arg(payload.to_string())
+            .query_async(&mut conn)
+            .await?;
+        assert!(!id.is_empty(), "entry {n}");
+    }
+    for n in 1..=3u64 {
+        let publication = client.next_pub("direct").await?;
+        assert_eq!(publication["data"], json!({ "n": n }), "{publication}");
+        assert_eq!(publication["offset"], json!(n), "{publication}");
+    }
+    // The retried entry was published once: history has three.
+    let history = client
+        .call_result(json!({ "history": { "channel": "direct", "limit": -1 } }))
+        .await?;
+    assert_eq!(offsets(&history), vec![1, 2, 3], "{history}");
+    assert_eq!(history["publications"][0]["tags"], json!({ "k": "v" }), "{history}");
+    Ok(())
+}
