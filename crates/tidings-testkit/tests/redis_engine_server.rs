@@ -198,6 +198,10 @@ async fn a_backend_publishes_through_the_redis_stream_without_the_api() -> anyho
         .call_result(json!({ "history": { "channel": "direct", "limit": -1 } }))
         .await?;
     assert_eq!(offsets(&history), vec![1, 2, 3], "{history}");
-    assert_eq!(history["publications"][0]["tags"], json!({ "k": "v" }), "{history}");
+    assert_eq!(
+        history["publications"][0]["tags"],
+        json!({ "k": "v" }),
+        "{history}"
+    );
     Ok(())
 }

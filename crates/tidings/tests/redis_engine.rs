@@ -911,3 +911,128 @@ async fn a_broker_started_while_redis_is_down_fails_calls_then_connects() {
     rec.wait_for("publication", |_| rec.publications("c").len() == 1)
         .await;
 }
+
+/// A `redis-server` speaking only TLS, with a certificate for 127.0.0.1 issued by
+/// a fresh CA. Returns the child (killed on drop), its port, the CA PEM and the
+/// directory holding the files.
+async fn tls_redis() -> (tokio::process::Child, u16, String, tempdir::Dir) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let dir = tempdir::Dir::new();
+    let write = |name: &str, text: String| {
+        let path = dir.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let cert_file = write("server.crt", cert.pem());
+    let key_file = write("server.key", key.serialize_pem());
+    let ca_file = write("ca.crt", ca.pem());
+    let port = tidings_testkit::brokers::free_port().unwrap();
+    let mut child = tokio::process::Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
+        .arg("--tls-cert-file")
+        .arg(&cert_file)
+        .arg("--tls-key-file")
+        .arg(&key_file)
+        .arg("--tls-ca-cert-file")
+        .arg(&ca_file)
+        .arg("--dir")
+        .arg(&dir.0)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "redis-server (TLS) exited"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "redis-server (TLS) did not listen"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (child, port, ca.pem(), dir)
+}
+
+mod tempdir {
+    /// A temporary directory removed on drop.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new() -> Self {
+            let path =
+                std::env::temp_dir().join(format!("tidings-redis-tls-{}", uuid::Uuid::new_v4()));
+            std::fs::create_dir_all(&path).unwrap();
+            Self(path)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+#[tokio::test]
+async fn tls_to_redis_with_a_private_ca_works_and_an_unknown_ca_is_refused() {
+    let (_child, port, ca_pem, _dir) = tls_redis().await;
+    let tls_cfg = |server_ca_pem: String, insecure: bool| RedisEngineConfig {
+        address: vec![format!("redis://127.0.0.1:{port}")],
+        prefix: "tls".into(),
+        io_timeout: Duration::from_secs(1),
+        connect_timeout: Duration::from_millis(500),
+        tls: tidings::config::RedisTlsConfig {
+            enabled: true,
+            server_ca_pem,
+            insecure_skip_verify: insecure,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    // Trusting the CA: fan-out and history work over TLS.
+    let (broker, rec, _) = node(&tls_cfg(ca_pem, false)).await;
+    broker.subscribe("secure").await.unwrap();
+    let pos = broker
+        .publish("secure", publication(1), opts(10))
+        .await
+        .unwrap();
+    assert_eq!(pos.offset, 1);
+    rec.wait_for("publication", |_| rec.publications("secure").len() == 1)
+        .await;
+    // The system roots do not know the private CA: refused.
+    let untrusted =
+        RedisBroker::new(&tls_cfg(String::new(), false), Duration::from_secs(60)).unwrap();
+    assert!(untrusted
+        .publish("secure", publication(2), opts(10))
+        .await
+        .is_err());
+    // Unless verification is off.
+    let insecure =
+        RedisBroker::new(&tls_cfg(String::new(), true), Duration::from_secs(60)).unwrap();
+    let pos = insecure
+        .publish("secure", publication(3), opts(10))
+        .await
+        .unwrap();
+    assert_eq!(pos.offset, 2);
+}
