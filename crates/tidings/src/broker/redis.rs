@@ -59,6 +59,10 @@ const INGEST_BLOCK: Duration = Duration::from_secs(2);
 /// Pending entries idle this long (their node died or failed) are claimed by another.
 const INGEST_CLAIM_IDLE: Duration = Duration::from_secs(30);
 const INGEST_CLAIM_EVERY: Duration = Duration::from_secs(10);
+/// Consumers of the group (one per node process ever started) with nothing pending
+/// and idle this long are removed, so restarts do not grow the group forever.
+const INGEST_FORGET_IDLE: Duration = Duration::from_secs(3600);
+const INGEST_FORGET_EVERY: Duration = Duration::from_secs(300);
 /// Consumer group of the direct-publish stream.
 pub const INGEST_GROUP: &str = "tidings";
 
@@ -518,6 +522,7 @@ impl RedisBroker {
             stream: self.inner.names.ingest(),
             consumer,
             publisher,
+            forget_idle: INGEST_FORGET_IDLE,
         };
         let broker_stop = self.inner.stop.clone();
         tokio::spawn(async move {
@@ -1047,6 +1052,8 @@ struct Ingest {
     stream: String,
     consumer: String,
     publisher: DirectPublisher,
+    /// [`INGEST_FORGET_IDLE`] (shorter in tests).
+    forget_idle: Duration,
 }
 
 /// The JSON a backend puts in the `payload` field of a direct-publish entry.
@@ -1068,6 +1075,7 @@ impl Ingest {
     /// FLUSHALL) is followed by a pause and a fresh start.
     async fn run(self) {
         let mut last_claim = Instant::now();
+        let mut last_forget = Instant::now();
         let mut group_ready = false;
         loop {
             if !group_ready {
@@ -1089,6 +1097,12 @@ impl Ingest {
                         group_ready = false;
                         continue;
                     }
+                }
+            }
+            if last_forget.elapsed() >= INGEST_FORGET_EVERY {
+                last_forget = Instant::now();
+                if let Err(e) = self.forget_idle_consumers().await {
+                    tracing::debug!(error = %e, "direct publish: consumer cleanup failed");
                 }
             }
             match self.read().await {
@@ -1152,6 +1166,53 @@ impl Ingest {
         let streams: Vec<(String, Vec<IngestEntry>)> =
             redis::from_redis_value(reply).map_err(|e| format!("XREADGROUP reply: {e}"))?;
         Ok(streams.into_iter().flat_map(|(_, e)| e).collect())
+    }
+
+    /// Removes consumers of dead nodes: nothing pending, idle for an hour.
+    async fn forget_idle_consumers(&self) -> Result<(), String> {
+        let stream = self.stream.clone();
+        let consumers: Vec<HashMap<String, Value>> = self
+            .conn
+            .call(|mut c| async move {
+                redis::cmd("XINFO")
+                    .arg("CONSUMERS")
+                    .arg(stream)
+                    .arg(INGEST_GROUP)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let int =
+            |v: Option<&Value>| v.and_then(|v| redis::from_redis_value::<i64>(v.clone()).ok());
+        for consumer in consumers {
+            let Some(name) = consumer
+                .get("name")
+                .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
+            else {
+                continue;
+            };
+            let idle_ms = int(consumer.get("idle")).unwrap_or(0);
+            let pending = int(consumer.get("pending")).unwrap_or(1);
+            if name == self.consumer
+                || pending != 0
+                || idle_ms < self.forget_idle.as_millis() as i64
+            {
+                continue;
+            }
+            let stream = self.stream.clone();
+            self.conn
+                .call(|mut c| async move {
+                    redis::cmd("XGROUP")
+                        .arg("DELCONSUMER")
+                        .arg(stream)
+                        .arg(INGEST_GROUP)
+                        .arg(name)
+                        .query_async::<i64>(&mut c)
+                        .await
+                })
+                .await?;
+        }
+        Ok(())
     }
 
     async fn claim(&self) -> Result<Vec<IngestEntry>, String> {
@@ -1237,5 +1298,76 @@ impl Ingest {
                 tracing::warn!(error = %e, "direct publish: acknowledging failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn idle_consumers_without_pending_entries_are_forgotten() {
+        let redis = tidings_testkit::RedisServer::start().await.unwrap();
+        let cfg = RedisEngineConfig {
+            address: vec![redis.url()],
+            ..Default::default()
+        };
+        let ingest = Ingest {
+            conn: RedisConn::new(&cfg, Duration::from_secs(2)).unwrap(),
+            stream: Names::new("t").ingest(),
+            consumer: "me".into(),
+            publisher: Arc::new(|_| Box::pin(async { Ok(()) })),
+            forget_idle: Duration::ZERO,
+        };
+        ingest.create_group().await.unwrap();
+        let stream = ingest.stream.clone();
+        // "busy" reads an entry and leaves it pending; "gone" and "me" read nothing.
+        let cmd = |name: &str| {
+            let mut c = redis::cmd("XREADGROUP");
+            c.arg("GROUP")
+                .arg(INGEST_GROUP)
+                .arg(name)
+                .arg("COUNT")
+                .arg(1)
+                .arg("STREAMS")
+                .arg(&stream)
+                .arg(">");
+            c
+        };
+        let client = redis::Client::open(redis.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        for name in ["gone", "me"] {
+            let _: i64 = redis::cmd("XGROUP")
+                .arg("CREATECONSUMER")
+                .arg(&stream)
+                .arg(INGEST_GROUP)
+                .arg(name)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        let _: String = redis::cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg("payload")
+            .arg("{}")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let _: Value = cmd("busy").query_async(&mut conn).await.unwrap();
+        ingest.forget_idle_consumers().await.unwrap();
+        let left: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&stream)
+            .arg(INGEST_GROUP)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let mut names: Vec<String> = left
+            .iter()
+            .map(|c| redis::from_redis_value::<String>(c["name"].clone()).unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, vec!["busy".to_string(), "me".to_string()]);
     }
 }
