@@ -469,15 +469,37 @@ impl Default for EngineConfig {
     }
 }
 
-/// `engine.redis.*`.
+/// `engine.redis.*`, with Centrifugo v6's key names.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RedisEngineConfig {
-    /// Redis addresses (`redis://host:port`, `rediss://` for TLS). Default
+    /// The Redis server: `redis://[user:password@]host:port[/db]`, `rediss://` for
+    /// TLS. A list, as in Centrifugo, of exactly one address (sharding over several
+    /// servers is not supported); a single string is accepted too. Default
     /// `["redis://127.0.0.1:6379"]`.
+    #[serde(deserialize_with = "string_or_list")]
     pub address: Vec<String>,
-    /// Prefix of every key and pub/sub channel. Default `tidings`.
+    /// Prefix of every key, stream and pub/sub channel. Must not contain `{` or `}`
+    /// (they would break the per-channel hash tags). Default `tidings`.
     pub prefix: String,
+    /// Database number, when the address names none. Default `0`.
+    pub db: i64,
+    /// ACL user name, when the address names none. Default: none.
+    pub user: String,
+    /// Password, when the address names none. Default: none.
+    pub password: String,
+    /// Give up connecting after this long. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Give up on a command (publish, history, presence) after this long; the call
+    /// fails instead of waiting for Redis to come back. Default `4s`.
+    #[serde(with = "humantime_serde")]
+    pub io_timeout: Duration,
+    /// How long a presence entry lives unless the node refreshes it. Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub presence_ttl: Duration,
+    /// TLS to Redis.
+    pub tls: RedisTlsConfig,
 }
 
 impl Default for RedisEngineConfig {
@@ -485,8 +507,97 @@ impl Default for RedisEngineConfig {
         Self {
             address: vec!["redis://127.0.0.1:6379".into()],
             prefix: "tidings".into(),
+            db: 0,
+            user: String::new(),
+            password: String::new(),
+            connect_timeout: Duration::from_secs(1),
+            io_timeout: Duration::from_secs(4),
+            presence_ttl: Duration::from_secs(60),
+            tls: RedisTlsConfig::default(),
         }
     }
+}
+
+impl RedisEngineConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |msg: String| Err(ConfigError::Invalid(msg));
+        match self.address.as_slice() {
+            [one] if one.starts_with("redis://") || one.starts_with("rediss://") => {
+                if let Err(e) = redis::IntoConnectionInfo::into_connection_info(one.as_str()) {
+                    return bad(format!("engine.redis.address {one:?}: {e}"));
+                }
+            }
+            [one] => {
+                return bad(format!(
+                    "engine.redis.address {one:?} must start with redis:// or rediss://"
+                ))
+            }
+            [] => return bad("engine.redis.address is empty".into()),
+            _ => {
+                return bad(
+                    "engine.redis.address: only one Redis server is supported (no sharding)".into(),
+                )
+            }
+        }
+        if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {
+            return bad("engine.redis.prefix must be non-empty and contain no { or }".into());
+        }
+        if self.connect_timeout.is_zero() || self.io_timeout.is_zero() {
+            return bad("engine.redis.connect_timeout and io_timeout must be positive".into());
+        }
+        if self.presence_ttl < Duration::from_secs(1) {
+            return bad("engine.redis.presence_ttl must be at least 1s".into());
+        }
+        if self.tls.cert_pem.is_empty() != self.tls.key_pem.is_empty() {
+            return bad("engine.redis.tls: cert_pem and key_pem go together".into());
+        }
+        for (field, value) in [
+            ("engine.redis.tls.cert_pem", &self.tls.cert_pem),
+            ("engine.redis.tls.key_pem", &self.tls.key_pem),
+            ("engine.redis.tls.server_ca_pem", &self.tls.server_ca_pem),
+        ] {
+            if !value.is_empty() {
+                if let Err(e) = crate::tls::pem_bytes(field, value) {
+                    return bad(e.to_string());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `engine.redis.tls.*`: the client side of TLS to Redis, with Centrifugo's key
+/// names. Each PEM field holds the PEM text, the PEM text in base64, or a file
+/// path (as `http_server.tls`); Centrifugo's `_file`/`_b64` variants and
+/// `server_name` are not supported.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RedisTlsConfig {
+    /// Connect with TLS (same as a `rediss://` address). Default `false`.
+    pub enabled: bool,
+    /// Client certificate (PEM) for mutual TLS, with `key_pem`. Default: none.
+    pub cert_pem: String,
+    /// Client private key (PEM). Default: none.
+    pub key_pem: String,
+    /// CA certificate(s) (PEM) the server's certificate must chain to, instead of
+    /// the system's roots. Default: none.
+    pub server_ca_pem: String,
+    /// Accept any server certificate. For tests only. Default `false`.
+    pub insecure_skip_verify: bool,
+}
+
+/// Reads a list of strings given as a list or as one string.
+fn string_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s.split_whitespace().map(str::to_string).collect(),
+        OneOrMany::Many(v) => v,
+    })
 }
 
 /// `engine.nats.*`: Centrifugo's NATS broker keys (`url`, `prefix`, `dial_timeout`,
@@ -972,9 +1083,10 @@ impl Config {
         match self.engine.kind.as_str() {
             "memory" => {}
             "nats" => self.engine.nats.validate()?,
+            "redis" => self.engine.redis.validate()?,
             other => {
                 return bad(format!(
-                    "engine.type {other:?} is not supported (\"memory\" or \"nats\")"
+                    "engine.type {other:?} is not supported (\"memory\", \"redis\" or \"nats\")"
                 ))
             }
         }
@@ -1336,6 +1448,48 @@ mod tests {
         std::fs::write(&bad, r#"{"socketio": {"max_payload": 10}}"#).unwrap();
         assert!(Config::load(Some(&bad), env(&[])).is_err());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn redis_engine_settings_are_read_and_checked() {
+        let cfg = Config::load(
+            None,
+            env(&[
+                ("TIDINGS_ENGINE_TYPE", "redis"),
+                ("TIDINGS_ENGINE_REDIS_ADDRESS", "redis://127.0.0.1:6390/2"),
+                ("TIDINGS_ENGINE_REDIS_PRESENCE_TTL", "5s"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.engine.kind, "redis");
+        assert_eq!(cfg.engine.redis.address, vec!["redis://127.0.0.1:6390/2"]);
+        assert_eq!(cfg.engine.redis.presence_ttl, Duration::from_secs(5));
+        assert_eq!(cfg.engine.redis.io_timeout, Duration::from_secs(4));
+        let refused = |pairs: &[(&str, &str)]| {
+            let mut all = vec![("TIDINGS_ENGINE_TYPE", "redis")];
+            all.extend_from_slice(pairs);
+            Config::load(None, env(&all)).unwrap_err().to_string()
+        };
+        assert!(refused(&[("TIDINGS_ENGINE_REDIS_ADDRESS", "http://x")]).contains("redis://"));
+        assert!(
+            refused(&[("TIDINGS_ENGINE_REDIS_ADDRESS", "redis://a:1 redis://b:2")])
+                .contains("only one")
+        );
+        assert!(
+            refused(&[("TIDINGS_ENGINE_REDIS_ADDRESS", "redis://h:notaport")])
+                .contains("engine.redis.address")
+        );
+        assert!(refused(&[("TIDINGS_ENGINE_REDIS_PREFIX", "a{b")]).contains("prefix"));
+        assert!(refused(&[("TIDINGS_ENGINE_REDIS_PRESENCE_TTL", "10ms")]).contains("presence_ttl"));
+        assert!(
+            refused(&[("TIDINGS_ENGINE_REDIS_TLS_SERVER_CA_PEM", "/no/such/file")])
+                .contains("server_ca_pem")
+        );
+        assert!(Config::load(None, env(&[("TIDINGS_ENGINE_TYPE", "redis")])).is_ok());
+        assert!(Config::load(None, env(&[("TIDINGS_ENGINE_TYPE", "mongo")]))
+            .unwrap_err()
+            .to_string()
+            .contains("mongo"));
     }
 
     #[test]

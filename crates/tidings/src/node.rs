@@ -276,6 +276,12 @@ impl NodeBuilder {
             })
         }));
         inner.broker.run(&inner.uid, fanout);
+        if let Some(start) = engine.direct_publish {
+            start(
+                crate::engine::node_publisher(Arc::downgrade(&inner)),
+                inner.shutdown.clone(),
+            );
+        }
         if let Some(memory) = engine.memory {
             // Periodic sweep of idle streams, bounded by the shutdown token.
             let token = inner.shutdown.clone();

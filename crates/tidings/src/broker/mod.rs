@@ -7,12 +7,14 @@
 
 pub mod memory;
 pub mod nats;
+pub mod redis;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tidings_protocol::{ClientInfo, Publication, StreamPosition};
 
+pub use self::redis::RedisBroker;
 pub use memory::MemoryBroker;
 pub use nats::{NatsBroker, NatsConnection};
 

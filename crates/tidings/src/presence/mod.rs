@@ -2,12 +2,14 @@
 
 pub mod memory;
 pub mod nats;
+pub mod redis;
 
 use std::collections::HashMap;
 
 use async_trait::async_trait;
 use tidings_protocol::ClientInfo;
 
+pub use self::redis::RedisPresenceManager;
 pub use memory::MemoryPresenceManager;
 pub use nats::NatsPresenceManager;
 
