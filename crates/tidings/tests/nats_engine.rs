@@ -97,6 +97,22 @@ async fn until(what: &str, mut check: impl FnMut() -> bool) -> anyhow::Result<()
     Ok(())
 }
 
+/// Returns once the server has taken in every subscription `client` made before.
+///
+/// `Client::flush` of async-nats is not enough: it only writes the buffered bytes
+/// to the socket, and the server reads each connection on its own, so a message
+/// another connection (here the broker's JetStream republish) sends right after may
+/// reach the subject before the server has read the SUB, and is then dropped for
+/// want of interest. A request to a subject nobody serves comes back "no
+/// responders" only after the server has handled everything this connection sent
+/// before it, the SUB included.
+async fn subscribed(client: &async_nats::Client) -> anyhow::Result<()> {
+    match client.request("t.barrier", Bytes::new()).await {
+        Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+        other => bail!("round trip to the server: expected no responders, got {other:?}"),
+    }
+}
+
 fn config(url: &str) -> NatsEngineConfig {
     NatsEngineConfig {
         url: url.to_string(),
@@ -853,7 +869,7 @@ async fn backends_publish_through_the_envelope_and_get_the_result() -> anyhow::R
 
     // A raw subscriber sees a channel's messages on the documented subject.
     let mut raw = backend.subscribe("t.client.orders=2E1").await?;
-    backend.flush().await?;
+    subscribed(&backend).await?;
     a.broker.publish("orders.1", publication(3), opts()).await?;
     let msg = tokio::time::timeout(WAIT, raw.next())
         .await?
