@@ -14,6 +14,7 @@ FIELDS = [
     ("deliveries/s", lambda r: r.get("deliveries_per_s"), "{:,.0f}"),
     ("lost", lambda r: r.get("lost"), "{:,.0f}"),
     ("CPU µs/delivery", lambda r: r.get("cpu_us_per_delivery"), "{:.3f}"),
+    ("deliveries/write", lambda r: r.get("deliveries_per_write"), "{:.1f}"),
     ("p50 ms", lambda r: lat(r, "p50_us"), "{:.2f}"),
     ("p99 ms", lambda r: lat(r, "p99_us"), "{:.2f}"),
     ("p99.9 ms", lambda r: lat(r, "p999_us"), "{:.2f}"),

@@ -678,6 +678,11 @@ async fn fanout_on(name: &str, args: &LoadArgs, sse: bool, env: &Env) -> anyhow:
     } else {
         server_cpu.iter().map(CpuWindow::seconds).sum()
     };
+    let writes: Option<u64> = if server_cpu.is_empty() {
+        None
+    } else {
+        server_cpu.iter().map(CpuWindow::writes).sum()
+    };
     let own = own_cpu.seconds().unwrap_or(0.0);
     let wall = start.elapsed().as_secs_f64();
     stop.cancel();
@@ -715,6 +720,10 @@ async fn fanout_on(name: &str, args: &LoadArgs, sse: bool, env: &Env) -> anyhow:
         cpu_us_per_delivery: cpu
             .filter(|_| received > 0)
             .map(|c| c * 1e6 / received as f64),
+        server_write_calls: writes,
+        deliveries_per_write: writes
+            .filter(|w| *w > 0)
+            .map(|w| received as f64 / w as f64),
         server_rss_kib: rss,
         generator_cpu_pct: gen_pct,
         generator_threads: args.threads,
