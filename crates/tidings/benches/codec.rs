@@ -5,8 +5,9 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use tidings::protocol::{Command, Publication, Push, RawJson, Reply};
 
 fn codec(c: &mut Criterion) {
-    let data = RawJson::parse(format!("{{\"bt\":123456,\"p\":\"{}\"}}", "x".repeat(80)).into_bytes())
-        .expect("JSON");
+    let data =
+        RawJson::parse(format!("{{\"bt\":123456,\"p\":\"{}\"}}", "x".repeat(80)).into_bytes())
+            .expect("JSON");
     let publication = Publication {
         data: Some(data),
         offset: 42,

@@ -394,7 +394,7 @@ where
         }
     }
     if let Some(e) = first_error {
-        bar.println(format!("{errors} connections failed; first error: {e}"));
+        eprintln!("{errors} connections failed; first error: {e}");
     }
     (subs, hist, errors)
 }
@@ -678,11 +678,6 @@ async fn fanout_on(name: &str, args: &LoadArgs, sse: bool, env: &Env) -> anyhow:
     } else {
         server_cpu.iter().map(CpuWindow::seconds).sum()
     };
-    let writes: Option<u64> = if server_cpu.is_empty() {
-        None
-    } else {
-        server_cpu.iter().map(CpuWindow::writes).sum()
-    };
     let own = own_cpu.seconds().unwrap_or(0.0);
     let wall = start.elapsed().as_secs_f64();
     stop.cancel();
@@ -720,10 +715,6 @@ async fn fanout_on(name: &str, args: &LoadArgs, sse: bool, env: &Env) -> anyhow:
         cpu_us_per_delivery: cpu
             .filter(|_| received > 0)
             .map(|c| c * 1e6 / received as f64),
-        server_write_calls: writes,
-        deliveries_per_write: writes
-            .filter(|w| *w > 0)
-            .map(|w| received as f64 / w as f64),
         server_rss_kib: rss,
         generator_cpu_pct: gen_pct,
         generator_threads: args.threads,
@@ -884,6 +875,7 @@ async fn connect_on(args: &LoadArgs, env: &Env) -> anyhow::Result<Report> {
         connect_errors,
         duration_s: wall,
         connects_per_s: Some(ok as f64 / wall.max(1e-9)),
+        cpu_us_per_connect: cpu.filter(|_| ok > 0).map(|c| c * 1e6 / ok as f64),
         handshake: Some(Latency::from_histogram(&hist)),
         server_cpu_s: cpu,
         server_rss_kib: rss,

@@ -27,22 +27,10 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// Write-type system calls made so far by process `pid` (`syscw` of
-/// `/proc/<pid>/io`: write, writev, send*, ...). Deliveries divided by these is how
-/// many deliveries one write carried: the lever of the server's CPU per delivery.
-/// Reading another process's io file needs the same user (or root).
-pub fn write_calls(pid: u32) -> Option<u64> {
-    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
-    io.lines()
-        .find_map(|l| l.strip_prefix("syscw:"))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 /// CPU time of a process over a window.
 pub struct CpuWindow {
     pid: u32,
     start: Option<Duration>,
-    writes: Option<u64>,
 }
 
 impl CpuWindow {
@@ -50,7 +38,6 @@ impl CpuWindow {
         Self {
             pid,
             start: cpu_time(pid),
-            writes: write_calls(pid),
         }
     }
 
@@ -58,11 +45,6 @@ impl CpuWindow {
     pub fn seconds(&self) -> Option<f64> {
         let end = cpu_time(self.pid)?;
         Some(end.checked_sub(self.start?)?.as_secs_f64())
-    }
-
-    /// Write system calls since `start`.
-    pub fn writes(&self) -> Option<u64> {
-        write_calls(self.pid)?.checked_sub(self.writes?)
     }
 }
 

@@ -79,10 +79,6 @@ pub struct Report {
     pub server_cpu_s: Option<f64>,
     /// server_cpu_s / received, in microseconds.
     pub cpu_us_per_delivery: Option<f64>,
-    /// Server write system calls during the publish window (all nodes).
-    pub server_write_calls: Option<u64>,
-    /// received / server_write_calls: deliveries carried by one write.
-    pub deliveries_per_write: Option<f64>,
     /// Server RSS at the end of the run, KiB (all nodes).
     pub server_rss_kib: Option<u64>,
     /// Idle: server RSS before the connections were opened, KiB.
@@ -91,6 +87,8 @@ pub struct Report {
     pub rss_per_connection_kib: Option<f64>,
     /// Connect: connections (connect + subscribe) completed per second.
     pub connects_per_s: Option<f64>,
+    /// Connect: server CPU per connection opened and subscribed, microseconds.
+    pub cpu_us_per_connect: Option<f64>,
     /// Connect: handshake latency (TCP connect to subscribe reply).
     pub handshake: Option<Latency>,
     /// The load generator's own CPU use during the window, in percent of one core.
@@ -130,11 +128,11 @@ impl Report {
         if let Some(h) = &self.handshake {
             parts.push(format!("handshake {}", h.line()));
         }
+        if let Some(c) = self.cpu_us_per_connect {
+            parts.push(format!("server CPU {c:.0} µs/connect"));
+        }
         if let Some(c) = self.cpu_us_per_delivery {
             parts.push(format!("server CPU {c:.3} µs/delivery"));
-        }
-        if let Some(w) = self.deliveries_per_write {
-            parts.push(format!("{w:.1} deliveries/write"));
         }
         if let Some(r) = self.rss_per_connection_kib {
             parts.push(format!("{r:.2} KiB RSS/conn"));
