@@ -83,10 +83,50 @@ def table(folder):
         print(f"| {name} | {server} | {count} | " + " | ".join(cells) + " |")
 
 
+RATIOS = [
+    ("deliveries/s Tidings/peer", lambda r: r.get("deliveries_per_s")),
+    ("CPU µs/delivery Tidings/peer", lambda r: r.get("cpu_us_per_delivery")),
+    ("p99 Tidings/peer", lambda r: lat(r, "p99_us")),
+    ("KiB/conn Tidings/peer", lambda r: r.get("rss_per_connection_kib")),
+]
+
+
+def ratios(folder):
+    """Tidings against each peer, run by run (same run = same machine weather),
+    then the median of those ratios."""
+    runs = {}
+    for path in glob.glob(os.path.join(folder, "*.json")):
+        name, server, run, _ = os.path.basename(path).split(".")
+        with open(path) as f:
+            r = json.load(f)
+        if not r.get("failed"):
+            runs.setdefault(name, {}).setdefault(server, {})[run] = r
+    print()
+    print("| case | peer | " + " | ".join(n for n, _ in RATIOS) + " |")
+    print("|---|---|" + "---|" * len(RATIOS))
+    for name, servers in sorted(runs.items()):
+        ours = servers.get("tidings")
+        if not ours:
+            continue
+        for peer, theirs in sorted(servers.items()):
+            if peer == "tidings":
+                continue
+            cells = []
+            for _, get in RATIOS:
+                rs = [
+                    get(ours[k]) / get(theirs[k])
+                    for k in ours
+                    if k in theirs and get(ours[k]) and get(theirs[k])
+                ]
+                cells.append(f"{statistics.median(rs):.2f}" if rs else "")
+            print(f"| {name} | {peer} | " + " | ".join(cells) + " |")
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--line":
         line(sys.argv[2])
     elif len(sys.argv) == 2:
         table(sys.argv[1])
+        ratios(sys.argv[1])
     else:
         sys.exit(__doc__)
