@@ -46,11 +46,12 @@ start() { # start NAME: starts a fresh server on CPU $SERVER_CPU, sets SERVER_PI
     socketio) taskset -c "$SERVER_CPU" node bench/peers/node-socketio/server.js 0 >"$log" 2>&1 & ;;
   esac
   SERVER_PID=$!
-  for _ in $(seq 200); do
+  # Up to 60 s: a loaded machine starts Node slowly.
+  for _ in $(seq 1200); do
     if grep -q "listening on" "$log"; then break; fi
     sleep 0.05
   done
-  SERVER_PORT=$(grep -o "listening on [a-z:/]*[0-9.]*:[0-9]*" "$log" | head -1 | grep -o "[0-9]*$")
+  SERVER_PORT=$(grep -o "listening on [a-z:/]*[0-9.]*:[0-9]*" "$log" | head -1 | grep -o "[0-9]*$" || true)
   [ -n "$SERVER_PORT" ] || { echo "$1 did not start:"; cat "$log"; exit 1; }
 }
 stop() {

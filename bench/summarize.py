@@ -20,6 +20,7 @@ FIELDS = [
     ("max ms", lambda r: lat(r, "max_us"), "{:.2f}"),
     ("RSS MiB", lambda r: (r.get("server_rss_kib") or 0) / 1024 or None, "{:.1f}"),
     ("KiB/conn", lambda r: r.get("rss_per_connection_kib"), "{:.2f}"),
+    ("idle CPU %", lambda r: r.get("idle_cpu_pct"), "{:.1f}"),
     ("connects/s", lambda r: r.get("connects_per_s"), "{:,.0f}"),
     ("CPU µs/connect", lambda r: r.get("cpu_us_per_connect"), "{:.0f}"),
     ("handshake p99 ms", lambda r: hs(r, "p99_us"), "{:.2f}"),
@@ -37,6 +38,15 @@ def lat(r, key):
 def hs(r, key):
     l = r.get("handshake")
     return l[key] / 1000 if l and l.get("count") else None
+
+
+def load(path):
+    """A run's report; None while it is still being written."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def median(values):
@@ -62,8 +72,9 @@ def table(folder):
     groups = {}
     for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
         name, server, _run, _ = os.path.basename(path).split(".")
-        with open(path) as f:
-            r = json.load(f)
+        r = load(path)
+        if r is None:
+            continue
         groups.setdefault((name, server), []).append(r)
     used = [
         (n, g, fmt)
@@ -97,9 +108,8 @@ def ratios(folder):
     runs = {}
     for path in glob.glob(os.path.join(folder, "*.json")):
         name, server, run, _ = os.path.basename(path).split(".")
-        with open(path) as f:
-            r = json.load(f)
-        if not r.get("failed"):
+        r = load(path)
+        if r is not None and not r.get("failed"):
             runs.setdefault(name, {}).setdefault(server, {})[run] = r
     print()
     print("| case | peer | " + " | ".join(n for n, _ in RATIOS) + " |")

@@ -800,6 +800,8 @@ async fn idle_on(args: &LoadArgs, env: &Env) -> anyhow::Result<Report> {
         });
     }
     let hold = Duration::from_secs_f64(args.hold);
+    // Server CPU while the connections only sit there: pings, timers, keep-alive.
+    let held_cpu: Vec<CpuWindow> = env.pids().into_iter().map(CpuWindow::start).collect();
     let bar = progress((hold.as_secs_f64() * 10.0) as u64, "holding", args.quiet);
     let held_from = Instant::now();
     while held_from.elapsed() < hold {
@@ -807,6 +809,12 @@ async fn idle_on(args: &LoadArgs, env: &Env) -> anyhow::Result<Report> {
         bar.set_position((held_from.elapsed().as_secs_f64() * 10.0) as u64);
     }
     bar.finish_and_clear();
+    let held_s = held_from.elapsed().as_secs_f64();
+    let held_cpu: Option<f64> = if held_cpu.is_empty() {
+        None
+    } else {
+        held_cpu.iter().map(CpuWindow::seconds).sum()
+    };
     let after = env.rss_kib();
     let own = own_cpu.seconds().unwrap_or(0.0);
     let wall = start.elapsed().as_secs_f64();
@@ -825,6 +833,8 @@ async fn idle_on(args: &LoadArgs, env: &Env) -> anyhow::Result<Report> {
         server_rss_kib: after,
         server_rss_before_kib: before,
         rss_per_connection_kib: per_conn,
+        server_cpu_s: held_cpu,
+        idle_cpu_pct: held_cpu.map(|c| c / held_s * 100.0),
         generator_cpu_pct: own / wall * 100.0,
         generator_threads: args.threads,
         generator_bound: false,

@@ -85,6 +85,8 @@ pub struct Report {
     pub server_rss_before_kib: Option<u64>,
     /// Idle: (RSS after - RSS before) / connections, KiB.
     pub rss_per_connection_kib: Option<f64>,
+    /// Idle: server CPU while the connections were held, % of one core.
+    pub idle_cpu_pct: Option<f64>,
     /// Connect: connections (connect + subscribe) completed per second.
     pub connects_per_s: Option<f64>,
     /// Connect: server CPU per connection opened and subscribed, microseconds.
@@ -136,6 +138,9 @@ impl Report {
         }
         if let Some(r) = self.rss_per_connection_kib {
             parts.push(format!("{r:.2} KiB RSS/conn"));
+        }
+        if let Some(c) = self.idle_cpu_pct {
+            parts.push(format!("server CPU {c:.1}% while held"));
         }
         if let Some(r) = self.server_rss_kib {
             parts.push(format!("RSS {:.1} MiB", r as f64 / 1024.0));
