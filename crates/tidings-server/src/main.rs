@@ -14,6 +14,7 @@ use tidings::{Config, Node};
 
 #[cfg(feature = "autobahn-echo")]
 mod autobahn;
+mod bench;
 
 /// The demo chat, served at `/`.
 const DEMO_PAGE: &str = include_str!("../../../web/index.html");
@@ -56,6 +57,12 @@ enum Command {
     /// (key.pem) for local TLS, valid for localhost, 127.0.0.1 and ::1.
     #[command(hide = true)]
     DevCert(DevCertArgs),
+    /// Measure a server: fan-out throughput, latency, idle connections, connect
+    /// rate, SSE fan-out and cluster fan-out (see docs/benchmarks.md). Loopback only.
+    Bench {
+        #[command(subcommand)]
+        scenario: bench::Scenario,
+    },
 }
 
 #[derive(clap::Args)]
@@ -114,6 +121,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve(args),
         Command::Token(args) => token(args),
         Command::DevCert(args) => dev_cert(args),
+        Command::Bench { scenario } => bench::run(scenario),
         Command::CheckConfig { config, file } => {
             let cfg = Config::load(config.or(file).as_deref(), std::env::vars())?;
             for key in &cfg.unknown_keys {

@@ -707,6 +707,14 @@ pub struct WebsocketConfig {
     /// Give up on a write that takes longer. Default `1s`.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
+    /// Bytes of each connection's read buffer: allocated once, zero-filled on the
+    /// first read, and the most one read takes; a larger message grows it. Default
+    /// `1024` (tungstenite's own default is 128 KiB, which an idle connection would
+    /// hold for nothing; see docs/benchmarks.md for the measured cost).
+    pub read_buffer_size: usize,
+    /// Bytes written frames may gather before a write; every batch is flushed
+    /// at once anyway. Default `4096`.
+    pub write_buffer_size: usize,
 }
 
 /// Options shared by the streaming transports.
@@ -819,6 +827,8 @@ impl Default for WebsocketConfig {
             message_size_limit: 65_536,
             handler_prefix: "/connection/websocket".into(),
             write_timeout: Duration::from_secs(1),
+            read_buffer_size: 1024,
+            write_buffer_size: 4096,
         }
     }
 }

@@ -14,8 +14,10 @@ use crate::outbox::Outbox;
 /// that task may change the session's state.
 #[derive(Debug)]
 pub enum Control {
-    /// Subscribe the client to a channel (server API `subscribe`).
-    Subscribe(ServerSubscribe),
+    /// Subscribe the client to a channel (server API `subscribe`). Boxed: tokio's
+    /// channel allocates room for 32 messages up front, per connection, so the
+    /// largest variant sets what every idle connection pays (about 3 KiB unboxed).
+    Subscribe(Box<ServerSubscribe>),
     /// Unsubscribe the client from a channel (server API `unsubscribe`).
     Unsubscribe { channel: String },
     /// Disconnect the client (server API `disconnect`, shutdown).

@@ -590,7 +590,7 @@ impl Node {
         for conn in self.targets(user, client) {
             if conn
                 .control
-                .try_send(Control::Subscribe(req.clone()))
+                .try_send(Control::Subscribe(Box::new(req.clone())))
                 .is_ok()
             {
                 n += 1;

@@ -120,6 +120,19 @@ impl Outbox {
         self.state.lock().bytes
     }
 
+    /// Waits until there is something to write or a close, without taking it.
+    pub async fn ready(&self) {
+        loop {
+            {
+                let st = self.state.lock();
+                if !st.items.is_empty() || st.close.is_some() {
+                    return;
+                }
+            }
+            self.notify.notified().await;
+        }
+    }
+
     /// Waits until there is something to write or a close, then takes all of it.
     pub async fn drain(&self) -> Drained {
         loop {

@@ -1245,11 +1245,12 @@ impl Session {
                 self.unsubscribe_channel(&channel, Some((code, reason)))
                     .await;
             }
-            Control::Subscribe(ServerSubscribe {
-                channel,
-                info,
-                data,
-            }) => {
+            Control::Subscribe(sub) => {
+                let ServerSubscribe {
+                    channel,
+                    info,
+                    data,
+                } = *sub;
                 if !self.connected || self.subs.contains_key(&channel) {
                     return Ok(());
                 }

@@ -836,7 +836,8 @@ impl Sio {
                 self.leave(&channel, None).await;
                 Ok(())
             }
-            Control::Subscribe(ServerSubscribe { channel, .. }) => {
+            Control::Subscribe(req) => {
+                let ServerSubscribe { channel, .. } = *req;
                 let config = self.node.config();
                 let nsp = self
                     .sockets

@@ -26,7 +26,8 @@ use crate::outbox::{join_batch, Drained};
 use crate::session::{Inbound, InboundError, Session, SessionMode};
 
 /// Small per-connection buffers: an idle connection should cost kilobytes, not the
-/// 128 KiB tungstenite defaults.
+/// 128 KiB tungstenite defaults. `websocket.read_buffer_size` and
+/// `websocket.write_buffer_size` set them; these are for the Autobahn route.
 const READ_BUFFER: usize = 4 * 1024;
 const WRITE_BUFFER: usize = 4 * 1024;
 
@@ -85,7 +86,9 @@ fn upgrade(
         Ok(permit) => permit,
         Err(refused) => return refused.into_response(),
     };
-    configure(ws, limit)
+    let cfg = &node.config().websocket;
+    let (read_buffer, write_buffer) = (cfg.read_buffer_size, cfg.write_buffer_size);
+    configure_buffers(ws, limit, read_buffer, write_buffer)
         .on_upgrade(move |socket| {
             let task_node = node.clone();
             async move {
@@ -99,10 +102,20 @@ fn upgrade(
 /// both the message and the frame size limit. Public so that the binary's
 /// `autobahn-echo` test route runs the conformance suite against the same stack.
 pub fn configure(ws: WebSocketUpgrade, limit: usize) -> WebSocketUpgrade {
+    configure_buffers(ws, limit, READ_BUFFER, WRITE_BUFFER)
+}
+
+fn configure_buffers(
+    ws: WebSocketUpgrade,
+    limit: usize,
+    read_buffer: usize,
+    write_buffer: usize,
+) -> WebSocketUpgrade {
     ws.max_message_size(limit)
         .max_frame_size(limit)
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
+        // tungstenite needs room for at least a frame header.
+        .read_buffer_size(read_buffer.max(16))
+        .write_buffer_size(write_buffer)
 }
 
 /// Whether `Sec-WebSocket-Key` is what RFC 6455 (4.1, 4.2.1) requires: base64 of
@@ -141,6 +154,14 @@ pub async fn serve(
     let writer_conn: Arc<Connection> = conn.clone();
     let writer = tokio::spawn(async move {
         loop {
+            // Write coalescing: once there is something to send, let the other
+            // ready tasks run first (tokio runs a yielded task after the next poll
+            // of the network). During a fan-out those are the rest of the fan-out
+            // and the next publications, whose pushes then leave in this same
+            // write: the kernel's cost is per write, not per byte. When the server
+            // is idle this costs one pass through the run queue.
+            writer_conn.outbox.ready().await;
+            tokio::task::yield_now().await;
             let (mut items, close) = match writer_conn.outbox.drain().await {
                 Drained::Batch(items) => (items, None),
                 Drained::Close(items, d) => (items, Some(d)),
