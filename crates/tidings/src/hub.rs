@@ -3,7 +3,14 @@
 //! The map is sharded by channel name so that subscribes on one channel do not
 //! contend with fan-out on another. A publication arrives here already encoded: the
 //! same [`Bytes`] go to every subscriber.
-
+//!
+//! For a channel with history the hub also remembers the last position it delivered
+//! (epoch, offset). That is how a node notices what the broker failed to bring: a
+//! publication at or below that offset is a duplicate and is dropped; one further
+//! ahead, or in another epoch, means publications went missing on the way to this
+//! node. The channel's subscribers are then told to resubscribe and recover
+//! (unsubscribe push 2500), and get nothing more on the old subscription, so a
+//! client's stream never has a silent hole.
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,9 +18,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use tidings_protocol::Disconnect;
+use tidings_protocol::{Disconnect, StreamPosition};
 
-use crate::connection::Connection;
+use crate::connection::{Connection, Control};
 
 const SHARDS: usize = 64;
 
@@ -24,6 +31,9 @@ pub struct Subscriber {
     pub join_leave: bool,
     /// Fast path: once live, deliveries go straight to the outbox without the lock.
     live: AtomicBool,
+    /// Set when this subscription lost its place in the stream; nothing more is
+    /// delivered to it, and its session turns it into an unsubscribe push 2500.
+    insufficient: AtomicBool,
     /// While the subscribe is in progress, deliveries wait here with their offsets, so
     /// they can be ordered after the subscribe reply and de-duplicated against the
     /// publications the reply carries. `None` once live.
@@ -43,11 +53,37 @@ impl Subscriber {
             conn,
             join_leave,
             live: AtomicBool::new(false),
+            insufficient: AtomicBool::new(false),
             pending: Mutex::new(Some(Pending::default())),
         })
     }
 
+    /// Whether this subscription lost its place in the stream (see the module docs).
+    pub fn is_insufficient(&self) -> bool {
+        self.insufficient.load(Ordering::Acquire)
+    }
+
+    /// Stops deliveries and asks the session to unsubscribe the client with 2500 so
+    /// it resubscribes with recovery. A session too busy to take the request is
+    /// closed with 3010 instead, after which the client reconnects and recovers.
+    fn lose_place(&self, channel: &str) {
+        if self.insufficient.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let ask = Control::Insufficient {
+            channel: channel.to_string(),
+        };
+        if self.conn.control.try_send(ask).is_err() {
+            self.conn
+                .outbox
+                .close(Disconnect::insufficient_state(), false);
+        }
+    }
+
     fn deliver(&self, offset: u64, bytes: &Bytes) {
+        if self.insufficient.load(Ordering::Acquire) {
+            return;
+        }
         if self.live.load(Ordering::Acquire) {
             self.conn.send(bytes.clone());
             return;
@@ -79,7 +115,8 @@ impl Subscriber {
         if let Some(bytes) = first {
             self.conn.send(bytes);
         }
-        if let Some(p) = pending.take() {
+        let place_lost = self.insufficient.load(Ordering::Acquire);
+        if let Some(p) = pending.take().filter(|_| !place_lost) {
             for (offset, bytes) in p.items {
                 if offset == 0 || offset > after_offset {
                     self.conn.send(bytes);
@@ -96,7 +133,37 @@ impl Connection {
     }
 }
 
-type Shard = RwLock<HashMap<String, HashMap<u64, Arc<Subscriber>>>>;
+/// The last position the hub delivered on a channel with history. An empty epoch
+/// means "not known yet" (a broker that delivers without epochs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Delivered {
+    epoch: String,
+    offset: u64,
+}
+
+/// One channel on this node.
+#[derive(Default)]
+struct Channel {
+    subs: HashMap<u64, Arc<Subscriber>>,
+    /// `None` until the first publication with an offset, or the first subscribe
+    /// that read the stream's position. A plain mutex, held while one publication
+    /// is checked and handed out, so order and de-duplication go together.
+    last: Mutex<Option<Delivered>>,
+}
+
+/// What [`Hub::publish`] did with a publication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Handed to this many subscribers.
+    Delivered(usize),
+    /// At or below the last delivered offset: dropped.
+    Duplicate,
+    /// Publications before it never arrived (or the epoch changed): the channel's
+    /// subscribers were told to recover, this many of them.
+    Gap(usize),
+}
+
+type Shard = RwLock<HashMap<String, Channel>>;
 
 /// Channel → subscribers on this node.
 pub struct Hub {
@@ -126,48 +193,171 @@ impl Hub {
     /// Adds a subscriber; `true` when it is the channel's first on this node.
     pub fn add(&self, channel: &str, sub: Arc<Subscriber>) -> bool {
         let mut shard = self.shard(channel).write();
-        let subs = shard.entry(channel.to_string()).or_default();
-        let first = subs.is_empty();
-        subs.insert(sub.conn.serial, sub);
+        let entry = shard.entry(channel.to_string()).or_default();
+        let first = entry.subs.is_empty();
+        entry.subs.insert(sub.conn.serial, sub);
         first
     }
 
     /// Removes a connection from a channel; `true` when the channel is now empty here.
     pub fn remove(&self, channel: &str, serial: u64) -> bool {
         let mut shard = self.shard(channel).write();
-        let Some(subs) = shard.get_mut(channel) else {
+        let Some(entry) = shard.get_mut(channel) else {
             return false;
         };
-        if subs.remove(&serial).is_none() {
+        if entry.subs.remove(&serial).is_none() {
             return false;
         }
-        if subs.is_empty() {
+        if entry.subs.is_empty() {
             shard.remove(channel);
             return true;
         }
         false
     }
 
-    /// Delivers an encoded publication to every subscriber; returns how many.
-    pub fn publish(&self, channel: &str, offset: u64, bytes: &Bytes) -> usize {
+    /// Delivers an encoded publication to every subscriber, unless it is a
+    /// duplicate or follows a gap (see the module docs). `epoch` is `None` when the
+    /// broker does not say; `offset` 0 means a channel without history (always
+    /// delivered).
+    pub fn publish(
+        &self,
+        channel: &str,
+        epoch: Option<&str>,
+        offset: u64,
+        bytes: &Bytes,
+    ) -> Delivery {
         let shard = self.shard(channel).read();
-        let Some(subs) = shard.get(channel) else {
+        let Some(entry) = shard.get(channel) else {
+            return Delivery::Delivered(0);
+        };
+        if offset == 0 {
+            for sub in entry.subs.values() {
+                sub.deliver(offset, bytes);
+            }
+            return Delivery::Delivered(entry.subs.len());
+        }
+        let mut last = entry.last.lock();
+        let epoch = epoch.unwrap_or("");
+        let next = match last.as_mut() {
+            None => Ok(()),
+            Some(prev) => {
+                if !epoch.is_empty() && !prev.epoch.is_empty() && epoch != prev.epoch {
+                    Err(())
+                } else if offset <= prev.offset {
+                    if prev.epoch.is_empty() {
+                        prev.epoch = epoch.to_string();
+                    }
+                    return Delivery::Duplicate;
+                } else if offset == prev.offset + 1 {
+                    Ok(())
+                } else {
+                    Err(())
+                }
+            }
+        };
+        let known_epoch = match (epoch.is_empty(), last.as_ref()) {
+            (true, Some(prev)) => prev.epoch.clone(),
+            _ => epoch.to_string(),
+        };
+        *last = Some(Delivered {
+            epoch: known_epoch,
+            offset,
+        });
+        match next {
+            Ok(()) => {
+                for sub in entry.subs.values() {
+                    sub.deliver(offset, bytes);
+                }
+                Delivery::Delivered(entry.subs.len())
+            }
+            Err(()) => {
+                for sub in entry.subs.values() {
+                    sub.lose_place(channel);
+                }
+                Delivery::Gap(entry.subs.len())
+            }
+        }
+    }
+
+    /// Records the stream position a subscribe read, when the hub knows none yet for
+    /// the channel, so that a gap right after the first subscribe is noticed too.
+    pub fn note_position(&self, channel: &str, position: &StreamPosition) {
+        if position.epoch.is_empty() {
+            return;
+        }
+        let shard = self.shard(channel).read();
+        if let Some(entry) = shard.get(channel) {
+            let mut last = entry.last.lock();
+            match last.as_mut() {
+                None => {
+                    *last = Some(Delivered {
+                        epoch: position.epoch.clone(),
+                        offset: position.offset,
+                    });
+                }
+                Some(prev) if prev.epoch.is_empty() => prev.epoch = position.epoch.clone(),
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// The last position delivered on each channel that has one.
+    pub fn positions(&self) -> Vec<(String, StreamPosition)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            for (name, entry) in shard.read().iter() {
+                if let Some(d) = entry.last.lock().as_ref() {
+                    out.push((
+                        name.clone(),
+                        StreamPosition {
+                            offset: d.offset,
+                            epoch: d.epoch.clone(),
+                        },
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// The last position delivered on a channel, if any.
+    pub fn position(&self, channel: &str) -> Option<StreamPosition> {
+        let shard = self.shard(channel).read();
+        let entry = shard.get(channel)?;
+        let last = entry.last.lock();
+        last.as_ref().map(|d| StreamPosition {
+            offset: d.offset,
+            epoch: d.epoch.clone(),
+        })
+    }
+
+    /// The broker's stream is at `top` and this node did not deliver up to it: every
+    /// subscriber of the channel is told to recover, and `top` becomes the last
+    /// delivered position. Returns how many subscribers were told.
+    pub fn lost_place(&self, channel: &str, top: &StreamPosition) -> usize {
+        let shard = self.shard(channel).read();
+        let Some(entry) = shard.get(channel) else {
             return 0;
         };
-        for sub in subs.values() {
-            sub.deliver(offset, bytes);
+        let mut last = entry.last.lock();
+        for sub in entry.subs.values() {
+            sub.lose_place(channel);
         }
-        subs.len()
+        *last = Some(Delivered {
+            epoch: top.epoch.clone(),
+            offset: top.offset,
+        });
+        entry.subs.len()
     }
 
     /// Delivers an encoded join or leave push to subscribers that want them.
     pub fn join_leave(&self, channel: &str, bytes: &Bytes, except: Option<u64>) -> usize {
         let shard = self.shard(channel).read();
-        let Some(subs) = shard.get(channel) else {
+        let Some(entry) = shard.get(channel) else {
             return 0;
         };
         let mut n = 0;
-        for sub in subs.values() {
+        for sub in entry.subs.values() {
             if sub.join_leave && Some(sub.conn.serial) != except {
                 sub.deliver(0, bytes);
                 n += 1;
@@ -181,15 +371,15 @@ impl Hub {
         self.shard(channel)
             .read()
             .get(channel)
-            .map_or(0, HashMap::len)
+            .map_or(0, |entry| entry.subs.len())
     }
 
     /// Every channel with subscribers here, with its subscriber count.
     pub fn channels(&self) -> Vec<(String, usize)> {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
-            for (name, subs) in shard.read().iter() {
-                out.push((name.clone(), subs.len()));
+            for (name, entry) in shard.read().iter() {
+                out.push((name.clone(), entry.subs.len()));
             }
         }
         out
