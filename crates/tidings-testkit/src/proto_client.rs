@@ -146,6 +146,13 @@ impl ProtoClient {
         })
     }
 
+    /// Sends this client's emulation requests and long polls to the server at
+    /// `base_url` (`http://ADDR`) from now on, while its stream stays where it
+    /// is: what a load balancer without sticky sessions does.
+    pub fn route_requests_to(&mut self, base_url: &str) {
+        self.wire.route_requests_to(base_url);
+    }
+
     /// The transport this client runs over.
     pub fn transport(&self) -> Transport {
         self.transport

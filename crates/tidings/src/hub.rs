@@ -390,3 +390,123 @@ impl Hub {
         self.shards.iter().map(|s| s.read().len()).sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::Drained;
+
+    fn subscriber() -> (
+        Arc<Subscriber>,
+        tokio::sync::mpsc::Receiver<crate::connection::Control>,
+    ) {
+        let (conn, control) = Connection::new("test", 1 << 20);
+        (Subscriber::new(conn, false), control)
+    }
+
+    async fn sent(sub: &Subscriber) -> Vec<Bytes> {
+        if sub.conn.outbox.queued_bytes() == 0 {
+            return Vec::new();
+        }
+        match sub.conn.outbox.drain().await {
+            Drained::Batch(items) | Drained::Close(items, _) => items,
+        }
+    }
+
+    fn b(s: &'static str) -> Bytes {
+        Bytes::from_static(s.as_bytes())
+    }
+
+    #[tokio::test]
+    async fn duplicates_are_dropped_and_contiguous_offsets_delivered() {
+        let hub = Hub::new();
+        let (sub, _control) = subscriber();
+        hub.add("c", sub.clone());
+        sub.go_live(None, 0);
+        assert_eq!(
+            hub.publish("c", Some("e"), 1, &b("1")),
+            Delivery::Delivered(1)
+        );
+        assert_eq!(
+            hub.publish("c", Some("e"), 2, &b("2")),
+            Delivery::Delivered(1)
+        );
+        assert_eq!(hub.publish("c", Some("e"), 2, &b("2")), Delivery::Duplicate);
+        assert_eq!(hub.publish("c", None, 1, &b("1")), Delivery::Duplicate);
+        assert_eq!(sent(&sub).await, vec![b("1"), b("2")]);
+    }
+
+    #[tokio::test]
+    async fn a_jump_stops_delivery_and_asks_the_session_to_recover() {
+        let hub = Hub::new();
+        let (sub, mut control) = subscriber();
+        hub.add("c", sub.clone());
+        sub.go_live(None, 0);
+        hub.publish("c", Some("e"), 1, &b("1"));
+        assert_eq!(hub.publish("c", Some("e"), 3, &b("3")), Delivery::Gap(1));
+        assert!(sub.is_insufficient());
+        assert!(matches!(
+            control.try_recv(),
+            Ok(Control::Insufficient { channel }) if channel == "c"
+        ));
+        // Nothing after the gap reaches the old subscription.
+        hub.publish("c", Some("e"), 4, &b("4"));
+        assert_eq!(sent(&sub).await, vec![b("1")]);
+        // A new subscriber continues from the new position.
+        let (fresh, _c) = subscriber();
+        hub.add("c", fresh.clone());
+        fresh.go_live(None, 4);
+        assert_eq!(
+            hub.publish("c", Some("e"), 5, &b("5")),
+            Delivery::Delivered(2)
+        );
+        assert_eq!(sent(&fresh).await, vec![b("5")]);
+    }
+
+    #[tokio::test]
+    async fn a_new_epoch_is_a_gap_even_when_offsets_start_over() {
+        let hub = Hub::new();
+        let (sub, mut control) = subscriber();
+        hub.add("c", sub.clone());
+        sub.go_live(None, 0);
+        hub.publish("c", Some("old"), 7, &b("7"));
+        assert_eq!(hub.publish("c", Some("new"), 1, &b("1")), Delivery::Gap(1));
+        assert!(control.try_recv().is_ok());
+        assert_eq!(sent(&sub).await, vec![b("7")]);
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_lost_its_place_while_pending_gets_only_its_reply() {
+        let hub = Hub::new();
+        let (sub, _control) = subscriber();
+        hub.add("c", sub.clone());
+        hub.note_position(
+            "c",
+            &StreamPosition {
+                offset: 2,
+                epoch: "e".into(),
+            },
+        );
+        hub.publish("c", Some("e"), 3, &b("3"));
+        assert_eq!(hub.publish("c", Some("e"), 5, &b("5")), Delivery::Gap(1));
+        sub.go_live(Some(b("reply")), 2);
+        assert_eq!(sent(&sub).await, vec![b("reply")]);
+    }
+
+    #[tokio::test]
+    async fn the_position_check_marks_a_channel_behind_the_broker() {
+        let hub = Hub::new();
+        let (sub, mut control) = subscriber();
+        hub.add("c", sub.clone());
+        sub.go_live(None, 0);
+        hub.publish("c", Some("e"), 1, &b("1"));
+        let top = StreamPosition {
+            offset: 4,
+            epoch: "e".into(),
+        };
+        assert_eq!(hub.lost_place("c", &top), 1);
+        assert!(control.try_recv().is_ok());
+        assert_eq!(hub.position("c"), Some(top));
+        assert_eq!(hub.publish("c", Some("e"), 4, &b("4")), Delivery::Duplicate);
+    }
+}
