@@ -153,6 +153,12 @@ impl ProtoClient {
         self.wire.route_requests_to(base_url);
     }
 
+    /// Whether the connection is over (the server disconnected, or the socket or
+    /// stream ended).
+    pub fn is_gone(&self) -> bool {
+        self.close.is_some() || self.ended
+    }
+
     /// The transport this client runs over.
     pub fn transport(&self) -> Transport {
         self.transport
