@@ -200,11 +200,12 @@ impl Follower {
                 client.set_wait(Duration::from_secs(10));
                 let result = match client.subscribe_with(req).await {
                     Ok(r) => r,
-                    Err(_) if client.is_gone() => {
+                    Err(_) => {
+                        // Refused for now (the broker is down) or cut: an SDK
+                        // tries again later; here, over a new connection.
                         self.vanish();
                         return Ok(false);
                     }
-                    Err(e) => return Err(e),
                 };
                 self.take_subscribe(&result)?;
             }
@@ -258,9 +259,11 @@ impl Follower {
             }
             // Where would it have been? Between seqs[i-1] and seqs[i].
             let i = self.seqs.partition_point(|&s| s < seq);
-            let reported = self.reported_at.iter().any(|&at| at == i);
+            let reported = self.reported_at.contains(&i);
             if !reported {
-                problems.push(format!("seq {seq} missing without a recovered:false report"));
+                problems.push(format!(
+                    "seq {seq} missing without a recovered:false report"
+                ));
             }
         }
         if problems.is_empty() {
