@@ -394,6 +394,79 @@ async fn answer(node: &Node, request: Request) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Config;
+
+    /// With the memory broker, a request to the node's own uid goes the whole way:
+    /// out through the broker, served, and the reply matched to its request.
+    #[tokio::test]
+    async fn requests_get_their_replies_and_unanswered_ones_time_out() {
+        let node = Node::new(Config::default());
+        let uid = node.uid().to_string();
+        let short = Duration::from_secs(2);
+        let reply = request(&node, &uid, Request::Channels { pattern: None }, short).await;
+        assert!(matches!(reply, Ok(Reply::Channels { channels }) if channels.is_empty()));
+        let ask = Request::Poll {
+            session: "nope".into(),
+            cursor: 0,
+        };
+        let reply = request(&node, &uid, ask, short).await;
+        assert!(matches!(reply, Ok(Reply::Http { status: 404, .. })));
+        let ask = Request::Emulation {
+            session: "nope".into(),
+            frame: "{}".into(),
+        };
+        let reply = request(&node, &uid, ask, short).await;
+        assert!(matches!(reply, Ok(Reply::Http { status: 404, .. })));
+        // Nobody answers for a node that does not exist.
+        let ask = Request::ClosePoll {
+            session: "nope".into(),
+        };
+        let reply = request(&node, "elsewhere", ask, Duration::from_millis(50)).await;
+        assert_eq!(reply.unwrap_err(), ForwardError::Timeout);
+        assert!(node.inner.cluster.pending.lock().is_empty());
+    }
+
+    #[tokio::test]
+    async fn heartbeats_of_other_nodes_are_listed_and_expire() {
+        let node = Node::new(Config::default());
+        let other = NodeInfo {
+            uid: "other".into(),
+            name: "b".into(),
+            version: "x".into(),
+            num_clients: 1,
+            num_users: 1,
+            num_subs: 0,
+            num_channels: 0,
+            uptime: 5,
+        };
+        let bytes = serde_json::to_vec(&Envelope {
+            v: VERSION,
+            from: "other".into(),
+            msg: Message::Info(other),
+        })
+        .unwrap();
+        handle(&node, &bytes);
+        assert_eq!(node.nodes().len(), 2);
+        assert!(node.is_live_node("other"));
+        assert!(node.inner.cluster.live_nodes(Duration::ZERO).is_empty());
+        // Another version is ignored.
+        let third = NodeInfo {
+            uid: "third".into(),
+            ..node.info()
+        };
+        let mut future = serde_json::to_value(Envelope {
+            v: VERSION,
+            from: "third".into(),
+            msg: Message::Info(third.clone()),
+        })
+        .unwrap();
+        future["v"] = serde_json::json!(VERSION + 1);
+        handle(&node, future.to_string().as_bytes());
+        assert!(!node.is_live_node("third"));
+        future["v"] = serde_json::json!(VERSION);
+        handle(&node, future.to_string().as_bytes());
+        assert!(node.is_live_node("third"));
+    }
 
     #[test]
     fn messages_round_trip_and_unknown_kinds_are_refused() {
