@@ -492,15 +492,37 @@ impl Default for EngineConfig {
     }
 }
 
-/// `engine.redis.*`.
+/// `engine.redis.*`, with Centrifugo v6's key names.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RedisEngineConfig {
-    /// Redis addresses (`redis://host:port`, `rediss://` for TLS). Default
+    /// The Redis server: `redis://[user:password@]host:port[/db]`, `rediss://` for
+    /// TLS. A list, as in Centrifugo, of exactly one address (sharding over several
+    /// servers is not supported); a single string is accepted too. Default
     /// `["redis://127.0.0.1:6379"]`.
+    #[serde(deserialize_with = "string_or_list")]
     pub address: Vec<String>,
-    /// Prefix of every key and pub/sub channel. Default `tidings`.
+    /// Prefix of every key, stream and pub/sub channel. Must not contain `{` or `}`
+    /// (they would break the per-channel hash tags). Default `tidings`.
     pub prefix: String,
+    /// Database number, when the address names none. Default `0`.
+    pub db: i64,
+    /// ACL user name, when the address names none. Default: none.
+    pub user: String,
+    /// Password, when the address names none. Default: none.
+    pub password: String,
+    /// Give up connecting after this long. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Give up on a command (publish, history, presence) after this long; the call
+    /// fails instead of waiting for Redis to come back. Default `4s`.
+    #[serde(with = "humantime_serde")]
+    pub io_timeout: Duration,
+    /// How long a presence entry lives unless the node refreshes it. Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub presence_ttl: Duration,
+    /// TLS to Redis.
+    pub tls: RedisTlsConfig,
 }
 
 impl Default for RedisEngineConfig {
@@ -508,8 +530,80 @@ impl Default for RedisEngineConfig {
         Self {
             address: vec!["redis://127.0.0.1:6379".into()],
             prefix: "tidings".into(),
+            db: 0,
+            user: String::new(),
+            password: String::new(),
+            connect_timeout: Duration::from_secs(1),
+            io_timeout: Duration::from_secs(4),
+            presence_ttl: Duration::from_secs(60),
+            tls: RedisTlsConfig::default(),
         }
     }
+}
+
+impl RedisEngineConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |msg: String| Err(ConfigError::Invalid(msg));
+        match self.address.as_slice() {
+            [one] if one.starts_with("redis://") || one.starts_with("rediss://") => {}
+            [one] => {
+                return bad(format!(
+                    "engine.redis.address {one:?} must start with redis:// or rediss://"
+                ))
+            }
+            [] => return bad("engine.redis.address is empty".into()),
+            _ => {
+                return bad(
+                    "engine.redis.address: only one Redis server is supported (no sharding)".into(),
+                )
+            }
+        }
+        if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {
+            return bad("engine.redis.prefix must be non-empty and contain no { or }".into());
+        }
+        if self.connect_timeout.is_zero() || self.io_timeout.is_zero() {
+            return bad("engine.redis.connect_timeout and io_timeout must be positive".into());
+        }
+        if self.presence_ttl < Duration::from_secs(1) {
+            return bad("engine.redis.presence_ttl must be at least 1s".into());
+        }
+        if self.tls.cert_pem.is_empty() != self.tls.key_pem.is_empty() {
+            return bad("engine.redis.tls: cert_pem and key_pem go together".into());
+        }
+        Ok(())
+    }
+}
+
+/// `engine.redis.tls.*`: the client side of TLS to Redis (Centrifugo's key names;
+/// the `_file` and `_b64` variants and `server_name` are not supported).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RedisTlsConfig {
+    /// Connect with TLS (same as a `rediss://` address). Default `false`.
+    pub enabled: bool,
+    /// Client certificate (PEM) for mutual TLS, with `key_pem`. Default: none.
+    pub cert_pem: String,
+    /// Client private key (PEM). Default: none.
+    pub key_pem: String,
+    /// CA certificate(s) (PEM) the server's certificate must chain to, instead of
+    /// the system's roots. Default: none.
+    pub server_ca_pem: String,
+    /// Accept any server certificate. For tests only. Default `false`.
+    pub insecure_skip_verify: bool,
+}
+
+/// Reads a list of strings given as a list or as one string.
+fn string_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s.split_whitespace().map(str::to_string).collect(),
+        OneOrMany::Many(v) => v,
+    })
 }
 
 /// `engine.nats.*`.
@@ -883,11 +977,14 @@ impl Config {
                 return bad(format!("{key} must be at least 100ms"));
             }
         }
-        if self.engine.kind != "memory" {
-            return bad(format!(
-                "engine.type {:?} is not supported yet (only \"memory\")",
-                self.engine.kind
-            ));
+        match self.engine.kind.as_str() {
+            "memory" => {}
+            "redis" => self.engine.redis.validate()?,
+            other => {
+                return bad(format!(
+                    "engine.type {other:?} is not supported (\"memory\" or \"redis\")"
+                ))
+            }
         }
         if self.channel.namespace_boundary.is_empty() {
             return bad("channel.namespace_boundary must not be empty".into());

@@ -4,11 +4,18 @@
 //! nodes through a shared server; their modules live under `broker/` and
 //! `presence/`.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
 
-use crate::broker::{Broker, MemoryBroker};
+use futures_util::future::BoxFuture;
+use tidings_protocol::RawJson;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::redis::RedisConn;
+use crate::broker::{Broker, MemoryBroker, RedisBroker};
 use crate::config::Config;
-use crate::presence::{MemoryPresenceManager, PresenceManager};
+use crate::node::{Node, NodeError, NodeInner, PublishRequest};
+use crate::presence::{MemoryPresenceManager, PresenceManager, RedisPresenceManager};
 
 /// A node's broker and presence manager.
 pub struct Engine {
@@ -17,6 +24,57 @@ pub struct Engine {
     /// The memory broker, when that is the engine, for the node's periodic sweep of
     /// idle streams (the networked engines expire their data on the server).
     pub memory: Option<Arc<MemoryBroker>>,
+    /// Starts the engine's direct-publish consumer (publishes that backends put
+    /// straight into the engine, see docs/engines.md), when the engine has one.
+    /// The node calls it once, with its publish path and its shutdown token.
+    pub direct_publish: Option<Box<dyn FnOnce(DirectPublisher, CancellationToken) + Send>>,
+}
+
+/// A publication a backend handed to the engine directly (not through the API).
+#[derive(Debug, Clone)]
+pub struct DirectPublish {
+    pub channel: String,
+    pub data: RawJson,
+    pub idempotency_key: Option<String>,
+    pub tags: Option<BTreeMap<String, String>>,
+}
+
+/// Why a direct publish did not happen.
+#[derive(Debug, Clone)]
+pub enum DirectPublishError {
+    /// It never can (bad channel, …): the engine drops the message.
+    Rejected(String),
+    /// The backend failed: the engine may try again later.
+    Failed(String),
+}
+
+/// The node's publish path, as the engines' direct-publish consumers call it.
+pub type DirectPublisher =
+    Arc<dyn Fn(DirectPublish) -> BoxFuture<'static, Result<(), DirectPublishError>> + Send + Sync>;
+
+/// The publish path of the node behind `node` (weak, so the consumer does not keep
+/// the node alive), for [`Engine::direct_publish`].
+pub(crate) fn node_publisher(node: Weak<NodeInner>) -> DirectPublisher {
+    Arc::new(move |msg: DirectPublish| {
+        let node = node.clone();
+        Box::pin(async move {
+            let Some(inner) = node.upgrade() else {
+                return Err(DirectPublishError::Failed("node stopped".into()));
+            };
+            let req = PublishRequest {
+                tags: msg.tags,
+                idempotency_key: msg.idempotency_key,
+                ..PublishRequest::new(msg.channel, msg.data)
+            };
+            match (Node { inner }).publish(req).await {
+                Ok(_) => Ok(()),
+                Err(NodeError::Protocol(code)) => {
+                    Err(DirectPublishError::Rejected(code.message.to_string()))
+                }
+                Err(NodeError::Backend(e)) => Err(DirectPublishError::Failed(e)),
+            }
+        })
+    })
 }
 
 /// Builds the engine the configuration names. `Config::validate` has already
@@ -32,6 +90,26 @@ pub fn build(config: &Config) -> Result<Engine, String> {
                 broker: memory.clone(),
                 presence: Arc::new(MemoryPresenceManager::new()),
                 memory: Some(memory),
+                direct_publish: None,
+            })
+        }
+        "redis" => {
+            let cfg = &config.engine.redis;
+            // Broker and presence share one multiplexed command connection.
+            let conn = Arc::new(RedisConn::new(cfg, cfg.io_timeout)?);
+            let broker = Arc::new(RedisBroker::with_conn(
+                cfg,
+                config.channel.history_meta_ttl,
+                conn.clone(),
+            ));
+            let ingest = broker.clone();
+            Ok(Engine {
+                broker,
+                presence: Arc::new(RedisPresenceManager::with_conn(cfg, conn)),
+                memory: None,
+                direct_publish: Some(Box::new(move |publisher, stop| {
+                    ingest.start_ingest(publisher, stop);
+                })),
             })
         }
         other => Err(format!("engine.type {other:?} is not available")),

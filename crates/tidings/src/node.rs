@@ -267,6 +267,12 @@ impl NodeBuilder {
         });
         let _ = fanout.node.set(Arc::downgrade(&inner));
         inner.broker.run(&inner.uid, fanout);
+        if let Some(start) = engine.direct_publish {
+            start(
+                crate::engine::node_publisher(Arc::downgrade(&inner)),
+                inner.shutdown.clone(),
+            );
+        }
         let node = Node {
             inner: inner.clone(),
         };

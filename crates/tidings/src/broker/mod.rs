@@ -6,12 +6,14 @@
 //! returned to a publisher always names a publication that is in the history.
 
 pub mod memory;
+pub mod redis;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tidings_protocol::{ClientInfo, Publication, StreamPosition};
 
+pub use self::redis::RedisBroker;
 pub use memory::MemoryBroker;
 
 /// Per-publish history settings, taken from the channel's namespace.

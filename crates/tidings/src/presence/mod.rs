@@ -1,12 +1,14 @@
 //! Who is subscribed to a channel, across the nodes that share a presence backend.
 
 pub mod memory;
+pub mod redis;
 
 use std::collections::HashMap;
 
 use async_trait::async_trait;
 use tidings_protocol::ClientInfo;
 
+pub use self::redis::RedisPresenceManager;
 pub use memory::MemoryPresenceManager;
 
 /// Why a presence call failed.

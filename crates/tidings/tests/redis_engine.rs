@@ -1,0 +1,842 @@
+//! The Redis broker and presence manager against a real `redis-server` (started by
+//! the testkit on a free port): history semantics mirrored from the memory broker,
+//! fan-out and control messages between two brokers ("nodes") in one process,
+//! presence expiry, a broker restart, FLUSHALL, and the direct-publish envelope.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tidings::broker::{
+    Broker, BrokerError, BrokerEventHandler, HistoryFilter, PublishOptions, RedisBroker,
+};
+use tidings::config::RedisEngineConfig;
+use tidings::engine::{DirectPublish, DirectPublishError, DirectPublisher};
+use tidings::presence::{PresenceManager, RedisPresenceManager};
+use tidings::protocol::{ClientInfo, Publication, RawJson, StreamPosition};
+use tidings_testkit::RedisServer;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Upper bound of every wait in these tests (polls return as soon as they can).
+const DEADLINE: Duration = Duration::from_secs(15);
+
+static PREFIX: AtomicUsize = AtomicUsize::new(0);
+
+fn cfg(redis: &RedisServer) -> RedisEngineConfig {
+    RedisEngineConfig {
+        address: vec![redis.url()],
+        // A prefix per test keeps tests that share nothing independent anyway.
+        prefix: format!("t{}", PREFIX.fetch_add(1, Ordering::Relaxed)),
+        io_timeout: Duration::from_secs(1),
+        connect_timeout: Duration::from_millis(500),
+        ..Default::default()
+    }
+}
+
+fn opts(size: usize) -> PublishOptions {
+    PublishOptions {
+        history_size: size,
+        history_ttl: Duration::from_secs(60),
+        idempotency_key: None,
+    }
+}
+
+fn publication(n: u32) -> Publication {
+    Publication {
+        data: Some(RawJson::from_value(&n)),
+        ..Default::default()
+    }
+}
+
+fn value(p: &Publication) -> u32 {
+    serde_json::from_str(p.data.as_ref().unwrap().as_str()).unwrap()
+}
+
+fn info(user: &str, client: &str) -> ClientInfo {
+    ClientInfo {
+        user: user.into(),
+        client: client.into(),
+        ..Default::default()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Event {
+    Publication(String, Publication),
+    Join(String, String),
+    Leave(String, String),
+    Control(Vec<u8>),
+    Reconnect,
+}
+
+/// Records what a broker delivers.
+#[derive(Default)]
+struct Recorder {
+    events: Mutex<Vec<Event>>,
+}
+
+impl Recorder {
+    fn events(&self) -> Vec<Event> {
+        self.events.lock().clone()
+    }
+
+    fn publications(&self, channel: &str) -> Vec<Publication> {
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Publication(c, p) if c == channel => Some(p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Polls until `pred` holds for the recorded events.
+    async fn wait_for(&self, what: &str, pred: impl Fn(&[Event]) -> bool) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            // A copy: `pred` may read the recorder itself.
+            let events = self.events();
+            if pred(&events) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {:?}",
+                self.events()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Sends a control message through `broker` to every node and waits until this
+    /// recorder has it: everything published before it on any channel this node
+    /// is subscribed to has then been delivered (one connection, one order).
+    async fn barrier(&self, broker: &RedisBroker) {
+        let token = uuid::Uuid::new_v4().to_string().into_bytes();
+        broker
+            .publish_control(bytes::Bytes::from(token.clone()), None)
+            .await
+            .unwrap();
+        self.wait_for("barrier", |ev| ev.contains(&Event::Control(token.clone())))
+            .await;
+    }
+}
+
+impl BrokerEventHandler for Recorder {
+    fn handle_publication(&self, channel: &str, publication: &Publication) {
+        self.events
+            .lock()
+            .push(Event::Publication(channel.into(), publication.clone()));
+    }
+    fn handle_join(&self, channel: &str, info: &ClientInfo) {
+        self.events
+            .lock()
+            .push(Event::Join(channel.into(), info.client.clone()));
+    }
+    fn handle_leave(&self, channel: &str, info: &ClientInfo) {
+        self.events
+            .lock()
+            .push(Event::Leave(channel.into(), info.client.clone()));
+    }
+    fn handle_control(&self, data: &[u8]) {
+        self.events.lock().push(Event::Control(data.to_vec()));
+    }
+    fn handle_reconnect(&self) {
+        self.events.lock().push(Event::Reconnect);
+    }
+}
+
+/// A running broker ("node") with its recorder.
+async fn node(cfg: &RedisEngineConfig) -> (RedisBroker, Arc<Recorder>, String) {
+    let broker = RedisBroker::new(cfg, Duration::from_secs(3600)).unwrap();
+    let rec = Arc::new(Recorder::default());
+    let uid = uuid::Uuid::new_v4().to_string();
+    broker.run(&uid, rec.clone());
+    // Ready once its own broadcast comes back.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let token = b"ready".to_vec();
+        if broker
+            .publish_control(bytes::Bytes::from(token.clone()), None)
+            .await
+            .is_ok()
+            && wait_briefly(&rec, &Event::Control(token)).await
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "broker never became ready");
+    }
+    (broker, rec, uid)
+}
+
+async fn wait_briefly(rec: &Recorder, event: &Event) -> bool {
+    for _ in 0..50 {
+        if rec.events().contains(event) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+fn since(offset: u64, epoch: &str) -> HistoryFilter {
+    HistoryFilter {
+        since: Some(StreamPosition {
+            offset,
+            epoch: epoch.into(),
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn offsets_grow_and_history_is_bounded() {
+    let redis = RedisServer::start().await.unwrap();
+    let broker = RedisBroker::new(&cfg(&redis), Duration::from_secs(3600)).unwrap();
+    let mut epoch = String::new();
+    for n in 0..5 {
+        let pos = broker.publish("c", publication(n), opts(3)).await.unwrap();
+        assert_eq!(pos.offset, u64::from(n) + 1);
+        if n > 0 {
+            assert_eq!(pos.epoch, epoch, "the epoch stays while the stream lives");
+        }
+        epoch = pos.epoch;
+    }
+    let page = broker.history("c", HistoryFilter::default()).await.unwrap();
+    let offsets: Vec<u64> = page.publications.iter().map(|p| p.offset).collect();
+    assert_eq!(offsets, vec![3, 4, 5]);
+    let values: Vec<u32> = page.publications.iter().map(value).collect();
+    assert_eq!(values, vec![2, 3, 4]);
+    assert_eq!(page.position, StreamPosition { offset: 5, epoch });
+}
+
+#[tokio::test]
+async fn since_a_trimmed_offset_is_unrecoverable() {
+    let redis = RedisServer::start().await.unwrap();
+    let broker = RedisBroker::new(&cfg(&redis), Duration::from_secs(3600)).unwrap();
+    let mut epoch = String::new();
+    for n in 0..5 {
+        epoch = broker
+            .publish("c", publication(n), opts(3))
+            .await
+            .unwrap()
+            .epoch;
+    }
+    assert!(matches!(
+        broker.history("c", since(1, &epoch)).await,
+        Err(BrokerError::UnrecoverablePosition)
+    ));
+    let page = broker.history("c", since(2, &epoch)).await.unwrap();
+    assert_eq!(page.publications.len(), 3);
+    let page = broker.history("c", since(5, &epoch)).await.unwrap();
+    assert!(page.publications.is_empty());
+    // Ahead of the stream, or another epoch: unrecoverable.
+    assert!(broker.history("c", since(6, &epoch)).await.is_err());
+    assert!(broker.history("c", since(4, "other")).await.is_err());
+    // A limit applies after `since`.
+    let page = broker
+        .history(
+            "c",
+            HistoryFilter {
+                limit: Some(1),
+                ..since(3, &epoch)
+            },
+        )
+        .await
+        .unwrap();
+    let offsets: Vec<u64> = page.publications.iter().map(|p| p.offset).collect();
+    assert_eq!(offsets, vec![4]);
+}
+
+#[tokio::test]
+async fn an_unpublished_channel_has_the_epoch_later_publications_get() {
+    let redis = RedisServer::start().await.unwrap();
+    let broker = RedisBroker::new(&cfg(&redis), Duration::from_secs(3600)).unwrap();
+    let page = broker
+        .history("quiet", HistoryFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(page.position.offset, 0);
+    assert!(!page.position.epoch.is_empty());
+    let pos = broker
+        .publish("quiet", publication(1), opts(10))
+        .await
+        .unwrap();
+    assert_eq!(pos.epoch, page.position.epoch);
+    let page = broker.history("quiet", since(0, "")).await.unwrap();
+    assert_eq!(page.publications.len(), 1);
+    assert!(broker.history("quiet", since(0, "other")).await.is_err());
+}
+
+#[tokio::test]
+async fn a_retried_idempotent_publish_is_published_once() {
+    let redis = RedisServer::start().await.unwrap();
+    let broker = RedisBroker::new(&cfg(&redis), Duration::from_secs(3600)).unwrap();
+    let keyed = PublishOptions {
+        idempotency_key: Some("k".into()),
+        ..opts(10)
+    };
+    let first = broker
+        .publish("c", publication(1), keyed.clone())
+        .await
+        .unwrap();
+    let again = broker
+        .publish("c", publication(1), keyed.clone())
+        .await
+        .unwrap();
+    assert_eq!(first, again);
+    // The key is per channel.
+    let other = broker.publish("d", publication(1), keyed).await.unwrap();
+    assert_eq!(other.offset, 1);
+    let page = broker.history("c", HistoryFilter::default()).await.unwrap();
+    assert_eq!(page.publications.len(), 1);
+    assert_eq!(page.position.offset, 1);
+    // Without history the key works too, and the result has no position.
+    let no_history = PublishOptions {
+        idempotency_key: Some("k2".into()),
+        ..opts(0)
+    };
+    let a = broker
+        .publish("e", publication(1), no_history.clone())
+        .await
+        .unwrap();
+    let b = broker
+        .publish("e", publication(1), no_history)
+        .await
+        .unwrap();
+    assert_eq!(a, StreamPosition::default());
+    assert_eq!(a, b);
+}
+
+#[tokio::test]
+async fn limit_and_reverse() {
+    let redis = RedisServer::start().await.unwrap();
+    let broker = RedisBroker::new(&cfg(&redis), Duration::from_secs(3600)).unwrap();
+    let mut epoch = String::new();
+    for n in 0..3 {
+        epoch = broker
+            .publish("c", publication(n), opts(10))
+            .await
+            .unwrap()
+            .epoch;
+    }
+    let offsets = |page: tidings::broker::HistoryPage| -> Vec<u64> {
+        page.publications.iter().map(|p| p.offset).collect()
+    };
+    let filter = |limit, reverse| HistoryFilter {
+        limit,
+        reverse,
+        ..Default::default()
+    };
+    assert_eq!(
+        offsets(broker.history("c", filter(Some(2), false)).await.unwrap()),
+        vec![1, 2]
+    );
+    assert_eq!(
+        offsets(broker.history("c", filter(Some(2), true)).await.unwrap()),
+        vec![3, 2]
+    );
+    assert_eq!(
+        offsets(broker.history("c", filter(None, true)).await.unwrap()),
+        vec![3, 2, 1]
+    );
+    let only_position = broker.history("c", filter(Some(0), false)).await.unwrap();
+    assert!(only_position.publications.is_empty());
+    assert_eq!(only_position.position.offset, 3);
+    // Paging backwards from a position: the publications before it.
+    let back = HistoryFilter {
+        reverse: true,
+        ..since(3, &epoch)
+    };
+    assert_eq!(
+        offsets(broker.history("c", back).await.unwrap()),
+        vec![2, 1]
+    );
+    let back_from_one = HistoryFilter {
+        reverse: true,
+        ..since(1, &epoch)
+    };
+    assert!(broker
+        .history("c", back_from_one)
+        .await
+        .unwrap()
+        .publications
+        .is_empty());
+}
+
+#[tokio::test]
+async fn expired_publications_leave_history_but_not_the_position() {
+    let redis = RedisServer::start().await.unwrap();
+    let broker = RedisBroker::new(&cfg(&redis), Duration::from_secs(3600)).unwrap();
+    let short = PublishOptions {
+        history_ttl: Duration::from_millis(300),
+        ..opts(10)
+    };
+    let pos = broker
+        .publish("c", publication(1), short.clone())
+        .await
+        .unwrap();
+    broker.publish("c", publication(2), short).await.unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let page = broker.history("c", HistoryFilter::default()).await.unwrap();
+        assert_eq!(page.position.offset, 2);
+        assert_eq!(page.position.epoch, pos.epoch);
+        if page.publications.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "publications never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Recovering across expired publications is not possible...
+    assert!(matches!(
+        broker.history("c", since(0, &pos.epoch)).await,
+        Err(BrokerError::UnrecoverablePosition)
+    ));
+    // ...from the top it is, and the offsets go on.
+    assert!(broker
+        .history("c", since(2, &pos.epoch))
+        .await
+        .unwrap()
+        .publications
+        .is_empty());
+    let next = broker.publish("c", publication(3), opts(10)).await.unwrap();
+    assert_eq!(
+        next,
+        StreamPosition {
+            offset: 3,
+            epoch: pos.epoch.clone()
+        }
+    );
+    let page = broker.history("c", since(2, &pos.epoch)).await.unwrap();
+    assert_eq!(
+        page.publications.iter().map(value).collect::<Vec<_>>(),
+        vec![3]
+    );
+}
+
+#[tokio::test]
+async fn removed_history_keeps_the_position() {
+    let redis = RedisServer::start().await.unwrap();
+    let broker = RedisBroker::new(&cfg(&redis), Duration::from_secs(3600)).unwrap();
+    let mut pos = StreamPosition::default();
+    for n in 0..3 {
+        pos = broker.publish("c", publication(n), opts(10)).await.unwrap();
+    }
+    broker.remove_history("c").await.unwrap();
+    let page = broker.history("c", HistoryFilter::default()).await.unwrap();
+    assert!(page.publications.is_empty());
+    assert_eq!(page.position, pos);
+    assert!(broker.history("c", since(1, &pos.epoch)).await.is_err());
+    let next = broker.publish("c", publication(9), opts(10)).await.unwrap();
+    assert_eq!(next.offset, 4);
+    assert_eq!(next.epoch, pos.epoch);
+}
+
+#[tokio::test]
+async fn two_nodes_see_each_others_publications_joins_and_leaves() {
+    let redis = RedisServer::start().await.unwrap();
+    let cfg = cfg(&redis);
+    let (a, rec_a, _) = node(&cfg).await;
+    let (b, rec_b, _) = node(&cfg).await;
+    b.subscribe("news").await.unwrap();
+    let pos = a.publish("news", publication(7), opts(10)).await.unwrap();
+    a.publish("news", publication(8), opts(0)).await.unwrap();
+    a.publish_join("news", info("u1", "c1")).await.unwrap();
+    a.publish_leave("news", info("u1", "c1")).await.unwrap();
+    rec_b.barrier(&a).await;
+    let events: Vec<Event> = rec_b
+        .events()
+        .into_iter()
+        .filter(|e| !matches!(e, Event::Control(_)))
+        .collect();
+    let mut expected_pub = publication(7);
+    expected_pub.offset = pos.offset;
+    assert_eq!(
+        events,
+        vec![
+            Event::Publication("news".into(), expected_pub),
+            Event::Publication("news".into(), publication(8)),
+            Event::Join("news".into(), "c1".into()),
+            Event::Leave("news".into(), "c1".into()),
+        ]
+    );
+    // A is not subscribed: it gets nothing of the channel.
+    rec_a.barrier(&b).await;
+    assert!(rec_a.publications("news").is_empty());
+    // After the last unsubscribe, B gets nothing either.
+    b.unsubscribe("news").await.unwrap();
+    // The unsubscribe is applied in the background: publish until one is missed
+    // after a barrier (bounded).
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let before = rec_b.publications("news").len();
+        a.publish("news", publication(1), opts(0)).await.unwrap();
+        rec_b.barrier(&a).await;
+        if rec_b.publications("news").len() == before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "unsubscribe never took effect");
+    }
+}
+
+#[tokio::test]
+async fn subscriptions_are_counted_so_a_late_unsubscribe_does_not_cancel_a_new_one() {
+    let redis = RedisServer::start().await.unwrap();
+    let cfg = cfg(&redis);
+    let (a, _rec_a, _) = node(&cfg).await;
+    let (b, rec_b, _) = node(&cfg).await;
+    // First subscriber leaves while a second arrives: subscribe, subscribe,
+    // unsubscribe leaves one subscription.
+    b.subscribe("c").await.unwrap();
+    b.subscribe("c").await.unwrap();
+    b.unsubscribe("c").await.unwrap();
+    rec_b.barrier(&a).await;
+    a.publish("c", publication(1), opts(0)).await.unwrap();
+    rec_b.barrier(&a).await;
+    assert_eq!(rec_b.publications("c").len(), 1);
+}
+
+#[tokio::test]
+async fn control_messages_reach_every_node_or_the_one_named() {
+    let redis = RedisServer::start().await.unwrap();
+    let cfg = cfg(&redis);
+    let (a, rec_a, uid_a) = node(&cfg).await;
+    let (b, rec_b, uid_b) = node(&cfg).await;
+    let all = |e: &[Event], m: &[u8]| e.contains(&Event::Control(m.to_vec()));
+    a.publish_control(bytes::Bytes::from_static(b"to-all"), None)
+        .await
+        .unwrap();
+    rec_a
+        .wait_for("broadcast on A", |e| all(e, b"to-all"))
+        .await;
+    rec_b
+        .wait_for("broadcast on B", |e| all(e, b"to-all"))
+        .await;
+    a.publish_control(bytes::Bytes::from_static(b"to-b"), Some(&uid_b))
+        .await
+        .unwrap();
+    b.publish_control(bytes::Bytes::from_static(b"to-a"), Some(&uid_a))
+        .await
+        .unwrap();
+    rec_b.wait_for("targeted on B", |e| all(e, b"to-b")).await;
+    rec_a.wait_for("targeted on A", |e| all(e, b"to-a")).await;
+    // Barriers on both: the targeted messages did not reach the other node.
+    rec_a.barrier(&a).await;
+    rec_b.barrier(&b).await;
+    assert!(!all(&rec_a.events(), b"to-b"));
+    assert!(!all(&rec_b.events(), b"to-a"));
+}
+
+#[tokio::test]
+async fn concurrent_publishes_share_the_connection_and_keep_order() {
+    let redis = RedisServer::start().await.unwrap();
+    let cfg = cfg(&redis);
+    let (a, _rec_a, _) = node(&cfg).await;
+    let (b, rec_b, _) = node(&cfg).await;
+    b.subscribe("load").await.unwrap();
+    let a = Arc::new(a);
+    const N: u32 = 2000;
+    let tasks: Vec<_> = (0..N)
+        .map(|n| {
+            let a = a.clone();
+            tokio::spawn(async move { a.publish("load", publication(n), opts(N as usize)).await })
+        })
+        .collect();
+    let mut offsets = BTreeSet::new();
+    for t in tasks {
+        offsets.insert(t.await.unwrap().unwrap().offset);
+    }
+    assert_eq!(offsets, (1..=u64::from(N)).collect::<BTreeSet<_>>());
+    rec_b
+        .wait_for("all publications", |_| rec_b_count(&rec_b) == N as usize)
+        .await;
+    // Delivered in offset order, each value once.
+    let got = rec_b.publications("load");
+    assert!(got.windows(2).all(|w| w[0].offset + 1 == w[1].offset));
+    let values: BTreeSet<u32> = got.iter().map(value).collect();
+    assert_eq!(values.len(), N as usize);
+    let page = a.history("load", HistoryFilter::default()).await.unwrap();
+    assert_eq!(page.publications.len(), N as usize);
+    assert_eq!(page.position.offset, u64::from(N));
+}
+
+fn rec_b_count(rec: &Recorder) -> usize {
+    rec.publications("load").len()
+}
+
+#[tokio::test]
+async fn a_restarted_redis_means_errors_meanwhile_then_resubscription_and_a_new_epoch() {
+    let mut redis = RedisServer::start().await.unwrap();
+    let cfg = cfg(&redis);
+    let (a, _rec_a, _) = node(&cfg).await;
+    let (b, rec_b, _) = node(&cfg).await;
+    let presence = RedisPresenceManager::new(&cfg).unwrap();
+    // Several channels, so that resubscription has more than one to do.
+    for ch in ["r1", "r2", "r3"] {
+        b.subscribe(ch).await.unwrap();
+    }
+    let before = a.publish("r1", publication(1), opts(10)).await.unwrap();
+    rec_b
+        .wait_for("first publication", |_| rec_b.publications("r1").len() == 1)
+        .await;
+
+    redis.kill9().await.unwrap();
+    // While Redis is down every call fails (bounded by io_timeout), none succeeds.
+    let guard = Duration::from_secs(10);
+    let down = tokio::time::timeout(guard, a.publish("r1", publication(2), opts(10)))
+        .await
+        .expect("publish must not hang while Redis is down");
+    assert!(matches!(down, Err(BrokerError::Backend(_))), "{down:?}");
+    assert!(
+        tokio::time::timeout(guard, a.history("r1", HistoryFilter::default()))
+            .await
+            .unwrap()
+            .is_err()
+    );
+    assert!(tokio::time::timeout(
+        guard,
+        a.publish_control(bytes::Bytes::from_static(b"x"), None)
+    )
+    .await
+    .unwrap()
+    .is_err());
+    assert!(
+        tokio::time::timeout(guard, presence.add("r1", info("u", "c")))
+            .await
+            .unwrap()
+            .is_err()
+    );
+    assert!(tokio::time::timeout(guard, presence.presence("r1"))
+        .await
+        .unwrap()
+        .is_err());
+    assert!(tokio::time::timeout(guard, b.subscribe("r4"))
+        .await
+        .unwrap()
+        .is_err());
+    b.unsubscribe("r4").await.unwrap();
+
+    redis.restart().await.unwrap();
+    rec_b
+        .wait_for("handle_reconnect", |e| e.contains(&Event::Reconnect))
+        .await;
+    // Resubscribed: publications on every channel arrive again.
+    let deadline = Instant::now() + DEADLINE;
+    let after = loop {
+        match a.publish("r1", publication(3), opts(10)).await {
+            Ok(pos) => break pos,
+            Err(e) => assert!(Instant::now() < deadline, "publish never recovered: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    a.publish("r3", publication(4), opts(10)).await.unwrap();
+    rec_b
+        .wait_for("publication after restart", |_| {
+            rec_b.publications("r1").iter().any(|p| value(p) == 3)
+                && rec_b.publications("r3").iter().any(|p| value(p) == 4)
+        })
+        .await;
+    // The data went with the crash: a new epoch, offsets from 1, old position lost.
+    assert_ne!(after.epoch, before.epoch);
+    assert_eq!(after.offset, 1);
+    assert!(matches!(
+        a.history("r1", since(before.offset, &before.epoch)).await,
+        Err(BrokerError::UnrecoverablePosition)
+    ));
+    presence.add("r1", info("u", "c")).await.unwrap();
+}
+
+#[tokio::test]
+async fn flushall_gives_a_new_epoch() {
+    let redis = RedisServer::start().await.unwrap();
+    let cfg = cfg(&redis);
+    let broker = RedisBroker::new(&cfg, Duration::from_secs(3600)).unwrap();
+    let before = broker.publish("c", publication(1), opts(10)).await.unwrap();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("FLUSHALL")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let page = broker.history("c", HistoryFilter::default()).await.unwrap();
+    assert_ne!(page.position.epoch, before.epoch);
+    assert_eq!(page.position.offset, 0);
+    assert!(matches!(
+        broker.history("c", since(1, &before.epoch)).await,
+        Err(BrokerError::UnrecoverablePosition)
+    ));
+    let next = broker.publish("c", publication(2), opts(10)).await.unwrap();
+    assert_eq!(
+        next,
+        StreamPosition {
+            offset: 1,
+            epoch: page.position.epoch
+        }
+    );
+}
+
+#[tokio::test]
+async fn presence_lists_counts_expires_and_refreshes() {
+    let redis = RedisServer::start().await.unwrap();
+    let cfg = RedisEngineConfig {
+        presence_ttl: Duration::from_secs(1),
+        ..cfg(&redis)
+    };
+    let p1 = RedisPresenceManager::new(&cfg).unwrap();
+    let p2 = RedisPresenceManager::new(&cfg).unwrap();
+    p1.add("room", info("alice", "c1")).await.unwrap();
+    p1.add("room", info("alice", "c2")).await.unwrap();
+    p2.add("room", info("bob", "c3")).await.unwrap();
+    let all = p2.presence("room").await.unwrap();
+    assert_eq!(
+        all.keys().cloned().collect::<BTreeSet<_>>(),
+        ["c1", "c2", "c3"].map(String::from).into()
+    );
+    assert_eq!(all["c3"].user, "bob");
+    let stats = p1.stats("room").await.unwrap();
+    assert_eq!((stats.num_clients, stats.num_users), (3, 2));
+    p1.remove("room", "c2").await.unwrap();
+    assert_eq!(p2.stats("room").await.unwrap().num_clients, 2);
+    assert!(p1.presence("empty").await.unwrap().is_empty());
+
+    // c1 is refreshed while c3 is not: c3 disappears within the TTL, c1 stays.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        p1.add("room", info("alice", "c1")).await.unwrap();
+        let now: HashMap<_, _> = p2.presence("room").await.unwrap();
+        assert!(now.contains_key("c1"), "a refreshed entry expired");
+        if !now.contains_key("c3") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "c3 never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stats = p2.stats("room").await.unwrap();
+    assert_eq!((stats.num_clients, stats.num_users), (1, 1));
+    // Without refresh, everything goes.
+    let deadline = Instant::now() + DEADLINE;
+    while !p2.presence("room").await.unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "c1 never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A direct publisher that publishes through `broker` the way the node does
+/// (history 100), rejecting channels that start with `bad`.
+fn publisher(broker: Arc<RedisBroker>, calls: Arc<AtomicUsize>) -> DirectPublisher {
+    Arc::new(move |msg: DirectPublish| {
+        let broker = broker.clone();
+        let calls = calls.clone();
+        Box::pin(async move {
+            calls.fetch_add(1, Ordering::Relaxed);
+            if msg.channel.starts_with("bad") {
+                return Err(DirectPublishError::Rejected("bad channel".into()));
+            }
+            let publication = Publication {
+                data: Some(msg.data),
+                tags: msg.tags,
+                ..Default::default()
+            };
+            let opts = PublishOptions {
+                idempotency_key: msg.idempotency_key,
+                ..opts(100)
+            };
+            broker
+                .publish(&msg.channel, publication, opts)
+                .await
+                .map(|_| ())
+                .map_err(|e| DirectPublishError::Failed(e.to_string()))
+        })
+    })
+}
+
+#[tokio::test]
+async fn direct_publish_envelope_is_published_once_by_one_of_the_nodes() {
+    let redis = RedisServer::start().await.unwrap();
+    let cfg = cfg(&redis);
+    let (a, _rec_a, _) = node(&cfg).await;
+    let (b, rec_b, _) = node(&cfg).await;
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let stop = CancellationToken::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    a.start_ingest(publisher(a.clone(), calls.clone()), stop.clone());
+    b.start_ingest(publisher(b.clone(), calls.clone()), stop.clone());
+    b.subscribe("feed").await.unwrap();
+
+    // What a backend does (docs/engines.md): XADD <prefix>.publish * payload <json>.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let stream = format!("{}.publish", cfg.prefix);
+    const N: u32 = 50;
+    let xadd = |payload: String| {
+        let mut conn = conn.clone();
+        let stream = stream.clone();
+        async move {
+            redis::cmd("XADD")
+                .arg(&stream)
+                .arg("*")
+                .arg("payload")
+                .arg(payload)
+                .query_async::<String>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    // Malformed and rejected entries are dropped, not retried.
+    xadd("not json".into()).await;
+    xadd(r#"{"channel":"bad-one","data":{}}"#.into()).await;
+    for n in 0..N {
+        xadd(format!(
+            r#"{{"channel":"feed","data":{{"n":{n}}},"tags":{{"k":"v"}}}}"#
+        ))
+        .await;
+    }
+    // The same idempotency key twice: published once.
+    for _ in 0..2 {
+        xadd(r#"{"channel":"feed","data":{"n":999},"idempotency_key":"once"}"#.into()).await;
+    }
+    rec_b
+        .wait_for("direct publications", |_| {
+            rec_b.publications("feed").len() == N as usize + 1
+        })
+        .await;
+    let got = rec_b.publications("feed");
+    let ns: BTreeSet<u64> = got
+        .iter()
+        .map(|p| {
+            let v: serde_json::Value =
+                serde_json::from_str(p.data.as_ref().unwrap().as_str()).unwrap();
+            v["n"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(ns.len(), N as usize + 1, "each entry published once");
+    assert!(got
+        .iter()
+        .all(|p| p.tags.is_some() || p.offset > u64::from(N)));
+    // Every entry was handled once and removed from the stream.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let len: u64 = redis::cmd("XLEN")
+            .arg(&stream)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if len == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{len} entries left in the stream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(calls.load(Ordering::Relaxed), N as usize + 3);
+    // Nothing more arrives later (barrier through the same connection order).
+    rec_b.barrier(&a).await;
+    assert_eq!(rec_b.publications("feed").len(), N as usize + 1);
+    stop.cancel();
+}
