@@ -223,8 +223,13 @@ impl Follower {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 bail!(
-                    "seq {seq} did not arrive within {limit:?}; last {:?}, errors {:?}",
+                    "seq {seq} did not arrive within {limit:?}; last {:?} at {}:{}, {} resubscribes, \
+                     {} gap reports, errors {:?}",
                     self.seqs.last(),
+                    self.epoch,
+                    self.offset,
+                    self.resubscribes,
+                    self.reported_at.len(),
                     self.errors
                 );
             }
@@ -270,7 +275,12 @@ impl Follower {
             Ok(())
         } else {
             problems.truncate(20);
-            Err(problems.join("; "))
+            let shown: Vec<u64> = self.seqs.iter().take(60).copied().collect();
+            Err(format!(
+                "{}; received {shown:?}, reports at {:?}",
+                problems.join("; "),
+                self.reported_at
+            ))
         }
     }
 }

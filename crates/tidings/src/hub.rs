@@ -6,9 +6,11 @@
 //!
 //! For a channel with history the hub also remembers the last position it delivered
 //! (epoch, offset). That is how a node notices what the broker failed to bring: a
-//! publication at or below that offset is a duplicate and is dropped; one further
-//! ahead, or in another epoch, means publications went missing on the way to this
-//! node. The channel's subscribers are then told to resubscribe and recover
+//! publication at or below that offset, in the same epoch, is a duplicate and is
+//! dropped; one further ahead, or in another epoch, means publications went missing
+//! on the way to this node. When the broker does not say the epoch, a publication
+//! at or below the last offset may open a new epoch (history lost), so it counts
+//! as a gap too. The channel's subscribers are then told to resubscribe and recover
 //! (unsubscribe push 2500), and get nothing more on the old subscription, so a
 //! client's stream never has a silent hole.
 use std::collections::HashMap;
@@ -139,6 +141,11 @@ impl Connection {
 struct Delivered {
     epoch: String,
     offset: u64,
+    /// `false` after the broker reconnected, until a position check or a
+    /// publication with its epoch confirms the position: publications that came in
+    /// while the connection was down may be missing, and without an epoch the next
+    /// offset cannot be told from the first ones of a new epoch.
+    trusted: bool,
 }
 
 /// One channel on this node.
@@ -238,16 +245,23 @@ impl Hub {
         }
         let mut last = entry.last.lock();
         let epoch = epoch.unwrap_or("");
-        let next = match last.as_mut() {
+        let next = match last.as_ref() {
             None => Ok(()),
             Some(prev) => {
-                if !epoch.is_empty() && !prev.epoch.is_empty() && epoch != prev.epoch {
+                let both_known = !epoch.is_empty() && !prev.epoch.is_empty();
+                if both_known && epoch != prev.epoch {
+                    Err(())
+                } else if !prev.trusted && !both_known {
+                    // After a reconnect, without an epoch to compare: recover.
                     Err(())
                 } else if offset <= prev.offset {
-                    if prev.epoch.is_empty() {
-                        prev.epoch = epoch.to_string();
+                    if both_known {
+                        return Delivery::Duplicate;
                     }
-                    return Delivery::Duplicate;
+                    // Without both epochs this may be the start of a new epoch (the
+                    // broker lost its history) rather than a repeat: recovering is
+                    // the safe answer, and costs little where it was a repeat.
+                    Err(())
                 } else if offset == prev.offset + 1 {
                     Ok(())
                 } else {
@@ -255,13 +269,16 @@ impl Hub {
                 }
             }
         };
-        let known_epoch = match (epoch.is_empty(), last.as_ref()) {
-            (true, Some(prev)) => prev.epoch.clone(),
+        let epoch_now = match (next, last.as_ref()) {
+            // Contiguous: the epoch stays what it was, unless this one says.
+            (Ok(()), Some(prev)) if epoch.is_empty() => prev.epoch.clone(),
+            // After a gap the old epoch may be wrong: only what the broker says.
             _ => epoch.to_string(),
         };
         *last = Some(Delivered {
-            epoch: known_epoch,
+            epoch: epoch_now,
             offset,
+            trusted: true,
         });
         match next {
             Ok(()) => {
@@ -293,6 +310,7 @@ impl Hub {
                     *last = Some(Delivered {
                         epoch: position.epoch.clone(),
                         offset: position.offset,
+                        trusted: true,
                     });
                 }
                 Some(prev) if prev.epoch.is_empty() => prev.epoch = position.epoch.clone(),
@@ -346,8 +364,38 @@ impl Hub {
         *last = Some(Delivered {
             epoch: top.epoch.clone(),
             offset: top.offset,
+            trusted: true,
         });
         entry.subs.len()
+    }
+
+    /// The broker connection came back: until confirmed, no channel's last position
+    /// is trusted (see [`Delivered::trusted`]).
+    pub fn distrust_all(&self) {
+        for shard in self.shards.iter() {
+            for entry in shard.read().values() {
+                if let Some(d) = entry.last.lock().as_mut() {
+                    d.trusted = false;
+                }
+            }
+        }
+    }
+
+    /// The broker's stream is at `top` and the channel's last delivered position
+    /// is the same: trusted again.
+    pub fn confirm(&self, channel: &str, top: &StreamPosition) {
+        let shard = self.shard(channel).read();
+        let Some(entry) = shard.get(channel) else {
+            return;
+        };
+        let mut last = entry.last.lock();
+        if let Some(d) = last.as_mut() {
+            let same_epoch = d.epoch.is_empty() || d.epoch == top.epoch;
+            if same_epoch && d.offset == top.offset {
+                d.epoch = top.epoch.clone();
+                d.trusted = true;
+            }
+        }
     }
 
     /// Delivers an encoded join or leave push to subscribers that want them.
@@ -432,8 +480,35 @@ mod tests {
             Delivery::Delivered(1)
         );
         assert_eq!(hub.publish("c", Some("e"), 2, &b("2")), Delivery::Duplicate);
-        assert_eq!(hub.publish("c", None, 1, &b("1")), Delivery::Duplicate);
+        assert_eq!(hub.publish("c", Some("e"), 1, &b("1")), Delivery::Duplicate);
         assert_eq!(sent(&sub).await, vec![b("1"), b("2")]);
+    }
+
+    #[tokio::test]
+    async fn without_an_epoch_a_step_back_is_a_possible_new_epoch() {
+        let hub = Hub::new();
+        let (sub, mut control) = subscriber();
+        hub.add("c", sub.clone());
+        sub.go_live(None, 0);
+        assert_eq!(hub.publish("c", None, 5, &b("5")), Delivery::Delivered(1));
+        assert_eq!(hub.publish("c", None, 6, &b("6")), Delivery::Delivered(1));
+        // Offsets start over: a FLUSHALL, say. Not a duplicate to drop quietly.
+        assert_eq!(hub.publish("c", None, 1, &b("1")), Delivery::Gap(1));
+        assert!(control.try_recv().is_ok());
+        assert_eq!(hub.position("c").map(|p| p.epoch), Some(String::new()));
+        // The next subscriber's position names the epoch again.
+        let (fresh, _c) = subscriber();
+        hub.add("c", fresh.clone());
+        let pos = StreamPosition {
+            offset: 1,
+            epoch: "new".into(),
+        };
+        hub.note_position("c", &pos);
+        fresh.go_live(None, 1);
+        assert_eq!(hub.publish("c", None, 2, &b("2")), Delivery::Delivered(2));
+        assert_eq!(hub.position("c").map(|p| p.epoch), Some("new".to_string()));
+        assert_eq!(sent(&sub).await, vec![b("5"), b("6")]);
+        assert_eq!(sent(&fresh).await, vec![b("2")]);
     }
 
     #[tokio::test]
@@ -491,6 +566,34 @@ mod tests {
         assert_eq!(hub.publish("c", Some("e"), 5, &b("5")), Delivery::Gap(1));
         sub.go_live(Some(b("reply")), 2);
         assert_eq!(sent(&sub).await, vec![b("reply")]);
+    }
+
+    #[tokio::test]
+    async fn after_a_reconnect_epochless_publications_wait_for_confirmation() {
+        let hub = Hub::new();
+        let (sub, mut control) = subscriber();
+        hub.add("c", sub.clone());
+        sub.go_live(None, 0);
+        let pos = |offset| StreamPosition {
+            offset,
+            epoch: "e".into(),
+        };
+        hub.publish("c", Some("e"), 5, &b("5"));
+        hub.distrust_all();
+        // The epoch says it follows on: delivered.
+        assert_eq!(
+            hub.publish("c", Some("e"), 6, &b("6")),
+            Delivery::Delivered(1)
+        );
+        hub.distrust_all();
+        hub.confirm("c", &pos(6));
+        // Confirmed by the check: an epoch-less successor is delivered too.
+        assert_eq!(hub.publish("c", None, 7, &b("7")), Delivery::Delivered(1));
+        hub.distrust_all();
+        // Not confirmed: an epoch-less successor may be offset 8 of a new epoch.
+        assert_eq!(hub.publish("c", None, 8, &b("8")), Delivery::Gap(1));
+        assert!(control.try_recv().is_ok());
+        assert_eq!(sent(&sub).await, vec![b("5"), b("6"), b("7")]);
     }
 
     #[tokio::test]

@@ -350,8 +350,10 @@ impl BrokerEventHandler for Fanout {
     }
 
     fn handle_reconnect(&self) {
-        // Publications sent while this node was cut off never arrive: compare every
-        // channel's position with the broker's now, off the delivery path.
+        // Publications sent while this node was cut off never arrive. Until each
+        // channel's position is confirmed, a publication without an epoch makes its
+        // subscribers recover; the check runs off the delivery path.
+        self.hub.distrust_all();
         if let Some(node) = self.node() {
             let tracker = node.inner.tracker.clone();
             tracker.spawn(async move { node.check_positions().await });
@@ -878,7 +880,8 @@ impl Node {
     }
 
     /// The channels among `positions` whose broker stream is ahead of, or in
-    /// another epoch than, the given position, with the broker's top.
+    /// another epoch than, the given position, with the broker's top. Those that
+    /// match are confirmed in the hub.
     async fn behind(
         &self,
         positions: Vec<(String, StreamPosition)>,
@@ -905,6 +908,9 @@ impl Node {
                     .position;
                 let behind =
                     (top.epoch != last.epoch && !last.epoch.is_empty()) || top.offset > last.offset;
+                if !behind {
+                    self.inner.hub.confirm(&channel, &top);
+                }
                 behind.then_some((channel, top))
             })
             .buffer_unordered(16)
