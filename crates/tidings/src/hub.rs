@@ -15,7 +15,7 @@
 //! client's stream never has a silent hole.
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -36,6 +36,10 @@ pub struct Subscriber {
     /// Set when this subscription lost its place in the stream; nothing more is
     /// delivered to it, and its session turns it into an unsubscribe push 2500.
     insufficient: AtomicBool,
+    /// The position its subscribe reply covered: a publication at or below it
+    /// (still on its way to this node when the history was read) is already in
+    /// the reply or before it, and is not delivered again.
+    floor: AtomicU64,
     /// While the subscribe is in progress, deliveries wait here with their offsets, so
     /// they can be ordered after the subscribe reply and de-duplicated against the
     /// publications the reply carries. `None` once live.
@@ -56,6 +60,7 @@ impl Subscriber {
             join_leave,
             live: AtomicBool::new(false),
             insufficient: AtomicBool::new(false),
+            floor: AtomicU64::new(0),
             pending: Mutex::new(Some(Pending::default())),
         })
     }
@@ -86,6 +91,9 @@ impl Subscriber {
         if self.insufficient.load(Ordering::Acquire) {
             return;
         }
+        if offset != 0 && offset <= self.floor.load(Ordering::Acquire) {
+            return;
+        }
         if self.live.load(Ordering::Acquire) {
             self.conn.send(bytes.clone());
             return;
@@ -114,6 +122,7 @@ impl Subscriber {
     /// switches to direct delivery. Doing all of it under the lock keeps the order.
     pub fn go_live(&self, first: Option<Bytes>, after_offset: u64) {
         let mut pending = self.pending.lock();
+        self.floor.store(after_offset, Ordering::Release);
         if let Some(bytes) = first {
             self.conn.send(bytes);
         }
@@ -509,6 +518,25 @@ mod tests {
         assert_eq!(hub.position("c").map(|p| p.epoch), Some("new".to_string()));
         assert_eq!(sent(&sub).await, vec![b("5"), b("6")]);
         assert_eq!(sent(&fresh).await, vec![b("2")]);
+    }
+
+    #[tokio::test]
+    async fn a_publication_the_subscribe_reply_covered_is_not_delivered_again() {
+        let hub = Hub::new();
+        let (early, _c1) = subscriber();
+        hub.add("c", early.clone());
+        early.go_live(None, 0);
+        hub.publish("c", Some("e"), 1, &b("1"));
+        // A second subscriber read the stream at offset 3 while 2 and 3 were still
+        // on their way here; its reply carried them.
+        let (late, _c2) = subscriber();
+        hub.add("c", late.clone());
+        late.go_live(Some(b("reply")), 3);
+        hub.publish("c", Some("e"), 2, &b("2"));
+        hub.publish("c", Some("e"), 3, &b("3"));
+        hub.publish("c", Some("e"), 4, &b("4"));
+        assert_eq!(sent(&late).await, vec![b("reply"), b("4")]);
+        assert_eq!(sent(&early).await, vec![b("1"), b("2"), b("3"), b("4")]);
     }
 
     #[tokio::test]
