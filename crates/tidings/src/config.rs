@@ -574,8 +574,10 @@ impl RedisEngineConfig {
     }
 }
 
-/// `engine.redis.tls.*`: the client side of TLS to Redis (Centrifugo's key names;
-/// the `_file` and `_b64` variants and `server_name` are not supported).
+/// `engine.redis.tls.*`: the client side of TLS to Redis, with Centrifugo's key
+/// names. Each PEM field holds the PEM text, the PEM text in base64, or a file
+/// path (as `http_server.tls`); Centrifugo's `_file`/`_b64` variants and
+/// `server_name` are not supported.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RedisTlsConfig {

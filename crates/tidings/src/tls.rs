@@ -94,7 +94,7 @@ fn certificates(
 }
 
 /// The PEM bytes a field stands for: the text itself, base64 of it, or a file.
-fn pem_bytes(field: &'static str, value: &str) -> Result<Vec<u8>, TlsError> {
+pub(crate) fn pem_bytes(field: &'static str, value: &str) -> Result<Vec<u8>, TlsError> {
     const MARKER: &str = "-----BEGIN";
     if value.contains(MARKER) {
         return Ok(value.as_bytes().to_vec());

@@ -840,3 +840,199 @@ async fn direct_publish_envelope_is_published_once_by_one_of_the_nodes() {
     assert_eq!(rec_b.publications("feed").len(), N as usize + 1);
     stop.cancel();
 }
+
+#[tokio::test]
+async fn an_idle_pubsub_connection_survives_its_health_pings() {
+    let redis = RedisServer::start().await.unwrap();
+    let cfg = cfg(&redis);
+    let (a, rec_a, _) = node(&cfg).await;
+    a.subscribe("idle").await.unwrap();
+    // Longer than the pub/sub PING period (3 s): the ping reply must be understood
+    // and must not look like a broken connection.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    a.publish("idle", publication(1), opts(0)).await.unwrap();
+    rec_a
+        .wait_for("publication", |_| rec_a.publications("idle").len() == 1)
+        .await;
+    assert!(
+        !rec_a.events().contains(&Event::Reconnect),
+        "{:?}",
+        rec_a.events()
+    );
+}
+
+#[tokio::test]
+async fn a_subscribe_right_after_start_waits_for_the_first_connection() {
+    let redis = RedisServer::start().await.unwrap();
+    let broker = RedisBroker::new(&cfg(&redis), Duration::from_secs(3600)).unwrap();
+    let rec = Arc::new(Recorder::default());
+    broker.run("fresh-node", rec.clone());
+    broker.subscribe("early").await.unwrap();
+    broker
+        .publish("early", publication(1), opts(0))
+        .await
+        .unwrap();
+    rec.wait_for("publication", |_| rec.publications("early").len() == 1)
+        .await;
+}
+
+#[tokio::test]
+async fn a_broker_started_while_redis_is_down_fails_calls_then_connects() {
+    let mut redis = RedisServer::start().await.unwrap();
+    let cfg = cfg(&redis);
+    redis.kill9().await.unwrap();
+    let broker = RedisBroker::new(&cfg, Duration::from_secs(3600)).unwrap();
+    let rec = Arc::new(Recorder::default());
+    broker.run("late-node", rec.clone());
+    let guard = Duration::from_secs(10);
+    assert!(tokio::time::timeout(guard, broker.subscribe("c"))
+        .await
+        .unwrap()
+        .is_err());
+    broker.unsubscribe("c").await.unwrap();
+    assert!(
+        tokio::time::timeout(guard, broker.publish("c", publication(1), opts(1)))
+            .await
+            .unwrap()
+            .is_err()
+    );
+    redis.restart().await.unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while broker.subscribe("c").await.is_err() {
+        broker.unsubscribe("c").await.unwrap();
+        assert!(Instant::now() < deadline, "never connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The command connection retries connecting at most every 100 ms.
+    while let Err(e) = broker.publish("c", publication(1), opts(1)).await {
+        assert!(Instant::now() < deadline, "publish never recovered: {e}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rec.wait_for("publication", |_| rec.publications("c").len() == 1)
+        .await;
+}
+
+/// A `redis-server` speaking only TLS, with a certificate for 127.0.0.1 issued by
+/// a fresh CA. Returns the child (killed on drop), its port, the CA PEM and the
+/// directory holding the files.
+async fn tls_redis() -> (tokio::process::Child, u16, String, tempdir::Dir) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let dir = tempdir::Dir::new();
+    let write = |name: &str, text: String| {
+        let path = dir.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let cert_file = write("server.crt", cert.pem());
+    let key_file = write("server.key", key.serialize_pem());
+    let ca_file = write("ca.crt", ca.pem());
+    let port = tidings_testkit::brokers::free_port().unwrap();
+    let mut child = tokio::process::Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
+        .arg("--tls-cert-file")
+        .arg(&cert_file)
+        .arg("--tls-key-file")
+        .arg(&key_file)
+        .arg("--tls-ca-cert-file")
+        .arg(&ca_file)
+        .arg("--dir")
+        .arg(&dir.0)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "redis-server (TLS) exited"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "redis-server (TLS) did not listen"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (child, port, ca.pem(), dir)
+}
+
+mod tempdir {
+    /// A temporary directory removed on drop.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new() -> Self {
+            let path =
+                std::env::temp_dir().join(format!("tidings-redis-tls-{}", uuid::Uuid::new_v4()));
+            std::fs::create_dir_all(&path).unwrap();
+            Self(path)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+#[tokio::test]
+async fn tls_to_redis_with_a_private_ca_works_and_an_unknown_ca_is_refused() {
+    let (_child, port, ca_pem, _dir) = tls_redis().await;
+    let tls_cfg = |server_ca_pem: String, insecure: bool| RedisEngineConfig {
+        address: vec![format!("redis://127.0.0.1:{port}")],
+        prefix: "tls".into(),
+        io_timeout: Duration::from_secs(1),
+        connect_timeout: Duration::from_millis(500),
+        tls: tidings::config::RedisTlsConfig {
+            enabled: true,
+            server_ca_pem,
+            insecure_skip_verify: insecure,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    // Trusting the CA: fan-out and history work over TLS.
+    let (broker, rec, _) = node(&tls_cfg(ca_pem, false)).await;
+    broker.subscribe("secure").await.unwrap();
+    let pos = broker
+        .publish("secure", publication(1), opts(10))
+        .await
+        .unwrap();
+    assert_eq!(pos.offset, 1);
+    rec.wait_for("publication", |_| rec.publications("secure").len() == 1)
+        .await;
+    // The system roots do not know the private CA: refused.
+    let untrusted =
+        RedisBroker::new(&tls_cfg(String::new(), false), Duration::from_secs(60)).unwrap();
+    assert!(untrusted
+        .publish("secure", publication(2), opts(10))
+        .await
+        .is_err());
+    // Unless verification is off.
+    let insecure =
+        RedisBroker::new(&tls_cfg(String::new(), true), Duration::from_secs(60)).unwrap();
+    let pos = insecure
+        .publish("secure", publication(3), opts(10))
+        .await
+        .unwrap();
+    assert_eq!(pos.offset, 2);
+}

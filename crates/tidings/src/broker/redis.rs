@@ -59,6 +59,10 @@ const INGEST_BLOCK: Duration = Duration::from_secs(2);
 /// Pending entries idle this long (their node died or failed) are claimed by another.
 const INGEST_CLAIM_IDLE: Duration = Duration::from_secs(30);
 const INGEST_CLAIM_EVERY: Duration = Duration::from_secs(10);
+/// Consumers of the group (one per node process ever started) with nothing pending
+/// and idle this long are removed, so restarts do not grow the group forever.
+const INGEST_FORGET_IDLE: Duration = Duration::from_secs(3600);
+const INGEST_FORGET_EVERY: Duration = Duration::from_secs(300);
 /// Consumer group of the direct-publish stream.
 pub const INGEST_GROUP: &str = "tidings";
 
@@ -92,13 +96,25 @@ fn client(cfg: &RedisEngineConfig) -> Result<redis::Client, String> {
     info = info.set_redis_settings(settings);
     let tls = &cfg.tls;
     if url.starts_with("rediss://") && (!tls.server_ca_pem.is_empty() || !tls.cert_pem.is_empty()) {
+        let pem = |field: &'static str, value: &str| {
+            crate::tls::pem_bytes(field, value).map_err(|e| e.to_string())
+        };
+        let client_tls = if tls.cert_pem.is_empty() {
+            None
+        } else {
+            Some(redis::ClientTlsConfig {
+                client_cert: pem("engine.redis.tls.cert_pem", &tls.cert_pem)?,
+                client_key: pem("engine.redis.tls.key_pem", &tls.key_pem)?,
+            })
+        };
+        let root_cert = if tls.server_ca_pem.is_empty() {
+            None
+        } else {
+            Some(pem("engine.redis.tls.server_ca_pem", &tls.server_ca_pem)?)
+        };
         let certs = redis::TlsCertificates {
-            client_tls: (!tls.cert_pem.is_empty()).then(|| redis::ClientTlsConfig {
-                client_cert: tls.cert_pem.as_bytes().to_vec(),
-                client_key: tls.key_pem.as_bytes().to_vec(),
-            }),
-            root_cert: (!tls.server_ca_pem.is_empty())
-                .then(|| tls.server_ca_pem.as_bytes().to_vec()),
+            client_tls,
+            root_cert,
         };
         return redis::Client::build_with_tls(info, certs)
             .map_err(|e| format!("engine.redis.tls: {e}"));
@@ -418,6 +434,9 @@ struct SubState {
     waiters: Vec<oneshot::Sender<Result<(), String>>>,
     /// The pub/sub connection is up and in sync (apart from `changed`).
     connected: bool,
+    /// The first connection attempt has ended. Before that, subscribe calls wait
+    /// for it (a node that just started is not "down").
+    tried: bool,
 }
 
 /// The Redis broker. Built by `engine::build`; the tests build it directly.
@@ -503,6 +522,7 @@ impl RedisBroker {
             stream: self.inner.names.ingest(),
             consumer,
             publisher,
+            forget_idle: INGEST_FORGET_IDLE,
         };
         let broker_stop = self.inner.stop.clone();
         tokio::spawn(async move {
@@ -577,7 +597,7 @@ impl RedisBroker {
         let (tx, rx) = oneshot::channel();
         {
             let mut s = self.inner.subs.lock();
-            if !s.connected {
+            if !s.connected && s.tried {
                 return Err(BrokerError::Backend("redis pub/sub not connected".into()));
             }
             s.waiters.push(tx);
@@ -862,7 +882,11 @@ async fn subscription_task(inner: Arc<Inner>) {
             continue;
         }
         subscribed.extend(all);
-        inner.subs.lock().connected = true;
+        {
+            let mut s = inner.subs.lock();
+            s.connected = true;
+            s.tried = true;
+        }
         for w in waiters {
             let _ = w.send(Ok(()));
         }
@@ -892,7 +916,7 @@ async fn subscription_task(inner: Arc<Inner>) {
                     }
                 }
                 _ = ping.tick() => {
-                    match tokio::time::timeout(inner.cfg.io_timeout, sink.ping::<String>()).await {
+                    match tokio::time::timeout(inner.cfg.io_timeout, sink.ping::<Value>()).await {
                         Ok(Ok(_)) => {}
                         Ok(Err(e)) => break e.to_string(),
                         Err(_) => break "ping timed out".to_string(),
@@ -911,6 +935,7 @@ fn fail_waiters(inner: &Inner, why: &str) {
     let waiters = {
         let mut s = inner.subs.lock();
         s.connected = false;
+        s.tried = true;
         std::mem::take(&mut s.waiters)
     };
     for w in waiters {
@@ -1027,6 +1052,8 @@ struct Ingest {
     stream: String,
     consumer: String,
     publisher: DirectPublisher,
+    /// [`INGEST_FORGET_IDLE`] (shorter in tests).
+    forget_idle: Duration,
 }
 
 /// The JSON a backend puts in the `payload` field of a direct-publish entry.
@@ -1048,6 +1075,7 @@ impl Ingest {
     /// FLUSHALL) is followed by a pause and a fresh start.
     async fn run(self) {
         let mut last_claim = Instant::now();
+        let mut last_forget = Instant::now();
         let mut group_ready = false;
         loop {
             if !group_ready {
@@ -1069,6 +1097,12 @@ impl Ingest {
                         group_ready = false;
                         continue;
                     }
+                }
+            }
+            if last_forget.elapsed() >= INGEST_FORGET_EVERY {
+                last_forget = Instant::now();
+                if let Err(e) = self.forget_idle_consumers().await {
+                    tracing::debug!(error = %e, "direct publish: consumer cleanup failed");
                 }
             }
             match self.read().await {
@@ -1132,6 +1166,53 @@ impl Ingest {
         let streams: Vec<(String, Vec<IngestEntry>)> =
             redis::from_redis_value(reply).map_err(|e| format!("XREADGROUP reply: {e}"))?;
         Ok(streams.into_iter().flat_map(|(_, e)| e).collect())
+    }
+
+    /// Removes consumers of dead nodes: nothing pending, idle for an hour.
+    async fn forget_idle_consumers(&self) -> Result<(), String> {
+        let stream = self.stream.clone();
+        let consumers: Vec<HashMap<String, Value>> = self
+            .conn
+            .call(|mut c| async move {
+                redis::cmd("XINFO")
+                    .arg("CONSUMERS")
+                    .arg(stream)
+                    .arg(INGEST_GROUP)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let int =
+            |v: Option<&Value>| v.and_then(|v| redis::from_redis_value::<i64>(v.clone()).ok());
+        for consumer in consumers {
+            let Some(name) = consumer
+                .get("name")
+                .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
+            else {
+                continue;
+            };
+            let idle_ms = int(consumer.get("idle")).unwrap_or(0);
+            let pending = int(consumer.get("pending")).unwrap_or(1);
+            if name == self.consumer
+                || pending != 0
+                || idle_ms < self.forget_idle.as_millis() as i64
+            {
+                continue;
+            }
+            let stream = self.stream.clone();
+            self.conn
+                .call(|mut c| async move {
+                    redis::cmd("XGROUP")
+                        .arg("DELCONSUMER")
+                        .arg(stream)
+                        .arg(INGEST_GROUP)
+                        .arg(name)
+                        .query_async::<i64>(&mut c)
+                        .await
+                })
+                .await?;
+        }
+        Ok(())
     }
 
     async fn claim(&self) -> Result<Vec<IngestEntry>, String> {
@@ -1217,5 +1298,76 @@ impl Ingest {
                 tracing::warn!(error = %e, "direct publish: acknowledging failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn idle_consumers_without_pending_entries_are_forgotten() {
+        let redis = tidings_testkit::RedisServer::start().await.unwrap();
+        let cfg = RedisEngineConfig {
+            address: vec![redis.url()],
+            ..Default::default()
+        };
+        let ingest = Ingest {
+            conn: RedisConn::new(&cfg, Duration::from_secs(2)).unwrap(),
+            stream: Names::new("t").ingest(),
+            consumer: "me".into(),
+            publisher: Arc::new(|_| Box::pin(async { Ok(()) })),
+            forget_idle: Duration::ZERO,
+        };
+        ingest.create_group().await.unwrap();
+        let stream = ingest.stream.clone();
+        // "busy" reads an entry and leaves it pending; "gone" and "me" read nothing.
+        let cmd = |name: &str| {
+            let mut c = redis::cmd("XREADGROUP");
+            c.arg("GROUP")
+                .arg(INGEST_GROUP)
+                .arg(name)
+                .arg("COUNT")
+                .arg(1)
+                .arg("STREAMS")
+                .arg(&stream)
+                .arg(">");
+            c
+        };
+        let client = redis::Client::open(redis.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        for name in ["gone", "me"] {
+            let _: i64 = redis::cmd("XGROUP")
+                .arg("CREATECONSUMER")
+                .arg(&stream)
+                .arg(INGEST_GROUP)
+                .arg(name)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        let _: String = redis::cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg("payload")
+            .arg("{}")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let _: Value = cmd("busy").query_async(&mut conn).await.unwrap();
+        ingest.forget_idle_consumers().await.unwrap();
+        let left: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&stream)
+            .arg(INGEST_GROUP)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let mut names: Vec<String> = left
+            .iter()
+            .map(|c| redis::from_redis_value::<String>(c["name"].clone()).unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, vec!["busy".to_string(), "me".to_string()]);
     }
 }
