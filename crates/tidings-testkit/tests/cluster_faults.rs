@@ -23,12 +23,15 @@ const HEAR: Duration = Duration::from_secs(10);
 /// presence TTL set below, plus one refresh interval and some slack).
 const PRESENCE_TTL: Duration = Duration::from_secs(3);
 
-/// Short presence TTL for the engine in use.
+/// Short presence TTL for the engine in use, and broker timeouts short enough
+/// that a publish with the broker down is answered within the test's HTTP wait.
 fn short_presence_ttl(engine: Engine, config: &mut Value) {
     let ttl = format!("{}s", PRESENCE_TTL.as_secs());
     let patch = match engine {
-        Engine::Redis => json!({"engine": {"redis": {"presence_ttl": ttl}}}),
-        Engine::Nats => json!({"engine": {"nats": {"presence_ttl": ttl}}}),
+        Engine::Redis => json!({"engine": {"redis": {"presence_ttl": ttl, "io_timeout": "2s"}}}),
+        Engine::Nats => json!({"engine": {"nats": {
+            "presence_ttl": ttl, "request_timeout": "2s", "write_timeout": "1s"
+        }}}),
     };
     merge(config, &patch);
 }
