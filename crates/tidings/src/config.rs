@@ -545,7 +545,11 @@ impl RedisEngineConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |msg: String| Err(ConfigError::Invalid(msg));
         match self.address.as_slice() {
-            [one] if one.starts_with("redis://") || one.starts_with("rediss://") => {}
+            [one] if one.starts_with("redis://") || one.starts_with("rediss://") => {
+                if let Err(e) = redis::IntoConnectionInfo::into_connection_info(one.as_str()) {
+                    return bad(format!("engine.redis.address {one:?}: {e}"));
+                }
+            }
             [one] => {
                 return bad(format!(
                     "engine.redis.address {one:?} must start with redis:// or rediss://"
@@ -569,6 +573,17 @@ impl RedisEngineConfig {
         }
         if self.tls.cert_pem.is_empty() != self.tls.key_pem.is_empty() {
             return bad("engine.redis.tls: cert_pem and key_pem go together".into());
+        }
+        for (field, value) in [
+            ("engine.redis.tls.cert_pem", &self.tls.cert_pem),
+            ("engine.redis.tls.key_pem", &self.tls.key_pem),
+            ("engine.redis.tls.server_ca_pem", &self.tls.server_ca_pem),
+        ] {
+            if !value.is_empty() {
+                if let Err(e) = crate::tls::pem_bytes(field, value) {
+                    return bad(e.to_string());
+                }
+            }
         }
         Ok(())
     }
@@ -1306,6 +1321,48 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn redis_engine_settings_are_read_and_checked() {
+        let cfg = Config::load(
+            None,
+            env(&[
+                ("TIDINGS_ENGINE_TYPE", "redis"),
+                ("TIDINGS_ENGINE_REDIS_ADDRESS", "redis://127.0.0.1:6390/2"),
+                ("TIDINGS_ENGINE_REDIS_PRESENCE_TTL", "5s"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.engine.kind, "redis");
+        assert_eq!(cfg.engine.redis.address, vec!["redis://127.0.0.1:6390/2"]);
+        assert_eq!(cfg.engine.redis.presence_ttl, Duration::from_secs(5));
+        assert_eq!(cfg.engine.redis.io_timeout, Duration::from_secs(4));
+        let refused = |pairs: &[(&str, &str)]| {
+            let mut all = vec![("TIDINGS_ENGINE_TYPE", "redis")];
+            all.extend_from_slice(pairs);
+            Config::load(None, env(&all)).unwrap_err().to_string()
+        };
+        assert!(refused(&[("TIDINGS_ENGINE_REDIS_ADDRESS", "http://x")]).contains("redis://"));
+        assert!(
+            refused(&[("TIDINGS_ENGINE_REDIS_ADDRESS", "redis://a:1 redis://b:2")])
+                .contains("only one")
+        );
+        assert!(
+            refused(&[("TIDINGS_ENGINE_REDIS_ADDRESS", "redis://h:notaport")])
+                .contains("engine.redis.address")
+        );
+        assert!(refused(&[("TIDINGS_ENGINE_REDIS_PREFIX", "a{b")]).contains("prefix"));
+        assert!(refused(&[("TIDINGS_ENGINE_REDIS_PRESENCE_TTL", "10ms")]).contains("presence_ttl"));
+        assert!(
+            refused(&[("TIDINGS_ENGINE_REDIS_TLS_SERVER_CA_PEM", "/no/such/file")])
+                .contains("server_ca_pem")
+        );
+        assert!(Config::load(None, env(&[("TIDINGS_ENGINE_TYPE", "redis")])).is_ok());
+        assert!(Config::load(None, env(&[("TIDINGS_ENGINE_TYPE", "mongo")]))
+            .unwrap_err()
+            .to_string()
+            .contains("mongo"));
     }
 
     #[test]
