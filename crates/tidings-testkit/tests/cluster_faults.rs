@@ -225,6 +225,14 @@ async fn broker_restart_loses_nothing_silently(engine: Engine) -> anyhow::Result
         .await
         .with_context(|| format!("through node {i} after the restart"))?;
     }
+    // The nodes told their subscribers to recover: each follower resubscribed.
+    let mut told = 0.0;
+    for i in 0..3 {
+        let (_, text) = c.node(i).http_get("/metrics").await?;
+        let name = "tidings_recoveries_requested_total";
+        told += tidings_testkit::metrics::sample(&text, name, &[]).unwrap_or(0.0);
+    }
+    ensure!(told >= 3.0, "recoveries requested: {told}");
     judge(&followers, &published).with_context(|| {
         format!(
             "published {:?}, refused {:?}, uncertain {:?}",

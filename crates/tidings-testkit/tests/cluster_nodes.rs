@@ -185,7 +185,16 @@ async fn emulated_commands_cross_nodes(engine: Engine, transport: Transport) -> 
         presence.as_object().map(|m| m.len()) == Some(1),
         "{presence}"
     );
+    // The commands really went through node B.
+    let forwarded = counter(c.node(1), "tidings_forwarded_requests_total").await?;
+    ensure!(forwarded >= 3.0, "node B forwarded {forwarded} requests");
     Ok(())
+}
+
+async fn counter(node: &tidings_testkit::TidingsServer, name: &str) -> anyhow::Result<f64> {
+    let (status, text) = node.http_get("/metrics").await?;
+    ensure!(status == 200, "/metrics -> {status}");
+    tidings_testkit::metrics::sample(&text, name, &[]).with_context(|| format!("no {name}"))
 }
 
 async fn sse_commands_posted_to_another_node(engine: Engine) -> anyhow::Result<()> {

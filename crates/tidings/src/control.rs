@@ -219,6 +219,21 @@ pub(crate) async fn request(
     request: Request,
     timeout: Duration,
 ) -> Result<Reply, ForwardError> {
+    let metrics = node.metrics();
+    metrics.forwarded_requests.increment(1);
+    let reply = send_request(node, to, request, timeout).await;
+    if reply.is_err() {
+        metrics.forwarded_failures.increment(1);
+    }
+    reply
+}
+
+async fn send_request(
+    node: &Node,
+    to: &str,
+    request: Request,
+    timeout: Duration,
+) -> Result<Reply, ForwardError> {
     let cluster = &node.inner.cluster;
     let id = cluster.next_id.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = oneshot::channel();

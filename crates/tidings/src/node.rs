@@ -322,6 +322,7 @@ impl Fanout {
                 tracing::debug!(channel, offset = publication.offset, "duplicate dropped");
             }
             Delivery::Gap(n) => {
+                self.metrics.recoveries_requested.increment(n as u64);
                 tracing::warn!(
                     channel,
                     offset = publication.offset,
@@ -869,6 +870,7 @@ impl Node {
             .collect();
         for (channel, top) in self.behind(again).await {
             let n = self.inner.hub.lost_place(&channel, &top);
+            self.inner.metrics.recoveries_requested.increment(n as u64);
             tracing::warn!(
                 channel,
                 offset = top.offset,
