@@ -93,6 +93,9 @@ pub(crate) enum Message {
     },
     /// Heartbeat: the sender is alive and these are its figures.
     Info(NodeInfo),
+    /// The sender is shutting down: forget it now rather than when its
+    /// heartbeats stop.
+    Leave,
     /// A request to the node it is addressed to.
     Request { id: u64, request: Request },
     /// The answer to request `id` of the node it is addressed to.
@@ -267,6 +270,18 @@ async fn send_request(
     }
 }
 
+/// Tells the other nodes this one is going away (best effort, one second at most).
+pub(crate) async fn publish_leave(node: &Node) {
+    let bytes = encode(node, Message::Leave);
+    let send = node.inner.broker.publish_control(bytes, None);
+    if !matches!(
+        tokio::time::timeout(Duration::from_secs(1), send).await,
+        Ok(Ok(()))
+    ) {
+        tracing::debug!("leave message not sent");
+    }
+}
+
 /// Sends this node's heartbeat to every node.
 pub(crate) async fn publish_info(node: &Node) {
     let bytes = encode(node, Message::Info(node.info()));
@@ -332,6 +347,9 @@ pub(crate) fn handle(node: &Node, data: &[u8]) {
             if info.uid != node.uid() && info.uid == from {
                 node.inner.cluster.heard(info, node_max_age(node));
             }
+        }
+        Message::Leave => {
+            node.inner.cluster.nodes.lock().remove(&from);
         }
         Message::Request { id, request } => serve(node, from, id, request),
         Message::Reply { id, reply } => {
@@ -462,6 +480,16 @@ mod tests {
         .unwrap();
         handle(&node, &bytes);
         assert_eq!(node.nodes().len(), 2);
+        assert!(node.is_live_node("other"));
+        let leave = serde_json::to_vec(&Envelope {
+            v: VERSION,
+            from: "other".into(),
+            msg: Message::Leave,
+        })
+        .unwrap();
+        handle(&node, &leave);
+        assert!(!node.is_live_node("other"));
+        handle(&node, &bytes);
         assert!(node.is_live_node("other"));
         assert!(node.inner.cluster.live_nodes(Duration::ZERO).is_empty());
         // Another version is ignored.

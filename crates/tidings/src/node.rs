@@ -1016,6 +1016,7 @@ impl Node {
     /// for connection tasks to finish.
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
+        crate::control::publish_leave(self).await;
         let conns: Vec<Arc<Connection>> = self
             .inner
             .registry
