@@ -173,6 +173,29 @@ impl TidingsServerBuilder {
                 command.env_remove(&key);
             }
         }
+        // TIDINGS_TEST_REDIS_URL=redis://… runs every server of a suite on the Redis
+        // engine, each with a key prefix of its own, unless the test chose an engine.
+        if let Some(url) = std::env::var_os("TIDINGS_TEST_REDIS_URL") {
+            let chosen = self
+                .env
+                .iter()
+                .any(|(k, _)| k.starts_with("TIDINGS_ENGINE_"))
+                || self
+                    .config_json
+                    .as_ref()
+                    .is_some_and(|c| c.get("engine").is_some());
+            if !chosen {
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                command
+                    .env("TIDINGS_ENGINE_TYPE", "redis")
+                    .env("TIDINGS_ENGINE_REDIS_ADDRESS", url)
+                    .env(
+                        "TIDINGS_ENGINE_REDIS_PREFIX",
+                        format!("test-{}-{n}", std::process::id()),
+                    );
+            }
+        }
         for (key, value) in &self.env {
             command.env(key, value);
         }
