@@ -25,6 +25,10 @@
 //!   public keys, signing tokens like an identity provider.
 //! - [`stub`]: a one-route HTTP server serving JSON (a JWKS endpoint) and counting
 //!   requests.
+//! - [`cluster`]: [`Cluster`], a Redis or NATS child plus three nodes on that
+//!   engine, with SIGKILL and restart for the broker and each node.
+//! - [`follower`]: [`Follower`], a subscriber that resubscribes and reconnects
+//!   like an SDK and checks that it never misses a publication silently.
 //! - [`profile`]: config documents for `--config` that tests start from.
 //! - [`metrics`]: reads values out of Prometheus text.
 //!
@@ -35,6 +39,8 @@
 
 pub mod brokers;
 pub mod client;
+pub mod cluster;
+pub mod follower;
 pub mod keys;
 pub mod metrics;
 pub mod profile;
@@ -50,6 +56,8 @@ pub mod uni_client;
 
 pub use brokers::{NatsServer, RedisServer};
 pub use client::{handshake_status, Outcome, WsClient, DEFAULT_WAIT};
+pub use cluster::{Cluster, Engine};
+pub use follower::Follower;
 pub use proto_client::ProtoClient;
 pub use server::{binary_path, TidingsServer, TidingsServerBuilder};
 pub use sse::{SseEvent, SseParser};

@@ -146,6 +146,19 @@ impl ProtoClient {
         })
     }
 
+    /// Sends this client's emulation requests and long polls to the server at
+    /// `base_url` (`http://ADDR`) from now on, while its stream stays where it
+    /// is: what a load balancer without sticky sessions does.
+    pub fn route_requests_to(&mut self, base_url: &str) {
+        self.wire.route_requests_to(base_url);
+    }
+
+    /// Whether the connection is over (the server disconnected, or the socket or
+    /// stream ended).
+    pub fn is_gone(&self) -> bool {
+        self.close.is_some() || self.ended
+    }
+
     /// The transport this client runs over.
     pub fn transport(&self) -> Transport {
         self.transport

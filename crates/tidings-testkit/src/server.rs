@@ -511,6 +511,27 @@ impl TidingsServer {
         self.signal("INT")
     }
 
+    /// SIGKILL, as a crash would, and waits until the process is gone. Its
+    /// sockets close without any goodbye.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the process cannot be killed or reaped.
+    pub async fn kill9(&mut self) -> anyhow::Result<()> {
+        if self.exit_status.is_some() {
+            return Ok(());
+        }
+        self.child.start_kill().context("killing tidings")?;
+        let status = self.child.wait().await.context("reaping tidings")?;
+        self.exit_status = Some(status);
+        Ok(())
+    }
+
+    /// Whether the process has been seen to exit.
+    pub fn has_exited(&self) -> bool {
+        self.exit_status.is_some()
+    }
+
     /// Sends the named signal (`TERM`, `INT`, …) to the child.
     fn signal(&self, name: &str) -> anyhow::Result<()> {
         // The `kill` utility keeps this crate free of unsafe signal calls.

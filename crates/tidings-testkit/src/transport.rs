@@ -176,6 +176,23 @@ impl Wire {
         }
     }
 
+    /// Sends the emulation requests (and long polls) to the server at `base_url`
+    /// from now on, as a load balancer without sticky sessions may.
+    pub fn route_requests_to(&mut self, base_url: &str) {
+        match self {
+            Wire::WebSocket(_) => {}
+            Wire::Stream(stream) => {
+                if let Some(emulation) = &mut stream.emulation {
+                    emulation.url = format!("{base_url}/emulation");
+                }
+            }
+            Wire::LongPoll(poll) => {
+                poll.url = format!("{base_url}{}", Transport::LongPoll.path());
+                poll.emulation.url = format!("{base_url}/emulation");
+            }
+        }
+    }
+
     /// The emulation session id, once known.
     pub fn session(&self) -> Option<&str> {
         match self {
@@ -530,17 +547,24 @@ impl LongPollWire {
         })
     }
 
+    /// `session`, `node` (when the open answer named one) and more.
+    fn query(&self, more: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
+        let mut query = vec![(
+            "session",
+            self.emulation.session.clone().unwrap_or_default(),
+        )];
+        if let Some(node) = &self.emulation.node {
+            query.push(("node", node.clone()));
+        }
+        query.extend_from_slice(more);
+        query
+    }
+
     fn start_poll(&mut self) {
         let mut request = self
             .http
             .get(&self.url)
-            .query(&[
-                (
-                    "session",
-                    self.emulation.session.clone().unwrap_or_default(),
-                ),
-                ("cursor", self.cursor.to_string()),
-            ])
+            .query(&self.query(&[("cursor", self.cursor.to_string())]))
             .timeout(POLL_REQUEST_LIMIT);
         self.in_flight = Some(tokio::spawn(async move {
             // The cursor makes a poll safe to repeat, so a poll that failed on
@@ -635,12 +659,7 @@ impl LongPollWire {
 
     /// `DELETE /connection/long_poll?session=S`.
     async fn delete(&mut self, deadline: Instant) -> anyhow::Result<()> {
-        let session = self.emulation.session.clone().unwrap_or_default();
-        let request = self
-            .http
-            .delete(&self.url)
-            .query(&[("session", session)])
-            .send();
+        let request = self.http.delete(&self.url).query(&self.query(&[])).send();
         let response = timeout_at(deadline, request)
             .await
             .map_err(|_| anyhow!("timed out ending the long-poll session"))?

@@ -35,9 +35,12 @@ fn fanout(c: &mut Criterion) {
     for n in [1_000usize, 10_000] {
         let (hub, conns) = live_hub(n);
         group.throughput(Throughput::Elements(n as u64));
+        // Offsets must grow: the hub drops a repeated offset as a duplicate.
+        let mut offset = 0u64;
         group.bench_with_input(BenchmarkId::new("publish_only", n), &n, |b, _| {
             b.iter(|| {
-                hub.publish("bench", 1, &push);
+                offset += 1;
+                hub.publish("bench", None, offset, &push);
                 // Keep the outboxes from filling up; not part of what is compared.
                 for conn in &conns {
                     if conn.outbox.queued_bytes() > 512 * 1024 {
@@ -52,7 +55,8 @@ fn fanout(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("publish50_drain", n), &n, |b, _| {
             b.iter(|| {
                 for _ in 0..50 {
-                    hub.publish("bench", 1, &push);
+                    offset += 1;
+                    hub.publish("bench", None, offset, &push);
                 }
                 for conn in &conns {
                     if let Drained::Batch(items) = rt.block_on(conn.outbox.drain()) {

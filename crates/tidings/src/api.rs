@@ -338,7 +338,8 @@ async fn call(node: &Node, method: &str, params: Value) -> Result<Outcome, ApiEr
                 },
                 p.client.as_deref(),
             )
-            .map(|_| json!({}))
+            .await
+            .map(|()| json!({}))
             .map_err(node_err)
         }
         "unsubscribe" => {
@@ -347,7 +348,8 @@ async fn call(node: &Node, method: &str, params: Value) -> Result<Outcome, ApiEr
                 return Ok(Err(bad_request("channel is required")));
             }
             node.unsubscribe(&p.user, &p.channel, p.client.as_deref())
-                .map(|_| json!({}))
+                .await
+                .map(|()| json!({}))
                 .map_err(node_err)
         }
         "disconnect" => {
@@ -356,8 +358,10 @@ async fn call(node: &Node, method: &str, params: Value) -> Result<Outcome, ApiEr
                 Some(o) => Disconnect::new(o.code, o.reason),
                 None => Disconnect::force_no_reconnect(),
             };
-            node.disconnect(&p.user, p.client.as_deref(), &p.whitelist, d);
-            Ok(json!({}))
+            node.disconnect(&p.user, p.client.as_deref(), &p.whitelist, d)
+                .await
+                .map(|()| json!({}))
+                .map_err(node_err)
         }
         "presence" => {
             let p: ChannelParams = parse(params)?;
@@ -409,12 +413,13 @@ async fn call(node: &Node, method: &str, params: Value) -> Result<Outcome, ApiEr
             let p: ChannelsParams = parse(params)?;
             let channels: HashMap<String, Value> = node
                 .channels(p.pattern.as_deref())
+                .await
                 .into_iter()
                 .map(|(name, n)| (name, json!({ "num_clients": n })))
                 .collect();
             Ok(json!({ "channels": channels }))
         }
-        "info" => Ok(json!({ "nodes": [node.info()] })),
+        "info" => Ok(json!({ "nodes": node.nodes() })),
         other => return Err(ApiError::UnknownMethod(other.to_string())),
     })
 }

@@ -54,11 +54,25 @@ pub struct Config {
     pub unknown_keys: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct NodeConfig {
     /// Name of this node in `/api/info`. Default: `tidings-<pid>`.
     pub name: String,
+    /// How often the node tells the others it is alive, with its figures for
+    /// `/api/info`; a node not heard from for three intervals (plus a second) is
+    /// left out. A Tidings key. Default `3s`.
+    #[serde(with = "humantime_serde")]
+    pub info_publish_interval: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            info_publish_interval: Duration::from_secs(3),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -228,6 +242,16 @@ pub struct ClientConfig {
     /// The per-connection command budget (a Tidings key; Centrifugo has no free
     /// equivalent).
     pub command_rate_limit: CommandRateLimitConfig,
+    /// How often the node re-adds the presence entries of its live clients, so that
+    /// the entries of a node that died expire by the engine's presence TTL (keep it
+    /// well under that TTL). Default `27s`.
+    #[serde(with = "humantime_serde")]
+    pub presence_update_interval: Duration,
+    /// How often the node compares each of its channels' last delivered position
+    /// with the broker's stream top; subscribers of a channel that fell behind are
+    /// told to resubscribe and recover (unsubscribe push 2500). Default `40s`.
+    #[serde(with = "humantime_serde")]
+    pub channel_position_check_delay: Duration,
 }
 
 /// A token bucket per connection: every command takes a token, tokens come back at
@@ -281,6 +305,8 @@ impl Default for ClientConfig {
             connection_limit: 0,
             connection_rate_limit: 0,
             command_rate_limit: CommandRateLimitConfig::default(),
+            presence_update_interval: Duration::from_secs(27),
+            channel_position_check_delay: Duration::from_secs(40),
         }
     }
 }
@@ -1089,6 +1115,24 @@ impl Config {
         }
         if http.header_read_timeout.is_zero() {
             return bad("http_server.header_read_timeout must be positive".into());
+        }
+        for (key, interval) in [
+            (
+                "node.info_publish_interval",
+                self.node.info_publish_interval,
+            ),
+            (
+                "client.presence_update_interval",
+                self.client.presence_update_interval,
+            ),
+            (
+                "client.channel_position_check_delay",
+                self.client.channel_position_check_delay,
+            ),
+        ] {
+            if interval < Duration::from_millis(100) {
+                return bad(format!("{key} must be at least 100ms"));
+            }
         }
         match self.engine.kind.as_str() {
             "memory" => {}

@@ -1,11 +1,12 @@
 //! The shared handle of one client connection, seen by the hub (to deliver), the node
 //! (to find a user's connections) and the connection's own tasks.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use bytes::Bytes;
-use tidings_protocol::Disconnect;
+use tidings_protocol::{ClientInfo, Disconnect};
 use tokio::sync::mpsc;
 
 use crate::outbox::Outbox;
@@ -22,6 +23,10 @@ pub enum Control {
     Unsubscribe { channel: String },
     /// Disconnect the client (server API `disconnect`, shutdown).
     Disconnect(Disconnect),
+    /// The hub lost this client's place in a channel's stream: unsubscribe it with
+    /// 2500 so it resubscribes with recovery (if that subscription is still the one
+    /// that lost its place).
+    Insufficient { channel: String },
 }
 
 /// A server-side subscription request.
@@ -55,6 +60,10 @@ pub struct Connection {
     pub transport: &'static str,
     pub outbox: Outbox,
     pub control: mpsc::Sender<Control>,
+    /// The presence entries this connection holds, by channel, so the node's
+    /// presence timer can refresh them without asking the session. A plain mutex:
+    /// map updates and a copy for the timer, never held across an await.
+    presence: parking_lot::Mutex<HashMap<String, ClientInfo>>,
 }
 
 impl Connection {
@@ -71,6 +80,7 @@ impl Connection {
             transport,
             outbox: Outbox::new(queue_max_size),
             control: tx,
+            presence: parking_lot::Mutex::new(HashMap::new()),
         };
         (std::sync::Arc::new(conn), rx)
     }
@@ -82,6 +92,30 @@ impl Connection {
 
     pub(crate) fn set_user(&self, user: String) {
         let _ = self.user.set(user);
+    }
+
+    /// Remembers a presence entry for the refresh timer.
+    pub(crate) fn hold_presence(&self, channel: &str, info: ClientInfo) {
+        self.presence.lock().insert(channel.to_string(), info);
+    }
+
+    /// Forgets a presence entry; `true` when there was one.
+    pub(crate) fn drop_presence(&self, channel: &str) -> bool {
+        self.presence.lock().remove(channel).is_some()
+    }
+
+    /// Whether the connection still holds its entry in `channel`.
+    pub(crate) fn holds_presence(&self, channel: &str) -> bool {
+        self.presence.lock().contains_key(channel)
+    }
+
+    /// A copy of the presence entries, for the refresh timer.
+    pub(crate) fn presence_entries(&self) -> Vec<(String, ClientInfo)> {
+        self.presence
+            .lock()
+            .iter()
+            .map(|(c, i)| (c.clone(), i.clone()))
+            .collect()
     }
 
     /// Queues encoded bytes for this client; `false` when the connection is closing.

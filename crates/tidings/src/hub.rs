@@ -3,17 +3,26 @@
 //! The map is sharded by channel name so that subscribes on one channel do not
 //! contend with fan-out on another. A publication arrives here already encoded: the
 //! same [`Bytes`] go to every subscriber.
-
+//!
+//! For a channel with history the hub also remembers the last position it delivered
+//! (epoch, offset). That is how a node notices what the broker failed to bring: a
+//! publication at or below that offset, in the same epoch, is a duplicate and is
+//! dropped; one further ahead, or in another epoch, means publications went missing
+//! on the way to this node. When the broker does not say the epoch, a publication
+//! at or below the last offset may open a new epoch (history lost), so it counts
+//! as a gap too. The channel's subscribers are then told to resubscribe and recover
+//! (unsubscribe push 2500), and get nothing more on the old subscription, so a
+//! client's stream never has a silent hole.
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use tidings_protocol::Disconnect;
+use tidings_protocol::{Disconnect, StreamPosition};
 
-use crate::connection::Connection;
+use crate::connection::{Connection, Control};
 
 const SHARDS: usize = 64;
 
@@ -24,6 +33,13 @@ pub struct Subscriber {
     pub join_leave: bool,
     /// Fast path: once live, deliveries go straight to the outbox without the lock.
     live: AtomicBool,
+    /// Set when this subscription lost its place in the stream; nothing more is
+    /// delivered to it, and its session turns it into an unsubscribe push 2500.
+    insufficient: AtomicBool,
+    /// The position its subscribe reply covered: a publication at or below it
+    /// (still on its way to this node when the history was read) is already in
+    /// the reply or before it, and is not delivered again.
+    floor: AtomicU64,
     /// While the subscribe is in progress, deliveries wait here with their offsets, so
     /// they can be ordered after the subscribe reply and de-duplicated against the
     /// publications the reply carries. `None` once live.
@@ -43,11 +59,41 @@ impl Subscriber {
             conn,
             join_leave,
             live: AtomicBool::new(false),
+            insufficient: AtomicBool::new(false),
+            floor: AtomicU64::new(0),
             pending: Mutex::new(Some(Pending::default())),
         })
     }
 
+    /// Whether this subscription lost its place in the stream (see the module docs).
+    pub fn is_insufficient(&self) -> bool {
+        self.insufficient.load(Ordering::Acquire)
+    }
+
+    /// Stops deliveries and asks the session to unsubscribe the client with 2500 so
+    /// it resubscribes with recovery. A session too busy to take the request is
+    /// closed with 3010 instead, after which the client reconnects and recovers.
+    fn lose_place(&self, channel: &str) {
+        if self.insufficient.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let ask = Control::Insufficient {
+            channel: channel.to_string(),
+        };
+        if self.conn.control.try_send(ask).is_err() {
+            self.conn
+                .outbox
+                .close(Disconnect::insufficient_state(), false);
+        }
+    }
+
     fn deliver(&self, offset: u64, bytes: &Bytes) {
+        if self.insufficient.load(Ordering::Acquire) {
+            return;
+        }
+        if offset != 0 && offset <= self.floor.load(Ordering::Acquire) {
+            return;
+        }
         if self.live.load(Ordering::Acquire) {
             self.conn.send(bytes.clone());
             return;
@@ -76,10 +122,12 @@ impl Subscriber {
     /// switches to direct delivery. Doing all of it under the lock keeps the order.
     pub fn go_live(&self, first: Option<Bytes>, after_offset: u64) {
         let mut pending = self.pending.lock();
+        self.floor.store(after_offset, Ordering::Release);
         if let Some(bytes) = first {
             self.conn.send(bytes);
         }
-        if let Some(p) = pending.take() {
+        let place_lost = self.insufficient.load(Ordering::Acquire);
+        if let Some(p) = pending.take().filter(|_| !place_lost) {
             for (offset, bytes) in p.items {
                 if offset == 0 || offset > after_offset {
                     self.conn.send(bytes);
@@ -96,7 +144,42 @@ impl Connection {
     }
 }
 
-type Shard = RwLock<HashMap<String, HashMap<u64, Arc<Subscriber>>>>;
+/// The last position the hub delivered on a channel with history. An empty epoch
+/// means "not known yet" (a broker that delivers without epochs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Delivered {
+    epoch: String,
+    offset: u64,
+    /// `false` after the broker reconnected, until a position check or a
+    /// publication with its epoch confirms the position: publications that came in
+    /// while the connection was down may be missing, and without an epoch the next
+    /// offset cannot be told from the first ones of a new epoch.
+    trusted: bool,
+}
+
+/// One channel on this node.
+#[derive(Default)]
+struct Channel {
+    subs: HashMap<u64, Arc<Subscriber>>,
+    /// `None` until the first publication with an offset, or the first subscribe
+    /// that read the stream's position. A plain mutex, held while one publication
+    /// is checked and handed out, so order and de-duplication go together.
+    last: Mutex<Option<Delivered>>,
+}
+
+/// What [`Hub::publish`] did with a publication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Handed to this many subscribers.
+    Delivered(usize),
+    /// At or below the last delivered offset: dropped.
+    Duplicate,
+    /// Publications before it never arrived (or the epoch changed): the channel's
+    /// subscribers were told to recover, this many of them.
+    Gap(usize),
+}
+
+type Shard = RwLock<HashMap<String, Channel>>;
 
 /// Channel → subscribers on this node.
 pub struct Hub {
@@ -126,48 +209,212 @@ impl Hub {
     /// Adds a subscriber; `true` when it is the channel's first on this node.
     pub fn add(&self, channel: &str, sub: Arc<Subscriber>) -> bool {
         let mut shard = self.shard(channel).write();
-        let subs = shard.entry(channel.to_string()).or_default();
-        let first = subs.is_empty();
-        subs.insert(sub.conn.serial, sub);
+        let entry = shard.entry(channel.to_string()).or_default();
+        let first = entry.subs.is_empty();
+        entry.subs.insert(sub.conn.serial, sub);
         first
     }
 
     /// Removes a connection from a channel; `true` when the channel is now empty here.
     pub fn remove(&self, channel: &str, serial: u64) -> bool {
         let mut shard = self.shard(channel).write();
-        let Some(subs) = shard.get_mut(channel) else {
+        let Some(entry) = shard.get_mut(channel) else {
             return false;
         };
-        if subs.remove(&serial).is_none() {
+        if entry.subs.remove(&serial).is_none() {
             return false;
         }
-        if subs.is_empty() {
+        if entry.subs.is_empty() {
             shard.remove(channel);
             return true;
         }
         false
     }
 
-    /// Delivers an encoded publication to every subscriber; returns how many.
-    pub fn publish(&self, channel: &str, offset: u64, bytes: &Bytes) -> usize {
+    /// Delivers an encoded publication to every subscriber, unless it is a
+    /// duplicate or follows a gap (see the module docs). `epoch` is `None` when the
+    /// broker does not say; `offset` 0 means a channel without history (always
+    /// delivered).
+    pub fn publish(
+        &self,
+        channel: &str,
+        epoch: Option<&str>,
+        offset: u64,
+        bytes: &Bytes,
+    ) -> Delivery {
         let shard = self.shard(channel).read();
-        let Some(subs) = shard.get(channel) else {
+        let Some(entry) = shard.get(channel) else {
+            return Delivery::Delivered(0);
+        };
+        if offset == 0 {
+            for sub in entry.subs.values() {
+                sub.deliver(offset, bytes);
+            }
+            return Delivery::Delivered(entry.subs.len());
+        }
+        let mut last = entry.last.lock();
+        let epoch = epoch.unwrap_or("");
+        let next = match last.as_ref() {
+            None => Ok(()),
+            Some(prev) => {
+                let both_known = !epoch.is_empty() && !prev.epoch.is_empty();
+                if both_known && epoch != prev.epoch {
+                    Err(())
+                } else if !prev.trusted && !both_known {
+                    // After a reconnect, without an epoch to compare: recover.
+                    Err(())
+                } else if offset <= prev.offset {
+                    if both_known {
+                        return Delivery::Duplicate;
+                    }
+                    // Without both epochs this may be the start of a new epoch (the
+                    // broker lost its history) rather than a repeat: recovering is
+                    // the safe answer, and costs little where it was a repeat.
+                    Err(())
+                } else if offset == prev.offset + 1 {
+                    Ok(())
+                } else {
+                    Err(())
+                }
+            }
+        };
+        let epoch_now = match (next, last.as_ref()) {
+            // Contiguous: the epoch stays what it was, unless this one says.
+            (Ok(()), Some(prev)) if epoch.is_empty() => prev.epoch.clone(),
+            // After a gap the old epoch may be wrong: only what the broker says.
+            _ => epoch.to_string(),
+        };
+        *last = Some(Delivered {
+            epoch: epoch_now,
+            offset,
+            trusted: true,
+        });
+        match next {
+            Ok(()) => {
+                for sub in entry.subs.values() {
+                    sub.deliver(offset, bytes);
+                }
+                Delivery::Delivered(entry.subs.len())
+            }
+            Err(()) => {
+                for sub in entry.subs.values() {
+                    sub.lose_place(channel);
+                }
+                Delivery::Gap(entry.subs.len())
+            }
+        }
+    }
+
+    /// Records the stream position a subscribe read, when the hub knows none yet for
+    /// the channel, so that a gap right after the first subscribe is noticed too.
+    pub fn note_position(&self, channel: &str, position: &StreamPosition) {
+        if position.epoch.is_empty() {
+            return;
+        }
+        let shard = self.shard(channel).read();
+        if let Some(entry) = shard.get(channel) {
+            let mut last = entry.last.lock();
+            match last.as_mut() {
+                None => {
+                    *last = Some(Delivered {
+                        epoch: position.epoch.clone(),
+                        offset: position.offset,
+                        trusted: true,
+                    });
+                }
+                Some(prev) if prev.epoch.is_empty() => prev.epoch = position.epoch.clone(),
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// The last position delivered on each channel that has one.
+    pub fn positions(&self) -> Vec<(String, StreamPosition)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            for (name, entry) in shard.read().iter() {
+                if let Some(d) = entry.last.lock().as_ref() {
+                    out.push((
+                        name.clone(),
+                        StreamPosition {
+                            offset: d.offset,
+                            epoch: d.epoch.clone(),
+                        },
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// The last position delivered on a channel, if any.
+    pub fn position(&self, channel: &str) -> Option<StreamPosition> {
+        let shard = self.shard(channel).read();
+        let entry = shard.get(channel)?;
+        let last = entry.last.lock();
+        last.as_ref().map(|d| StreamPosition {
+            offset: d.offset,
+            epoch: d.epoch.clone(),
+        })
+    }
+
+    /// The broker's stream is at `top` and this node did not deliver up to it: every
+    /// subscriber of the channel is told to recover, and `top` becomes the last
+    /// delivered position. Returns how many subscribers were told.
+    pub fn lost_place(&self, channel: &str, top: &StreamPosition) -> usize {
+        let shard = self.shard(channel).read();
+        let Some(entry) = shard.get(channel) else {
             return 0;
         };
-        for sub in subs.values() {
-            sub.deliver(offset, bytes);
+        let mut last = entry.last.lock();
+        for sub in entry.subs.values() {
+            sub.lose_place(channel);
         }
-        subs.len()
+        *last = Some(Delivered {
+            epoch: top.epoch.clone(),
+            offset: top.offset,
+            trusted: true,
+        });
+        entry.subs.len()
+    }
+
+    /// The broker connection came back: until confirmed, no channel's last position
+    /// is trusted (see [`Delivered::trusted`]).
+    pub fn distrust_all(&self) {
+        for shard in self.shards.iter() {
+            for entry in shard.read().values() {
+                if let Some(d) = entry.last.lock().as_mut() {
+                    d.trusted = false;
+                }
+            }
+        }
+    }
+
+    /// The broker's stream is at `top` and the channel's last delivered position
+    /// is the same: trusted again.
+    pub fn confirm(&self, channel: &str, top: &StreamPosition) {
+        let shard = self.shard(channel).read();
+        let Some(entry) = shard.get(channel) else {
+            return;
+        };
+        let mut last = entry.last.lock();
+        if let Some(d) = last.as_mut() {
+            let same_epoch = d.epoch.is_empty() || d.epoch == top.epoch;
+            if same_epoch && d.offset == top.offset {
+                d.epoch = top.epoch.clone();
+                d.trusted = true;
+            }
+        }
     }
 
     /// Delivers an encoded join or leave push to subscribers that want them.
     pub fn join_leave(&self, channel: &str, bytes: &Bytes, except: Option<u64>) -> usize {
         let shard = self.shard(channel).read();
-        let Some(subs) = shard.get(channel) else {
+        let Some(entry) = shard.get(channel) else {
             return 0;
         };
         let mut n = 0;
-        for sub in subs.values() {
+        for sub in entry.subs.values() {
             if sub.join_leave && Some(sub.conn.serial) != except {
                 sub.deliver(0, bytes);
                 n += 1;
@@ -181,15 +428,15 @@ impl Hub {
         self.shard(channel)
             .read()
             .get(channel)
-            .map_or(0, HashMap::len)
+            .map_or(0, |entry| entry.subs.len())
     }
 
     /// Every channel with subscribers here, with its subscriber count.
     pub fn channels(&self) -> Vec<(String, usize)> {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
-            for (name, subs) in shard.read().iter() {
-                out.push((name.clone(), subs.len()));
+            for (name, entry) in shard.read().iter() {
+                out.push((name.clone(), entry.subs.len()));
             }
         }
         out
@@ -198,5 +445,199 @@ impl Hub {
     /// Number of channels with subscribers here.
     pub fn num_channels(&self) -> usize {
         self.shards.iter().map(|s| s.read().len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::Drained;
+
+    fn subscriber() -> (
+        Arc<Subscriber>,
+        tokio::sync::mpsc::Receiver<crate::connection::Control>,
+    ) {
+        let (conn, control) = Connection::new("test", 1 << 20);
+        (Subscriber::new(conn, false), control)
+    }
+
+    async fn sent(sub: &Subscriber) -> Vec<Bytes> {
+        if sub.conn.outbox.queued_bytes() == 0 {
+            return Vec::new();
+        }
+        match sub.conn.outbox.drain().await {
+            Drained::Batch(items) | Drained::Close(items, _) => items,
+        }
+    }
+
+    fn b(s: &'static str) -> Bytes {
+        Bytes::from_static(s.as_bytes())
+    }
+
+    #[tokio::test]
+    async fn duplicates_are_dropped_and_contiguous_offsets_delivered() {
+        let hub = Hub::new();
+        let (sub, _control) = subscriber();
+        hub.add("c", sub.clone());
+        sub.go_live(None, 0);
+        assert_eq!(
+            hub.publish("c", Some("e"), 1, &b("1")),
+            Delivery::Delivered(1)
+        );
+        assert_eq!(
+            hub.publish("c", Some("e"), 2, &b("2")),
+            Delivery::Delivered(1)
+        );
+        assert_eq!(hub.publish("c", Some("e"), 2, &b("2")), Delivery::Duplicate);
+        assert_eq!(hub.publish("c", Some("e"), 1, &b("1")), Delivery::Duplicate);
+        assert_eq!(sent(&sub).await, vec![b("1"), b("2")]);
+    }
+
+    #[tokio::test]
+    async fn without_an_epoch_a_step_back_is_a_possible_new_epoch() {
+        let hub = Hub::new();
+        let (sub, mut control) = subscriber();
+        hub.add("c", sub.clone());
+        sub.go_live(None, 0);
+        assert_eq!(hub.publish("c", None, 5, &b("5")), Delivery::Delivered(1));
+        assert_eq!(hub.publish("c", None, 6, &b("6")), Delivery::Delivered(1));
+        // Offsets start over: a FLUSHALL, say. Not a duplicate to drop quietly.
+        assert_eq!(hub.publish("c", None, 1, &b("1")), Delivery::Gap(1));
+        assert!(control.try_recv().is_ok());
+        assert_eq!(hub.position("c").map(|p| p.epoch), Some(String::new()));
+        // The next subscriber's position names the epoch again.
+        let (fresh, _c) = subscriber();
+        hub.add("c", fresh.clone());
+        let pos = StreamPosition {
+            offset: 1,
+            epoch: "new".into(),
+        };
+        hub.note_position("c", &pos);
+        fresh.go_live(None, 1);
+        assert_eq!(hub.publish("c", None, 2, &b("2")), Delivery::Delivered(2));
+        assert_eq!(hub.position("c").map(|p| p.epoch), Some("new".to_string()));
+        assert_eq!(sent(&sub).await, vec![b("5"), b("6")]);
+        assert_eq!(sent(&fresh).await, vec![b("2")]);
+    }
+
+    #[tokio::test]
+    async fn a_publication_the_subscribe_reply_covered_is_not_delivered_again() {
+        let hub = Hub::new();
+        let (early, _c1) = subscriber();
+        hub.add("c", early.clone());
+        early.go_live(None, 0);
+        hub.publish("c", Some("e"), 1, &b("1"));
+        // A second subscriber read the stream at offset 3 while 2 and 3 were still
+        // on their way here; its reply carried them.
+        let (late, _c2) = subscriber();
+        hub.add("c", late.clone());
+        late.go_live(Some(b("reply")), 3);
+        hub.publish("c", Some("e"), 2, &b("2"));
+        hub.publish("c", Some("e"), 3, &b("3"));
+        hub.publish("c", Some("e"), 4, &b("4"));
+        assert_eq!(sent(&late).await, vec![b("reply"), b("4")]);
+        assert_eq!(sent(&early).await, vec![b("1"), b("2"), b("3"), b("4")]);
+    }
+
+    #[tokio::test]
+    async fn a_jump_stops_delivery_and_asks_the_session_to_recover() {
+        let hub = Hub::new();
+        let (sub, mut control) = subscriber();
+        hub.add("c", sub.clone());
+        sub.go_live(None, 0);
+        hub.publish("c", Some("e"), 1, &b("1"));
+        assert_eq!(hub.publish("c", Some("e"), 3, &b("3")), Delivery::Gap(1));
+        assert!(sub.is_insufficient());
+        assert!(matches!(
+            control.try_recv(),
+            Ok(Control::Insufficient { channel }) if channel == "c"
+        ));
+        // Nothing after the gap reaches the old subscription.
+        hub.publish("c", Some("e"), 4, &b("4"));
+        assert_eq!(sent(&sub).await, vec![b("1")]);
+        // A new subscriber continues from the new position.
+        let (fresh, _c) = subscriber();
+        hub.add("c", fresh.clone());
+        fresh.go_live(None, 4);
+        assert_eq!(
+            hub.publish("c", Some("e"), 5, &b("5")),
+            Delivery::Delivered(2)
+        );
+        assert_eq!(sent(&fresh).await, vec![b("5")]);
+    }
+
+    #[tokio::test]
+    async fn a_new_epoch_is_a_gap_even_when_offsets_start_over() {
+        let hub = Hub::new();
+        let (sub, mut control) = subscriber();
+        hub.add("c", sub.clone());
+        sub.go_live(None, 0);
+        hub.publish("c", Some("old"), 7, &b("7"));
+        assert_eq!(hub.publish("c", Some("new"), 1, &b("1")), Delivery::Gap(1));
+        assert!(control.try_recv().is_ok());
+        assert_eq!(sent(&sub).await, vec![b("7")]);
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_lost_its_place_while_pending_gets_only_its_reply() {
+        let hub = Hub::new();
+        let (sub, _control) = subscriber();
+        hub.add("c", sub.clone());
+        hub.note_position(
+            "c",
+            &StreamPosition {
+                offset: 2,
+                epoch: "e".into(),
+            },
+        );
+        hub.publish("c", Some("e"), 3, &b("3"));
+        assert_eq!(hub.publish("c", Some("e"), 5, &b("5")), Delivery::Gap(1));
+        sub.go_live(Some(b("reply")), 2);
+        assert_eq!(sent(&sub).await, vec![b("reply")]);
+    }
+
+    #[tokio::test]
+    async fn after_a_reconnect_epochless_publications_wait_for_confirmation() {
+        let hub = Hub::new();
+        let (sub, mut control) = subscriber();
+        hub.add("c", sub.clone());
+        sub.go_live(None, 0);
+        let pos = |offset| StreamPosition {
+            offset,
+            epoch: "e".into(),
+        };
+        hub.publish("c", Some("e"), 5, &b("5"));
+        hub.distrust_all();
+        // The epoch says it follows on: delivered.
+        assert_eq!(
+            hub.publish("c", Some("e"), 6, &b("6")),
+            Delivery::Delivered(1)
+        );
+        hub.distrust_all();
+        hub.confirm("c", &pos(6));
+        // Confirmed by the check: an epoch-less successor is delivered too.
+        assert_eq!(hub.publish("c", None, 7, &b("7")), Delivery::Delivered(1));
+        hub.distrust_all();
+        // Not confirmed: an epoch-less successor may be offset 8 of a new epoch.
+        assert_eq!(hub.publish("c", None, 8, &b("8")), Delivery::Gap(1));
+        assert!(control.try_recv().is_ok());
+        assert_eq!(sent(&sub).await, vec![b("5"), b("6"), b("7")]);
+    }
+
+    #[tokio::test]
+    async fn the_position_check_marks_a_channel_behind_the_broker() {
+        let hub = Hub::new();
+        let (sub, mut control) = subscriber();
+        hub.add("c", sub.clone());
+        sub.go_live(None, 0);
+        hub.publish("c", Some("e"), 1, &b("1"));
+        let top = StreamPosition {
+            offset: 4,
+            epoch: "e".into(),
+        };
+        assert_eq!(hub.lost_place("c", &top), 1);
+        assert!(control.try_recv().is_ok());
+        assert_eq!(hub.position("c"), Some(top));
+        assert_eq!(hub.publish("c", Some("e"), 4, &b("4")), Delivery::Duplicate);
     }
 }

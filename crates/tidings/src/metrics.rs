@@ -51,6 +51,13 @@ pub struct Metrics {
     pub channels: Gauge,
     pub messages_sent: Counter,
     pub messages_received: Counter,
+    /// Subscribers told to resubscribe and recover (unsubscribe push 2500) because
+    /// this node lost their place in a channel's stream.
+    pub recoveries_requested: Counter,
+    /// Emulation, long-poll and channel requests sent to another node.
+    pub forwarded_requests: Counter,
+    /// Those that got no answer (broker down, node gone, timeout, too many).
+    pub forwarded_failures: Counter,
     /// New connections refused with 503, by reason.
     refused_connection_limit: Counter,
     refused_connection_rate: Counter,
@@ -87,6 +94,9 @@ impl Metrics {
         let channels = gauge("tidings_channels");
         let messages_sent = counter("tidings_messages_sent_total", vec![]);
         let messages_received = counter("tidings_messages_received_total", vec![]);
+        let recoveries_requested = counter("tidings_recoveries_requested_total", vec![]);
+        let forwarded_requests = counter("tidings_forwarded_requests_total", vec![]);
+        let forwarded_failures = counter("tidings_forwarded_request_failures_total", vec![]);
         let refused = |reason: &'static str| {
             counter(
                 "tidings_connections_refused_total",
@@ -127,6 +137,9 @@ impl Metrics {
             channels,
             messages_sent,
             messages_received,
+            recoveries_requested,
+            forwarded_requests,
+            forwarded_failures,
             refused_connection_limit,
             refused_connection_rate,
             commands,

@@ -23,7 +23,7 @@ use crate::broker::{
 use crate::channel;
 use crate::config::Config;
 use crate::connection::{Connection, Control, ServerSubscribe};
-use crate::hub::Hub;
+use crate::hub::{Delivery, Hub};
 use crate::limit::{AdmitError, ConnectionGate, ConnectionPermit};
 use crate::metrics::Metrics;
 use crate::presence::{PresenceManager, PresenceStats};
@@ -123,8 +123,9 @@ impl PublishRequest {
     }
 }
 
-/// Node-level facts reported by `/api/info`.
-#[derive(Debug, Clone, serde::Serialize)]
+/// Node-level facts reported by `/api/info`, and sent to the other nodes in the
+/// heartbeat.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NodeInfo {
     pub uid: String,
     pub name: String,
@@ -189,6 +190,8 @@ pub(crate) struct NodeInner {
     pub(crate) rpc: Option<RpcHandler>,
     /// Token verifiers (keys parsed once; the JWKS cache lives here).
     pub(crate) auth: Arc<crate::auth::Auth>,
+    /// Other nodes and requests to them (see [`crate::control`]).
+    pub(crate) cluster: crate::control::Cluster,
 }
 
 /// A Tidings node. See the module docs.
@@ -263,6 +266,7 @@ impl NodeBuilder {
             socketio: Default::default(),
             rpc: self.rpc,
             auth: Arc::new(auth),
+            cluster: Default::default(),
         });
         let _ = fanout.node.set(Arc::downgrade(&inner));
         // Publishes that reach the node through the engine take the API's path; weak,
@@ -282,6 +286,10 @@ impl NodeBuilder {
                 inner.shutdown.clone(),
             );
         }
+        let node = Node {
+            inner: inner.clone(),
+        };
+        node.start_timers();
         if let Some(memory) = engine.memory {
             // Periodic sweep of idle streams, bounded by the shutdown token.
             let token = inner.shutdown.clone();
@@ -296,7 +304,7 @@ impl NodeBuilder {
                 }
             });
         }
-        Node { inner }
+        node
     }
 }
 
@@ -308,8 +316,8 @@ struct Fanout {
     node: std::sync::OnceLock<std::sync::Weak<NodeInner>>,
 }
 
-impl BrokerEventHandler for Fanout {
-    fn handle_publication(&self, channel: &str, publication: &Publication) {
+impl Fanout {
+    fn deliver(&self, channel: &str, publication: &Publication, epoch: Option<&str>) {
         if self.hub.num_subscribers(channel) == 0 {
             return;
         }
@@ -321,8 +329,49 @@ impl BrokerEventHandler for Fanout {
             })
             .to_json(),
         );
-        let n = self.hub.publish(channel, publication.offset, &bytes);
-        self.metrics.messages_sent.increment(n as u64);
+        match self.hub.publish(channel, epoch, publication.offset, &bytes) {
+            Delivery::Delivered(n) => self.metrics.messages_sent.increment(n as u64),
+            Delivery::Duplicate => {
+                tracing::debug!(channel, offset = publication.offset, "duplicate dropped");
+            }
+            Delivery::Gap(n) => {
+                self.metrics.recoveries_requested.increment(n as u64);
+                tracing::warn!(
+                    channel,
+                    offset = publication.offset,
+                    subscribers = n,
+                    "publications missed on the way to this node: subscribers recover"
+                );
+            }
+        }
+    }
+
+    fn node(&self) -> Option<Node> {
+        self.node
+            .get()
+            .and_then(std::sync::Weak::upgrade)
+            .map(|inner| Node { inner })
+    }
+}
+
+impl BrokerEventHandler for Fanout {
+    fn handle_publication(&self, channel: &str, publication: &Publication) {
+        self.deliver(channel, publication, None);
+    }
+
+    fn handle_stream_publication(&self, channel: &str, publication: &Publication, epoch: &str) {
+        self.deliver(channel, publication, Some(epoch));
+    }
+
+    fn handle_reconnect(&self) {
+        // Publications sent while this node was cut off never arrive. Until each
+        // channel's position is confirmed, a publication without an epoch makes its
+        // subscribers recover; the check runs off the delivery path.
+        self.hub.distrust_all();
+        if let Some(node) = self.node() {
+            let tracker = node.inner.tracker.clone();
+            tracker.spawn(async move { node.check_positions().await });
+        }
     }
 
     fn handle_join(&self, channel: &str, info: &ClientInfo) {
@@ -339,8 +388,8 @@ impl BrokerEventHandler for Fanout {
     }
 
     fn handle_control(&self, data: &[u8]) {
-        if let Some(inner) = self.node.get().and_then(std::sync::Weak::upgrade) {
-            crate::control::handle(&Node { inner }, data);
+        if let Some(node) = self.node() {
+            crate::control::handle(&node, data);
         }
     }
 
@@ -478,11 +527,42 @@ impl Node {
 
     /// Channels with subscribers on this node, with counts, filtered by a glob-like
     /// pattern (`*` matches any run of characters) when one is given.
-    pub fn channels(&self, pattern: Option<&str>) -> Vec<(String, usize)> {
+    pub fn local_channels(&self, pattern: Option<&str>) -> Vec<(String, usize)> {
         let mut all = self.inner.hub.channels();
         if let Some(p) = pattern.filter(|p| !p.is_empty()) {
             all.retain(|(name, _)| glob_match(p, name));
         }
+        all.sort();
+        all
+    }
+
+    /// Channels with subscribers on any live node, with the subscriber counts added
+    /// up. Nodes that do not answer within a second are left out.
+    pub async fn channels(&self, pattern: Option<&str>) -> Vec<(String, usize)> {
+        let mut total: HashMap<String, usize> = self.local_channels(pattern).into_iter().collect();
+        let max_age = crate::control::node_max_age(self);
+        let asks = self
+            .inner
+            .cluster
+            .live_nodes(max_age)
+            .into_iter()
+            .map(|other| {
+                let req = crate::control::Request::Channels {
+                    pattern: pattern.map(str::to_owned),
+                };
+                let node = self.clone();
+                async move {
+                    crate::control::request(&node, &other.uid, req, Duration::from_secs(1)).await
+                }
+            });
+        for reply in futures_util::future::join_all(asks).await {
+            if let Ok(crate::control::Reply::Channels { channels }) = reply {
+                for (name, n) in channels {
+                    *total.entry(name).or_default() += n;
+                }
+            }
+        }
+        let mut all: Vec<(String, usize)> = total.into_iter().collect();
         all.sort();
         all
     }
@@ -500,6 +580,30 @@ impl Node {
             num_channels: self.inner.hub.num_channels() as u32,
             uptime: self.inner.started.elapsed().as_secs(),
         }
+    }
+
+    /// This node and every other node heard from recently (see
+    /// `node.info_publish_interval`), sorted by name.
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        let max_age = crate::control::node_max_age(self);
+        let mut all = self.inner.cluster.live_nodes(max_age);
+        all.push(self.info());
+        all.sort_by(|a, b| a.name.cmp(&b.name).then(a.uid.cmp(&b.uid)));
+        all
+    }
+
+    /// Whether `uid` is this node or a node heard from recently.
+    pub fn is_live_node(&self, uid: &str) -> bool {
+        uid == self.uid()
+            || self
+                .inner
+                .cluster
+                .is_live(uid, crate::control::node_max_age(self))
+    }
+
+    /// Whether this node has run long enough to have heard every live node.
+    pub(crate) fn knows_the_cluster(&self) -> bool {
+        self.inner.started.elapsed() >= crate::control::node_max_age(self)
     }
 
     /// Connections matching a user and optional client id.
@@ -520,9 +624,55 @@ impl Node {
             .collect()
     }
 
-    /// Disconnects a user's connections (or one of them), except those whitelisted.
-    /// Returns how many were told to disconnect.
-    pub fn disconnect(
+    /// Sends a user operation to every node, this one included. When the broker
+    /// refuses it, this node still applies it to its own connections and the
+    /// caller gets the error (the other nodes may not have it).
+    async fn broadcast(
+        &self,
+        msg: crate::control::Message,
+        apply_here: impl FnOnce(),
+    ) -> Result<(), NodeError> {
+        let bytes = crate::control::encode(self, msg);
+        if bytes.len() > crate::control::MAX_MESSAGE {
+            return Err(codes::ERROR_BAD_REQUEST.into());
+        }
+        match self.inner.broker.publish_control(bytes, None).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                apply_here();
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Disconnects a user's connections (or one of them) on every node, except
+    /// those whitelisted.
+    ///
+    /// # Errors
+    /// A backend error when the broker could not carry the request to the other
+    /// nodes (this node's connections are disconnected anyway).
+    pub async fn disconnect(
+        &self,
+        user: &str,
+        client: Option<&str>,
+        whitelist: &[String],
+        d: Disconnect,
+    ) -> Result<(), NodeError> {
+        let msg = crate::control::Message::Disconnect {
+            user: user.to_string(),
+            client: client.map(str::to_owned),
+            whitelist: whitelist.to_vec(),
+            disconnect: d.clone(),
+        };
+        self.broadcast(msg, || {
+            self.disconnect_local(user, client, whitelist, d);
+        })
+        .await
+    }
+
+    /// Disconnects a user's connections (or one of them) on this node, except those
+    /// whitelisted. Returns how many were told to disconnect.
+    pub fn disconnect_local(
         &self,
         user: &str,
         client: Option<&str>,
@@ -549,17 +699,35 @@ impl Node {
         n
     }
 
-    /// Unsubscribes a user's connections (or one) from a channel.
+    /// Unsubscribes a user's connections (or one) from a channel, on every node.
     ///
     /// # Errors
-    /// 107/102 for a bad channel.
-    pub fn unsubscribe(
+    /// 107/102 for a bad channel; a backend error when the broker could not carry
+    /// the request to the other nodes.
+    pub async fn unsubscribe(
         &self,
         user: &str,
         channel: &str,
         client: Option<&str>,
-    ) -> Result<usize, NodeError> {
+    ) -> Result<(), NodeError> {
         channel::resolve(&self.inner.config, channel)?;
+        let msg = crate::control::Message::Unsubscribe {
+            user: user.to_string(),
+            channel: channel.to_string(),
+            client: client.map(str::to_owned),
+        };
+        self.broadcast(msg, || {
+            self.unsubscribe_local(user, channel, client);
+        })
+        .await
+    }
+
+    /// Unsubscribes a user's connections (or one) on this node from a channel.
+    /// Returns how many were asked.
+    pub fn unsubscribe_local(&self, user: &str, channel: &str, client: Option<&str>) -> usize {
+        if channel::resolve(&self.inner.config, channel).is_err() {
+            return 0;
+        }
         let mut n = 0;
         for conn in self.targets(user, client) {
             if conn
@@ -572,20 +740,41 @@ impl Node {
                 n += 1;
             }
         }
-        Ok(n)
+        n
     }
 
-    /// Subscribes a user's connections (or one) to a channel, server-side.
+    /// Subscribes a user's connections (or one) to a channel, server-side, on every
+    /// node.
     ///
     /// # Errors
-    /// 107/102 for a bad channel.
-    pub fn subscribe(
+    /// 107/102 for a bad channel; a backend error when the broker could not carry
+    /// the request to the other nodes.
+    pub async fn subscribe(
         &self,
         user: &str,
         req: ServerSubscribe,
         client: Option<&str>,
-    ) -> Result<usize, NodeError> {
+    ) -> Result<(), NodeError> {
         channel::resolve(&self.inner.config, &req.channel)?;
+        let msg = crate::control::Message::Subscribe {
+            user: user.to_string(),
+            channel: req.channel.clone(),
+            client: client.map(str::to_owned),
+            info: req.info.clone(),
+            data: req.data.clone(),
+        };
+        self.broadcast(msg, || {
+            self.subscribe_local(user, req, client);
+        })
+        .await
+    }
+
+    /// Subscribes a user's connections (or one) on this node to a channel. Returns
+    /// how many were asked.
+    pub fn subscribe_local(&self, user: &str, req: ServerSubscribe, client: Option<&str>) -> usize {
+        if channel::resolve(&self.inner.config, &req.channel).is_err() {
+            return 0;
+        }
         let mut n = 0;
         for conn in self.targets(user, client) {
             if conn
@@ -596,7 +785,153 @@ impl Node {
                 n += 1;
             }
         }
-        Ok(n)
+        n
+    }
+
+    /// Starts the node's coarse timers: the heartbeat to other nodes, the presence
+    /// refresh and the channel position check. One task each for the whole node,
+    /// not one per connection; each stops at shutdown.
+    fn start_timers(&self) {
+        let cfg = &self.inner.config;
+        let every =
+            |period: Duration,
+             node: Node,
+             job: fn(Node) -> futures_util::future::BoxFuture<'static, ()>| {
+                let token = node.inner.shutdown.clone();
+                let tracker = node.inner.tracker.clone();
+                tracker.spawn(async move {
+                    let mut tick = tokio::time::interval(period);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        tokio::select! {
+                            _ = token.cancelled() => break,
+                            _ = tick.tick() => job(node.clone()).await,
+                        }
+                    }
+                });
+            };
+        every(cfg.node.info_publish_interval, self.clone(), |node| {
+            Box::pin(async move { crate::control::publish_info(&node).await })
+        });
+        every(cfg.client.presence_update_interval, self.clone(), |node| {
+            Box::pin(async move { node.refresh_presence().await })
+        });
+        every(
+            cfg.client.channel_position_check_delay,
+            self.clone(),
+            |node| Box::pin(async move { node.check_positions().await }),
+        );
+    }
+
+    /// Re-adds the presence entry of every live client in every channel it is in,
+    /// so the entries outlive the engine's presence TTL only while their node runs.
+    async fn refresh_presence(&self) {
+        use futures_util::StreamExt;
+        let conns: Vec<Arc<Connection>> = self
+            .inner
+            .registry
+            .lock()
+            .clients
+            .values()
+            .cloned()
+            .collect();
+        let entries = conns.into_iter().flat_map(|conn| {
+            conn.presence_entries()
+                .into_iter()
+                .map(move |(channel, info)| (conn.clone(), channel, info))
+        });
+        let presence = self.inner.presence.clone();
+        futures_util::stream::iter(entries)
+            .for_each_concurrent(16, |(conn, channel, info)| {
+                let presence = presence.clone();
+                async move {
+                    if let Err(e) = presence.add(&channel, info).await {
+                        tracing::debug!(channel, error = %e, "presence refresh failed");
+                        return;
+                    }
+                    // The client may have left while the entry was re-added.
+                    if !conn.holds_presence(&channel) {
+                        let _ = presence.remove(&channel, &conn.client_id).await;
+                    }
+                }
+            })
+            .await;
+    }
+
+    /// Compares the last position this node delivered on each channel with the
+    /// broker's stream top. A channel that is behind (or in another epoch) is
+    /// checked once more after a short pause, so a publication still on its way is
+    /// not mistaken for a lost one; if it is still behind, its subscribers are told
+    /// to resubscribe and recover.
+    pub async fn check_positions(&self) {
+        let suspects = self.behind(self.inner.hub.positions()).await;
+        if suspects.is_empty() {
+            return;
+        }
+        let pause = (self.inner.config.client.channel_position_check_delay / 4)
+            .min(Duration::from_millis(500));
+        tokio::select! {
+            _ = self.inner.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        let again: Vec<(String, StreamPosition)> = suspects
+            .into_iter()
+            .filter_map(|(channel, _)| {
+                let last = self.inner.hub.position(&channel)?;
+                Some((channel, last))
+            })
+            .collect();
+        for (channel, top) in self.behind(again).await {
+            let n = self.inner.hub.lost_place(&channel, &top);
+            self.inner.metrics.recoveries_requested.increment(n as u64);
+            tracing::warn!(
+                channel,
+                offset = top.offset,
+                epoch = top.epoch,
+                subscribers = n,
+                "channel behind the broker's stream: subscribers recover"
+            );
+        }
+    }
+
+    /// The channels among `positions` whose broker stream is ahead of, or in
+    /// another epoch than, the given position, with the broker's top. Those that
+    /// match are confirmed in the hub.
+    async fn behind(
+        &self,
+        positions: Vec<(String, StreamPosition)>,
+    ) -> Vec<(String, StreamPosition)> {
+        use futures_util::StreamExt;
+        let config = self.inner.config.clone();
+        futures_util::stream::iter(positions)
+            .filter(|(channel, _)| {
+                let keeps_history =
+                    channel::resolve(&config, channel).is_ok_and(|ch| ch.history_enabled());
+                std::future::ready(keeps_history)
+            })
+            .map(|(channel, last)| async move {
+                let filter = HistoryFilter {
+                    limit: Some(0),
+                    ..Default::default()
+                };
+                let top = self
+                    .inner
+                    .broker
+                    .history(&channel, filter)
+                    .await
+                    .ok()?
+                    .position;
+                let behind =
+                    (top.epoch != last.epoch && !last.epoch.is_empty()) || top.offset > last.offset;
+                if !behind {
+                    self.inner.hub.confirm(&channel, &top);
+                }
+                behind.then_some((channel, top))
+            })
+            .buffer_unordered(16)
+            .filter_map(std::future::ready)
+            .collect()
+            .await
     }
 
     /// Makes a session reachable by [`Node::route`].
@@ -694,6 +1029,7 @@ impl Node {
     /// for connection tasks to finish.
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
+        crate::control::publish_leave(self).await;
         let conns: Vec<Arc<Connection>> = self
             .inner
             .registry

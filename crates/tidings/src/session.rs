@@ -82,6 +82,9 @@ struct ChannelSub {
     /// When a subscription token's validity runs out, grace included: past it the
     /// client is unsubscribed with 2501 unless `sub_refresh` moved it.
     expire_at: Option<Instant>,
+    /// The hub's side of the subscription, to tell whether a "lost its place"
+    /// request is about this subscription or an earlier one.
+    subscriber: Arc<Subscriber>,
 }
 
 /// When the connection's credentials expire; `expire_at` wins over `exp`, and 0
@@ -992,6 +995,7 @@ impl Session {
                 }
             };
             after_offset = position.offset;
+            inner.hub.note_position(channel, &position);
             result.positioned = true;
             result.recoverable = recoverable;
             result.epoch = position.epoch;
@@ -1004,6 +1008,7 @@ impl Session {
         // subscription (the client itself, or anyone it tells) finds it there.
         if opts.presence {
             let info = self.client_info(chan_info.clone());
+            self.conn.hold_presence(channel, info.clone());
             if let Err(e) = inner.presence.add(channel, info).await {
                 tracing::warn!(channel, error = %e, "presence add failed");
             }
@@ -1015,6 +1020,7 @@ impl Session {
                 join_leave: opts.join_leave,
                 chan_info,
                 expire_at: ask.expire_at,
+                subscriber: subscriber.clone(),
             },
         );
         if let Some(at) = ask.expire_at {
@@ -1106,6 +1112,7 @@ impl Session {
         let inner = self.node.inner.clone();
         inner.metrics.subscription_removed();
         if sub.presence {
+            self.conn.drop_presence(channel);
             let _ = inner.presence.remove(channel, &self.conn.client_id).await;
         }
         if sub.join_leave {
@@ -1240,6 +1247,17 @@ impl Session {
     async fn handle_control(&mut self, ctrl: Control) -> Result<(), Disconnect> {
         match ctrl {
             Control::Disconnect(d) => return Err(d),
+            Control::Insufficient { channel } => {
+                let lost = self
+                    .subs
+                    .get(&channel)
+                    .is_some_and(|s| s.subscriber.is_insufficient());
+                if lost {
+                    let (code, reason) = codes::unsubscribe::INSUFFICIENT;
+                    self.unsubscribe_channel(&channel, Some((code, reason)))
+                        .await;
+                }
+            }
             Control::Unsubscribe { channel } => {
                 let (code, reason) = codes::unsubscribe::SERVER;
                 self.unsubscribe_channel(&channel, Some((code, reason)))

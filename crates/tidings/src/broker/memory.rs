@@ -293,7 +293,7 @@ impl MemoryBroker {
             s.items.pop_front();
         }
         if let Some(h) = self.handler() {
-            h.handle_publication(channel, &publication);
+            h.handle_stream_publication(channel, &publication, &s.epoch);
         }
         Ok(s.position())
     }

@@ -66,7 +66,18 @@ pub enum BrokerError {
 ///
 /// Implementations must not block: they run on the broker's delivery path.
 pub trait BrokerEventHandler: Send + Sync + 'static {
+    /// A publication whose stream epoch the broker does not pass along. The node
+    /// then tells duplicates and gaps apart by offset only, and finds a new epoch by
+    /// its periodic position check; prefer [`Self::handle_stream_publication`].
     fn handle_publication(&self, channel: &str, publication: &Publication);
+    /// A publication of a channel with history, with the epoch of its stream. With
+    /// the epoch the node drops duplicates (offset at or below the last one it
+    /// delivered) and turns a jump or a new epoch into a resubscribe-and-recover for
+    /// that channel's subscribers at once, instead of at the next position check.
+    fn handle_stream_publication(&self, channel: &str, publication: &Publication, epoch: &str) {
+        let _ = epoch;
+        self.handle_publication(channel, publication);
+    }
     fn handle_join(&self, channel: &str, info: &ClientInfo);
     fn handle_leave(&self, channel: &str, info: &ClientInfo);
     /// A node-to-node control message (see [`Broker::publish_control`]). The bytes

@@ -1060,12 +1060,23 @@ fn dispatch(handler: &dyn BrokerEventHandler, channel: &str, msg: &async_nats::M
                 tracing::warn!(channel, "undecodable publication from NATS");
                 return;
             };
-            // Republished from the channel's stream: the sequence is the offset.
+            // Republished from the channel's stream: the sequence is the offset, and
+            // the stored subject ends with the stream's epoch.
+            let stored = header(SUBJECT_HEADER);
             publication.offset = header(SEQUENCE_HEADER)
-                .filter(|_| header(SUBJECT_HEADER).is_some())
+                .filter(|_| stored.is_some())
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0);
-            handler.handle_publication(channel, &publication);
+            let epoch = stored
+                .as_deref()
+                .and_then(|subject| subject.rsplit('.').next())
+                .filter(|e| !e.is_empty());
+            match epoch {
+                Some(epoch) if publication.offset > 0 => {
+                    handler.handle_stream_publication(channel, &publication, epoch)
+                }
+                _ => handler.handle_publication(channel, &publication),
+            }
         }
     }
 }

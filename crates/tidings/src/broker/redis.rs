@@ -1017,7 +1017,10 @@ fn deliver(
     if let Some(ch) = channel.strip_prefix(client_prefix) {
         match payload.split_first() {
             Some((b'P', rest)) => match parse_publication(rest) {
-                Some(p) => handler.handle_publication(ch, &p),
+                Some((p, epoch)) if p.offset > 0 && !epoch.is_empty() => {
+                    handler.handle_stream_publication(ch, &p, epoch)
+                }
+                Some((p, _)) => handler.handle_publication(ch, &p),
                 None => tracing::warn!(channel = ch, "redis: malformed publication dropped"),
             },
             Some((b'J', rest)) => match serde_json::from_slice::<ClientInfo>(rest) {
@@ -1036,14 +1039,15 @@ fn deliver(
 }
 
 /// `<offset>:<epoch>:<publication JSON>` → the publication with its offset.
-fn parse_publication(rest: &[u8]) -> Option<Publication> {
+fn parse_publication(rest: &[u8]) -> Option<(Publication, &str)> {
     let colon = rest.iter().position(|&b| b == b':')?;
     let offset: u64 = std::str::from_utf8(&rest[..colon]).ok()?.parse().ok()?;
     let rest = &rest[colon + 1..];
     let colon = rest.iter().position(|&b| b == b':')?;
+    let epoch = std::str::from_utf8(&rest[..colon]).ok()?;
     let mut p: Publication = serde_json::from_slice(&rest[colon + 1..]).ok()?;
     p.offset = offset;
-    Some(p)
+    Some((p, epoch))
 }
 
 /// The direct-publish consumer of one node.

@@ -832,6 +832,16 @@ impl Sio {
     async fn handle_control(&mut self, ctrl: Control) -> Result<(), Disconnect> {
         match ctrl {
             Control::Disconnect(d) => Err(d),
+            // This node missed part of a room's stream. Socket.IO has no
+            // resubscribe, so the connection is closed with a reconnect: the client
+            // comes back with its connection-state-recovery offsets and gets what it
+            // missed from history (or `recovered: false`), never a silent gap.
+            Control::Insufficient { channel } => {
+                if self.subs.contains_key(&channel) {
+                    return Err(Disconnect::insufficient_state());
+                }
+                Ok(())
+            }
             Control::Unsubscribe { channel } => {
                 self.leave(&channel, None).await;
                 Ok(())

@@ -4,20 +4,31 @@
 //! sends it; `data` is the newline-delimited command frame, as a JSON string (or,
 //! for convenience, a JSON object holding one command). The frame goes to the
 //! session's inbox and is answered on the session's stream.
+//!
+//! The session may live on another node of the cluster (a load balancer without
+//! sticky sessions sends the POST anywhere). Then `node` names it, and the frame
+//! travels there through the broker; that node's answer (204, 404, 429) is this
+//! node's answer.
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use std::time::Duration;
+
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::control::{ForwardError, Reply, Request};
 use crate::node::{Node, RouteError};
 
 #[derive(Deserialize)]
 struct EmulationRequest<'a> {
     #[serde(default)]
     session: String,
+    /// Uid of the node that holds the session (the connect reply's `node`).
+    #[serde(default)]
+    node: String,
     #[serde(borrow)]
     data: Option<&'a RawValue>,
 }
@@ -41,6 +52,23 @@ pub enum RequestError {
 /// # Errors
 /// [`RequestError`] for a body that is not such a request.
 pub fn parse_request(body: &[u8]) -> Result<(String, String), RequestError> {
+    parse_routed_request(body).map(|r| (r.session, r.frame))
+}
+
+/// An emulation request: which session, on which node, and the command frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutedRequest {
+    pub session: String,
+    /// Empty when the client did not say.
+    pub node: String,
+    pub frame: String,
+}
+
+/// Reads an emulation request body, the node field included.
+///
+/// # Errors
+/// [`RequestError`] for a body that is not such a request.
+pub fn parse_routed_request(body: &[u8]) -> Result<RoutedRequest, RequestError> {
     // JSON is UTF-8. serde_json checks that only for the values it keeps, not for
     // the strings of fields it skips, so the whole body is checked first (found by
     // the emulation_request fuzz target).
@@ -57,7 +85,99 @@ pub fn parse_request(body: &[u8]) -> Result<(String, String), RequestError> {
             _ => return Err(RequestError::BadData),
         },
     };
-    Ok((req.session, frame))
+    Ok(RoutedRequest {
+        session: req.session,
+        node: req.node,
+        frame,
+    })
+}
+
+/// Hands a frame to a session of this node; the HTTP status and message to answer.
+pub(crate) fn route_local(node: &Node, session: &str, frame: String) -> (StatusCode, &'static str) {
+    match node.route(session, frame) {
+        Ok(()) => (StatusCode::NO_CONTENT, ""),
+        Err(RouteError::NotFound) => (StatusCode::NOT_FOUND, "session not found"),
+        Err(RouteError::Busy) => (StatusCode::TOO_MANY_REQUESTS, "session is busy, retry"),
+    }
+}
+
+/// How long a node waits for the node holding a session to take a frame.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Delivers a frame to its session: here when this node holds it, otherwise
+/// through the broker to the node the request names (its reply is the answer).
+pub(crate) async fn route(node: &Node, req: RoutedRequest) -> Response {
+    let local = node.route(&req.session, req.frame.clone());
+    let elsewhere = !req.node.is_empty() && req.node != node.uid();
+    match local {
+        Err(RouteError::NotFound) if elsewhere => {}
+        Ok(()) => return StatusCode::NO_CONTENT.into_response(),
+        Err(e) => {
+            let (status, msg) = match e {
+                RouteError::NotFound => (StatusCode::NOT_FOUND, "session not found"),
+                RouteError::Busy => (StatusCode::TOO_MANY_REQUESTS, "session is busy, retry"),
+            };
+            return (status, msg).into_response();
+        }
+    }
+    if !node.is_live_node(&req.node) && node.knows_the_cluster() {
+        // No such node is running: the session is gone with it.
+        return (StatusCode::NOT_FOUND, "session not found").into_response();
+    }
+    let ask = Request::Emulation {
+        session: req.session,
+        frame: req.frame,
+    };
+    forwarded(
+        crate::control::request(node, &req.node, ask, FORWARD_TIMEOUT).await,
+        false,
+    )
+}
+
+/// The answer of another node, or why there is none, as this node's response.
+pub(crate) fn forwarded(reply: Result<Reply, ForwardError>, json: bool) -> Response {
+    match reply {
+        Ok(Reply::Http { status, body }) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            if json && status == StatusCode::OK {
+                let mut res = (status, body).into_response();
+                res.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                res.headers_mut().insert(
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("no-cache, no-store"),
+                );
+                res
+            } else if body.is_empty() {
+                status.into_response()
+            } else {
+                (status, body).into_response()
+            }
+        }
+        Ok(Reply::Channels { .. }) => {
+            (StatusCode::BAD_GATEWAY, "unexpected answer from the node").into_response()
+        }
+        Err(ForwardError::Timeout) => (
+            StatusCode::GATEWAY_TIMEOUT,
+            "the node holding the session did not answer",
+        )
+            .into_response(),
+        Err(ForwardError::Busy) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many forwarded requests",
+        )
+            .into_response(),
+        Err(ForwardError::Broker) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "the broker is unavailable").into_response()
+        }
+        Err(ForwardError::TooLarge) => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request too large to forward",
+        )
+            .into_response(),
+    }
 }
 
 pub async fn handler(State(node): State<Node>, headers: HeaderMap, body: Bytes) -> Response {
@@ -67,16 +187,9 @@ pub async fn handler(State(node): State<Node>, headers: HeaderMap, body: Bytes) 
     if body.len() > node.config().emulation.max_request_body_size {
         return (StatusCode::PAYLOAD_TOO_LARGE, "emulation request too large").into_response();
     }
-    let (session, frame) = match parse_request(&body) {
-        Ok(parsed) => parsed,
-        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
-    };
-    match node.route(&session, frame) {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(RouteError::NotFound) => (StatusCode::NOT_FOUND, "session not found").into_response(),
-        Err(RouteError::Busy) => {
-            (StatusCode::TOO_MANY_REQUESTS, "session is busy, retry").into_response()
-        }
+    match parse_routed_request(&body) {
+        Ok(req) => route(&node, req).await,
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     }
 }
 

@@ -15,6 +15,9 @@
 //!   reconnect), numbered after the last message, until the session is forgotten.
 //! - Commands go to `POST /emulation` with `{"session": ID, "data": FRAME}`.
 //! - `DELETE /connection/long_poll?session=ID` ends the session.
+//! - Polls and closes may add `&node=UID` (the open response's `node`). When the
+//!   request lands on a node that does not hold the session, that node asks the
+//!   holding one through the broker, which runs the poll and sends back its answer.
 //!
 //! One poll at a time per session: a second concurrent poll gets 409 and the first
 //! is unaffected. A session with no poll for `long_poll.session_timeout` is closed,
@@ -37,6 +40,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::connection::Connection;
+use crate::control::Request;
 use crate::node::Node;
 use crate::outbox::Drained;
 use crate::session::SessionMode;
@@ -249,6 +253,10 @@ pub struct PollParams {
     pub session: String,
     #[serde(default)]
     pub cursor: u64,
+    /// The node that holds the session (the open response's `node`); a poll that
+    /// lands on another node is run there through the broker.
+    #[serde(default)]
+    pub node: String,
 }
 
 /// Resets the in-progress flag however the poll ends, including when the client
@@ -271,15 +279,58 @@ pub async fn poll(
     if !crate::origin::allowed(node.config(), &headers) {
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
-    let Some(session) = node.inner.long_polls.get(&params.session) else {
-        return (StatusCode::NOT_FOUND, "session not found").into_response();
+    if let Some(to) = elsewhere(&node, &params) {
+        if !node.is_live_node(to) && node.knows_the_cluster() {
+            return (StatusCode::NOT_FOUND, "session not found").into_response();
+        }
+        // The holding node waits up to its hold; this one a little longer.
+        let wait = node.config().long_poll.hold + FORWARD_MARGIN;
+        let ask = Request::Poll {
+            session: params.session.clone(),
+            cursor: params.cursor,
+        };
+        let reply = crate::control::request(&node, to, ask, wait).await;
+        return super::emulation::forwarded(reply, true);
+    }
+    let max = node.config().long_poll.max_response_size;
+    match poll_local(&node, &params.session, params.cursor, max).await {
+        (StatusCode::OK, body) => json_response(StatusCode::OK, body),
+        (status, body) => (status, body).into_response(),
+    }
+}
+
+/// Extra wait, over `long_poll.hold`, for a poll run by another node.
+const FORWARD_MARGIN: Duration = Duration::from_secs(5);
+
+/// The node named by the request's `node`, when this node does not hold the
+/// session and another one may. Requests without `node` (older clients) are
+/// served here only.
+fn elsewhere<'a>(node: &Node, params: &'a PollParams) -> Option<&'a str> {
+    let to = params.node.as_str();
+    let other = !to.is_empty() && to != node.uid();
+    (other && node.inner.long_polls.get(&params.session).is_none()).then_some(to)
+}
+
+/// Runs a poll for a session of this node: waits up to `long_poll.hold` for
+/// something to deliver. Answers the status and body (JSON when 200), with at most
+/// `max_bytes` of messages (and at least one).
+pub(crate) async fn poll_local(
+    node: &Node,
+    session_id: &str,
+    cursor: u64,
+    max_bytes: usize,
+) -> (StatusCode, Bytes) {
+    let Some(session) = node.inner.long_polls.get(session_id) else {
+        return (
+            StatusCode::NOT_FOUND,
+            Bytes::from_static(b"session not found"),
+        );
     };
     if session.polling.swap(true, Ordering::AcqRel) {
         return (
             StatusCode::CONFLICT,
-            "another poll is in progress for this session",
-        )
-            .into_response();
+            Bytes::from_static(b"another poll is in progress for this session"),
+        );
     }
     let _guard = PollGuard(session.clone());
     let cfg = &node.config().long_poll;
@@ -288,14 +339,14 @@ pub async fn poll(
         let notified = session.notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        if let Some(body) = take(&session, params.cursor, cfg.max_response_size) {
-            return json_response(StatusCode::OK, body);
+        if let Some(body) = take(&session, cursor, max_bytes) {
+            return (StatusCode::OK, body);
         }
         tokio::select! {
             _ = &mut notified => {}
             _ = tokio::time::sleep_until(deadline) => {
-                let body = format!("{{\"cursor\":{},\"messages\":[]}}", params.cursor);
-                return json_response(StatusCode::OK, body.into());
+                let body = format!("{{\"cursor\":{cursor},\"messages\":[]}}");
+                return (StatusCode::OK, body.into());
             }
         }
     }
@@ -375,15 +426,35 @@ pub async fn close(
     if !crate::origin::allowed(node.config(), &headers) {
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
-    match node.inner.long_polls.get(&params.session) {
+    if let Some(to) = elsewhere(&node, &params) {
+        if !node.is_live_node(to) && node.knows_the_cluster() {
+            return (StatusCode::NOT_FOUND, "session not found").into_response();
+        }
+        let ask = Request::ClosePoll {
+            session: params.session.clone(),
+        };
+        let reply = crate::control::request(&node, to, ask, FORWARD_MARGIN).await;
+        return super::emulation::forwarded(reply, false);
+    }
+    let (status, body) = close_local(&node, &params.session);
+    if body.is_empty() {
+        status.into_response()
+    } else {
+        (status, body).into_response()
+    }
+}
+
+/// Ends a long-poll session of this node.
+pub(crate) fn close_local(node: &Node, session_id: &str) -> (StatusCode, &'static str) {
+    match node.inner.long_polls.get(session_id) {
         Some(session) => {
             session
                 .conn
                 .outbox
                 .close(Disconnect::connection_closed(), false);
-            StatusCode::NO_CONTENT.into_response()
+            (StatusCode::NO_CONTENT, "")
         }
-        None => (StatusCode::NOT_FOUND, "session not found").into_response(),
+        None => (StatusCode::NOT_FOUND, "session not found"),
     }
 }
 

@@ -2,9 +2,12 @@
 // long polling (docs/transports.md):
 //
 //   open     POST   /connection/long_poll            body = the first frame sent
-//   receive  GET    /connection/long_poll?session=S&cursor=N   (one at a time, in a loop)
+//   receive  GET    /connection/long_poll?session=S&node=N&cursor=N   (one at a time, in a loop)
 //   send     POST   /emulation  {"session": S, "node": N, "data": FRAME}
-//   close    DELETE /connection/long_poll?session=S
+//   close    DELETE /connection/long_poll?session=S&node=N
+//
+// `node` (from the open answer) lets a request that lands on another node of a
+// cluster reach the node holding the session: no sticky sessions needed.
 //
 // centrifuge-js sends its connect command right after `open`, so `open` fires at once
 // and the first `send()` opens the session.
@@ -271,7 +274,11 @@ export class LongPollSocket {
       let res: HttpResult;
       try {
         res = await this.request(
-          withParams(this.endpoints.longPoll, { session: session.session, cursor: String(this.cursor) }),
+          withParams(this.endpoints.longPoll, {
+            session: session.session,
+            node: session.node,
+            cursor: String(this.cursor),
+          }),
           { method: 'GET', headers: this.headers({}) },
           this.options.pollTimeout,
           true,
@@ -325,7 +332,7 @@ export class LongPollSocket {
   }
 
   private deleteSession(session: OpenResponse): void {
-    const url = withParams(this.endpoints.longPoll, { session: session.session });
+    const url = withParams(this.endpoints.longPoll, { session: session.session, node: session.node });
     this.request(url, { method: 'DELETE', headers: this.headers({}) }, this.options.requestTimeout, false).catch(
       () => {
         // Best effort: the server closes an unpolled session by itself.
