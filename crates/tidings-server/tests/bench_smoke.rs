@@ -143,7 +143,6 @@ fn help_documents_every_scenario() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs the Redis engine (engine.type = \"redis\"), which lands with the cluster work"]
 async fn cluster_through_redis() {
     let redis = tidings_testkit::RedisServer::start()
         .await

@@ -114,6 +114,8 @@ pub(crate) enum Request {
     ClosePoll { session: String },
     /// The channels with subscribers on the node (`/api/channels`).
     Channels { pattern: Option<String> },
+    /// A Socket.IO polling request (GET or POST) for a session the node holds.
+    SocketIo(crate::socketio::ForwardedPoll),
 }
 
 /// An answer to a [`Request`].
@@ -128,6 +130,8 @@ pub(crate) enum Reply {
     Channels {
         channels: Vec<(String, usize)>,
     },
+    /// The holding node's answer to a Socket.IO polling request.
+    SocketIo(crate::socketio::ForwardedReply),
 }
 
 /// Why a request to another node got no answer.
@@ -421,7 +425,48 @@ async fn answer(node: &Node, request: Request) -> Reply {
         Request::Channels { pattern } => Reply::Channels {
             channels: node.local_channels(pattern.as_deref()),
         },
+        Request::SocketIo(request) => {
+            Reply::SocketIo(crate::socketio::serve_forwarded(node, request).await)
+        }
     }
+}
+
+/// Socket.IO polling without sticky sessions: the forwarder the Socket.IO registry
+/// uses for a sid whose tag names another node. The tag is matched against the
+/// nodes heard from recently; the request goes there through [`request`] and the
+/// answer comes back as it is. `None` (the client gets "Session ID unknown" and
+/// starts a new session) when no live node has that tag or it does not answer.
+pub(crate) fn socketio_forwarder(
+    node: std::sync::Weak<crate::node::NodeInner>,
+) -> crate::socketio::PollForwarder {
+    std::sync::Arc::new(move |tag, poll| {
+        let node = node.clone();
+        Box::pin(async move {
+            let node = Node {
+                inner: node.upgrade()?,
+            };
+            let uid = node
+                .inner
+                .cluster
+                .live_nodes(node_max_age(&node))
+                .into_iter()
+                .map(|info| info.uid)
+                .find(|uid| {
+                    let own: String = uid
+                        .chars()
+                        .filter(char::is_ascii_alphanumeric)
+                        .take(crate::socketio::transport::TAG_LEN)
+                        .collect();
+                    own == tag
+                })?;
+            // A GET is held up to the ping interval before the owner answers it.
+            let wait = node.config().socketio.ping_interval + Duration::from_secs(5);
+            match request(&node, &uid, Request::SocketIo(poll), wait).await {
+                Ok(Reply::SocketIo(reply)) => Some(reply),
+                _ => None,
+            }
+        })
+    })
 }
 
 #[cfg(test)]

@@ -289,6 +289,9 @@ impl NodeBuilder {
         let node = Node {
             inner: inner.clone(),
         };
+        inner
+            .socketio
+            .set_forwarder(crate::control::socketio_forwarder(Arc::downgrade(&inner)));
         node.start_timers();
         if let Some(memory) = engine.memory {
             // Periodic sweep of idle streams, bounded by the shutdown token.

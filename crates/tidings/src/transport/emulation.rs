@@ -156,7 +156,7 @@ pub(crate) fn forwarded(reply: Result<Reply, ForwardError>, json: bool) -> Respo
                 (status, body).into_response()
             }
         }
-        Ok(Reply::Channels { .. }) => {
+        Ok(Reply::Channels { .. } | Reply::SocketIo(_)) => {
             (StatusCode::BAD_GATEWAY, "unexpected answer from the node").into_response()
         }
         Err(ForwardError::Timeout) => (
