@@ -155,14 +155,15 @@ pub type PollForwarder = Arc<
 #[derive(Default)]
 pub struct Registry {
     sessions: Mutex<HashMap<String, Arc<Shared>>>,
-    forwarder: std::sync::OnceLock<PollForwarder>,
+    // A plain lock: read once per forwarded request, written at start-up.
+    forwarder: parking_lot::RwLock<Option<PollForwarder>>,
 }
 
 impl Registry {
-    /// Installs the node-to-node route for polls whose sid names another node. Set
-    /// once; later calls are ignored.
+    /// Installs the node-to-node route for polls whose sid names another node,
+    /// replacing the one `Node::build` installs (the cluster's request/reply).
     pub fn set_forwarder(&self, forwarder: PollForwarder) {
-        let _ = self.forwarder.set(forwarder);
+        *self.forwarder.write() = Some(forwarder);
     }
 
     /// An open session; a closing one counts as gone.
@@ -317,7 +318,7 @@ pub async fn forward_poll(
     parts: &axum::http::request::Parts,
     body: axum::body::Body,
 ) -> Option<Response> {
-    let forwarder = node.inner.socketio.forwarder.get()?.clone();
+    let forwarder = node.inner.socketio.forwarder.read().clone()?;
     let post = match parts.method {
         Method::GET => false,
         Method::POST => true,
