@@ -16,6 +16,9 @@ use tidings::{Config, Node};
 mod autobahn;
 mod bench;
 
+/// How long `serve` waits for the engine's broker before it accepts clients.
+const ENGINE_READY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The demo chat, served at `/`.
 const DEMO_PAGE: &str = include_str!("../../../web/index.html");
 /// The demo's client code, served at `/tidings-core.js`: centrifuge-js and the core of
@@ -295,6 +298,13 @@ async fn run(config: Config, development: bool) -> anyhow::Result<()> {
         None => None,
     };
     let node = Node::new(config);
+    // A broker that is still connecting would refuse the first clients with
+    // temporary errors; give it a moment, then serve anyway (it keeps retrying).
+    if !node.wait_engine_ready(ENGINE_READY_WAIT).await {
+        tracing::error!(
+            "the engine's broker is not reachable yet; clients get temporary errors until it is"
+        );
+    }
     match node.auth().connection().jwks() {
         Some(jwks) => tracing::info!(url = jwks.url(), "connection tokens: keys from JWKS"),
         None => {

@@ -168,3 +168,30 @@ async fn cluster_through_redis() {
     check_fanout(&v, "cluster", 10, 50);
     assert!(v["latency_remote"].is_object(), "{v:#}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_through_nats() {
+    let nats = tidings_testkit::NatsServer::start()
+        .await
+        .expect("start nats-server");
+    let url = nats.url();
+    let v = tokio::task::spawn_blocking(move || {
+        bench(&[
+            "cluster",
+            "-n",
+            "10",
+            "-m",
+            "50",
+            "--nodes",
+            "2",
+            "--engine",
+            "nats",
+            "--engine-url",
+            &url,
+        ])
+    })
+    .await
+    .expect("bench thread");
+    check_fanout(&v, "cluster", 10, 50);
+    assert!(v["latency_remote"].is_object(), "{v:#}");
+}

@@ -570,6 +570,12 @@ impl Node {
         all
     }
 
+    /// Waits, at most `within`, until the engine's broker is connected (at once
+    /// for the memory engine); `false` when it is not yet.
+    pub async fn wait_engine_ready(&self, within: Duration) -> bool {
+        self.inner.broker.ready(within).await
+    }
+
     /// Facts about this node.
     pub fn info(&self) -> NodeInfo {
         let reg = self.inner.registry.lock();

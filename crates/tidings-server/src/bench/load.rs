@@ -277,7 +277,8 @@ impl Env {
 }
 
 fn engine_config(engine: EngineArg, url: Option<&str>) -> serde_json::Value {
-    let prefix = format!("bench{}", uuid::Uuid::new_v4().simple());
+    // Short enough for every engine (NATS prefixes are at most 32 characters).
+    let prefix = format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
     match engine {
         EngineArg::Redis => serde_json::json!({
             "type": "redis",

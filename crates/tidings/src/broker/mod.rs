@@ -97,6 +97,15 @@ pub trait Broker: Send + Sync + 'static {
     /// keeps reconnecting (calls fail with [`BrokerError::Backend`] meanwhile).
     fn run(&self, node_uid: &str, handler: std::sync::Arc<dyn BrokerEventHandler>);
 
+    /// Waits, at most `within`, until the broker has its first connection and can
+    /// serve calls; `false` when it has not. The binary waits for this before it
+    /// accepts clients, so clients of a node that just started are not refused
+    /// while its broker connects. In-process brokers are ready at once.
+    async fn ready(&self, within: std::time::Duration) -> bool {
+        let _ = within;
+        true
+    }
+
     /// Sends a control message to every node, this one included (`to = None`), or
     /// to the one node whose uid is `to`. At most once: a node that is not connected
     /// does not get it later.

@@ -1132,6 +1132,10 @@ async fn serve_ingest(
 
 #[async_trait]
 impl Broker for NatsBroker {
+    async fn ready(&self, within: Duration) -> bool {
+        self.wait_ready(within).await
+    }
+
     fn run(&self, node_uid: &str, handler: Arc<dyn BrokerEventHandler>) {
         let _ = self.handler.set(handler.clone());
         let conn = self.conn.clone();
