@@ -1,16 +1,22 @@
 // Browser test of examples/nextjs-chat, the Next.js App Router chat on @tidings/react:
 // `next build`, then `next start` against the real `tidings` binary running the example's
-// config. Four people in separate browser contexts join one room: two on the default
-// transports (WebSocket), one forced to SSE, one forced to long polling. They see each
-// other online and typing and chat both ways; one loses its network and recovers what it
-// missed; then the Tidings server is restarted on the same port mid-conversation, and no
-// message is lost on any page.
+// config on the Redis engine (a private redis-server child), so that history and stream
+// positions outlive a restart of Tidings. Four people in separate browser contexts join
+// one room: two on the default transports (WebSocket), one forced to SSE, one forced to
+// long polling. They see each other online and typing and chat both ways; one loses its
+// network and recovers what it missed; then the Tidings server is restarted on the same
+// port mid-conversation while one page is offline: every page shows reconnecting, then
+// connected with a successful recovery (none says the stream was reset), the offline
+// page recovers exactly the messages sent after the restart, and no message is lost on
+// any page.
 //
-// Env: TIDINGS_BIN, CHROMIUM_PATH, TIDINGS_NEXT_SKIP_BUILD=1 (reuse the last build while
-// iterating), TIDINGS_E2E_ARTIFACTS (screenshot folder; default clients/js/e2e/artifacts).
+// Env: TIDINGS_BIN, CHROMIUM_PATH, REDIS_SERVER_PATH (default /usr/bin/redis-server),
+// TIDINGS_NEXT_SKIP_BUILD=1 (reuse the last build while iterating), TIDINGS_E2E_ARTIFACTS
+// (screenshot folder; default clients/js/e2e/artifacts).
 
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, test } from 'node:test';
@@ -18,13 +24,15 @@ import { after, before, test } from 'node:test';
 import { chromium } from 'playwright-core';
 
 import { CHROMIUM, CHROMIUM_ARGS, texts, waitInPage } from './demo-harness.mjs';
-import { buildExample, EXAMPLE_DIR, freePort, startChatTidings, startNext } from './nextjs-harness.mjs';
+import { buildExample, EXAMPLE_DIR, freePort, startChatTidings, startNext, startRedis } from './nextjs-harness.mjs';
 
 const WAIT = 15_000;
 const ROOM = `e2e-${Date.now().toString(36)}`;
 const ARTIFACTS = process.env.TIDINGS_E2E_ARTIFACTS
   || path.join(path.dirname(fileURLToPath(import.meta.url)), 'artifacts');
 
+let redis;
+let redisDir;
 let tidings;
 let tidingsPort;
 let tidingsEnv;
@@ -38,9 +46,18 @@ before(async () => {
   if (process.env.TIDINGS_NEXT_SKIP_BUILD !== '1' || !existsSync(path.join(EXAMPLE_DIR, '.next', 'BUILD_ID'))) {
     await buildExample();
   }
+  redisDir = mkdtempSync(path.join(os.tmpdir(), 'tidings-nextjs-redis-'));
+  redis = await startRedis(await freePort(), redisDir);
   tidingsPort = await freePort();
   const nextPort = await freePort();
-  tidingsEnv = { TIDINGS_CLIENT_ALLOWED_ORIGINS: `http://127.0.0.1:${nextPort}` };
+  // The same engine settings for the first start and the restart: the restarted server
+  // finds the room's history and stream (epoch and offsets) in Redis.
+  tidingsEnv = {
+    TIDINGS_CLIENT_ALLOWED_ORIGINS: `http://127.0.0.1:${nextPort}`,
+    TIDINGS_ENGINE_TYPE: 'redis',
+    TIDINGS_ENGINE_REDIS_ADDRESS: redis.url,
+    TIDINGS_ENGINE_REDIS_PREFIX: `nextjs-e2e-${process.pid}-${Date.now().toString(36)}`,
+  };
   tidings = await startChatTidings(tidingsPort, tidingsEnv);
   next = await startNext(nextPort, { TIDINGS_URL: tidings.url });
   browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, headless: true, timeout: 30_000 });
@@ -51,6 +68,8 @@ after(async () => {
   if (browser) await browser.close().catch(() => {});
   if (next) await next.stop();
   if (tidings) await tidings.stop();
+  if (redis) await redis.stop();
+  if (redisDir) rmSync(redisDir, { recursive: true, force: true });
 });
 
 /** A fresh browser profile in the room, named `nick`, optionally forced to one transport. */
@@ -129,13 +148,14 @@ async function screenshots(prefix) {
   }
 }
 
-test('four people chat in the Next.js example across transports, a dropped network and a server restart', { timeout: 240_000 }, async (t) => {
+test('four people chat in the Next.js example across transports, a dropped network and a server restart on the Redis engine', { timeout: 240_000 }, async (t) => {
   try {
     await scenario(t);
   } catch (err) {
     await screenshots('nextjs-failure');
     t.diagnostic(`failure screenshots in ${ARTIFACTS}`);
     if (tidings) for (const line of tidings.output().split('\n').slice(-30)) t.diagnostic(`tidings: ${line}`);
+    if (redis) for (const line of redis.output().split('\n').slice(-10)) t.diagnostic(`redis: ${line}`);
     if (next) for (const line of next.output().split('\n').slice(-30)) t.diagnostic(`next: ${line}`);
     throw err;
   }
@@ -195,11 +215,14 @@ async function scenario(t) {
   assert.match(await bob.page.getByTestId('badge').textContent(), /recovered 2 messages/);
   for (const p of everyone) await waitMessages(p, sent);
 
-  // The Tidings server restarts mid-conversation, on the same port. With the memory engine
-  // the new process has a new stream (epoch): pages must say so and refill from history.
-  // A message sent while it is down fails visibly and is sent again after: no message lost.
-  const beforeRestart = everyone.map((p) => p.context);
-  assert.equal(beforeRestart.length, 4);
+  // The Tidings server restarts mid-conversation, on the same port, while Bob's network is
+  // down. On the Redis engine the room's history and stream position (epoch, offsets) live
+  // in Redis, so the new process continues the same stream: every page reconnects and
+  // recovers from where it was, and none is told that the stream was reset. A message sent
+  // while the server is down fails visibly and is sent again after: no message lost.
+  await bob.context.setOffline(true);
+  await waitBadge(bob, 'reconnecting');
+  const online = [alice, carol, dave];
   await tidings.stop();
   for (const p of everyone) await waitBadge(p, 'reconnecting');
   await screenshots('nextjs-reconnecting');
@@ -210,14 +233,32 @@ async function scenario(t) {
     'a message that could not be sent stays in the box');
 
   tidings = await startChatTidings(tidingsPort, tidingsEnv);
+  // Nothing was published while the server was down: the pages that are online recover
+  // their subscription with nothing missed (before the restart they had never recovered,
+  // so recovered=0 can only come from this reconnect).
+  for (const p of online) await waitBadge(p, 'connected', 'recovered=0');
+  for (const p of online) {
+    assert.equal(await p.page.getByTestId('badge').getAttribute('data-lost'), 'false', `${p.nick}'s stream was not reset`);
+    assert.match(await p.page.getByTestId('badge').textContent(), /recovered 0 messages/);
+  }
   await alice.page.getByTestId('send').click();
   await waitInPage(alice.page, () => document.querySelector('[data-testid="message-input"]').value === '', null,
     { timeout: WAIT, message: 'the retried message to go out' });
   sent.push('Sent while the server was down');
   await chat(dave, 'Dave after the restart.');
+  await chat(carol, 'Carol after the restart too.');
+  for (const p of online) await waitMessages(p, sent);
+
+  // Bob comes back to the restarted server and recovers exactly the three messages sent
+  // after the restart (his last recovery brought 2, so recovered=3 is this one).
+  assert.equal(await badgeState(bob), 'reconnecting');
+  await bob.context.setOffline(false);
+  await waitBadge(bob, 'connected', 'recovered=3');
+  assert.equal(await bob.page.getByTestId('badge').getAttribute('data-lost'), 'false', "Bob's stream was not reset");
+  assert.match(await bob.page.getByTestId('badge').textContent(), /recovered 3 messages/);
   for (const p of everyone) {
-    await waitBadge(p, 'connected', 'lost=true');
-    assert.match(await p.page.getByTestId('badge').textContent(), /reloaded from history/);
+    assert.equal(await p.page.getByTestId('badge').getAttribute('data-lost'), 'false', `${p.nick}'s stream was not reset`);
+    assert.doesNotMatch(await p.page.getByTestId('badge').textContent(), /reloaded from history/);
   }
   for (const p of everyone) await waitMessages(p, sent);
   for (const p of everyone) await waitOnline(p, all);
@@ -231,5 +272,6 @@ async function scenario(t) {
 
   assert.deepEqual(pageErrors, [], 'no uncaught errors or hydration mismatches in the pages');
   for (const p of everyone) assert.equal(await badgeState(p), 'connected');
+  for (const p of everyone) assert.equal(await p.page.getByTestId('badge').getAttribute('data-lost'), 'false');
   for (const p of everyone) await p.context.close();
 }

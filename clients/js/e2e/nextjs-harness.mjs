@@ -1,6 +1,6 @@
-// Helpers for the Next.js chat browser test: build the example, start `tidings` with the
-// example's config on a chosen port (so it can be restarted on the same one), start
-// `next start`, all stopped by PID.
+// Helpers for the Next.js chat browser test: build the example, start a private
+// `redis-server`, start `tidings` with the example's config on a chosen port (so it can be
+// restarted on the same one), start `next start`, all stopped by PID.
 
 import { spawn } from 'node:child_process';
 import { existsSync, statSync, readdirSync } from 'node:fs';
@@ -75,6 +75,28 @@ export function newestSource(dir) {
     newest = Math.max(newest, entry.isDirectory() ? newestSource(full) : statSync(full).mtimeMs);
   }
   return newest;
+}
+
+export const REDIS_SERVER = process.env.REDIS_SERVER_PATH || '/usr/bin/redis-server';
+
+/**
+ * A private `redis-server` on `port` (loopback only, no persistence, working files in
+ * `dir`); resolves once it says it accepts connections. For the Redis engine, whose
+ * history outlives a restart of `tidings`.
+ */
+export function startRedis(port, dir) {
+  if (!existsSync(REDIS_SERVER)) throw new Error(`no redis-server at ${REDIS_SERVER}: apt-get install redis-server (scripts/test.sh does)`);
+  const c = child(REDIS_SERVER, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], { cwd: dir, env: {} });
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => { c.stop('SIGKILL'); reject(new Error(`redis-server did not start:\n${c.output()}`)); }, 15_000);
+    c.lines.out.on('line', (line) => {
+      c.log.push(line);
+      if (!/Ready to accept connections/.test(line)) return;
+      clearTimeout(timer);
+      resolve({ url: `redis://127.0.0.1:${port}`, pid: c.proc.pid, stop: c.stop, output: c.output });
+    });
+    c.exited.then(({ code }) => { clearTimeout(timer); reject(new Error(`redis-server exited (code ${code}):\n${c.output()}`)); });
+  });
 }
 
 /** `tidings serve --config examples/nextjs-chat/tidings.toml --port PORT`; resolves when it listens. */
