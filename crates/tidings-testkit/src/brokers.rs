@@ -9,7 +9,7 @@
 //! server does.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -57,78 +57,62 @@ async fn wait_listening(addr: SocketAddr, child: &mut Child, what: &str) -> anyh
     }
 }
 
-/// Kills a child by its handle (SIGKILL) and reaps it.
-async fn kill_child(child: &mut Option<Child>) -> anyhow::Result<()> {
-    if let Some(mut c) = child.take() {
-        c.start_kill().ok();
-        c.wait().await.context("reaping a killed broker")?;
-    }
-    Ok(())
-}
-
-/// A `redis-server` child on a free port, without persistence.
-pub struct RedisServer {
+/// A broker child process on a fixed loopback port with a temporary directory,
+/// restartable on the same port; what [`RedisServer`] and [`NatsServer`] share.
+struct Broker {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    /// What the process is, for errors.
+    what: &'static str,
+    /// Builds the command line for `port` and `dir`.
+    command: fn(u16, &Path) -> Command,
 }
 
-impl RedisServer {
-    /// Starts `redis-server` on a free port of 127.0.0.1.
-    pub async fn start() -> anyhow::Result<Self> {
-        let mut server = Self {
+impl Broker {
+    async fn start(what: &'static str, command: fn(u16, &Path) -> Command) -> anyhow::Result<Self> {
+        let mut broker = Self {
             child: None,
             port: free_port()?,
-            dir: temp_dir("redis")?,
+            dir: temp_dir(what)?,
+            what,
+            command,
         };
-        server.spawn().await?;
-        Ok(server)
+        broker.spawn().await?;
+        Ok(broker)
     }
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
-        let mut child = Command::new(redis_binary())
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&self.dir)
+        let mut child = (self.command)(self.port, &self.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .context("spawning redis-server (apt-get install redis-server)")?;
-        wait_listening(self.addr(), &mut child, "redis-server").await?;
+            .with_context(|| format!("spawning {} (apt-get install {})", self.what, self.what))?;
+        wait_listening(self.addr(), &mut child, self.what).await?;
         self.child = Some(child);
         Ok(())
     }
 
-    pub fn addr(&self) -> SocketAddr {
+    fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
-    /// `redis://127.0.0.1:PORT`, the form `engine.redis.address` takes.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Process id of the running server, if it runs.
-    pub fn pid(&self) -> Option<u32> {
+    fn pid(&self) -> Option<u32> {
         self.child.as_ref().and_then(Child::id)
     }
 
-    /// SIGKILL, as a crash would: the data goes with it.
-    pub async fn kill9(&mut self) -> anyhow::Result<()> {
-        kill_child(&mut self.child).await
-    }
-
-    /// Starts the server again on the same port (after [`RedisServer::kill9`]).
-    pub async fn restart(&mut self) -> anyhow::Result<()> {
-        kill_child(&mut self.child).await?;
-        self.spawn().await
+    async fn kill9(&mut self) -> anyhow::Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.start_kill().ok();
+            c.wait().await.context("reaping a killed broker")?;
+        }
+        Ok(())
     }
 }
 
-impl Drop for RedisServer {
+impl Drop for Broker {
     fn drop(&mut self) {
         if let Some(c) = self.child.as_mut() {
             c.start_kill().ok();
@@ -137,80 +121,97 @@ impl Drop for RedisServer {
     }
 }
 
+/// A `redis-server` child on a free port, without persistence.
+pub struct RedisServer(Broker);
+
+impl RedisServer {
+    /// Starts `redis-server` on a free port of 127.0.0.1.
+    pub async fn start() -> anyhow::Result<Self> {
+        Ok(Self(Broker::start("redis-server", redis_command).await?))
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.0.addr()
+    }
+
+    /// `redis://127.0.0.1:PORT`, the form `engine.redis.address` takes.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.0.port)
+    }
+
+    /// Process id of the running server, if it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.0.pid()
+    }
+
+    /// SIGKILL, as a crash would: the data goes with it.
+    pub async fn kill9(&mut self) -> anyhow::Result<()> {
+        self.0.kill9().await
+    }
+
+    /// Starts the server again on the same port (after [`RedisServer::kill9`]).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.0.kill9().await?;
+        self.0.spawn().await
+    }
+}
+
+fn redis_command(port: u16, dir: &Path) -> Command {
+    let mut c = Command::new(redis_binary());
+    c.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir);
+    c
+}
+
 /// A `nats-server -js` child on a free port, with JetStream storage in a
 /// temporary directory.
-pub struct NatsServer {
-    child: Option<Child>,
-    port: u16,
-    dir: PathBuf,
-}
+pub struct NatsServer(Broker);
 
 impl NatsServer {
     /// Starts `nats-server -js` on a free port of 127.0.0.1.
     pub async fn start() -> anyhow::Result<Self> {
-        let mut server = Self {
-            child: None,
-            port: free_port()?,
-            dir: temp_dir("nats")?,
-        };
-        server.spawn().await?;
-        Ok(server)
-    }
-
-    async fn spawn(&mut self) -> anyhow::Result<()> {
-        let mut child = Command::new(nats_binary())
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js"])
-            .arg("-sd")
-            .arg(&self.dir)
-            // No HTTP monitoring, no cluster, no gateways: nothing leaves loopback.
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("spawning nats-server (apt-get install nats-server)")?;
-        wait_listening(self.addr(), &mut child, "nats-server").await?;
-        self.child = Some(child);
-        Ok(())
+        Ok(Self(Broker::start("nats-server", nats_command).await?))
     }
 
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        self.0.addr()
     }
 
     /// `nats://127.0.0.1:PORT`, the form `engine.nats.url` takes.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://127.0.0.1:{}", self.0.port)
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().and_then(Child::id)
+        self.0.pid()
     }
 
     /// SIGKILL, as a crash would.
     pub async fn kill9(&mut self) -> anyhow::Result<()> {
-        kill_child(&mut self.child).await
+        self.0.kill9().await
     }
 
     /// Starts the server again on the same port. JetStream data written before the
     /// kill is kept unless `wipe` is true (then the restart is a fresh server).
     pub async fn restart(&mut self, wipe: bool) -> anyhow::Result<()> {
-        kill_child(&mut self.child).await?;
+        self.0.kill9().await?;
         if wipe {
-            let _ = std::fs::remove_dir_all(&self.dir);
-            std::fs::create_dir_all(&self.dir)?;
+            let _ = std::fs::remove_dir_all(&self.0.dir);
+            std::fs::create_dir_all(&self.0.dir)?;
         }
-        self.spawn().await
+        self.0.spawn().await
     }
 }
 
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            c.start_kill().ok();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// No HTTP monitoring, no cluster, no gateways: nothing leaves loopback.
+fn nats_command(port: u16, dir: &Path) -> Command {
+    let mut c = Command::new(nats_binary());
+    c.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js"])
+        .arg("-sd")
+        .arg(dir);
+    c
 }
 
 /// `redis-server` from PATH, or Debian's location.
