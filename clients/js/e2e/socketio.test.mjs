@@ -239,9 +239,8 @@ test('recovery past the history: recovered is false, the room is joined again', 
 });
 
 // ---- Two nodes ---------------------------------------------------------------------
-// Pending the cluster branches: these start a redis-server of their own and two
-// Tidings nodes on it, and skip themselves while the binary refuses
-// `engine.type = "redis"`.
+// These start a redis-server of their own (scripts/test.sh installs it) and two
+// Tidings nodes on it. A missing redis-server fails them: they never skip.
 
 /** A free loopback port (bound and released at once). */
 function freePort() {
@@ -255,18 +254,13 @@ function freePort() {
   });
 }
 
-/** redis-server on a free port, killed by PID when the test ends; null when absent. */
+/** redis-server on a free port, killed by PID when the test ends. */
 async function startRedis(t) {
   const port = await freePort();
-  let child;
-  try {
-    child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
-      stdio: 'ignore',
-    });
-  } catch {
-    return null;
-  }
-  const failed = new Promise((resolve) => child.once('error', () => resolve(true)));
+  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
+    stdio: 'ignore',
+  });
+  const failed = new Promise((resolve) => child.once('error', (err) => resolve(err)));
   t.after(() => {
     try {
       process.kill(child.pid, 'SIGKILL');
@@ -275,7 +269,9 @@ async function startRedis(t) {
     }
   });
   const up = await Promise.race([
-    failed.then(() => false),
+    failed.then((err) => {
+      throw new Error(`redis-server did not start (apt-get install redis-server): ${err.message}`);
+    }),
     waitFor(
       () =>
         new Promise((resolve) => {
@@ -286,27 +282,19 @@ async function startRedis(t) {
           sock.once('error', () => resolve(false));
         }),
       { timeout: 5_000, message: 'redis-server to accept connections' },
-    ).catch(() => false),
+    ),
   ]);
-  return up ? `redis://127.0.0.1:${port}` : null;
+  assert.ok(up);
+  return `redis://127.0.0.1:${port}`;
 }
 
-/** Two Tidings nodes sharing one Redis, or null (after t.skip) when unavailable. */
+/** Two Tidings nodes sharing one Redis. */
 async function twoNodes(t, env = {}) {
   const redis = await startRedis(t);
-  if (!redis) {
-    t.skip('redis-server is not installed');
-    return null;
-  }
   const nodeEnv = { TIDINGS_ENGINE_TYPE: 'redis', TIDINGS_ENGINE_REDIS_ADDRESS: redis, ...env };
-  try {
-    const a = await startServer({ t, env: nodeEnv });
-    const b = await startServer({ t, env: nodeEnv });
-    return { a, b };
-  } catch {
-    t.skip('engine.type redis is not available in this build (cluster work pending)');
-    return null;
-  }
+  const a = await startServer({ t, env: nodeEnv });
+  const b = await startServer({ t, env: nodeEnv });
+  return { a, b };
 }
 
 /** A TCP proxy whose target can be moved from one node to another. */
@@ -344,9 +332,7 @@ async function movableProxy(t, port) {
 }
 
 test('two nodes: Socket.IO and centrifuge-js clients on different nodes share a room', { timeout: 30_000 }, async (t) => {
-  const nodes = await twoNodes(t);
-  if (!nodes) return;
-  const { a, b } = nodes;
+  const { a, b } = await twoNodes(t);
   const room = uniqueChannel('two-nodes');
   const sa = await sioConnect(t, a.httpUrl, { transports: ['polling'] });
   const sb = await sioConnect(t, b.httpUrl, { transports: ['websocket'] });
@@ -367,9 +353,7 @@ test('two nodes: Socket.IO and centrifuge-js clients on different nodes share a 
 });
 
 test('two nodes: a socket cut from one node recovers on the other', { timeout: 30_000 }, async (t) => {
-  const nodes = await twoNodes(t, { TIDINGS_SOCKETIO_CONNECTION_STATE_RECOVERY: 'true' });
-  if (!nodes) return;
-  const { a, b } = nodes;
+  const { a, b } = await twoNodes(t, { TIDINGS_SOCKETIO_CONNECTION_STATE_RECOVERY: 'true' });
   const proxy = await movableProxy(t, a.port);
   const room = uniqueChannel('recover-across');
   const socket = io(`http://127.0.0.1:${proxy.port}`, {
