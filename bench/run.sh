@@ -67,7 +67,8 @@ start() { # start NAME: starts a fresh server on CPU $SERVER_CPU, sets SERVER_PI
   SERVER_PID=$!
   # Up to 60 s: a loaded machine starts Node slowly.
   for _ in $(seq 1200); do
-    if grep -q "listening on" "$log"; then break; fi
+    # The whole line: the port may be written after "listening on".
+    if grep -q "listening on [a-z:/]*[0-9.]*:[0-9]" "$log"; then break; fi
     sleep 0.05
   done
   SERVER_PORT=$(grep -o "listening on [a-z:/]*[0-9.]*:[0-9]*" "$log" | head -1 | grep -o "[0-9]*$" || true)

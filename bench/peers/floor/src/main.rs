@@ -138,10 +138,15 @@ fn main() -> ExitCode {
 async fn serve(o: Options) -> std::io::Result<()> {
     let listener = TcpListener::bind(("127.0.0.1", o.port)).await?;
     let addr = listener.local_addr()?;
-    println!("listening on {addr} (backend {:?}, batch {})", o.backend, o.batch);
+    println!(
+        "listening on {addr} (backend {:?}, batch {})",
+        o.backend, o.batch
+    );
     match o.backend {
         Backend::Axum => axum_backend::serve(listener, o).await,
-        Backend::TokioWebsockets | Backend::Fastwebsockets => hyper_upgrade::serve(listener, o).await,
+        Backend::TokioWebsockets | Backend::Fastwebsockets => {
+            hyper_upgrade::serve(listener, o).await
+        }
     }
 }
 
@@ -227,7 +232,9 @@ mod hyper_upgrade {
 
     use bytes::Bytes;
     use http_body_util::Empty;
-    use hyper::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
+    use hyper::header::{
+        HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE,
+    };
     use hyper::{Request, Response, StatusCode};
     use hyper_util::rt::TokioIo;
     use tokio::net::{TcpListener, TcpStream};
@@ -270,7 +277,11 @@ mod hyper_upgrade {
 
     /// Answers the HTTP/1.1 upgrade (RFC 6455 section 4.2) and spawns the
     /// connection once hyper hands the socket over.
-    fn handle<B>(mut req: Request<B>, tx: broadcast::Sender<Bytes>, o: Options) -> Response<Empty<Bytes>> {
+    fn handle<B>(
+        mut req: Request<B>,
+        tx: broadcast::Sender<Bytes>,
+        o: Options,
+    ) -> Response<Empty<Bytes>> {
         if req.uri().path() != "/ws" {
             return status(StatusCode::NOT_FOUND);
         }
@@ -295,7 +306,9 @@ mod hyper_upgrade {
         let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
         let on_upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
-            let Ok(upgraded) = on_upgrade.await else { return };
+            let Ok(upgraded) = on_upgrade.await else {
+                return;
+            };
             // The plain socket back from hyper: no dynamic dispatch, and it can be
             // split without a lock. Bytes read past the request would be lost, so
             // such a client (it sent frames before the 101) is dropped.
@@ -383,7 +396,9 @@ mod tokio_ws {
 /// two halves of the socket.
 mod fast_ws {
     use bytes::Bytes;
-    use fastwebsockets::{after_handshake_split, Frame, FragmentCollectorRead, OpCode, Payload, Role};
+    use fastwebsockets::{
+        after_handshake_split, FragmentCollectorRead, Frame, OpCode, Payload, Role,
+    };
     use tokio::io::BufWriter;
     use tokio::net::TcpStream;
     use tokio::sync::broadcast::{self, error::TryRecvError};
@@ -408,7 +423,9 @@ mod fast_ws {
         let reader = async {
             let mut no_send = |_: Frame<'_>| async { Ok::<(), std::io::Error>(()) };
             loop {
-                let Ok(frame) = rd.read_frame(&mut no_send).await else { return };
+                let Ok(frame) = rd.read_frame(&mut no_send).await else {
+                    return;
+                };
                 match frame.opcode {
                     OpCode::Text => {
                         let bytes = match frame.payload {
@@ -426,13 +443,21 @@ mod fast_ws {
         let writer = async {
             loop {
                 let Ok(first) = rx.recv().await else { return };
-                if wr.write_frame(Frame::text(Payload::Borrowed(&first))).await.is_err() {
+                if wr
+                    .write_frame(Frame::text(Payload::Borrowed(&first)))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 for _ in 1..o.batch {
                     match rx.try_recv() {
                         Ok(m) => {
-                            if wr.write_frame(Frame::text(Payload::Borrowed(&m))).await.is_err() {
+                            if wr
+                                .write_frame(Frame::text(Payload::Borrowed(&m)))
+                                .await
+                                .is_err()
+                            {
                                 return;
                             }
                         }
