@@ -49,6 +49,9 @@ SERVER_PID=
 SERVER_PORT=
 start() { # start NAME: starts a fresh server on CPU $SERVER_CPU, sets SERVER_PID/PORT
   local log=$OUT/server-$1.log
+  # Emptied here, not by the redirection below: that one happens in the background
+  # child, and the wait loop could read the previous run's line (and port) first.
+  : >"$log"
   case $1 in
     tidings) taskset -c "$SERVER_CPU" "$TIDINGS" serve --config bench/tidings.json --address 127.0.0.1 --port 0 >"$log" 2>&1 & ;;
     axum) taskset -c "$SERVER_CPU" bench/peers/axum-broadcast/target/release/axum-broadcast 0 >"$log" 2>&1 & ;;
@@ -67,7 +70,6 @@ start() { # start NAME: starts a fresh server on CPU $SERVER_CPU, sets SERVER_PI
   SERVER_PID=$!
   # Up to 60 s: a loaded machine starts Node slowly.
   for _ in $(seq 1200); do
-    # The whole line: the port may be written after "listening on".
     if grep -q "listening on [a-z:/]*[0-9.]*:[0-9]" "$log"; then break; fi
     sleep 0.05
   done

@@ -124,6 +124,11 @@ def ratios(folder):
         ours = servers.get("tidings")
         if not ours:
             continue
+        # Tidings-only variants of a case (fanout-client: Tidings publishing
+        # through a client, as the peers do) against the peers of the case.
+        base = name.rsplit("-", 1)[0]
+        if len(servers) == 1 and base != name and base in runs:
+            servers = {**runs[base], "tidings": ours}
         floors = [s for s in servers if s.startswith(FLOOR_PREFIX)]
         peers = sorted(s for s in servers if s != "tidings")
         if floors:
