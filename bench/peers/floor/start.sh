@@ -5,6 +5,8 @@
 # `listening on ADDR`; this script execs it, so $! of the caller is its PID.
 set -euo pipefail
 cd "$(dirname "$0")"
+# Its own target dir, whatever the caller's CARGO_TARGET_DIR says.
+unset CARGO_TARGET_DIR
 cargo build --release --locked --quiet
 port=${1:-3000}
 shift || true
