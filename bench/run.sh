@@ -9,11 +9,18 @@
 #   bench/run.sh                 # everything
 #   ONLY="fanout latency" bench/run.sh   # some scenarios
 #   RUNS=5 bench/run.sh
+#   SERVERS="tidings floor-fastws" ONLY=fanout RUNS=1 bench/run.sh   # some servers
+#
+# SERVERS lists the servers of the cases that compare servers (fanout, latency,
+# latency10k, idlepeers); the floor servers (bench/peers/floor) are
+# floor-axum, floor-tokiows and floor-fastws. CARGO_TARGET_DIR is honoured for
+# Tidings' own build; the peers always build in their own folders.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 RUNS=${RUNS:-3}
 ONLY=${ONLY:-"fanout latency latency10k slow idle idlepeers connect sse"}
+SERVERS=${SERVERS:-"tidings axum node-ws socketio floor-axum floor-tokiows floor-fastws"}
 # This sandbox caps open files at 20,000 per process (no CAP_SYS_RESOURCE), so one
 # server process holds at most ~19,500 connections here; raise IDLE_N where the
 # hard limit allows.
@@ -24,12 +31,15 @@ SERVER_CPU=${SERVER_CPU:-0}
 GEN_CPU=${GEN_CPU:-1}
 
 cargo build --release -p tidings-server --quiet
-(cd bench/peers/axum-broadcast && cargo build --release --locked --quiet)
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+for p in axum-broadcast floor; do
+  (cd bench/peers/$p && env -u CARGO_TARGET_DIR cargo build --release --locked --quiet)
+done
 for p in node-ws node-socketio; do
   (cd bench/peers/$p && [ -d node_modules ] || npm ci --no-audit --no-fund --silent)
 done
 # A copy, so that rebuilding during a run does not change the binary under test.
-cp "$ROOT/target/release/tidings" "$OUT/tidings"
+cp "$TARGET/release/tidings" "$OUT/tidings"
 TIDINGS=$OUT/tidings
 
 # Room for many connections in this shell and everything it starts.
@@ -39,16 +49,28 @@ SERVER_PID=
 SERVER_PORT=
 start() { # start NAME: starts a fresh server on CPU $SERVER_CPU, sets SERVER_PID/PORT
   local log=$OUT/server-$1.log
+  # Emptied here, not by the redirection below: that one happens in the background
+  # child, and the wait loop could read the previous run's line (and port) first.
+  : >"$log"
   case $1 in
     tidings) taskset -c "$SERVER_CPU" "$TIDINGS" serve --config bench/tidings.json --address 127.0.0.1 --port 0 >"$log" 2>&1 & ;;
     axum) taskset -c "$SERVER_CPU" bench/peers/axum-broadcast/target/release/axum-broadcast 0 >"$log" 2>&1 & ;;
     node-ws) taskset -c "$SERVER_CPU" node bench/peers/node-ws/server.js 0 >"$log" 2>&1 & ;;
     socketio) taskset -c "$SERVER_CPU" node bench/peers/node-socketio/server.js 0 >"$log" 2>&1 & ;;
+    floor-axum|floor-tokiows|floor-fastws)
+      local backend
+      case $1 in
+        floor-axum) backend=axum ;;
+        floor-tokiows) backend=tokio-websockets ;;
+        floor-fastws) backend=fastwebsockets ;;
+      esac
+      taskset -c "$SERVER_CPU" bench/peers/floor/target/release/floor --backend "$backend" 0 >"$log" 2>&1 & ;;
+    *) echo "unknown server $1"; exit 1 ;;
   esac
   SERVER_PID=$!
   # Up to 60 s: a loaded machine starts Node slowly.
   for _ in $(seq 1200); do
-    if grep -q "listening on" "$log"; then break; fi
+    if grep -q "listening on [a-z:/]*[0-9.]*:[0-9]" "$log"; then break; fi
     sleep 0.05
   done
   SERVER_PORT=$(grep -o "listening on [a-z:/]*[0-9.]*:[0-9]*" "$log" | head -1 | grep -o "[0-9]*$" || true)
@@ -63,7 +85,7 @@ trap stop EXIT
 protocol() {
   case $1 in
     tidings) echo "--protocol centrifugo --api-key bench-key" ;;
-    axum|node-ws) echo "--protocol raw" ;;
+    axum|node-ws|floor-*) echo "--protocol raw" ;;
     socketio) echo "--protocol engineio" ;;
   esac
 }
@@ -84,41 +106,44 @@ one() {
 }
 
 want() { [[ " $ONLY " == *" $1 "* ]]; }
+want_server() { [[ " $SERVERS " == *" $1 "* ]]; }
 
 for run in $(seq "$RUNS"); do
   echo "== run $run of $RUNS"
   if want fanout; then
-    for s in tidings axum node-ws socketio; do
+    for s in $SERVERS; do
       one fanout "$s" fanout -n 1000 -m 3000 --payload-size 100
     done
-    one fanout-client tidings fanout -n 1000 -m 3000 --payload-size 100 --publish-via client
+    if want_server tidings; then
+      one fanout-client tidings fanout -n 1000 -m 3000 --payload-size 100 --publish-via client
+    fi
   fi
   if want latency; then
-    for s in tidings axum node-ws socketio; do
+    for s in $SERVERS; do
       one latency "$s" latency -n 1000 --rate 50 --duration 10
     done
   fi
   if want latency10k; then
-    for s in tidings axum node-ws socketio; do
+    for s in $SERVERS; do
       one latency10k "$s" latency -n 10000 --rate 5 --duration 10
     done
   fi
-  if want slow; then
+  if want slow && want_server tidings; then
     one slow tidings latency -n 1000 --rate 50 --duration 10 --slow-readers 1 --payload-size 1000
     one slow-base tidings latency -n 1000 --rate 50 --duration 10 --payload-size 1000
   fi
-  if want idle; then
+  if want idle && want_server tidings; then
     one idle tidings idle -n "$IDLE_N" --hold 10
   fi
   if want idlepeers; then
-    for s in tidings axum node-ws socketio; do
+    for s in $SERVERS; do
       one idle10k "$s" idle -n 10000 --hold 5
     done
   fi
-  if want connect; then
+  if want connect && want_server tidings; then
     one connect tidings connect -n 15000 --concurrency 256
   fi
-  if want sse; then
+  if want sse && want_server tidings; then
     one sse tidings sse-fanout -n 1000 -m 3000
   fi
 done

@@ -94,12 +94,18 @@ def table(folder):
         print(f"| {name} | {server} | {count} | " + " | ".join(cells) + " |")
 
 
+# (column, value, True when higher is better)
 RATIOS = [
-    ("deliveries/s Tidings/peer", lambda r: r.get("deliveries_per_s")),
-    ("CPU µs/delivery Tidings/peer", lambda r: r.get("cpu_us_per_delivery")),
-    ("p99 Tidings/peer", lambda r: lat(r, "p99_us")),
-    ("KiB/conn Tidings/peer", lambda r: r.get("rss_per_connection_kib")),
+    ("deliveries/s Tidings/peer", lambda r: r.get("deliveries_per_s"), True),
+    ("CPU µs/delivery Tidings/peer", lambda r: r.get("cpu_us_per_delivery"), False),
+    ("p99 Tidings/peer", lambda r: lat(r, "p99_us"), False),
+    ("KiB/conn Tidings/peer", lambda r: r.get("rss_per_connection_kib"), False),
 ]
+
+# The floor servers of bench/peers/floor; "floor (best)" in the ratio table is,
+# run by run and measure by measure, the best of them.
+FLOOR_PREFIX = "floor-"
+BEST_FLOOR = "floor (best)"
 
 
 def ratios(folder):
@@ -112,22 +118,34 @@ def ratios(folder):
         if r is not None and not r.get("failed"):
             runs.setdefault(name, {}).setdefault(server, {})[run] = r
     print()
-    print("| case | peer | " + " | ".join(n for n, _ in RATIOS) + " |")
+    print("| case | peer | " + " | ".join(n for n, _, _ in RATIOS) + " |")
     print("|---|---|" + "---|" * len(RATIOS))
     for name, servers in sorted(runs.items()):
         ours = servers.get("tidings")
         if not ours:
             continue
-        for peer, theirs in sorted(servers.items()):
-            if peer == "tidings":
-                continue
+        # Tidings-only variants of a case (fanout-client: Tidings publishing
+        # through a client, as the peers do) against the peers of the case.
+        base = name.rsplit("-", 1)[0]
+        if len(servers) == 1 and base != name and base in runs:
+            servers = {**runs[base], "tidings": ours}
+        floors = [s for s in servers if s.startswith(FLOOR_PREFIX)]
+        peers = sorted(s for s in servers if s != "tidings")
+        if floors:
+            peers.append(BEST_FLOOR)
+        for peer in peers:
             cells = []
-            for _, get in RATIOS:
-                rs = [
-                    get(ours[k]) / get(theirs[k])
-                    for k in ours
-                    if k in theirs and get(ours[k]) and get(theirs[k])
-                ]
+            for _, get, higher in RATIOS:
+                rs = []
+                for k in ours:
+                    if peer == BEST_FLOOR:
+                        vs = [get(servers[f][k]) for f in floors if k in servers[f]]
+                        vs = [v for v in vs if v]
+                        theirs = (max if higher else min)(vs) if vs else None
+                    else:
+                        theirs = get(servers[peer][k]) if k in servers[peer] else None
+                    if get(ours[k]) and theirs:
+                        rs.append(get(ours[k]) / theirs)
                 cells.append(f"{statistics.median(rs):.2f}" if rs else "")
             print(f"| {name} | {peer} | " + " | ".join(cells) + " |")
 
