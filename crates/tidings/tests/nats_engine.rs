@@ -329,10 +329,10 @@ async fn race_on_two_nodes(warm: bool) -> anyhow::Result<()> {
 async fn many_nodes_creating_streams_at_once_agree_on_each_epoch() -> anyhow::Result<()> {
     let server = NatsServer::start().await?;
     let mut nodes = Vec::new();
-    for uid in ["a", "b", "c", "d"] {
+    for uid in ["a", "b", "c", "d", "e", "f"] {
         nodes.push(node(&server.url(), uid).await?);
     }
-    for round in 0..25 {
+    for round in 0..60 {
         let channel = format!("fresh{round}");
         let reads = nodes.iter().map(|n| {
             let broker = n.broker.clone();
@@ -373,7 +373,10 @@ async fn a_node_creates_a_stream_with_the_epoch_another_node_claimed() -> anyhow
 
     let pos = a.broker.publish("claimed", publication(1), opts()).await?;
     assert_eq!((pos.offset, pos.epoch.as_str()), (1, "claimedEpoch1"));
-    let page = a.broker.history("claimed", HistoryFilter::default()).await?;
+    let page = a
+        .broker
+        .history("claimed", HistoryFilter::default())
+        .await?;
     assert_eq!(page.position, pos);
     assert!(
         claims.get("t_history_claimed").await?.is_none(),

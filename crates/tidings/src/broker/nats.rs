@@ -836,7 +836,10 @@ impl NatsBroker {
         )
         .await;
         if !matches!(deleted, Ok(Ok(()))) {
-            tracing::debug!(stream = name, "epoch claim not deleted; it expires by itself");
+            tracing::debug!(
+                stream = name,
+                "epoch claim not deleted; it expires by itself"
+            );
         }
     }
 
