@@ -497,9 +497,9 @@ pub struct NatsBroker {
     meta_ttl: Duration,
     /// Idempotency keys of publishes without history (with history, the stream's
     /// duplicate detection does it).
-    idempotency: Mutex<Option<jetstream::kv::Store>>,
+    idempotency: Arc<Mutex<Option<jetstream::kv::Store>>>,
     /// The bucket of epoch claims, once looked up.
-    epochs: Mutex<Option<jetstream::kv::Store>>,
+    epochs: Arc<Mutex<Option<jetstream::kv::Store>>>,
     /// True once the node-wide subscriptions (control, publish) are in place.
     ready: watch::Sender<bool>,
 }
@@ -532,8 +532,8 @@ impl NatsBroker {
             next_sub: std::sync::atomic::AtomicU64::new(1),
             tasks: Mutex::new(Vec::new()),
             ready: watch::channel(false).0,
-            idempotency: Mutex::new(None),
-            epochs: Mutex::new(None),
+            idempotency: Arc::new(Mutex::new(None)),
+            epochs: Arc::new(Mutex::new(None)),
             meta_ttl: Duration::from_secs(30 * 24 * 3600),
         }
     }
@@ -786,16 +786,15 @@ impl NatsBroker {
                 self.conn.config.request_timeout,
                 store.create(name, Bytes::from(proposal.clone())),
             )
-            .await
-            .map_err(|_| backend("epoch claim: timed out"))?;
+            .await;
             match created {
-                Ok(revision) => {
+                Ok(Ok(revision)) => {
                     return Ok(EpochClaim {
                         epoch: proposal,
                         revision,
                     })
                 }
-                Err(e) if e.kind() == jetstream::kv::CreateErrorKind::AlreadyExists => {
+                Ok(Err(e)) if e.kind() == jetstream::kv::CreateErrorKind::AlreadyExists => {
                     let entry = self
                         .conn
                         .timed("epoch claim", store.entry(name))
@@ -816,9 +815,13 @@ impl NatsBroker {
                         _ => {}
                     }
                 }
-                // The bucket may be gone (fresh server): look it up again once.
-                Err(_) if attempt == 0 => *self.epochs.lock() = None,
-                Err(e) => return Err(backend(format!("epoch claim: {e}"))),
+                // The bucket may be gone (fresh server; a write to a missing bucket
+                // times out rather than failing): look it up again once. Should
+                // the timed-out create have been stored after all, the next one
+                // finds it and reads this node's own proposal back.
+                _ if attempt == 0 => *self.epochs.lock() = None,
+                Ok(Err(e)) => return Err(backend(format!("epoch claim: {e}"))),
+                Err(_) => return Err(backend("epoch claim: timed out")),
             }
         }
         Err(backend("epoch claim: no stable claim"))
@@ -1316,15 +1319,20 @@ impl Broker for NatsBroker {
             }
             ingest_task.abort();
         });
-        // Reconnects and dropped messages: forget stream memos (the server may be a
-        // fresh one) and let the node check positions once subscriptions are back.
+        // Reconnects and dropped messages: forget stream memos and KV buckets (the
+        // server may be a fresh one) and let the node check positions once
+        // subscriptions are back.
         let conn = self.conn.clone();
         let mut doubt = self.conn.doubt.subscribe();
         let memo = self.memo.clone();
+        let buckets = [self.idempotency.clone(), self.epochs.clone()];
         let watcher_handler = handler;
         let watcher = tokio::spawn(async move {
             while doubt.changed().await.is_ok() {
                 memo.lock().clear();
+                for bucket in &buckets {
+                    *bucket.lock() = None;
+                }
                 if let Err(e) = conn.barrier().await {
                     tracing::warn!(error = %e, "NATS not ready after reconnect");
                 }
