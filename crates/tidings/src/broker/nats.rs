@@ -16,6 +16,7 @@
 //! | control message to one node | `tidings.node.<uid token>` |
 //! | publish from a backend (queue group `tidings_publish`) | `tidings.publish` |
 //! | presence (KV bucket; key `<token>.<client token>`) | `tidings_presence` |
+//! | epoch claims while a stream is created (KV bucket; key: the stream name) | `tidings_epochs` |
 //!
 //! # Publishing with history: one atomic step
 //!
@@ -36,6 +37,18 @@
 //! that no longer exists finds no stream, and the broker looks the stream up again
 //! (or creates it) before it retries: a position returned to a publisher always
 //! carries the epoch of the stream that holds the publication.
+//!
+//! Nodes that create a channel's stream at the same moment first agree on its
+//! epoch through a KV create-if-absent (bucket `tidings_epochs`), so their create
+//! requests name the same subject and the server keeps exactly one stream (see
+//! [`NatsBroker::claim_epoch`] for the server behaviour this guards against).
+//!
+//! The server stores publications in sequence order, but it sends a stored
+//! message to the fan-out subject after it has let go of the stream, so two
+//! publishes arriving on two connections at once can go out in the other order
+//! (seen with nats-server 2.9). A node that gets a later offset first treats it as
+//! a gap (its subscribers recover from history) and drops the earlier one as a
+//! duplicate: nothing is lost, but it costs a recovery.
 //!
 //! What can still be missed is a core NATS delivery (a node disconnected, or too
 //! slow): the broker then tells the node through
@@ -84,6 +97,10 @@ const EMPTY_STREAM_TTL: Duration = Duration::from_secs(300);
 
 /// Most channels whose stream settings are remembered; past it the memo is cleared.
 const MAX_STREAM_MEMO: usize = 100_000;
+
+/// How long an epoch claim (see [`NatsBroker::claim_epoch`]) lives when the node
+/// that made it does not take it back: far longer than creating a stream takes.
+const EPOCH_CLAIM_TTL: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------------
 // Token encoding
@@ -212,6 +229,12 @@ impl Names {
     /// KV bucket of presence.
     pub fn presence_bucket(&self) -> String {
         format!("{}_presence", self.prefix)
+    }
+
+    /// KV bucket of epoch claims (key: the channel's stream name), which make the
+    /// nodes that create a channel's stream at the same moment agree on its epoch.
+    pub fn epoch_bucket(&self) -> String {
+        format!("{}_epochs", self.prefix)
     }
 }
 
@@ -446,6 +469,12 @@ struct StreamMemo {
     ttl: Duration,
 }
 
+/// An epoch claimed for a stream about to be created, and the claim's KV revision.
+struct EpochClaim {
+    epoch: String,
+    revision: u64,
+}
+
 /// A channel subscription: its task (which owns the NATS subscription) and an id
 /// that tells a newer subscription of the same channel from an older one.
 struct ChannelSub {
@@ -468,7 +497,9 @@ pub struct NatsBroker {
     meta_ttl: Duration,
     /// Idempotency keys of publishes without history (with history, the stream's
     /// duplicate detection does it).
-    idempotency: Mutex<Option<jetstream::kv::Store>>,
+    idempotency: Arc<Mutex<Option<jetstream::kv::Store>>>,
+    /// The bucket of epoch claims, once looked up.
+    epochs: Arc<Mutex<Option<jetstream::kv::Store>>>,
     /// True once the node-wide subscriptions (control, publish) are in place.
     ready: watch::Sender<bool>,
 }
@@ -501,7 +532,8 @@ impl NatsBroker {
             next_sub: std::sync::atomic::AtomicU64::new(1),
             tasks: Mutex::new(Vec::new()),
             ready: watch::channel(false).0,
-            idempotency: Mutex::new(None),
+            idempotency: Arc::new(Mutex::new(None)),
+            epochs: Arc::new(Mutex::new(None)),
             meta_ttl: Duration::from_secs(30 * 24 * 3600),
         }
     }
@@ -673,9 +705,11 @@ impl NatsBroker {
                 Err(e) if is_stream_not_found(&e) => {}
                 Err(e) => return Err(backend(format!("stream info: {e}"))),
             }
-            let epoch = new_epoch();
+            // Every node that creates the stream now uses the same epoch, hence
+            // the same subject (see `claim_epoch` for why that matters).
+            let claim = self.claim_epoch(&name).await?;
             let (size, ttl) = settings.unwrap_or((1, Duration::ZERO));
-            let subject = self.names().history(channel, &epoch);
+            let subject = self.names().history(channel, &claim.epoch);
             let limits = stream_limits(size, ttl);
             let config = stream::Config {
                 name: name.clone(),
@@ -695,13 +729,20 @@ impl NatsBroker {
                     .await
                     .map_err(|_| backend("stream create: timed out"))?;
             match created {
-                Ok(stream) => return Ok(stream.cached_info().clone()),
-                // Another node created it first: read it again.
+                Ok(stream) => {
+                    // The stream holds the epoch now; a stream made after this one
+                    // is lost must get a new one.
+                    self.release_epoch(&name, claim.revision).await;
+                    return Ok(stream.cached_info().clone());
+                }
+                // Another node created it first (with other settings, or it won the
+                // subject): read it again.
                 Err(e)
                     if matches!(
                         e.kind(),
                         jetstream::context::CreateStreamErrorKind::JetStream(ref j)
                             if j.error_code() == jetstream::ErrorCode::STREAM_NAME_EXIST
+                                || j.error_code() == jetstream::ErrorCode::STREAM_SUBJECT_OVERLAP
                     ) =>
                 {
                     continue
@@ -710,6 +751,99 @@ impl NatsBroker {
             }
         }
         Err(backend("stream could not be created"))
+    }
+
+    async fn epoch_store(&self) -> Result<jetstream::kv::Store, BrokerError> {
+        if let Some(s) = self.epochs.lock().clone() {
+            return Ok(s);
+        }
+        let store = self
+            .conn
+            .key_value(&self.names().epoch_bucket(), EPOCH_CLAIM_TTL)
+            .await
+            .map_err(backend)?;
+        *self.epochs.lock() = Some(store.clone());
+        Ok(store)
+    }
+
+    /// The epoch to create the stream `name` with: the one another node has
+    /// claimed, or a new one this node claims (a KV create, which only one node can
+    /// win). Nodes that create a stream at the same moment thus send the same
+    /// subject, and the server lets only one stream hold a subject. With different
+    /// subjects, nats-server before 2.9.16 can create two streams of one name when
+    /// two requests arrive at once (it checks the name, then adds the stream,
+    /// without holding its lock in between), so the nodes would go on with two
+    /// epochs, one of them in a stream no lookup finds.
+    ///
+    /// The claim lives [`EPOCH_CLAIM_TTL`], or until the node whose create succeeds
+    /// deletes it ([`NatsBroker::release_epoch`]), so a stream made after this one
+    /// is lost gets a new epoch.
+    async fn claim_epoch(&self, name: &str) -> Result<EpochClaim, BrokerError> {
+        for attempt in 0..3 {
+            let store = self.epoch_store().await?;
+            let proposal = new_epoch();
+            let created = tokio::time::timeout(
+                self.conn.config.request_timeout,
+                store.create(name, Bytes::from(proposal.clone())),
+            )
+            .await;
+            match created {
+                Ok(Ok(revision)) => {
+                    return Ok(EpochClaim {
+                        epoch: proposal,
+                        revision,
+                    })
+                }
+                Ok(Err(e)) if e.kind() == jetstream::kv::CreateErrorKind::AlreadyExists => {
+                    let entry = self
+                        .conn
+                        .timed("epoch claim", store.entry(name))
+                        .await
+                        .map_err(backend)?;
+                    match entry {
+                        Some(entry) if entry.operation == jetstream::kv::Operation::Put => {
+                            let epoch = std::str::from_utf8(&entry.value)
+                                .ok()
+                                .filter(|e| is_epoch(e))
+                                .ok_or_else(|| backend("epoch claim: not an epoch"))?;
+                            return Ok(EpochClaim {
+                                epoch: epoch.to_string(),
+                                revision: entry.revision,
+                            });
+                        }
+                        // Taken back or expired meanwhile: claim again.
+                        _ => {}
+                    }
+                }
+                // The bucket may be gone (fresh server; a write to a missing bucket
+                // times out rather than failing): look it up again once. Should
+                // the timed-out create have been stored after all, the next one
+                // finds it and reads this node's own proposal back.
+                _ if attempt == 0 => *self.epochs.lock() = None,
+                Ok(Err(e)) => return Err(backend(format!("epoch claim: {e}"))),
+                Err(_) => return Err(backend("epoch claim: timed out")),
+            }
+        }
+        Err(backend("epoch claim: no stable claim"))
+    }
+
+    /// Deletes the epoch claim of stream `name` if it is still the one at
+    /// `revision`. Failing is harmless: the claim expires by itself.
+    async fn release_epoch(&self, name: &str, revision: u64) {
+        let Ok(store) = self.epoch_store().await else {
+            return;
+        };
+        let deleted = tokio::time::timeout(
+            self.conn.config.request_timeout,
+            store.delete_expect_revision(name, Some(revision)),
+        )
+        .await;
+        if !matches!(deleted, Ok(Ok(()))) {
+            tracing::debug!(
+                stream = name,
+                "epoch claim not deleted; it expires by itself"
+            );
+        }
     }
 
     fn remember(&self, channel: &str, memo: StreamMemo) {
@@ -1026,6 +1160,12 @@ fn epoch_of(info: &stream::Info) -> Option<String> {
     subject.rsplit('.').next().map(str::to_string)
 }
 
+/// Whether `s` could be an epoch [`new_epoch`] made (a claim read back from KV is
+/// checked before it goes into a subject).
+fn is_epoch(s: &str) -> bool {
+    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
 fn new_epoch() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
@@ -1179,15 +1319,20 @@ impl Broker for NatsBroker {
             }
             ingest_task.abort();
         });
-        // Reconnects and dropped messages: forget stream memos (the server may be a
-        // fresh one) and let the node check positions once subscriptions are back.
+        // Reconnects and dropped messages: forget stream memos and KV buckets (the
+        // server may be a fresh one) and let the node check positions once
+        // subscriptions are back.
         let conn = self.conn.clone();
         let mut doubt = self.conn.doubt.subscribe();
         let memo = self.memo.clone();
+        let buckets = [self.idempotency.clone(), self.epochs.clone()];
         let watcher_handler = handler;
         let watcher = tokio::spawn(async move {
             while doubt.changed().await.is_ok() {
                 memo.lock().clear();
+                for bucket in &buckets {
+                    *bucket.lock() = None;
+                }
                 if let Err(e) = conn.barrier().await {
                     tracing::warn!(error = %e, "NATS not ready after reconnect");
                 }
