@@ -27,6 +27,8 @@ const STAMP_KEY: &[u8] = b"\"bt\":";
 const PER_SOURCE_ADDR: usize = 20_000;
 /// HTTP requests to the server API in flight at once.
 const API_CONCURRENCY: usize = 32;
+/// Bound on one API request (a request that takes longer counts as failed).
+const API_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most publications per /api/batch request (the server takes up to 1,000).
 const MAX_BATCH: u64 = 1000;
 /// Shards of the latency histograms (receivers record into shard i % SHARDS).
@@ -91,6 +93,9 @@ struct Shared {
     /// The publisher waits until `delivered` reaches this (u64::MAX: not waiting).
     want: AtomicU64,
     notify: Notify,
+    /// Cancelled when a reading subscriber's connection ends: the deliveries the
+    /// window waits for may then never come, so publishing stops.
+    reader_lost: tokio_util::sync::CancellationToken,
 }
 
 impl Shared {
@@ -101,6 +106,7 @@ impl Shared {
             last_delivery_us: AtomicU64::new(0),
             want: AtomicU64::new(u64::MAX),
             notify: Notify::new(),
+            reader_lost: tokio_util::sync::CancellationToken::new(),
         })
     }
 
@@ -558,6 +564,7 @@ async fn fanout_on(name: &str, args: &LoadArgs, sse: bool, env: &Env) -> anyhow:
                     Some(bytes) => shared.on_frame(&bytes, hist),
                     None => {
                         shared.disconnects.fetch_add(1, Ordering::Relaxed);
+                        shared.reader_lost.cancel();
                         return;
                     }
                 }
@@ -633,6 +640,11 @@ async fn fanout_on(name: &str, args: &LoadArgs, sse: bool, env: &Env) -> anyhow:
         };
         tokio::select! {
             biased;
+            () = shared.reader_lost.cancelled() => {
+                eprintln!("a subscriber's connection closed; publishing stops");
+                break;
+            }
+            () = tokio::time::sleep_until(deadline) => break,
             r = api_inflight.next(), if !api_inflight.is_empty() => {
                 publish_errors += r.unwrap_or(0);
             }
@@ -668,6 +680,7 @@ async fn fanout_on(name: &str, args: &LoadArgs, sse: bool, env: &Env) -> anyhow:
                             .post(&api_url)
                             .header("X-API-Key", &env.api_key)
                             .header("Content-Type", "application/json")
+                            .timeout(API_TIMEOUT)
                             .body(body)
                             .send();
                         api_inflight.push(async move {
