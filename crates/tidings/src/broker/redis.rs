@@ -660,16 +660,15 @@ impl RedisBroker {
     /// so the publications take effect in the order given.
     async fn publish_many(
         &self,
-        items: Vec<BatchPublish>,
+        mut items: Vec<BatchPublish>,
     ) -> Vec<Result<StreamPosition, BrokerError>> {
         let n = items.len();
         let mut results: Vec<Option<Result<StreamPosition, BrokerError>>> =
             (0..n).map(|_| None).collect();
         let mut encoded: Vec<Option<Vec<u8>>> = Vec::with_capacity(n);
-        for (i, item) in items.iter().enumerate() {
-            let mut publication = item.publication.clone();
-            publication.offset = 0;
-            match serde_json::to_vec(&publication) {
+        for (i, item) in items.iter_mut().enumerate() {
+            item.publication.offset = 0;
+            match serde_json::to_vec(&item.publication) {
                 Ok(json) => encoded.push(Some(json)),
                 Err(e) => {
                     encoded.push(None);
