@@ -63,8 +63,9 @@ enum Command {
     /// Measure a server: fan-out throughput, latency, idle connections, connect
     /// rate, SSE fan-out and cluster fan-out (see docs/benchmarks.md). Loopback only.
     Bench {
+        // Boxed: the bench options are much larger than the other commands'.
         #[command(subcommand)]
-        scenario: bench::Scenario,
+        scenario: Box<bench::Scenario>,
     },
 }
 
@@ -124,7 +125,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve(args),
         Command::Token(args) => token(args),
         Command::DevCert(args) => dev_cert(args),
-        Command::Bench { scenario } => bench::run(scenario),
+        Command::Bench { scenario } => bench::run(*scenario),
         Command::CheckConfig { config, file } => {
             let cfg = Config::load(config.or(file).as_deref(), std::env::vars())?;
             for key in &cfg.unknown_keys {

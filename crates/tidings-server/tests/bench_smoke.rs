@@ -65,6 +65,66 @@ fn fanout_through_a_client() {
 }
 
 #[test]
+fn fanout_through_api_batches() {
+    // 50 is not a multiple of 8: the last batch is shorter.
+    let v = bench(&[
+        "fanout",
+        "-n",
+        "10",
+        "-m",
+        "50",
+        "--publish-via",
+        "api-batch",
+        "--batch",
+        "8",
+        "--window",
+        "16",
+    ]);
+    check_fanout(&v, "fanout", 10, 50);
+    assert!(
+        v["publications_per_s"].as_f64().is_some_and(|p| p > 0.0),
+        "{v:#}"
+    );
+}
+
+#[test]
+fn fanout_through_parallel_api_batches_at_a_rate() {
+    let v = bench(&[
+        "fanout",
+        "-n",
+        "10",
+        "-m",
+        "40",
+        "--rate",
+        "200",
+        "--publish-via",
+        "api-batch",
+        "--batch",
+        "5",
+        "--batch-parallel",
+    ]);
+    check_fanout(&v, "fanout", 10, 40);
+}
+
+#[test]
+fn a_batch_larger_than_the_window_is_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args([
+            "bench",
+            "fanout",
+            "--url",
+            "http://127.0.0.1:9",
+            "--publish-via",
+        ])
+        .args(["api-batch", "--batch", "32", "--window", "16", "--quiet"])
+        .output()
+        .expect("run tidings bench");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--window"), "{err}");
+}
+
+#[test]
 fn latency_paced() {
     let v = bench(&["latency", "-n", "10", "--rate", "50", "--duration", "1"]);
     check_fanout(&v, "latency", 10, 50);
@@ -142,10 +202,12 @@ fn help_documents_every_scenario() {
     }
 }
 
-/// The cluster scenario on two spawned nodes joined by `engine` at `url`.
-async fn cluster_through(engine: &'static str, url: String) {
+/// The cluster scenario on two spawned nodes joined by `engine` at `url`, with
+/// `extra` options; returns the report.
+async fn cluster_through(engine: &'static str, url: String, extra: &[&str]) -> Value {
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
     let v = tokio::task::spawn_blocking(move || {
-        bench(&[
+        let mut args = vec![
             "cluster",
             "-n",
             "10",
@@ -157,12 +219,15 @@ async fn cluster_through(engine: &'static str, url: String) {
             engine,
             "--engine-url",
             &url,
-        ])
+        ];
+        args.extend(extra.iter().map(String::as_str));
+        bench(&args)
     })
     .await
     .expect("bench thread");
     check_fanout(&v, "cluster", 10, 50);
     assert!(v["latency_remote"].is_object(), "{v:#}");
+    v
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -170,7 +235,31 @@ async fn cluster_through_redis() {
     let redis = tidings_testkit::RedisServer::start()
         .await
         .expect("start redis-server");
-    cluster_through("redis", redis.url()).await;
+    cluster_through("redis", redis.url(), &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_through_redis_with_api_batches() {
+    let redis = tidings_testkit::RedisServer::start()
+        .await
+        .expect("start redis-server");
+    let pid = redis.pid().expect("redis-server pid").to_string();
+    let v = cluster_through(
+        "redis",
+        redis.url(),
+        &[
+            "--publish-via",
+            "api-batch",
+            "--batch",
+            "16",
+            "--window",
+            "32",
+            "--engine-pid",
+            &pid,
+        ],
+    )
+    .await;
+    assert!(v["engine_cpu_s"].as_f64().is_some(), "{v:#}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -178,5 +267,26 @@ async fn cluster_through_nats() {
     let nats = tidings_testkit::NatsServer::start()
         .await
         .expect("start nats-server");
-    cluster_through("nats", nats.url()).await;
+    cluster_through("nats", nats.url(), &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_through_nats_with_parallel_api_batches() {
+    let nats = tidings_testkit::NatsServer::start()
+        .await
+        .expect("start nats-server");
+    cluster_through(
+        "nats",
+        nats.url(),
+        &[
+            "--publish-via",
+            "api-batch",
+            "--batch",
+            "16",
+            "--window",
+            "32",
+            "--batch-parallel",
+        ],
+    )
+    .await;
 }

@@ -333,6 +333,97 @@ async fn channels_api_surveys_every_node(engine: Engine) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An API batch on one node: replies in command order, offsets in order per
+/// channel, an idempotent retry inside the batch published once, and the
+/// publications reach a subscriber on another node in the order of the batch.
+/// With `parallel` every publication still arrives once.
+async fn api_batches_publish_in_order_across_nodes(engine: Engine) -> anyhow::Result<()> {
+    let c = cluster(engine).await?;
+    let mut sub = c.node(2).connect_over(Transport::WebSocket).await?;
+    sub.subscribe("ba").await?;
+    sub.subscribe("bb").await?;
+    let publish = |ch: &str, n: u32| json!({ "publish": { "channel": ch, "data": { "n": n } } });
+    let keyed =
+        json!({ "publish": { "channel": "ba", "data": { "n": 6 }, "idempotency_key": "k" } });
+    let commands = json!([
+        publish("ba", 1),
+        publish("ba", 2),
+        publish("bb", 3),
+        publish("unknown:x", 0),
+        publish("ba", 4),
+        { "presence_stats": { "channel": "ba" } },
+        publish("ba", 5),
+        keyed,
+        keyed,
+    ]);
+    let (status, reply) = c
+        .node(0)
+        .api("batch", json!({ "commands": commands }))
+        .await?;
+    ensure!(status == 200, "HTTP {status}: {reply}");
+    let replies = reply["replies"].as_array().context("replies")?;
+    ensure!(replies.len() == 9, "{reply}");
+    let offsets: Vec<u64> = replies
+        .iter()
+        .map(|r| r["publish"]["offset"].as_u64().unwrap_or(0))
+        .collect();
+    ensure!(
+        offsets == [1, 2, 1, 0, 3, 0, 4, 5, 5],
+        "offsets {offsets:?}: {reply}"
+    );
+    ensure!(replies[3]["error"]["code"] == json!(102), "{reply}");
+    ensure!(
+        replies[5]["presence_stats"]["num_clients"] == json!(1),
+        "{reply}"
+    );
+    ensure!(
+        replies[7]["publish"]["epoch"] == replies[0]["publish"]["epoch"],
+        "{reply}"
+    );
+    c.node(1).publish("ba", json!({ "n": 7 })).await?;
+    // In order per channel (NATS orders each channel's stream on its own).
+    let (mut ba, mut bb) = (Vec::new(), Vec::new());
+    while ba.len() + bb.len() < 7 {
+        let push = sub.next_push().await?;
+        let n = push["pub"]["data"]["n"].as_u64();
+        match (push["channel"].as_str(), n) {
+            (Some("ba"), Some(n)) => ba.push(n),
+            (Some("bb"), Some(n)) => bb.push(n),
+            _ => {}
+        }
+    }
+    ensure!(
+        ba == [1, 2, 4, 5, 6, 7] && bb == [3],
+        "ba {ba:?}, bb {bb:?}"
+    );
+
+    // In parallel: every publication once, offsets distinct.
+    let commands: Vec<Value> = (10..30).map(|n| publish("ba", n)).collect();
+    let (status, reply) = c
+        .node(1)
+        .api("batch", json!({ "commands": commands, "parallel": true }))
+        .await?;
+    ensure!(status == 200, "HTTP {status}: {reply}");
+    let mut offsets: Vec<u64> = reply["replies"]
+        .as_array()
+        .context("replies")?
+        .iter()
+        .map(|r| r["publish"]["offset"].as_u64().unwrap_or(0))
+        .collect();
+    offsets.sort_unstable();
+    ensure!(
+        offsets == (7..27).collect::<Vec<u64>>(),
+        "offsets {offsets:?}: {reply}"
+    );
+    let mut seen = Vec::new();
+    for _ in 10..30 {
+        seen.push(sub.next_pub("ba").await?["data"]["n"].as_u64().unwrap_or(0));
+    }
+    seen.sort_unstable();
+    ensure!(seen == (10..30).collect::<Vec<u64>>(), "got {seen:?}");
+    Ok(())
+}
+
 /// One `#[tokio::test]` per scenario and engine. NATS joins with one line.
 macro_rules! per_engine {
     ($engine:ident: $($scenario:ident),* $(,)?) => {
@@ -371,6 +462,7 @@ macro_rules! scenarios {
             emulation_for_an_unknown_node_is_404,
             user_operations_act_on_every_node,
             channels_api_surveys_every_node,
+            api_batches_publish_in_order_across_nodes,
         );
     };
 }

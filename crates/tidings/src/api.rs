@@ -13,6 +13,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 use tidings_protocol::codes;
@@ -92,6 +93,12 @@ pub async fn handler(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     authorize(&node, &headers, uri.query())?;
+    if method == "batch" {
+        // Parsed straight from the bytes: a batch of publishes is the fast path,
+        // and building a `Value` tree of every command costs more than the rest.
+        node.metrics().api_command(&method);
+        return Ok(axum::Json(batch(&node, &body).await?).into_response());
+    }
     let params: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
@@ -108,9 +115,6 @@ pub async fn handler(
         .get("x-centrifugo-error-mode")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("transport"));
-    if method == "batch" {
-        return Ok(axum::Json(batch(&node, params).await?).into_response());
-    }
     let outcome = call(&node, &method, params).await?;
     Ok(match outcome {
         Ok(result) => axum::Json(json!({ "result": result })).into_response(),
@@ -270,6 +274,11 @@ async fn publish_one(node: &Node, req: PublishRequest) -> Outcome {
         return Err(bad_request("channel is required"));
     }
     let pos = node.publish(req).await.map_err(node_err)?;
+    Ok(position_result(&pos))
+}
+
+/// The result of a publish: `{"offset", "epoch"}`, each left out when empty.
+fn position_result(pos: &StreamPosition) -> Value {
     let mut result = serde_json::Map::new();
     if pos.offset > 0 {
         result.insert("offset".into(), json!(pos.offset));
@@ -277,7 +286,23 @@ async fn publish_one(node: &Node, req: PublishRequest) -> Outcome {
     if !pos.epoch.is_empty() {
         result.insert("epoch".into(), json!(pos.epoch));
     }
-    Ok(Value::Object(result))
+    Value::Object(result)
+}
+
+/// The publish request of `publish` parameters (JSON text), or the error reply.
+fn publish_request(params: &str) -> Result<PublishRequest, tidings_protocol::Error> {
+    let p: PublishParams = serde_json::from_str(params)
+        .map_err(|e| bad_request(&ApiError::BadBody(e.to_string()).to_string()))?;
+    let data = payload(p.data, p.b64data)?;
+    if p.channel.is_empty() {
+        return Err(bad_request("channel is required"));
+    }
+    Ok(PublishRequest {
+        skip_history: p.skip_history,
+        tags: p.tags,
+        idempotency_key: p.idempotency_key,
+        ..PublishRequest::new(p.channel, data)
+    })
 }
 
 /// Runs one API method. The outer `Result` is a malformed body; the inner one the
@@ -426,47 +451,179 @@ async fn call(node: &Node, method: &str, params: Value) -> Result<Outcome, ApiEr
 
 #[derive(Deserialize)]
 struct BatchParams {
+    /// Each command: one method name and its parameters, left unparsed until the
+    /// method is known.
     #[serde(default)]
-    commands: Vec<serde_json::Map<String, Value>>,
+    commands: Vec<HashMap<String, Box<RawValue>>>,
+    /// Run the commands concurrently, in no particular order (Centrifugo's flag).
+    #[serde(default)]
+    parallel: bool,
 }
 
 /// Most commands one batch may carry.
 pub const BATCH_MAX_COMMANDS: usize = 1000;
 
-async fn batch(node: &Node, params: Value) -> Result<Value, ApiError> {
-    let p: BatchParams = parse(params)?;
+/// One command of a batch, checked and ready to run.
+enum Prepared {
+    /// Answered already (a malformed command).
+    Reply(Value),
+    /// A publish: runs together with the publishes next to it.
+    Publish(PublishRequest),
+    /// Any other method, with its parameters.
+    Call(String, Value),
+}
+
+fn prepare(node: &Node, command: HashMap<String, Box<RawValue>>) -> Prepared {
+    // Each command is an object with exactly one method key, as in Centrifugo.
+    if command.len() != 1 {
+        return Prepared::Reply(
+            json!({ "error": bad_request("a command has exactly one method") }),
+        );
+    }
+    let Some((method, params)) = command.into_iter().next() else {
+        return Prepared::Reply(
+            json!({ "error": bad_request("a command has exactly one method") }),
+        );
+    };
+    if !params.get().trim_start().starts_with('{') {
+        return Prepared::Reply(
+            json!({ "error": bad_request("parameters must be a JSON object") }),
+        );
+    }
+    if method == "batch" || !crate::metrics::API_METHODS.contains(&method.as_str()) {
+        return Prepared::Reply(
+            json!({ "error": tidings_protocol::Error::from(codes::ERROR_METHOD_NOT_FOUND) }),
+        );
+    }
+    node.metrics().api_command(&method);
+    if method == "publish" {
+        return match publish_request(params.get()) {
+            Ok(req) => Prepared::Publish(req),
+            Err(error) => Prepared::Reply(json!({ "error": error })),
+        };
+    }
+    match serde_json::from_str(params.get()) {
+        Ok(params) => Prepared::Call(method, params),
+        Err(e) => Prepared::Reply(json!({ "error": bad_request(&e.to_string()) })),
+    }
+}
+
+async fn run_call(node: &Node, method: &str, params: Value) -> Value {
+    match call(node, method, params).await {
+        Ok(Ok(result)) => json!({ method: result }),
+        Ok(Err(error)) => json!({ "error": error }),
+        Err(e) => json!({ "error": bad_request(&e.to_string()) }),
+    }
+}
+
+fn publish_reply(r: Result<StreamPosition, NodeError>) -> Value {
+    match r {
+        Ok(pos) => json!({ "publish": position_result(&pos) }),
+        Err(e) => json!({ "error": node_err(e) }),
+    }
+}
+
+/// `batch`: the replies come in the order of the commands.
+///
+/// - Without `parallel`, the commands take effect in the order given. Publishes
+///   next to each other go to the broker together, in order, in one call (with
+///   Redis: one pipeline and one round trip, not one per publish); any other
+///   command runs after the ones before it have finished.
+/// - With `parallel`, every command starts at once; the publishes still go to the
+///   broker in one call, but nothing is promised about the order in which the
+///   commands take effect.
+async fn batch(node: &Node, body: &[u8]) -> Result<Value, ApiError> {
+    let p: BatchParams = if body.iter().all(u8::is_ascii_whitespace) {
+        BatchParams {
+            commands: Vec::new(),
+            parallel: false,
+        }
+    } else {
+        serde_json::from_slice(body).map_err(|e| ApiError::BadBody(e.to_string()))?
+    };
     if p.commands.len() > BATCH_MAX_COMMANDS {
         return Err(ApiError::BadBody(format!(
             "a batch carries at most {BATCH_MAX_COMMANDS} commands"
         )));
     }
-    let mut replies = Vec::with_capacity(p.commands.len());
-    for command in p.commands {
-        // Each command is an object with exactly one method key, as in Centrifugo.
-        if command.len() != 1 {
-            replies.push(json!({ "error": bad_request("a command has exactly one method") }));
-            continue;
+    let prepared: Vec<Prepared> = p.commands.into_iter().map(|c| prepare(node, c)).collect();
+    let mut replies: Vec<Option<Value>> = Vec::with_capacity(prepared.len());
+    if p.parallel {
+        let mut publishes = Vec::new();
+        let mut publish_slots = Vec::new();
+        let mut calls = Vec::new();
+        for (i, c) in prepared.into_iter().enumerate() {
+            match c {
+                Prepared::Reply(v) => replies.push(Some(v)),
+                Prepared::Publish(req) => {
+                    replies.push(None);
+                    publish_slots.push(i);
+                    publishes.push(req);
+                }
+                Prepared::Call(method, params) => {
+                    replies.push(None);
+                    calls.push(async move { (i, run_call(node, &method, params).await) });
+                }
+            }
         }
-        let Some((method, params)) = command.into_iter().next() else {
-            continue;
+        let published = async {
+            if publishes.is_empty() {
+                Vec::new()
+            } else {
+                node.publish_many(publishes, false).await
+            }
         };
-        if !params.is_object() {
-            replies.push(json!({ "error": bad_request("parameters must be a JSON object") }));
-            continue;
+        let (published, called) = tokio::join!(published, futures_util::future::join_all(calls));
+        for (i, r) in publish_slots.into_iter().zip(published) {
+            replies[i] = Some(publish_reply(r));
         }
-        if method == "batch" || !crate::metrics::API_METHODS.contains(&method.as_str()) {
-            replies.push(
-                json!({ "error": tidings_protocol::Error::from(codes::ERROR_METHOD_NOT_FOUND) }),
-            );
-            continue;
+        for (i, v) in called {
+            replies[i] = Some(v);
         }
-        node.metrics().api_command(&method);
-        let reply = match call(node, &method, params).await {
-            Ok(Ok(result)) => json!({ method: result }),
-            Ok(Err(error)) => json!({ "error": error }),
-            Err(e) => json!({ "error": bad_request(&e.to_string()) }),
-        };
-        replies.push(reply);
+    } else {
+        let mut run: Vec<PublishRequest> = Vec::new();
+        for c in prepared {
+            match c {
+                Prepared::Publish(req) => {
+                    run.push(req);
+                    replies.push(None);
+                    continue;
+                }
+                Prepared::Reply(v) => {
+                    flush_publishes(node, &mut run, &mut replies).await;
+                    replies.push(Some(v));
+                }
+                Prepared::Call(method, params) => {
+                    flush_publishes(node, &mut run, &mut replies).await;
+                    replies.push(Some(run_call(node, &method, params).await));
+                }
+            }
+        }
+        flush_publishes(node, &mut run, &mut replies).await;
     }
+    let replies: Vec<Value> = replies
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| json!({ "error": node_err(NodeError::Backend("no reply".into())) }))
+        })
+        .collect();
     Ok(json!({ "replies": replies }))
+}
+
+/// Publishes the run of publishes at the end of `replies` (the slots still
+/// `None`), in order, and fills their slots.
+async fn flush_publishes(
+    node: &Node,
+    run: &mut Vec<PublishRequest>,
+    replies: &mut [Option<Value>],
+) {
+    if run.is_empty() {
+        return;
+    }
+    let n = run.len();
+    let results = node.publish_many(std::mem::take(run), true).await;
+    let first = replies.len() - n;
+    for (slot, r) in replies[first..].iter_mut().zip(results) {
+        *slot = Some(publish_reply(r));
+    }
 }

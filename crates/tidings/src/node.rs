@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::{
-    Broker, BrokerError, BrokerEventHandler, HistoryFilter, HistoryPage, PublishOptions,
+    BatchPublish, Broker, BrokerError, BrokerEventHandler, HistoryFilter, HistoryPage,
+    PublishOptions,
 };
 use crate::channel;
 use crate::config::Config;
@@ -449,6 +450,55 @@ impl Node {
     /// # Errors
     /// 107/102 for a bad channel; internal errors from the broker.
     pub async fn publish(&self, req: PublishRequest) -> Result<StreamPosition, NodeError> {
+        let item = self.prepare_publish(req)?;
+        Ok(self
+            .inner
+            .broker
+            .publish(&item.channel, item.publication, item.opts)
+            .await?)
+    }
+
+    /// Publishes several publications at once and returns one result per request,
+    /// in order. With `ordered` they are applied in the order given; the broker
+    /// gets them in one call (for Redis: one pipeline, one round trip).
+    pub async fn publish_many(
+        &self,
+        reqs: Vec<PublishRequest>,
+        ordered: bool,
+    ) -> Vec<Result<StreamPosition, NodeError>> {
+        let mut out: Vec<Option<Result<StreamPosition, NodeError>>> =
+            Vec::with_capacity(reqs.len());
+        let mut items = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            match self.prepare_publish(req) {
+                Ok(item) => {
+                    items.push(item);
+                    out.push(None);
+                }
+                Err(e) => out.push(Some(Err(e))),
+            }
+        }
+        let mut results = self
+            .inner
+            .broker
+            .publish_batch(items, ordered)
+            .await
+            .into_iter();
+        out.into_iter()
+            .map(|slot| match slot {
+                Some(r) => r,
+                None => match results.next() {
+                    Some(r) => r.map_err(NodeError::from),
+                    None => Err(NodeError::Backend(
+                        "broker returned fewer results than publications".into(),
+                    )),
+                },
+            })
+            .collect()
+    }
+
+    /// Checks the channel and turns a request into what the broker publishes.
+    fn prepare_publish(&self, req: PublishRequest) -> Result<BatchPublish, NodeError> {
         let ch = channel::resolve(&self.inner.config, &req.channel)?;
         let opts = if req.skip_history || !ch.history_enabled() {
             PublishOptions::default()
@@ -469,11 +519,11 @@ impl Node {
             tags: req.tags,
             ..Default::default()
         };
-        Ok(self
-            .inner
-            .broker
-            .publish(&req.channel, publication, opts)
-            .await?)
+        Ok(BatchPublish {
+            channel: req.channel,
+            publication,
+            opts,
+        })
     }
 
     /// Reads a channel's history.

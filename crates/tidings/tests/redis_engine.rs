@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tidings::broker::{
-    Broker, BrokerError, BrokerEventHandler, HistoryFilter, PublishOptions, RedisBroker,
+    BatchPublish, Broker, BrokerError, BrokerEventHandler, HistoryFilter, PublishOptions,
+    RedisBroker,
 };
 use tidings::config::RedisEngineConfig;
 use tidings::engine::{DirectPublish, DirectPublishError, DirectPublisher};
@@ -562,6 +563,141 @@ async fn concurrent_publishes_share_the_connection_and_keep_order() {
     let page = a.history("load", HistoryFilter::default()).await.unwrap();
     assert_eq!(page.publications.len(), N as usize);
     assert_eq!(page.position.offset, u64::from(N));
+}
+
+fn item(channel: &str, n: u32, opts: PublishOptions) -> BatchPublish {
+    BatchPublish {
+        channel: channel.into(),
+        publication: publication(n),
+        opts,
+    }
+}
+
+#[tokio::test]
+async fn a_batch_is_published_in_order_in_one_pipeline() {
+    let redis = RedisServer::start().await.unwrap();
+    let cfg = cfg(&redis);
+    let (a, _rec_a, _) = node(&cfg).await;
+    let (b, rec_b, _) = node(&cfg).await;
+    for ch in ["x", "y", "z", "long"] {
+        b.subscribe(ch).await.unwrap();
+    }
+    let keyed = PublishOptions {
+        idempotency_key: Some("k".into()),
+        ..opts(10)
+    };
+    // Runs of x (one script call each), a keyed y and its retry, a z without
+    // history, then x again: 5 publications of x with a history of 3.
+    let items = vec![
+        item("x", 1, opts(3)),
+        item("x", 2, opts(3)),
+        item("x", 3, opts(3)),
+        item("y", 4, keyed.clone()),
+        item("z", 5, opts(0)),
+        item("x", 6, opts(3)),
+        item("y", 4, keyed),
+        item("x", 7, opts(3)),
+        item("y", 8, opts(10)),
+    ];
+    let results: Vec<StreamPosition> = a
+        .publish_batch(items, true)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let offsets: Vec<u64> = results.iter().map(|p| p.offset).collect();
+    assert_eq!(offsets, vec![1, 2, 3, 1, 0, 4, 1, 5, 2]);
+    assert_eq!(results[0].epoch, results[7].epoch);
+    assert_eq!(
+        results[3], results[6],
+        "the retried key answers the first result"
+    );
+    assert!(results[4].epoch.is_empty());
+    let page = a.history("x", HistoryFilter::default()).await.unwrap();
+    let kept: Vec<(u64, u32)> = page
+        .publications
+        .iter()
+        .map(|p| (p.offset, value(p)))
+        .collect();
+    assert_eq!(kept, vec![(3, 3), (4, 6), (5, 7)]);
+    assert_eq!(page.position, results[7]);
+    // Delivered once each, in the order of the batch (one connection, one order).
+    rec_b.barrier(&a).await;
+    let got: Vec<(String, u32, u64)> = rec_b
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Publication(c, p) => Some((c, value(&p), p.offset)),
+            _ => None,
+        })
+        .collect();
+    let want: Vec<(String, u32, u64)> = [
+        ("x", 1, 1),
+        ("x", 2, 2),
+        ("x", 3, 3),
+        ("y", 4, 1),
+        ("z", 5, 0),
+        ("x", 6, 4),
+        ("x", 7, 5),
+        ("y", 8, 2),
+    ]
+    .into_iter()
+    .map(|(c, n, o)| (c.to_string(), n, o))
+    .collect();
+    assert_eq!(got, want);
+
+    // A run longer than one script call takes, after the script cache was
+    // emptied: the scripts are loaded again and the order holds.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    const N: u32 = 300;
+    let items = (0..N).map(|n| item("long", n, opts(1000))).collect();
+    let offsets: Vec<u64> = a
+        .publish_batch(items, true)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().offset)
+        .collect();
+    assert_eq!(offsets, (1..=u64::from(N)).collect::<Vec<_>>());
+    rec_b
+        .wait_for("the long run", |_| {
+            rec_b.publications("long").len() == N as usize
+        })
+        .await;
+    let got: Vec<(u64, u32)> = rec_b
+        .publications("long")
+        .iter()
+        .map(|p| (p.offset, value(p)))
+        .collect();
+    assert_eq!(
+        got,
+        (0..N).map(|n| (u64::from(n) + 1, n)).collect::<Vec<_>>()
+    );
+    let page = a.history("long", HistoryFilter::default()).await.unwrap();
+    assert_eq!(page.publications.len(), N as usize);
+}
+
+#[tokio::test]
+async fn a_batch_while_redis_is_down_fails_every_item() {
+    let mut redis = RedisServer::start().await.unwrap();
+    let broker = RedisBroker::new(&cfg(&redis), Duration::from_secs(3600)).unwrap();
+    broker.publish("c", publication(0), opts(3)).await.unwrap();
+    redis.kill9().await.unwrap();
+    let results = broker
+        .publish_batch(vec![item("c", 1, opts(3)), item("d", 2, opts(0))], true)
+        .await;
+    assert_eq!(results.len(), 2);
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Err(BrokerError::Backend(_)))),
+        "{results:?}"
+    );
 }
 
 fn rec_b_count(rec: &Recorder) -> usize {

@@ -27,6 +27,10 @@ const STAMP_KEY: &[u8] = b"\"bt\":";
 const PER_SOURCE_ADDR: usize = 20_000;
 /// HTTP requests to the server API in flight at once.
 const API_CONCURRENCY: usize = 32;
+/// Bound on one API request (a request that takes longer counts as failed).
+const API_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most publications per /api/batch request (the server takes up to 1,000).
+const MAX_BATCH: u64 = 1000;
 /// Shards of the latency histograms (receivers record into shard i % SHARDS).
 const SHARDS: usize = 64;
 /// Longest latency the histograms hold (60 s, in µs); longer ones are clamped.
@@ -89,6 +93,9 @@ struct Shared {
     /// The publisher waits until `delivered` reaches this (u64::MAX: not waiting).
     want: AtomicU64,
     notify: Notify,
+    /// Cancelled when a reading subscriber's connection ends: the deliveries the
+    /// window waits for may then never come, so publishing stops.
+    reader_lost: tokio_util::sync::CancellationToken,
 }
 
 impl Shared {
@@ -99,6 +106,7 @@ impl Shared {
             last_delivery_us: AtomicU64::new(0),
             want: AtomicU64::new(u64::MAX),
             notify: Notify::new(),
+            reader_lost: tokio_util::sync::CancellationToken::new(),
         })
     }
 
@@ -478,8 +486,24 @@ async fn fanout_on(name: &str, args: &LoadArgs, sse: bool, env: &Env) -> anyhow:
     );
     anyhow::ensure!(
         via == PublishVia::Client || env.protocol == Protocol::Centrifugo,
-        "--publish-via api needs a Tidings server"
+        "--publish-via api and api-batch need a Tidings server"
     );
+    // Publications per request (1 unless batching).
+    let batch = if via == PublishVia::ApiBatch {
+        anyhow::ensure!(
+            (1..=MAX_BATCH).contains(&args.batch),
+            "--batch must be between 1 and {MAX_BATCH}"
+        );
+        anyhow::ensure!(
+            args.rate.is_some_and(|r| r > 0.0) || args.window >= args.batch,
+            "--window ({}) must be at least --batch ({}): a batch leaves when the window has room for all of it",
+            args.window,
+            args.batch
+        );
+        args.batch
+    } else {
+        1
+    };
     let n = args.connections;
     let addrs = addrs(env).await?;
     let nodes = env.nodes.len();
@@ -540,6 +564,7 @@ async fn fanout_on(name: &str, args: &LoadArgs, sse: bool, env: &Env) -> anyhow:
                     Some(bytes) => shared.on_frame(&bytes, hist),
                     None => {
                         shared.disconnects.fetch_add(1, Ordering::Relaxed);
+                        shared.reader_lost.cancel();
                         return;
                     }
                 }
@@ -549,7 +574,7 @@ async fn fanout_on(name: &str, args: &LoadArgs, sse: bool, env: &Env) -> anyhow:
     anyhow::ensure!(readers > 0, "no subscriber could connect");
 
     let mut publisher = match via {
-        PublishVia::Api => None,
+        PublishVia::Api | PublishVia::ApiBatch => None,
         PublishVia::Client => {
             let opts = ConnectOptions::default();
             Some(Client::connect(&env.ws_url(0), addrs[0], env.protocol, &opts).await?)
@@ -560,7 +585,12 @@ async fn fanout_on(name: &str, args: &LoadArgs, sse: bool, env: &Env) -> anyhow:
     let rate = args.rate.filter(|r| *r > 0.0);
     let window = args.window.max(1);
     let max_time = Duration::from_secs_f64(args.max_time);
-    let api_url = format!("{}/api/publish", env.nodes[0].base);
+    let api_url = if via == PublishVia::ApiBatch {
+        format!("{}/api/batch", env.nodes[0].base)
+    } else {
+        format!("{}/api/publish", env.nodes[0].base)
+    };
+    let channel_json = serde_json::to_string(channel)?;
     let bar = progress(messages * readers, name, args.quiet);
     let ticker = {
         let bar = bar.clone();
@@ -574,6 +604,7 @@ async fn fanout_on(name: &str, args: &LoadArgs, sse: bool, env: &Env) -> anyhow:
     };
 
     let server_cpu: Vec<CpuWindow> = env.pids().into_iter().map(CpuWindow::start).collect();
+    let engine_cpu = args.engine_pid.map(CpuWindow::start);
     let own_cpu = CpuWindow::start(std::process::id());
     let start = Instant::now();
     let start_us = now_us();
@@ -586,16 +617,18 @@ async fn fanout_on(name: &str, args: &LoadArgs, sse: bool, env: &Env) -> anyhow:
             break;
         }
         let can_send = api_inflight.len() < API_CONCURRENCY;
-        // When the next publication may leave: its scheduled time, or when the
-        // window has room again.
+        // Publications in the next request: a batch, the last one maybe shorter.
+        let k = batch.min(messages - sent);
+        // When the next request may leave: the scheduled time of its last
+        // publication, or when the window has room for all of it.
         let (ready, stamp) = match rate {
             Some(r) => {
-                let at = start + Duration::from_secs_f64(sent as f64 / r);
+                let at = start + Duration::from_secs_f64((sent + k - 1) as f64 / r);
                 let stamp = start_us + u64::try_from((at - start).as_micros()).unwrap_or(0);
                 (Either::Sleep(tokio::time::sleep_until(at.into())), stamp)
             }
             None => {
-                let done_needed = (sent.saturating_sub(window)) * readers;
+                let done_needed = ((sent + k - 1).saturating_sub(window)) * readers;
                 (Either::Wait(done_needed), 0)
             }
         };
@@ -607,10 +640,13 @@ async fn fanout_on(name: &str, args: &LoadArgs, sse: bool, env: &Env) -> anyhow:
         };
         tokio::select! {
             biased;
+            () = shared.reader_lost.cancelled() => {
+                eprintln!("a subscriber's connection closed; publishing stops");
+                break;
+            }
+            () = tokio::time::sleep_until(deadline) => break,
             r = api_inflight.next(), if !api_inflight.is_empty() => {
-                if !matches!(r, Some(true)) {
-                    publish_errors += 1;
-                }
+                publish_errors += r.unwrap_or(0);
             }
             r = recv_publisher(&mut publisher) => {
                 match r {
@@ -620,39 +656,54 @@ async fn fanout_on(name: &str, args: &LoadArgs, sse: bool, env: &Env) -> anyhow:
             }
             () = ready, if can_send => {
                 let stamp = if rate.is_some() { stamp } else { now_us() };
-                let data = payload(stamp, args.payload_size);
                 match &mut publisher {
-                    Some(p) => p.publish(channel, &data).await?,
+                    Some(p) => p.publish(channel, &payload(stamp, args.payload_size)).await?,
                     None => {
+                        let body = if via == PublishVia::ApiBatch {
+                            // Each publication carries its own scheduled time when
+                            // paced, the send time otherwise.
+                            let stamp_of = |j: u64| match rate {
+                                Some(r) => {
+                                    start_us + (((sent + j) as f64 / r) * 1e6) as u64
+                                }
+                                None => stamp,
+                            };
+                            batch_body(&channel_json, k, args.batch_parallel, |j| {
+                                payload(stamp_of(j), args.payload_size)
+                            })
+                        } else {
+                            let data = payload(stamp, args.payload_size);
+                            format!("{{\"channel\":{channel_json},\"data\":{data}}}")
+                        };
                         let req = env
                             .http
                             .post(&api_url)
                             .header("X-API-Key", &env.api_key)
                             .header("Content-Type", "application/json")
-                            .body(format!("{{\"channel\":\"{channel}\",\"data\":{data}}}"))
+                            .timeout(API_TIMEOUT)
+                            .body(body)
                             .send();
                         api_inflight.push(async move {
                             match req.await {
-                                Ok(resp) if resp.status().is_success() => resp
-                                    .bytes()
-                                    .await
-                                    .is_ok_and(|b| !b.windows(8).any(|w| w == b"\"error\":")),
-                                _ => false,
+                                Ok(resp) if resp.status().is_success() => match resp.bytes().await {
+                                    Ok(b) => reply_errors(&b, k),
+                                    Err(_) => k,
+                                },
+                                _ => k,
                             }
                         });
                     }
                 }
-                sent += 1;
+                sent += k;
             }
         }
     }
     // Finish the API requests still in flight.
-    while let Some(ok) = api_inflight.next().await {
-        if !ok {
-            publish_errors += 1;
-        }
+    while let Some(errors) = api_inflight.next().await {
+        publish_errors += errors;
     }
-    let expected = sent.saturating_sub(publish_errors) * readers;
+    let accepted = sent.saturating_sub(publish_errors);
+    let expected = accepted * readers;
     // Wait for the last deliveries, reading the publisher's connection meanwhile.
     let drain = tokio::time::sleep(Duration::from_secs_f64(args.drain_timeout));
     tokio::pin!(drain);
@@ -679,6 +730,7 @@ async fn fanout_on(name: &str, args: &LoadArgs, sse: bool, env: &Env) -> anyhow:
     } else {
         server_cpu.iter().map(CpuWindow::seconds).sum()
     };
+    let engine_cpu = engine_cpu.as_ref().and_then(CpuWindow::seconds);
     let own = own_cpu.seconds().unwrap_or(0.0);
     let wall = start.elapsed().as_secs_f64();
     stop.cancel();
@@ -709,6 +761,11 @@ async fn fanout_on(name: &str, args: &LoadArgs, sse: bool, env: &Env) -> anyhow:
         lost: expected.saturating_sub(received),
         duration_s: window_s,
         deliveries_per_s: received as f64 / window_s.max(1e-9),
+        publications_per_s: Some(accepted as f64 / window_s.max(1e-9)),
+        engine_cpu_s: engine_cpu,
+        engine_cpu_us_per_publication: engine_cpu
+            .filter(|_| accepted > 0)
+            .map(|c| c * 1e6 / accepted as f64),
         latency: Some(Latency::from_histogram(&all)),
         latency_local: (env.nodes.len() > 1).then(|| Latency::from_histogram(&local.merged())),
         latency_remote: (env.nodes.len() > 1).then(|| Latency::from_histogram(&remote.merged())),
@@ -747,6 +804,44 @@ async fn recv_publisher(publisher: &mut Option<Client>) -> Option<bytes::Bytes> 
             _ => None,
         },
         None => std::future::pending().await,
+    }
+}
+
+/// The body of one /api/batch request of `k` publishes to the channel
+/// (`channel_json` is its JSON string); `data(j)` is the j-th payload.
+fn batch_body(channel_json: &str, k: u64, parallel: bool, data: impl Fn(u64) -> String) -> String {
+    let mut body = String::from("{\"commands\":[");
+    for j in 0..k {
+        if j > 0 {
+            body.push(',');
+        }
+        body.push_str("{\"publish\":{\"channel\":");
+        body.push_str(channel_json);
+        body.push_str(",\"data\":");
+        body.push_str(&data(j));
+        body.push_str("}}");
+    }
+    body.push(']');
+    if parallel {
+        body.push_str(",\"parallel\":true");
+    }
+    body.push('}');
+    body
+}
+
+/// Publications refused in the reply to an API request of `k` publications: the
+/// error objects in it, or all `k` when it is not the reply expected.
+fn reply_errors(body: &[u8], k: u64) -> u64 {
+    let errors = count_errors(body);
+    if k == 1 {
+        return errors.min(1);
+    }
+    // A batch reply holds one reply per command.
+    let ok = body.windows(10).filter(|w| w == b"\"publish\":").count() as u64;
+    if ok + errors == k {
+        errors
+    } else {
+        k
     }
 }
 

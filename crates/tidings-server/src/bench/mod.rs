@@ -17,9 +17,10 @@ mod target;
 #[derive(clap::Subcommand, Clone, Debug)]
 pub enum Scenario {
     /// N subscribers on one channel; publications go through the server API (or a
-    /// client with --publish-via client) as fast as possible while at most --window
+    /// client with --publish-via client, or --batch at a time through /api/batch
+    /// with --publish-via api-batch) as fast as possible while at most --window
     /// publications are undelivered, or at --rate per second. Reports deliveries/s,
-    /// loss, latency percentiles and server CPU per delivery.
+    /// publications/s, loss, latency percentiles and server CPU per delivery.
     Fanout(LoadArgs),
     /// Paced, open-loop publishing (default 1,000 subscribers × 50/s for 10 s): each
     /// publication leaves at its scheduled time and carries that time, whether or not
@@ -41,7 +42,8 @@ pub enum Scenario {
     SseFanout(LoadArgs),
     /// The fanout scenario through --nodes Tidings nodes joined by the engine given
     /// with --engine (redis or nats): subscribers are spread over the nodes,
-    /// publications go to the first node's API. Latency is reported separately for
+    /// publications go to the first node's API (one per request, or pipelined with
+    /// --publish-via api-batch --batch N). Latency is reported separately for
     /// subscribers on the publishing node and on the others. Needs --spawn.
     Cluster(LoadArgs),
 }
@@ -49,8 +51,11 @@ pub enum Scenario {
 /// How publications are sent.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PublishVia {
-    /// POST /api/publish (Tidings only).
+    /// POST /api/publish, one request per publication (Tidings only).
     Api,
+    /// POST /api/batch with --batch publish commands per request (Tidings only);
+    /// with --batch-parallel the batch asks the server to run them concurrently.
+    ApiBatch,
     /// A client connection that is not subscribed (for raw and engineio servers
     /// it receives its own broadcasts, which are not counted).
     Client,
@@ -127,6 +132,17 @@ pub struct LoadArgs {
     /// How publications are sent (default: api for centrifugo, client otherwise).
     #[arg(long, value_enum)]
     pub publish_via: Option<PublishVia>,
+    /// Publications per /api/batch request with --publish-via api-batch. A batch
+    /// leaves when the window has room for all of it (so --window must be at least
+    /// --batch); at a fixed --rate it leaves when its last publication is due, and
+    /// each publication carries its own scheduled time.
+    #[arg(long, default_value_t = 16)]
+    pub batch: u64,
+    /// Send the batches with `"parallel": true`: the server may run their commands
+    /// concurrently, in no particular order. Without it a batch's publications are
+    /// applied in the order given.
+    #[arg(long)]
+    pub batch_parallel: bool,
     /// Size of each publication's JSON payload in bytes (it carries the send time).
     #[arg(long, default_value_t = 100)]
     pub payload_size: usize,
@@ -165,6 +181,10 @@ pub struct LoadArgs {
     /// redis://127.0.0.1:6379 or nats://127.0.0.1:4222).
     #[arg(long)]
     pub engine_url: Option<String>,
+    /// Process id of the engine's server (redis-server or nats-server) of the
+    /// cluster scenario, to report its CPU time per publication.
+    #[arg(long)]
+    pub engine_pid: Option<u32>,
     /// Print the report as JSON instead of the one-line summary.
     #[arg(long)]
     pub json: bool,

@@ -69,6 +69,8 @@ pub struct Report {
     /// Seconds from the first publication to the last delivery (or the drain deadline).
     pub duration_s: f64,
     pub deliveries_per_s: f64,
+    /// Fan-out scenarios: publications accepted per second over the same window.
+    pub publications_per_s: Option<f64>,
     /// Latency from the send time carried in each payload to its arrival.
     pub latency: Option<Latency>,
     /// Cluster: latency of subscribers on the publishing node.
@@ -79,6 +81,11 @@ pub struct Report {
     pub server_cpu_s: Option<f64>,
     /// server_cpu_s / received, in microseconds.
     pub cpu_us_per_delivery: Option<f64>,
+    /// Cluster with --engine-pid: the engine server's user+system CPU seconds
+    /// during the publish window.
+    pub engine_cpu_s: Option<f64>,
+    /// engine_cpu_s / publications accepted, in microseconds.
+    pub engine_cpu_us_per_publication: Option<f64>,
     /// Server RSS at the end of the run, KiB (all nodes).
     pub server_rss_kib: Option<u64>,
     /// Idle: server RSS before the connections were opened, KiB.
@@ -115,6 +122,9 @@ impl Report {
                 self.publications, self.deliveries_per_s, self.lost, self.expected
             ));
         }
+        if let Some(p) = self.publications_per_s {
+            parts.push(format!("{p:.0} publications/s"));
+        }
         if let Some(l) = &self.latency {
             parts.push(l.line());
         }
@@ -135,6 +145,9 @@ impl Report {
         }
         if let Some(c) = self.cpu_us_per_delivery {
             parts.push(format!("server CPU {c:.3} µs/delivery"));
+        }
+        if let Some(c) = self.engine_cpu_us_per_publication {
+            parts.push(format!("engine CPU {c:.2} µs/publication"));
         }
         if let Some(r) = self.rss_per_connection_kib {
             parts.push(format!("{r:.2} KiB RSS/conn"));
