@@ -74,10 +74,17 @@ impl Outbox {
             self.notify.notify_one();
             return false;
         }
+        let was_empty = st.items.is_empty();
         st.bytes += item.len();
         st.items.push_back(item);
         drop(st);
-        self.notify.notify_one();
+        // Only the push that makes the queue non-empty wakes the writer: every
+        // consumer looks at the queue under the lock before it waits, so a queue
+        // that was already non-empty has been seen, or announced by that push (a
+        // fan-out pushes into a queue many times before its writer runs).
+        if was_empty {
+            self.notify.notify_one();
+        }
         true
     }
 

@@ -175,9 +175,8 @@ pub async fn serve(
                 // A write that cannot finish within write_timeout means the client is
                 // not reading: give up on it (no close frame could get through either)
                 // and end the session.
-                let sent =
-                    tokio::time::timeout(write_timeout, write_items(&mut sink, &items, uni)).await;
-                if !matches!(sent, Ok(Ok(()))) {
+                let sent = timed(write_timeout, write_items(&mut sink, &items, uni)).await;
+                if !matches!(sent, Some(Ok(()))) {
                     writer_conn.outbox.close(Disconnect::write_error(), false);
                     break;
                 }
@@ -225,6 +224,22 @@ pub async fn serve(
         .run(Box::pin(inbound))
         .await;
     let _ = writer.await;
+}
+
+/// Runs `fut` for at most `limit`. A write to a socket with room in its kernel
+/// buffer finishes on its first poll; only one that has to wait arms a timer (an
+/// entry in the runtime's shared timer wheel, which costs a lock to add and
+/// remove), so the common case pays nothing for the bound.
+async fn timed<F: std::future::Future>(
+    limit: std::time::Duration,
+    fut: F,
+) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await;
+    match first {
+        std::task::Poll::Ready(out) => Some(out),
+        std::task::Poll::Pending => tokio::time::timeout(limit, fut).await.ok(),
+    }
 }
 
 /// Writes a drained batch: one joined frame (bidirectional), or one message per
