@@ -80,7 +80,7 @@ impl Subscriber {
         let ask = Control::Insufficient {
             channel: channel.to_string(),
         };
-        if self.conn.control.try_send(ask).is_err() {
+        if self.conn.control.try_send(Box::new(ask)).is_err() {
             self.conn
                 .outbox
                 .close(Disconnect::insufficient_state(), false);
@@ -455,7 +455,7 @@ mod tests {
 
     fn subscriber() -> (
         Arc<Subscriber>,
-        tokio::sync::mpsc::Receiver<crate::connection::Control>,
+        tokio::sync::mpsc::Receiver<Box<crate::connection::Control>>,
     ) {
         let (conn, control) = Connection::new("test", 1 << 20);
         (Subscriber::new(conn, false), control)
@@ -549,7 +549,7 @@ mod tests {
         assert_eq!(hub.publish("c", Some("e"), 3, &b("3")), Delivery::Gap(1));
         assert!(sub.is_insufficient());
         assert!(matches!(
-            control.try_recv(),
+            control.try_recv().map(|c| *c),
             Ok(Control::Insufficient { channel }) if channel == "c"
         ));
         // Nothing after the gap reaches the old subscription.

@@ -146,7 +146,10 @@ impl Outbox {
             {
                 let mut st = self.state.lock();
                 if !st.items.is_empty() || st.close.is_some() {
-                    let items: Vec<Bytes> = st.items.drain(..).collect();
+                    // Taken whole (the queue only grows at the back, so it is
+                    // contiguous and becomes a Vec in place): no copy, and an idle
+                    // connection's queue holds no buffer.
+                    let items = Vec::from(std::mem::take(&mut st.items));
                     st.bytes = 0;
                     return match &st.close {
                         Some(d) => Drained::Close(items, d.clone()),

@@ -199,7 +199,7 @@ pub struct Session {
     node: Node,
     mode: SessionMode,
     conn: Arc<Connection>,
-    control: mpsc::Receiver<Control>,
+    control: mpsc::Receiver<Box<Control>>,
     connected: bool,
     /// `info` claim of the connection token, shown to others.
     conn_info: Option<RawJson>,
@@ -219,7 +219,7 @@ pub struct Session {
 
 impl Session {
     /// Creates the session of a new bidirectional connection.
-    pub fn new(node: Node, conn: Arc<Connection>, control: mpsc::Receiver<Control>) -> Self {
+    pub fn new(node: Node, conn: Arc<Connection>, control: mpsc::Receiver<Box<Control>>) -> Self {
         Self::with_mode(node, conn, control, SessionMode::Bidirectional)
     }
 
@@ -227,7 +227,7 @@ impl Session {
     pub fn with_mode(
         node: Node,
         conn: Arc<Connection>,
-        control: mpsc::Receiver<Control>,
+        control: mpsc::Receiver<Box<Control>>,
         mode: SessionMode,
     ) -> Self {
         let now = Instant::now();
@@ -272,15 +272,19 @@ impl Session {
                 _ = shutdown.cancelled() => {
                     self.close(Disconnect::shutdown());
                 }
+                // The handlers are boxed: the session's task holds its future for
+                // the connection's whole life, and inline they would make that
+                // future as large as the largest handler (about 4 KiB per idle
+                // connection); boxed, it costs an allocation per frame instead.
                 Some(ctrl) = self.control.recv() => {
-                    if let Err(d) = self.handle_control(ctrl).await {
+                    if let Err(d) = Box::pin(self.handle_control(ctrl)).await {
                         self.close(d);
                     }
                 }
                 msg = inbound.next() => match msg {
                     Some(Ok(frame)) => {
                         self.pong_deadline = None;
-                        if let Err(d) = self.handle_frame(&frame).await {
+                        if let Err(d) = Box::pin(self.handle_frame(&frame)).await {
                             self.close(d);
                         }
                     }
@@ -302,12 +306,12 @@ impl Session {
                     if let Err(d) = self.handle_timer() {
                         self.close(d);
                     } else {
-                        self.expire_subscriptions().await;
+                        Box::pin(self.expire_subscriptions()).await;
                     }
                 }
             }
         }
-        self.cleanup().await;
+        Box::pin(self.cleanup()).await;
     }
 
     fn next_deadline(&self) -> Instant {
@@ -1244,8 +1248,8 @@ impl Session {
         }
     }
 
-    async fn handle_control(&mut self, ctrl: Control) -> Result<(), Disconnect> {
-        match ctrl {
+    async fn handle_control(&mut self, ctrl: Box<Control>) -> Result<(), Disconnect> {
+        match *ctrl {
             Control::Disconnect(d) => return Err(d),
             Control::Insufficient { channel } => {
                 let lost = self

@@ -109,7 +109,7 @@ pub async fn run(
     node: Node,
     shared: Arc<Shared>,
     mut inbound: mpsc::Receiver<Inbound>,
-    mut control: mpsc::Receiver<Control>,
+    mut control: mpsc::Receiver<Box<Control>>,
 ) {
     let metrics = node.metrics();
     metrics.connections.increment(1.0);
@@ -829,8 +829,8 @@ impl Sio {
         Ok(json!({"room": room, "members": list}))
     }
 
-    async fn handle_control(&mut self, ctrl: Control) -> Result<(), Disconnect> {
-        match ctrl {
+    async fn handle_control(&mut self, ctrl: Box<Control>) -> Result<(), Disconnect> {
+        match *ctrl {
             Control::Disconnect(d) => Err(d),
             // This node missed part of a room's stream. Socket.IO has no
             // resubscribe, so the connection is closed with a reconnect: the client

@@ -186,9 +186,15 @@ pub async fn serve(
                     code: u16::try_from(d.code).unwrap_or(3000),
                     reason: d.reason.into(),
                 };
-                let _ = tokio::time::timeout(write_timeout, sink.send(Message::Close(Some(frame))))
-                    .await;
-                let _ = tokio::time::timeout(write_timeout, sink.close()).await;
+                // Boxed, like the timer in `timed`: this task's future lives as
+                // long as the connection, and what it holds inline every idle
+                // connection pays for.
+                Box::pin(async {
+                    let close = sink.send(Message::Close(Some(frame)));
+                    let _ = tokio::time::timeout(write_timeout, close).await;
+                    let _ = tokio::time::timeout(write_timeout, sink.close()).await;
+                })
+                .await;
                 break;
             }
         }
@@ -238,7 +244,7 @@ async fn timed<F: std::future::Future>(
     let first = std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await;
     match first {
         std::task::Poll::Ready(out) => Some(out),
-        std::task::Poll::Pending => tokio::time::timeout(limit, fut).await.ok(),
+        std::task::Poll::Pending => Box::pin(tokio::time::timeout(limit, fut)).await.ok(),
     }
 }
 
