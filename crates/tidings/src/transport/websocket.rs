@@ -137,14 +137,19 @@ fn valid_key(headers: &HeaderMap) -> bool {
 
 /// Serves one upgraded socket until either side ends it; the connection counts
 /// against the node's limits until then.
-pub async fn serve(
+///
+/// Not an `async fn`: an async fn keeps its arguments (here the whole WebSocket,
+/// about 2 KiB with the state around it) in its future for as long as the future
+/// lives, and this one lives as long as the connection. Setting up here, on the
+/// caller's stack, leaves the returned future with only the session and a handle
+/// to the writer task. Must be called within the runtime (it spawns the writer).
+pub fn serve(
     node: Node,
     socket: WebSocket,
     uni: bool,
     first: Option<String>,
     permit: ConnectionPermit,
-) {
-    let _permit = permit;
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     let queue = node.config().client.queue_max_size;
     let write_timeout = node.config().websocket.write_timeout;
     let transport = if uni { "uni_websocket" } else { "websocket" };
@@ -226,10 +231,12 @@ pub async fn serve(
     } else {
         SessionMode::Bidirectional
     };
-    Session::with_mode(node, conn, control, mode)
-        .run(Box::pin(inbound))
-        .await;
-    let _ = writer.await;
+    let session = Session::with_mode(node, conn, control, mode);
+    async move {
+        let _permit = permit;
+        session.run(Box::pin(inbound)).await;
+        let _ = writer.await;
+    }
 }
 
 /// Runs `fut` for at most `limit`. A write to a socket with room in its kernel
