@@ -6,15 +6,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use tidings_protocol::{ClientInfo, Disconnect};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use crate::outbox::Outbox;
 
 /// Something the node asks a session to do on the session's own task, because only
-/// that task may change the session's state. The control queue carries it boxed:
-/// tokio's bounded channel allocates a block of 32 slots when it is created, so every
-/// idle connection pays 32 × the slot size (256 bytes boxed, 1.3 KiB unboxed).
+/// that task may change the session's state.
 #[derive(Debug)]
 pub enum Control {
     /// Subscribe the client to a channel (server API `subscribe`). Boxed: tokio's
@@ -61,7 +60,8 @@ pub struct Connection {
     /// Name of the transport, for logs and metrics.
     pub transport: &'static str,
     pub outbox: Outbox,
-    pub control: mpsc::Sender<Box<Control>>,
+    /// API requests aimed at this connection, for its session to carry out.
+    pub control: ControlQueue,
     /// The presence entries this connection holds, by channel, so the node's
     /// presence timer can refresh them without asking the session. A plain mutex:
     /// map updates and a copy for the timer, never held across an await.
@@ -72,8 +72,7 @@ impl Connection {
     pub fn new(
         transport: &'static str,
         queue_max_size: usize,
-    ) -> (std::sync::Arc<Self>, mpsc::Receiver<Box<Control>>) {
-        let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
+    ) -> (std::sync::Arc<Self>, ControlReceiver) {
         let conn = Connection {
             serial: NEXT_SERIAL.fetch_add(1, Ordering::Relaxed),
             client_id: uuid::Uuid::new_v4().to_string(),
@@ -81,10 +80,12 @@ impl Connection {
             user: OnceLock::new(),
             transport,
             outbox: Outbox::new(queue_max_size),
-            control: tx,
+            control: ControlQueue::default(),
             presence: parking_lot::Mutex::new(HashMap::new()),
         };
-        (std::sync::Arc::new(conn), rx)
+        let conn = std::sync::Arc::new(conn);
+        let rx = ControlReceiver { conn: conn.clone() };
+        (conn, rx)
     }
 
     /// The authenticated user ("" before connect or when anonymous).
@@ -123,5 +124,93 @@ impl Connection {
     /// Queues encoded bytes for this client; `false` when the connection is closing.
     pub fn send(&self, bytes: Bytes) -> bool {
         self.outbox.push(bytes)
+    }
+}
+
+/// The control queue of one connection: bounded by [`CONTROL_QUEUE`], and holding no
+/// memory until something is queued. Written here rather than taken from tokio's
+/// `mpsc`, whose bounded channel allocates its state and a first block of 32 slots
+/// up front: about 1.5 KiB for every connection, nearly all of which never receive a
+/// single control message (measured with heaptrack, see docs/benchmarks.md).
+#[derive(Default)]
+pub struct ControlQueue {
+    state: Mutex<ControlState>,
+    /// Wakes the session; `notify_one` keeps a permit, so no wake-up is lost.
+    notify: Notify,
+}
+
+#[derive(Default)]
+struct ControlState {
+    queue: std::collections::VecDeque<Control>,
+    /// The session is gone: nothing more is accepted.
+    closed: bool,
+}
+
+/// Why a control message was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlRejected {
+    /// The session holds [`CONTROL_QUEUE`] requests already.
+    Full,
+    /// The session has ended.
+    Closed,
+}
+
+impl ControlQueue {
+    /// Queues a request for the session, without waiting.
+    pub fn try_send(&self, ctrl: Control) -> Result<(), ControlRejected> {
+        let mut st = self.state.lock();
+        if st.closed {
+            return Err(ControlRejected::Closed);
+        }
+        if st.queue.len() >= CONTROL_QUEUE {
+            return Err(ControlRejected::Full);
+        }
+        st.queue.push_back(ctrl);
+        drop(st);
+        self.notify.notify_one();
+        Ok(())
+    }
+}
+
+/// The session's end of its connection's control queue. Dropping it closes the
+/// queue (what is still queued is dropped, later sends are refused).
+pub struct ControlReceiver {
+    conn: std::sync::Arc<Connection>,
+}
+
+impl ControlReceiver {
+    /// The next request; waits for one. `None` only once the queue is closed,
+    /// which cannot happen while this receiver exists. Cancel-safe: a request is
+    /// taken only when it is returned.
+    pub async fn recv(&mut self) -> Option<Control> {
+        let q = &self.conn.control;
+        loop {
+            {
+                let mut st = q.state.lock();
+                if let Some(ctrl) = st.queue.pop_front() {
+                    return Some(ctrl);
+                }
+                if st.closed {
+                    return None;
+                }
+            }
+            q.notify.notified().await;
+        }
+    }
+
+    /// The next request if one is queued.
+    pub fn try_recv(&mut self) -> Option<Control> {
+        self.conn.control.state.lock().queue.pop_front()
+    }
+}
+
+impl Drop for ControlReceiver {
+    fn drop(&mut self) {
+        let mut st = self.conn.control.state.lock();
+        st.closed = true;
+        // Dropped outside the lock: a queued request may own sizeable data.
+        let pending = std::mem::take(&mut st.queue);
+        drop(st);
+        drop(pending);
     }
 }

@@ -695,7 +695,7 @@ impl Node {
             }
             if conn
                 .control
-                .try_send(Box::new(Control::Disconnect(d.clone())))
+                .try_send(Control::Disconnect(d.clone()))
                 .is_ok()
             {
                 n += 1;
@@ -741,9 +741,9 @@ impl Node {
         for conn in self.targets(user, client) {
             if conn
                 .control
-                .try_send(Box::new(Control::Unsubscribe {
+                .try_send(Control::Unsubscribe {
                     channel: channel.to_string(),
-                }))
+                })
                 .is_ok()
             {
                 n += 1;
@@ -788,7 +788,7 @@ impl Node {
         for conn in self.targets(user, client) {
             if conn
                 .control
-                .try_send(Box::new(Control::Subscribe(Box::new(req.clone()))))
+                .try_send(Control::Subscribe(Box::new(req.clone())))
                 .is_ok()
             {
                 n += 1;

@@ -19,13 +19,12 @@ use tidings_protocol::{
     HistoryResult, PresenceResult, PresenceStatsResult, Push, RawJson, RefreshResult, Reply,
     RpcResult, StreamPosition, SubscribePush, SubscribeRequest, SubscribeResult, UnsubscribePush,
 };
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::auth::{self, ConnectClaims, SubscribeClaims, SubscribeOverride, TokenError};
 use crate::broker::HistoryFilter;
 use crate::channel;
-use crate::connection::{Connection, Control, ServerSubscribe};
+use crate::connection::{Connection, Control, ControlReceiver, ServerSubscribe};
 use crate::hub::Subscriber;
 use crate::limit::TokenBucket;
 use crate::node::{Node, NodeError, PublishRequest, RpcRequest};
@@ -199,7 +198,7 @@ pub struct Session {
     node: Node,
     mode: SessionMode,
     conn: Arc<Connection>,
-    control: mpsc::Receiver<Box<Control>>,
+    control: ControlReceiver,
     connected: bool,
     /// `info` claim of the connection token, shown to others.
     conn_info: Option<RawJson>,
@@ -219,7 +218,7 @@ pub struct Session {
 
 impl Session {
     /// Creates the session of a new bidirectional connection.
-    pub fn new(node: Node, conn: Arc<Connection>, control: mpsc::Receiver<Box<Control>>) -> Self {
+    pub fn new(node: Node, conn: Arc<Connection>, control: ControlReceiver) -> Self {
         Self::with_mode(node, conn, control, SessionMode::Bidirectional)
     }
 
@@ -227,7 +226,7 @@ impl Session {
     pub fn with_mode(
         node: Node,
         conn: Arc<Connection>,
-        control: mpsc::Receiver<Box<Control>>,
+        control: ControlReceiver,
         mode: SessionMode,
     ) -> Self {
         let now = Instant::now();
@@ -1248,8 +1247,8 @@ impl Session {
         }
     }
 
-    async fn handle_control(&mut self, ctrl: Box<Control>) -> Result<(), Disconnect> {
-        match *ctrl {
+    async fn handle_control(&mut self, ctrl: Control) -> Result<(), Disconnect> {
+        match ctrl {
             Control::Disconnect(d) => return Err(d),
             Control::Insufficient { channel } => {
                 let lost = self
@@ -1331,6 +1330,7 @@ mod tests {
     //! deadlines run instantly.
 
     use super::*;
+    use tokio::sync::mpsc;
     use crate::outbox::Drained;
     use crate::Config;
 

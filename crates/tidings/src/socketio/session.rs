@@ -30,7 +30,7 @@ use super::transport::{self, Inbound, Room, Shared};
 use crate::auth::TokenError;
 use crate::broker::HistoryFilter;
 use crate::channel;
-use crate::connection::{Control, ServerSubscribe};
+use crate::connection::{Control, ControlReceiver, ServerSubscribe};
 use crate::hub::Subscriber;
 use crate::limit::TokenBucket;
 use crate::node::{Node, NodeError, PublishRequest};
@@ -109,7 +109,7 @@ pub async fn run(
     node: Node,
     shared: Arc<Shared>,
     mut inbound: mpsc::Receiver<Inbound>,
-    mut control: mpsc::Receiver<Box<Control>>,
+    mut control: ControlReceiver,
 ) {
     let metrics = node.metrics();
     metrics.connections.increment(1.0);
@@ -829,8 +829,8 @@ impl Sio {
         Ok(json!({"room": room, "members": list}))
     }
 
-    async fn handle_control(&mut self, ctrl: Box<Control>) -> Result<(), Disconnect> {
-        match *ctrl {
+    async fn handle_control(&mut self, ctrl: Control) -> Result<(), Disconnect> {
+        match ctrl {
             Control::Disconnect(d) => Err(d),
             // This node missed part of a room's stream. Socket.IO has no
             // resubscribe, so the connection is closed with a reconnect: the client
