@@ -453,10 +453,7 @@ mod tests {
     use super::*;
     use crate::outbox::Drained;
 
-    fn subscriber() -> (
-        Arc<Subscriber>,
-        crate::connection::ControlReceiver,
-    ) {
+    fn subscriber() -> (Arc<Subscriber>, crate::connection::ControlReceiver) {
         let (conn, control) = Connection::new("test", 1 << 20);
         (Subscriber::new(conn, false), control)
     }

@@ -147,9 +147,15 @@ impl Outbox {
                 let mut st = self.state.lock();
                 if !st.items.is_empty() || st.close.is_some() {
                     // Taken whole (the queue only grows at the back, so it is
-                    // contiguous and becomes a Vec in place): no copy, and an idle
-                    // connection's queue holds no buffer.
-                    let items = Vec::from(std::mem::take(&mut st.items));
+                    // contiguous and becomes a Vec in place), no copy. The fresh
+                    // queue gets room for as many as this batch: under fan-out the
+                    // next batch is about as large and fills it without regrowing,
+                    // and an idle connection keeps only the room of its last batch.
+                    let room = st.items.len();
+                    let items = Vec::from(std::mem::replace(
+                        &mut st.items,
+                        VecDeque::with_capacity(room),
+                    ));
                     st.bytes = 0;
                     return match &st.close {
                         Some(d) => Drained::Close(items, d.clone()),

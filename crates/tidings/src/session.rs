@@ -1330,9 +1330,9 @@ mod tests {
     //! deadlines run instantly.
 
     use super::*;
-    use tokio::sync::mpsc;
     use crate::outbox::Drained;
     use crate::Config;
+    use tokio::sync::mpsc;
 
     struct Harness {
         frames: mpsc::Sender<Inbound>,

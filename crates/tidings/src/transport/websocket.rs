@@ -243,10 +243,7 @@ pub fn serve(
 /// buffer finishes on its first poll; only one that has to wait arms a timer (an
 /// entry in the runtime's shared timer wheel, which costs a lock to add and
 /// remove), so the common case pays nothing for the bound.
-async fn timed<F: std::future::Future>(
-    limit: std::time::Duration,
-    fut: F,
-) -> Option<F::Output> {
+async fn timed<F: std::future::Future>(limit: std::time::Duration, fut: F) -> Option<F::Output> {
     let mut fut = std::pin::pin!(fut);
     let first = std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await;
     match first {
