@@ -180,7 +180,12 @@ pub fn serve(
                 // A write that cannot finish within write_timeout means the client is
                 // not reading: give up on it (no close frame could get through either)
                 // and end the session.
-                let sent = timed(write_timeout, write_items(&mut sink, &items, uni)).await;
+                // Boxed: inline, the write's future would sit in this task's
+                // future for the connection's life (about 0.25 KiB per idle
+                // connection); one allocation per write is small beside the
+                // write's system call.
+                let sent =
+                    Box::pin(timed(write_timeout, write_items(&mut sink, &items, uni))).await;
                 if !matches!(sent, Some(Ok(()))) {
                     writer_conn.outbox.close(Disconnect::write_error(), false);
                     break;
