@@ -214,3 +214,48 @@ impl Drop for ControlReceiver {
         drop(pending);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unsubscribe() -> Control {
+        Control::Unsubscribe {
+            channel: "c".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn control_queue_is_bounded_and_closes_with_its_receiver() {
+        let (conn, mut rx) = Connection::new("test", 1024);
+        for _ in 0..CONTROL_QUEUE {
+            assert_eq!(conn.control.try_send(unsubscribe()), Ok(()));
+        }
+        assert_eq!(
+            conn.control.try_send(unsubscribe()),
+            Err(ControlRejected::Full)
+        );
+        assert!(matches!(rx.recv().await, Some(Control::Unsubscribe { .. })));
+        assert_eq!(conn.control.try_send(unsubscribe()), Ok(()));
+        drop(rx);
+        assert_eq!(
+            conn.control.try_send(unsubscribe()),
+            Err(ControlRejected::Closed)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_waiting_receiver_gets_a_later_request() {
+        let (conn, mut rx) = Connection::new("test", 1024);
+        let waiting = tokio::spawn(async move { rx.recv().await });
+        // Let the receiver find the queue empty and wait.
+        tokio::task::yield_now().await;
+        assert_eq!(conn.control.try_send(unsubscribe()), Ok(()));
+        // A deadline only so that a lost wake-up fails instead of hanging.
+        let got = tokio::time::timeout(std::time::Duration::from_secs(30), waiting)
+            .await
+            .expect("the receiver was not woken")
+            .expect("receiver task");
+        assert!(matches!(got, Some(Control::Unsubscribe { .. })));
+    }
+}
