@@ -607,9 +607,6 @@ async fn fanout_on(name: &str, args: &LoadArgs, sse: bool, env: &Env) -> anyhow:
         };
         tokio::select! {
             biased;
-            // A window that never frees (a server that dropped subscribers, so
-            // their deliveries never come) must not outlast --max-time.
-            () = tokio::time::sleep_until(deadline) => break,
             r = api_inflight.next(), if !api_inflight.is_empty() => {
                 if !matches!(r, Some(true)) {
                     publish_errors += 1;
