@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use tidings_protocol::{ClientInfo, Disconnect};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use crate::outbox::Outbox;
 
@@ -59,7 +60,8 @@ pub struct Connection {
     /// Name of the transport, for logs and metrics.
     pub transport: &'static str,
     pub outbox: Outbox,
-    pub control: mpsc::Sender<Control>,
+    /// API requests aimed at this connection, for its session to carry out.
+    pub control: ControlQueue,
     /// The presence entries this connection holds, by channel, so the node's
     /// presence timer can refresh them without asking the session. A plain mutex:
     /// map updates and a copy for the timer, never held across an await.
@@ -70,8 +72,7 @@ impl Connection {
     pub fn new(
         transport: &'static str,
         queue_max_size: usize,
-    ) -> (std::sync::Arc<Self>, mpsc::Receiver<Control>) {
-        let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
+    ) -> (std::sync::Arc<Self>, ControlReceiver) {
         let conn = Connection {
             serial: NEXT_SERIAL.fetch_add(1, Ordering::Relaxed),
             client_id: uuid::Uuid::new_v4().to_string(),
@@ -79,10 +80,12 @@ impl Connection {
             user: OnceLock::new(),
             transport,
             outbox: Outbox::new(queue_max_size),
-            control: tx,
+            control: ControlQueue::default(),
             presence: parking_lot::Mutex::new(HashMap::new()),
         };
-        (std::sync::Arc::new(conn), rx)
+        let conn = std::sync::Arc::new(conn);
+        let rx = ControlReceiver { conn: conn.clone() };
+        (conn, rx)
     }
 
     /// The authenticated user ("" before connect or when anonymous).
@@ -121,5 +124,138 @@ impl Connection {
     /// Queues encoded bytes for this client; `false` when the connection is closing.
     pub fn send(&self, bytes: Bytes) -> bool {
         self.outbox.push(bytes)
+    }
+}
+
+/// The control queue of one connection: bounded by [`CONTROL_QUEUE`], and holding no
+/// memory until something is queued. Written here rather than taken from tokio's
+/// `mpsc`, whose bounded channel allocates its state and a first block of 32 slots
+/// up front: about 1.5 KiB for every connection, nearly all of which never receive a
+/// single control message (measured with heaptrack, see docs/benchmarks.md).
+#[derive(Default)]
+pub struct ControlQueue {
+    state: Mutex<ControlState>,
+    /// Wakes the session; `notify_one` keeps a permit, so no wake-up is lost.
+    notify: Notify,
+}
+
+#[derive(Default)]
+struct ControlState {
+    queue: std::collections::VecDeque<Control>,
+    /// The session is gone: nothing more is accepted.
+    closed: bool,
+}
+
+/// Why a control message was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlRejected {
+    /// The session holds [`CONTROL_QUEUE`] requests already.
+    Full,
+    /// The session has ended.
+    Closed,
+}
+
+impl ControlQueue {
+    /// Queues a request for the session, without waiting.
+    pub fn try_send(&self, ctrl: Control) -> Result<(), ControlRejected> {
+        let mut st = self.state.lock();
+        if st.closed {
+            return Err(ControlRejected::Closed);
+        }
+        if st.queue.len() >= CONTROL_QUEUE {
+            return Err(ControlRejected::Full);
+        }
+        st.queue.push_back(ctrl);
+        drop(st);
+        self.notify.notify_one();
+        Ok(())
+    }
+}
+
+/// The session's end of its connection's control queue. Dropping it closes the
+/// queue (what is still queued is dropped, later sends are refused).
+pub struct ControlReceiver {
+    conn: std::sync::Arc<Connection>,
+}
+
+impl ControlReceiver {
+    /// The next request; waits for one. `None` only once the queue is closed,
+    /// which cannot happen while this receiver exists. Cancel-safe: a request is
+    /// taken only when it is returned.
+    pub async fn recv(&mut self) -> Option<Control> {
+        let q = &self.conn.control;
+        loop {
+            {
+                let mut st = q.state.lock();
+                if let Some(ctrl) = st.queue.pop_front() {
+                    return Some(ctrl);
+                }
+                if st.closed {
+                    return None;
+                }
+            }
+            q.notify.notified().await;
+        }
+    }
+
+    /// The next request if one is queued.
+    pub fn try_recv(&mut self) -> Option<Control> {
+        self.conn.control.state.lock().queue.pop_front()
+    }
+}
+
+impl Drop for ControlReceiver {
+    fn drop(&mut self) {
+        let mut st = self.conn.control.state.lock();
+        st.closed = true;
+        // Dropped outside the lock: a queued request may own sizeable data.
+        let pending = std::mem::take(&mut st.queue);
+        drop(st);
+        drop(pending);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unsubscribe() -> Control {
+        Control::Unsubscribe {
+            channel: "c".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn control_queue_is_bounded_and_closes_with_its_receiver() {
+        let (conn, mut rx) = Connection::new("test", 1024);
+        for _ in 0..CONTROL_QUEUE {
+            assert_eq!(conn.control.try_send(unsubscribe()), Ok(()));
+        }
+        assert_eq!(
+            conn.control.try_send(unsubscribe()),
+            Err(ControlRejected::Full)
+        );
+        assert!(matches!(rx.recv().await, Some(Control::Unsubscribe { .. })));
+        assert_eq!(conn.control.try_send(unsubscribe()), Ok(()));
+        drop(rx);
+        assert_eq!(
+            conn.control.try_send(unsubscribe()),
+            Err(ControlRejected::Closed)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_waiting_receiver_gets_a_later_request() {
+        let (conn, mut rx) = Connection::new("test", 1024);
+        let waiting = tokio::spawn(async move { rx.recv().await });
+        // Let the receiver find the queue empty and wait.
+        tokio::task::yield_now().await;
+        assert_eq!(conn.control.try_send(unsubscribe()), Ok(()));
+        // A deadline only so that a lost wake-up fails instead of hanging.
+        let got = tokio::time::timeout(std::time::Duration::from_secs(30), waiting)
+            .await
+            .expect("the receiver was not woken")
+            .expect("receiver task");
+        assert!(matches!(got, Some(Control::Unsubscribe { .. })));
     }
 }

@@ -74,10 +74,17 @@ impl Outbox {
             self.notify.notify_one();
             return false;
         }
+        let was_empty = st.items.is_empty();
         st.bytes += item.len();
         st.items.push_back(item);
         drop(st);
-        self.notify.notify_one();
+        // Only the push that makes the queue non-empty wakes the writer: every
+        // consumer looks at the queue under the lock before it waits, so a queue
+        // that was already non-empty has been seen, or announced by that push (a
+        // fan-out pushes into a queue many times before its writer runs).
+        if was_empty {
+            self.notify.notify_one();
+        }
         true
     }
 
@@ -139,7 +146,16 @@ impl Outbox {
             {
                 let mut st = self.state.lock();
                 if !st.items.is_empty() || st.close.is_some() {
-                    let items: Vec<Bytes> = st.items.drain(..).collect();
+                    // Taken whole (the queue only grows at the back, so it is
+                    // contiguous and becomes a Vec in place), no copy. The fresh
+                    // queue gets room for as many as this batch: under fan-out the
+                    // next batch is about as large and fills it without regrowing,
+                    // and an idle connection keeps only the room of its last batch.
+                    let room = st.items.len();
+                    let items = Vec::from(std::mem::replace(
+                        &mut st.items,
+                        VecDeque::with_capacity(room),
+                    ));
                     st.bytes = 0;
                     return match &st.close {
                         Some(d) => Drained::Close(items, d.clone()),

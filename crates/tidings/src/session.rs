@@ -19,13 +19,12 @@ use tidings_protocol::{
     HistoryResult, PresenceResult, PresenceStatsResult, Push, RawJson, RefreshResult, Reply,
     RpcResult, StreamPosition, SubscribePush, SubscribeRequest, SubscribeResult, UnsubscribePush,
 };
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::auth::{self, ConnectClaims, SubscribeClaims, SubscribeOverride, TokenError};
 use crate::broker::HistoryFilter;
 use crate::channel;
-use crate::connection::{Connection, Control, ServerSubscribe};
+use crate::connection::{Connection, Control, ControlReceiver, ServerSubscribe};
 use crate::hub::Subscriber;
 use crate::limit::TokenBucket;
 use crate::node::{Node, NodeError, PublishRequest, RpcRequest};
@@ -199,7 +198,7 @@ pub struct Session {
     node: Node,
     mode: SessionMode,
     conn: Arc<Connection>,
-    control: mpsc::Receiver<Control>,
+    control: ControlReceiver,
     connected: bool,
     /// `info` claim of the connection token, shown to others.
     conn_info: Option<RawJson>,
@@ -219,7 +218,7 @@ pub struct Session {
 
 impl Session {
     /// Creates the session of a new bidirectional connection.
-    pub fn new(node: Node, conn: Arc<Connection>, control: mpsc::Receiver<Control>) -> Self {
+    pub fn new(node: Node, conn: Arc<Connection>, control: ControlReceiver) -> Self {
         Self::with_mode(node, conn, control, SessionMode::Bidirectional)
     }
 
@@ -227,7 +226,7 @@ impl Session {
     pub fn with_mode(
         node: Node,
         conn: Arc<Connection>,
-        control: mpsc::Receiver<Control>,
+        control: ControlReceiver,
         mode: SessionMode,
     ) -> Self {
         let now = Instant::now();
@@ -272,15 +271,19 @@ impl Session {
                 _ = shutdown.cancelled() => {
                     self.close(Disconnect::shutdown());
                 }
+                // The handlers are boxed: the session's task holds its future for
+                // the connection's whole life, and inline they would make that
+                // future as large as the largest handler (about 4 KiB per idle
+                // connection); boxed, it costs an allocation per frame instead.
                 Some(ctrl) = self.control.recv() => {
-                    if let Err(d) = self.handle_control(ctrl).await {
+                    if let Err(d) = Box::pin(self.handle_control(ctrl)).await {
                         self.close(d);
                     }
                 }
                 msg = inbound.next() => match msg {
                     Some(Ok(frame)) => {
                         self.pong_deadline = None;
-                        if let Err(d) = self.handle_frame(&frame).await {
+                        if let Err(d) = Box::pin(self.handle_frame(&frame)).await {
                             self.close(d);
                         }
                     }
@@ -302,12 +305,12 @@ impl Session {
                     if let Err(d) = self.handle_timer() {
                         self.close(d);
                     } else {
-                        self.expire_subscriptions().await;
+                        Box::pin(self.expire_subscriptions()).await;
                     }
                 }
             }
         }
-        self.cleanup().await;
+        Box::pin(self.cleanup()).await;
     }
 
     fn next_deadline(&self) -> Instant {
@@ -1329,6 +1332,7 @@ mod tests {
     use super::*;
     use crate::outbox::Drained;
     use crate::Config;
+    use tokio::sync::mpsc;
 
     struct Harness {
         frames: mpsc::Sender<Inbound>,

@@ -30,7 +30,7 @@ use super::transport::{self, Inbound, Room, Shared};
 use crate::auth::TokenError;
 use crate::broker::HistoryFilter;
 use crate::channel;
-use crate::connection::{Control, ServerSubscribe};
+use crate::connection::{Control, ControlReceiver, ServerSubscribe};
 use crate::hub::Subscriber;
 use crate::limit::TokenBucket;
 use crate::node::{Node, NodeError, PublishRequest};
@@ -109,7 +109,7 @@ pub async fn run(
     node: Node,
     shared: Arc<Shared>,
     mut inbound: mpsc::Receiver<Inbound>,
-    mut control: mpsc::Receiver<Control>,
+    mut control: ControlReceiver,
 ) {
     let metrics = node.metrics();
     metrics.connections.increment(1.0);

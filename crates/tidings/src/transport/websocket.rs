@@ -137,14 +137,19 @@ fn valid_key(headers: &HeaderMap) -> bool {
 
 /// Serves one upgraded socket until either side ends it; the connection counts
 /// against the node's limits until then.
-pub async fn serve(
+///
+/// Not an `async fn`: an async fn keeps its arguments (here the whole WebSocket,
+/// about 2 KiB with the state around it) in its future for as long as the future
+/// lives, and this one lives as long as the connection. Setting up here, on the
+/// caller's stack, leaves the returned future with only the session and a handle
+/// to the writer task. Must be called within the runtime (it spawns the writer).
+pub fn serve(
     node: Node,
     socket: WebSocket,
     uni: bool,
     first: Option<String>,
     permit: ConnectionPermit,
-) {
-    let _permit = permit;
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     let queue = node.config().client.queue_max_size;
     let write_timeout = node.config().websocket.write_timeout;
     let transport = if uni { "uni_websocket" } else { "websocket" };
@@ -175,9 +180,13 @@ pub async fn serve(
                 // A write that cannot finish within write_timeout means the client is
                 // not reading: give up on it (no close frame could get through either)
                 // and end the session.
+                // Boxed: inline, the write's future would sit in this task's
+                // future for the connection's life (about 0.25 KiB per idle
+                // connection); one allocation per write is small beside the
+                // write's system call.
                 let sent =
-                    tokio::time::timeout(write_timeout, write_items(&mut sink, &items, uni)).await;
-                if !matches!(sent, Ok(Ok(()))) {
+                    Box::pin(timed(write_timeout, write_items(&mut sink, &items, uni))).await;
+                if !matches!(sent, Some(Ok(()))) {
                     writer_conn.outbox.close(Disconnect::write_error(), false);
                     break;
                 }
@@ -187,9 +196,15 @@ pub async fn serve(
                     code: u16::try_from(d.code).unwrap_or(3000),
                     reason: d.reason.into(),
                 };
-                let _ = tokio::time::timeout(write_timeout, sink.send(Message::Close(Some(frame))))
-                    .await;
-                let _ = tokio::time::timeout(write_timeout, sink.close()).await;
+                // Boxed, like the timer in `timed`: this task's future lives as
+                // long as the connection, and what it holds inline every idle
+                // connection pays for.
+                Box::pin(async {
+                    let close = sink.send(Message::Close(Some(frame)));
+                    let _ = tokio::time::timeout(write_timeout, close).await;
+                    let _ = tokio::time::timeout(write_timeout, sink.close()).await;
+                })
+                .await;
                 break;
             }
         }
@@ -221,10 +236,25 @@ pub async fn serve(
     } else {
         SessionMode::Bidirectional
     };
-    Session::with_mode(node, conn, control, mode)
-        .run(Box::pin(inbound))
-        .await;
-    let _ = writer.await;
+    let session = Session::with_mode(node, conn, control, mode);
+    async move {
+        let _permit = permit;
+        session.run(Box::pin(inbound)).await;
+        let _ = writer.await;
+    }
+}
+
+/// Runs `fut` for at most `limit`. A write to a socket with room in its kernel
+/// buffer finishes on its first poll; only one that has to wait arms a timer (an
+/// entry in the runtime's shared timer wheel, which costs a lock to add and
+/// remove), so the common case pays nothing for the bound.
+async fn timed<F: std::future::Future>(limit: std::time::Duration, fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await;
+    match first {
+        std::task::Poll::Ready(out) => Some(out),
+        std::task::Poll::Pending => Box::pin(tokio::time::timeout(limit, fut)).await.ok(),
+    }
 }
 
 /// Writes a drained batch: one joined frame (bidirectional), or one message per
