@@ -825,6 +825,62 @@ async fn presence_is_shared_and_expires_without_refresh() -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Presence refreshes rewrite every entry all the time; a read made meanwhile must
+/// still list every client once (nats-server 2.9 can deliver a message twice and a
+/// rewritten key late while a key changes under the reading consumer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_reads_list_everyone_while_entries_are_rewritten() -> anyhow::Result<()> {
+    let server = NatsServer::start().await?;
+    let mut cfg = config(&server.url());
+    cfg.presence_ttl = Duration::from_secs(60);
+    let conn_a = NatsConnection::start(&cfg).map_err(anyhow::Error::msg)?;
+    let conn_b = NatsConnection::start(&cfg).map_err(anyhow::Error::msg)?;
+    assert!(conn_a.wait_connected(WAIT).await && conn_b.wait_connected(WAIT).await);
+    let writer = Arc::new(NatsPresenceManager::new(conn_a));
+    let reader = NatsPresenceManager::new(conn_b);
+    const CLIENTS: usize = 8;
+    let info = |n: usize| ClientInfo {
+        user: format!("u{n}"),
+        client: format!("c{n}"),
+        ..Default::default()
+    };
+    for n in 0..CLIENTS {
+        writer.add("room", info(n)).await?;
+    }
+    // Rewrites the entries, one after another, until the reads are done (at most
+    // 20,000 writes).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rewrites = tokio::spawn({
+        let (writer, stop) = (writer.clone(), stop.clone());
+        async move {
+            for i in 0..20_000 {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                writer.add("room", info(i % CLIENTS)).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+    });
+    let mut short = Vec::new();
+    for _ in 0..300 {
+        let seen = reader.presence("room").await?;
+        if seen.len() != CLIENTS {
+            let mut clients: Vec<_> = seen.into_keys().collect();
+            clients.sort();
+            short.push(clients);
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    rewrites.await??;
+    assert!(
+        short.is_empty(),
+        "{} reads missed clients: {short:?}",
+        short.len()
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_wiped_server_gives_a_new_epoch_and_calls_fail_while_it_is_down() -> anyhow::Result<()> {
     let mut server = NatsServer::start().await?;
