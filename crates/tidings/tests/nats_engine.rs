@@ -489,6 +489,92 @@ async fn an_idempotent_publish_without_history_is_published_once() -> anyhow::Re
     Ok(())
 }
 
+/// A publish whose claim of an idempotency key was stored although its create
+/// timed out (so the publish failed and published nothing) left a pending claim;
+/// the caller's retry with the same key must publish, not be taken for a
+/// duplicate. The stored-but-timed-out claim is written here directly, in the
+/// claim format of docs/engines.md.
+#[tokio::test]
+async fn a_retry_after_a_claim_that_was_stored_but_timed_out_publishes() -> anyhow::Result<()> {
+    let server = NatsServer::start().await?;
+    let a = node(&server.url(), "a").await?;
+    let b = node(&server.url(), "b").await?;
+    a.broker.subscribe("live").await?;
+    let keyed = |key: &str| PublishOptions {
+        idempotency_key: Some(key.into()),
+        ..Default::default()
+    };
+    // Makes the bucket.
+    a.broker
+        .publish("live", publication(0), keyed("warm"))
+        .await?;
+    let client = async_nats::connect(server.url()).await?;
+    let kv = async_nats::jetstream::new(client)
+        .get_key_value("t_idempotency")
+        .await?;
+    kv.put("live.k", Bytes::from_static(b"pending:lostcreate"))
+        .await?;
+
+    b.broker.publish("live", publication(1), keyed("k")).await?;
+    // Now it went out: the same key again is a duplicate.
+    a.broker.publish("live", publication(1), keyed("k")).await?;
+    a.broker
+        .publish("live", publication(2), PublishOptions::default())
+        .await?;
+    until("the last one", || {
+        a.events.publications("live").last() == Some(&(0, "2".to_string()))
+    })
+    .await?;
+    assert_eq!(
+        a.events.publications("live"),
+        vec![
+            (0, "0".to_string()),
+            (0, "1".to_string()),
+            (0, "2".to_string())
+        ]
+    );
+    Ok(())
+}
+
+/// Two publishes with one key at the same moment, through two nodes: one goes out.
+#[tokio::test]
+async fn concurrent_publishes_with_one_key_publish_once() -> anyhow::Result<()> {
+    let server = NatsServer::start().await?;
+    let a = node(&server.url(), "a").await?;
+    let b = node(&server.url(), "b").await?;
+    a.broker.subscribe("live").await?;
+    let keyed = |key: &str| PublishOptions {
+        idempotency_key: Some(key.into()),
+        ..Default::default()
+    };
+    for round in 0..20u32 {
+        let key = format!("k{round}");
+        let (x, y) = tokio::join!(
+            a.broker.publish("live", publication(round), keyed(&key)),
+            b.broker.publish("live", publication(round), keyed(&key)),
+        );
+        x?;
+        y?;
+    }
+    a.broker
+        .publish("live", publication(999), PublishOptions::default())
+        .await?;
+    until("the last one", || {
+        a.events.publications("live").last() == Some(&(0, "999".to_string()))
+    })
+    .await?;
+    let got: Vec<String> = a
+        .events
+        .publications("live")
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect();
+    let mut want: Vec<String> = (0..20u32).map(|n| n.to_string()).collect();
+    want.push("999".into());
+    assert_eq!(got, want);
+    Ok(())
+}
+
 #[tokio::test]
 async fn limit_and_reverse() -> anyhow::Result<()> {
     let server = NatsServer::start().await?;
