@@ -268,3 +268,39 @@ async fn the_engine_talks_to_nats_over_mutual_tls() -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// A subscribe whose presence entry cannot be written fails with an internal
+/// error (as in Centrifugo) instead of succeeding without the client in presence.
+/// The presence bucket is made here, full and refusing new messages.
+#[tokio::test]
+async fn a_subscribe_whose_presence_cannot_be_written_fails() -> anyhow::Result<()> {
+    use async_nats::jetstream::stream;
+    let nats = NatsServer::start().await?;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    js.create_stream(stream::Config {
+        name: "KV_tidings_presence".into(),
+        subjects: vec!["$KV.tidings_presence.>".into()],
+        max_messages_per_subject: 1,
+        max_bytes: 1,
+        discard: stream::DiscardPolicy::New,
+        storage: stream::StorageType::Memory,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await?;
+    let node = node(&nats).await?;
+    publish_when_ready(&node, "warm", json!({})).await?;
+    let mut client = node.connected_client().await?;
+    let code = client
+        .error_code(json!({"subscribe": {"channel": "room"}}))
+        .await?;
+    assert_eq!(code, 100);
+    // Not half subscribed: the node does not count the subscription.
+    let info = node.api_ok("info", json!({})).await?;
+    let node_info = &info["nodes"][0];
+    assert_eq!(node_info["num_subs"], json!(0), "{info}");
+    assert_eq!(node_info["num_channels"], json!(0), "{info}");
+    Ok(())
+}

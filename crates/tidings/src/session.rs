@@ -1013,7 +1013,21 @@ impl Session {
             let info = self.client_info(chan_info.clone());
             self.conn.hold_presence(channel, info.clone());
             if let Err(e) = inner.presence.add(channel, info).await {
-                tracing::warn!(channel, error = %e, "presence add failed");
+                // As Centrifugo does, the subscribe fails (internal error) rather
+                // than succeed without the client in presence.
+                tracing::error!(channel, error = %e, "presence add failed");
+                self.conn.drop_presence(channel);
+                self.remove_from_hub(channel);
+                // A write that failed by timing out may still have been stored.
+                let (presence, channel, client) = (
+                    inner.presence.clone(),
+                    channel.to_string(),
+                    self.conn.client_id.clone(),
+                );
+                tokio::spawn(async move {
+                    let _ = presence.remove(&channel, &client).await;
+                });
+                return Err(e.into());
             }
         }
         self.subs.insert(

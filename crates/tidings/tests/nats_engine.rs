@@ -489,6 +489,209 @@ async fn an_idempotent_publish_without_history_is_published_once() -> anyhow::Re
     Ok(())
 }
 
+/// A publish whose claim of an idempotency key was stored although its create
+/// timed out (so the publish failed and published nothing) left a pending claim;
+/// the caller's retry with the same key must publish, not be taken for a
+/// duplicate. The stored-but-timed-out claim is written here directly, in the
+/// claim format of docs/engines.md.
+#[tokio::test]
+async fn a_retry_after_a_claim_that_was_stored_but_timed_out_publishes() -> anyhow::Result<()> {
+    let server = NatsServer::start().await?;
+    let a = node(&server.url(), "a").await?;
+    let b = node(&server.url(), "b").await?;
+    a.broker.subscribe("live").await?;
+    let keyed = |key: &str| PublishOptions {
+        idempotency_key: Some(key.into()),
+        ..Default::default()
+    };
+    // Makes the bucket.
+    a.broker
+        .publish("live", publication(0), keyed("warm"))
+        .await?;
+    let client = async_nats::connect(server.url()).await?;
+    let kv = async_nats::jetstream::new(client)
+        .get_key_value("t_idempotency")
+        .await?;
+    kv.put("live.k", Bytes::from_static(b"pending:lostcreate"))
+        .await?;
+
+    b.broker.publish("live", publication(1), keyed("k")).await?;
+    // Now it went out: the same key again is a duplicate.
+    a.broker.publish("live", publication(1), keyed("k")).await?;
+    a.broker
+        .publish("live", publication(2), PublishOptions::default())
+        .await?;
+    until("the last one", || {
+        a.events.publications("live").last() == Some(&(0, "2".to_string()))
+    })
+    .await?;
+    assert_eq!(
+        a.events.publications("live"),
+        vec![
+            (0, "0".to_string()),
+            (0, "1".to_string()),
+            (0, "2".to_string())
+        ]
+    );
+    Ok(())
+}
+
+/// Two publishes with one key at the same moment, through two nodes: one goes out.
+#[tokio::test]
+async fn concurrent_publishes_with_one_key_publish_once() -> anyhow::Result<()> {
+    let server = NatsServer::start().await?;
+    let a = node(&server.url(), "a").await?;
+    let b = node(&server.url(), "b").await?;
+    a.broker.subscribe("live").await?;
+    let keyed = |key: &str| PublishOptions {
+        idempotency_key: Some(key.into()),
+        ..Default::default()
+    };
+    for round in 0..20u32 {
+        let key = format!("k{round}");
+        let (x, y) = tokio::join!(
+            a.broker.publish("live", publication(round), keyed(&key)),
+            b.broker.publish("live", publication(round), keyed(&key)),
+        );
+        x?;
+        y?;
+    }
+    a.broker
+        .publish("live", publication(999), PublishOptions::default())
+        .await?;
+    until("the last one", || {
+        a.events.publications("live").last() == Some(&(0, "999".to_string()))
+    })
+    .await?;
+    let got: Vec<String> = a
+        .events
+        .publications("live")
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect();
+    let mut want: Vec<String> = (0..20u32).map(|n| n.to_string()).collect();
+    want.push("999".into());
+    assert_eq!(got, want);
+    Ok(())
+}
+
+/// Publications from several nodes at once reach a subscribing node in offset
+/// order, each once, although the server may republish them swapped (it sends a
+/// stored message after letting go of the stream): the broker holds one that comes
+/// early for a moment until the missing one arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_from_four_nodes_arrive_in_offset_order() -> anyhow::Result<()> {
+    let server = NatsServer::start().await?;
+    let watcher = node(&server.url(), "watcher").await?;
+    let mut publishers = Vec::new();
+    for n in 0..4 {
+        publishers.push(node(&server.url(), &format!("p{n}")).await?);
+    }
+    watcher.broker.subscribe("order").await?;
+    watcher
+        .broker
+        .history("order", HistoryFilter::default())
+        .await?;
+    let many = PublishOptions {
+        history_size: 10_000,
+        ..opts()
+    };
+    const EACH: u32 = 300;
+    let mut tasks = Vec::new();
+    for (i, p) in publishers.iter().enumerate() {
+        // Two publishing tasks per node, so that publishes from every connection
+        // overlap all the time.
+        for half in 0..2u32 {
+            let broker = p.broker.clone();
+            let o = many.clone();
+            let base = (i as u32) * 10_000 + half * 1_000;
+            tasks.push(tokio::spawn(async move {
+                for n in 0..EACH / 2 {
+                    broker
+                        .publish("order", publication(base + n), o.clone())
+                        .await?;
+                }
+                Ok::<_, BrokerError>(())
+            }));
+        }
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let total = 4 * EACH as usize;
+    until("every publication", || {
+        watcher.events.publications("order").len() >= total
+    })
+    .await?;
+    let got: Vec<u64> = watcher
+        .events
+        .publications("order")
+        .iter()
+        .map(|(o, _)| *o)
+        .collect();
+    let want: Vec<u64> = (1..=total as u64).collect();
+    if got != want {
+        let swapped: Vec<_> = got
+            .windows(2)
+            .filter(|w| w[1] != w[0] + 1)
+            .map(|w| (w[0], w[1]))
+            .collect();
+        bail!("{} deliveries, out of order at {swapped:?}", got.len());
+    }
+    Ok(())
+}
+
+/// A publication that comes after a hole that never fills (here forged: a
+/// republish of offset 4 right after offset 1) is still handed on, once the short
+/// wait for the missing ones is over, so the node sees the gap and makes the
+/// channel's subscribers recover.
+#[tokio::test]
+async fn a_hole_that_never_fills_is_handed_on_after_the_wait() -> anyhow::Result<()> {
+    let server = NatsServer::start().await?;
+    let watcher = node(&server.url(), "watcher").await?;
+    let publisher = node(&server.url(), "p").await?;
+    watcher.broker.subscribe("holes").await?;
+    let first = publisher
+        .broker
+        .publish("holes", publication(1), opts())
+        .await?;
+    until("offset 1", || {
+        watcher.events.publications("holes").len() == 1
+    })
+    .await?;
+    let client = async_nats::connect(server.url()).await?;
+    let forged = |offset: u64, n: u32| {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Tidings-Kind", "pub");
+        headers.insert("Nats-Sequence", offset.to_string().as_str());
+        headers.insert(
+            "Nats-Subject",
+            format!("t.history.holes.{}", first.epoch).as_str(),
+        );
+        let body = Bytes::from(serde_json::to_vec(&publication(n)).expect("json"));
+        (headers, body)
+    };
+    let (h, b) = forged(4, 40);
+    client.publish_with_headers("t.client.holes", h, b).await?;
+    let (h, b) = forged(5, 50);
+    client.publish_with_headers("t.client.holes", h, b).await?;
+    client.flush().await?;
+    until("offsets 4 and 5", || {
+        watcher.events.publications("holes").len() == 3
+    })
+    .await?;
+    assert_eq!(
+        watcher.events.publications("holes"),
+        vec![
+            (1, "1".to_string()),
+            (4, "40".to_string()),
+            (5, "50".to_string())
+        ]
+    );
+    assert_eq!(watcher.events.epochs("holes"), vec![first.epoch]);
+    Ok(())
+}
+
 #[tokio::test]
 async fn limit_and_reverse() -> anyhow::Result<()> {
     let server = NatsServer::start().await?;
@@ -822,6 +1025,62 @@ async fn presence_is_shared_and_expires_without_refresh() -> anyhow::Result<()> 
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    Ok(())
+}
+
+/// Presence refreshes rewrite every entry all the time; a read made meanwhile must
+/// still list every client once (nats-server 2.9 can deliver a message twice and a
+/// rewritten key late while a key changes under the reading consumer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_reads_list_everyone_while_entries_are_rewritten() -> anyhow::Result<()> {
+    let server = NatsServer::start().await?;
+    let mut cfg = config(&server.url());
+    cfg.presence_ttl = Duration::from_secs(60);
+    let conn_a = NatsConnection::start(&cfg).map_err(anyhow::Error::msg)?;
+    let conn_b = NatsConnection::start(&cfg).map_err(anyhow::Error::msg)?;
+    assert!(conn_a.wait_connected(WAIT).await && conn_b.wait_connected(WAIT).await);
+    let writer = Arc::new(NatsPresenceManager::new(conn_a));
+    let reader = NatsPresenceManager::new(conn_b);
+    const CLIENTS: usize = 8;
+    let info = |n: usize| ClientInfo {
+        user: format!("u{n}"),
+        client: format!("c{n}"),
+        ..Default::default()
+    };
+    for n in 0..CLIENTS {
+        writer.add("room", info(n)).await?;
+    }
+    // Rewrites the entries, one after another, until the reads are done (at most
+    // 20,000 writes).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rewrites = tokio::spawn({
+        let (writer, stop) = (writer.clone(), stop.clone());
+        async move {
+            for i in 0..20_000 {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                writer.add("room", info(i % CLIENTS)).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+    });
+    let mut short = Vec::new();
+    for _ in 0..300 {
+        let seen = reader.presence("room").await?;
+        if seen.len() != CLIENTS {
+            let mut clients: Vec<_> = seen.into_keys().collect();
+            clients.sort();
+            short.push(clients);
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    rewrites.await??;
+    assert!(
+        short.is_empty(),
+        "{} reads missed clients: {short:?}",
+        short.len()
+    );
     Ok(())
 }
 

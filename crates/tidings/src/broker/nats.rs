@@ -46,9 +46,10 @@
 //! The server stores publications in sequence order, but it sends a stored
 //! message to the fan-out subject after it has let go of the stream, so two
 //! publishes arriving on two connections at once can go out in the other order
-//! (seen with nats-server 2.9). A node that gets a later offset first treats it as
-//! a gap (its subscribers recover from history) and drops the earlier one as a
-//! duplicate: nothing is lost, but it costs a recovery.
+//! (seen with nats-server 2.9). Each channel subscription therefore puts stream
+//! publications back in offset order before the node sees them, holding one that
+//! comes a little early for a short while ([`Reorder`]); a hole that does not fill
+//! in time reaches the node as a gap, and its subscribers recover from history.
 //!
 //! What can still be missed is a core NATS delivery (a node disconnected, or too
 //! slow): the broker then tells the node through
@@ -474,6 +475,21 @@ struct EpochClaim {
     epoch: String,
     revision: u64,
 }
+
+/// What [`NatsBroker::claim_key`] found.
+enum KeyClaim {
+    /// This publish holds the key (the claim's KV revision).
+    Mine(u64),
+    /// Another publish with the key went out within the window.
+    Taken,
+}
+
+/// Value prefix of an idempotency claim whose publish is under way.
+const CLAIM_PENDING: &str = "pending:";
+/// Value of an idempotency claim whose publication went out.
+const CLAIM_DONE: &[u8] = b"done";
+/// How often a publish waiting for another's pending claim looks again.
+const CLAIM_POLL: Duration = Duration::from_millis(50);
 
 /// A channel subscription: its task (which owns the NATS subscription) and an id
 /// that tells a newer subscription of the same channel from an older one.
@@ -946,34 +962,127 @@ impl NatsBroker {
         Ok(store)
     }
 
-    /// True when this publish is the first with `key` in the window.
-    async fn claim_key(&self, channel: &str, key: &str) -> Result<bool, BrokerError> {
+    /// Claims idempotency key `key` of `channel` for this publish. The claim's
+    /// value says where the publish is: `pending:<token>` (a random token of this
+    /// call) until it is settled, then `done` ([`NatsBroker::settle_key`]); a publish
+    /// that failed deletes its claim. So:
+    ///
+    /// - a claim holding this call's own token is this call's: a create that timed
+    ///   out but was stored is read back as ours by the retry below;
+    /// - `done` means the publication went out: this publish is a duplicate;
+    /// - another call's pending claim is waited for: it turns `done` (duplicate) or
+    ///   is deleted (claim again). One that stays unchanged longer than its owner
+    ///   could take ([`NatsBroker::stale_claim_after`]) was abandoned (its owner's
+    ///   create timed out yet was stored, or the owner died) and is taken over
+    ///   with a compare-and-set, so a retry of a failed publish is never swallowed.
+    async fn claim_key(&self, channel: &str, key: &str) -> Result<KeyClaim, BrokerError> {
         let k = Self::idempotency_key(channel, key);
-        for attempt in 0..2 {
+        let token = format!("{CLAIM_PENDING}{}{}", new_epoch(), new_epoch());
+        let stale_after = self.stale_claim_after();
+        let give_up =
+            tokio::time::Instant::now() + stale_after + self.conn.config.request_timeout * 2;
+        let mut relooked = false;
+        // Another call's pending claim: its revision and when it was first seen.
+        let mut watched: Option<(u64, tokio::time::Instant)> = None;
+        loop {
+            if tokio::time::Instant::now() > give_up {
+                return Err(backend("idempotency key: claim still busy"));
+            }
             let store = self.idempotency_store().await?;
             let created = tokio::time::timeout(
                 self.conn.config.request_timeout,
-                store.create(&k, Bytes::from_static(b"1")),
+                store.create(&k, Bytes::from(token.clone())),
             )
-            .await
-            .map_err(|_| backend("idempotency key: timed out"))?;
+            .await;
             match created {
-                Ok(_) => return Ok(true),
-                Err(e) if e.kind() == jetstream::kv::CreateErrorKind::AlreadyExists => {
-                    return Ok(false)
+                Ok(Ok(revision)) => return Ok(KeyClaim::Mine(revision)),
+                Ok(Err(e)) if e.kind() == jetstream::kv::CreateErrorKind::AlreadyExists => {}
+                // The bucket may be gone (fresh server; a write to a missing bucket
+                // times out rather than failing): look it up again once. A create
+                // that timed out but was stored is read back as ours next time.
+                _ if !relooked => {
+                    relooked = true;
+                    *self.idempotency.lock() = None;
+                    continue;
                 }
-                // The bucket may be gone (fresh server): look it up again once.
-                Err(_) if attempt == 0 => *self.idempotency.lock() = None,
-                Err(e) => return Err(backend(format!("idempotency key: {e}"))),
+                Ok(Err(e)) => return Err(backend(format!("idempotency key: {e}"))),
+                Err(_) => return Err(backend("idempotency key: timed out")),
             }
+            let entry = self
+                .conn
+                .timed("idempotency key", store.entry(&k))
+                .await
+                .map_err(backend)?;
+            let Some(entry) = entry.filter(|e| e.operation == jetstream::kv::Operation::Put) else {
+                // Deleted or expired meanwhile: claim again.
+                continue;
+            };
+            if entry.value.as_ref() == token.as_bytes() {
+                return Ok(KeyClaim::Mine(entry.revision));
+            }
+            if !entry.value.starts_with(CLAIM_PENDING.as_bytes()) {
+                return Ok(KeyClaim::Taken);
+            }
+            let now = tokio::time::Instant::now();
+            match watched {
+                Some((revision, since))
+                    if revision == entry.revision && now.duration_since(since) >= stale_after =>
+                {
+                    let taken = self
+                        .conn
+                        .timed(
+                            "idempotency key",
+                            store.update(&k, Bytes::from(token.clone()), entry.revision),
+                        )
+                        .await;
+                    match taken {
+                        Ok(revision) => return Ok(KeyClaim::Mine(revision)),
+                        // Someone else moved it first: look again.
+                        Err(e) => tracing::debug!(error = %e, "idempotency claim takeover"),
+                    }
+                }
+                Some((revision, _)) if revision == entry.revision => {}
+                _ => watched = Some((entry.revision, now)),
+            }
+            tokio::time::sleep(CLAIM_POLL).await;
         }
-        Err(backend("idempotency key: bucket unavailable"))
     }
 
-    async fn release_key(&self, channel: &str, key: &str) {
+    /// How long another call's pending idempotency claim may stay unchanged before
+    /// it counts as abandoned: longer than its owner can still need (the rest of
+    /// its create, its publish, and settling the claim).
+    fn stale_claim_after(&self) -> Duration {
+        self.conn.config.write_timeout + self.conn.config.request_timeout * 2
+    }
+
+    /// Settles this call's claim (at `revision`) of an idempotency key: `done`
+    /// when the publication went out, deleted when it did not (so a retry
+    /// publishes). Failing is not fatal: a claim left pending is taken over by the
+    /// next publish with the key once it is stale, and one left `done` expires
+    /// with the window.
+    async fn settle_key(&self, channel: &str, key: &str, revision: u64, sent: bool) {
         let k = Self::idempotency_key(channel, key);
-        if let Ok(store) = self.idempotency_store().await {
-            let _ = tokio::time::timeout(self.conn.config.request_timeout, store.purge(&k)).await;
+        let Ok(store) = self.idempotency_store().await else {
+            return;
+        };
+        let settled = if sent {
+            self.conn
+                .timed(
+                    "idempotency key",
+                    store.update(&k, Bytes::from_static(CLAIM_DONE), revision),
+                )
+                .await
+                .map(|_| ())
+        } else {
+            self.conn
+                .timed(
+                    "idempotency key",
+                    store.delete_expect_revision(&k, Some(revision)),
+                )
+                .await
+        };
+        if let Err(e) = settled {
+            tracing::debug!(error = %e, sent, "idempotency claim not settled");
         }
     }
 
@@ -1175,48 +1284,215 @@ fn new_epoch() -> String {
         .collect()
 }
 
-/// Hands one fan-out message to the node.
-fn dispatch(handler: &dyn BrokerEventHandler, channel: &str, msg: &async_nats::Message) {
+/// One fan-out message, decoded.
+enum Fanout {
+    Join(ClientInfo),
+    Leave(ClientInfo),
+    /// Republished from the channel's stream: the offset is set, and the epoch.
+    Stream(Publication, String),
+    /// Without history (offset 0).
+    Plain(Publication),
+}
+
+/// Decodes one fan-out message; `None` (logged) when it cannot be read.
+fn decode(channel: &str, msg: &async_nats::Message) -> Option<Fanout> {
     let header = |name: &str| {
         msg.headers
             .as_ref()
             .and_then(|h| h.get(name))
             .map(|v| v.as_str().to_string())
     };
-    match header(KIND_HEADER).as_deref() {
-        Some("join") | Some("leave") => {
-            let Ok(info) = serde_json::from_slice::<ClientInfo>(&msg.payload) else {
-                tracing::warn!(channel, "undecodable join/leave from NATS");
-                return;
-            };
-            if header(KIND_HEADER).as_deref() == Some("join") {
-                handler.handle_join(channel, &info);
-            } else {
-                handler.handle_leave(channel, &info);
-            }
+    let kind = header(KIND_HEADER);
+    if let Some(kind @ ("join" | "leave")) = kind.as_deref() {
+        let Ok(info) = serde_json::from_slice::<ClientInfo>(&msg.payload) else {
+            tracing::warn!(channel, "undecodable join/leave from NATS");
+            return None;
+        };
+        return Some(if kind == "join" {
+            Fanout::Join(info)
+        } else {
+            Fanout::Leave(info)
+        });
+    }
+    let Ok(mut publication) = serde_json::from_slice::<Publication>(&msg.payload) else {
+        tracing::warn!(channel, "undecodable publication from NATS");
+        return None;
+    };
+    // Republished from the channel's stream: the sequence is the offset, and the
+    // stored subject ends with the stream's epoch.
+    let stored = header(SUBJECT_HEADER);
+    publication.offset = header(SEQUENCE_HEADER)
+        .filter(|_| stored.is_some())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let epoch = stored
+        .as_deref()
+        .and_then(|subject| subject.rsplit('.').next())
+        .filter(|e| !e.is_empty());
+    Some(match epoch {
+        Some(epoch) if publication.offset > 0 => Fanout::Stream(publication, epoch.to_string()),
+        _ => Fanout::Plain(publication),
+    })
+}
+
+/// Hands one fan-out message that needs no ordering to the node.
+fn deliver(handler: &dyn BrokerEventHandler, channel: &str, fanout: &Fanout) {
+    match fanout {
+        Fanout::Join(info) => handler.handle_join(channel, info),
+        Fanout::Leave(info) => handler.handle_leave(channel, info),
+        Fanout::Stream(publication, epoch) => {
+            handler.handle_stream_publication(channel, publication, epoch)
         }
-        _ => {
-            let Ok(mut publication) = serde_json::from_slice::<Publication>(&msg.payload) else {
-                tracing::warn!(channel, "undecodable publication from NATS");
+        Fanout::Plain(publication) => handler.handle_publication(channel, publication),
+    }
+}
+
+/// How far ahead of the last offset handed on a publication may be and still be
+/// held for the ones before it; also the most publications held per channel.
+const REORDER_WINDOW: u64 = 64;
+
+/// How long held publications wait for the missing ones (counted from the first
+/// one held, and again after each one that arrives and lets some go).
+const REORDER_WAIT: Duration = Duration::from_millis(50);
+
+/// Puts one channel's stream publications back in offset order.
+///
+/// nats-server stores publications in sequence order but republishes a stored
+/// message after letting go of the stream, so publishes arriving on two
+/// connections at once can reach the nodes swapped (25, 27, 26). Handed on as they
+/// come, 27 would look like a gap to the node (its subscribers recover) and 26 a
+/// duplicate. So a publication up to [`REORDER_WINDOW`] ahead of the last one
+/// handed on is held, for at most [`REORDER_WAIT`], until the missing ones arrive;
+/// then all go out in order. When the wait runs out, or a publication comes from
+/// further ahead, everything held goes out as it is and the node's gap handling
+/// takes over (a true loss still leads to recovery, [`REORDER_WAIT`] later). A
+/// publication in order, with nothing held, goes straight through.
+///
+/// Hand-written: it is a few lines over a `BTreeMap`, and no crate does this for
+/// one subscription's messages.
+#[derive(Default)]
+struct Reorder {
+    /// Epoch and offset of the last publication handed on.
+    last: Option<(String, u64)>,
+    /// Publications ahead of `last` (same epoch) waiting for the ones before them.
+    held: std::collections::BTreeMap<u64, Publication>,
+    /// When the held publications go out anyway; `None` when nothing is held.
+    until: Option<tokio::time::Instant>,
+}
+
+impl Reorder {
+    /// Takes one stream publication and hands on (through `emit`) what is now in
+    /// order.
+    fn accept(
+        &mut self,
+        publication: Publication,
+        epoch: &str,
+        emit: &mut impl FnMut(&Publication, &str),
+    ) {
+        let offset = publication.offset;
+        let last = match &self.last {
+            Some((e, last)) if e == epoch => *last,
+            // The first publication, or a new epoch: nothing to wait for. What was
+            // held (old epoch) goes out first; the node sorts it out.
+            _ => {
+                self.flush(emit);
+                emit(&publication, epoch);
+                self.last = Some((epoch.to_string(), offset));
                 return;
-            };
-            // Republished from the channel's stream: the sequence is the offset, and
-            // the stored subject ends with the stream's epoch.
-            let stored = header(SUBJECT_HEADER);
-            publication.offset = header(SEQUENCE_HEADER)
-                .filter(|_| stored.is_some())
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            let epoch = stored
-                .as_deref()
-                .and_then(|subject| subject.rsplit('.').next())
-                .filter(|e| !e.is_empty());
-            match epoch {
-                Some(epoch) if publication.offset > 0 => {
-                    handler.handle_stream_publication(channel, &publication, epoch)
-                }
-                _ => handler.handle_publication(channel, &publication),
             }
+        };
+        if offset == last + 1 {
+            emit(&publication, epoch);
+            self.set_last(offset);
+            if !self.held.is_empty() {
+                self.release_ready(emit);
+            }
+        } else if offset <= last {
+            // Already handed on (or given up on): the node drops it as a duplicate.
+            emit(&publication, epoch);
+        } else if offset - last <= REORDER_WINDOW {
+            self.held.entry(offset).or_insert(publication);
+            self.until
+                .get_or_insert_with(|| tokio::time::Instant::now() + REORDER_WAIT);
+        } else {
+            self.held.insert(offset, publication);
+            self.flush(emit);
+        }
+    }
+
+    fn set_last(&mut self, offset: u64) {
+        if let Some((_, last)) = &mut self.last {
+            *last = offset;
+        }
+    }
+
+    /// Hands on the held publications that follow `last` without a hole.
+    fn release_ready(&mut self, emit: &mut impl FnMut(&Publication, &str)) {
+        let Some((epoch, mut last)) = self.last.clone() else {
+            return;
+        };
+        let mut moved = false;
+        while let Some(entry) = self.held.first_entry() {
+            if *entry.key() != last + 1 {
+                break;
+            }
+            last += 1;
+            emit(&entry.remove(), &epoch);
+            moved = true;
+        }
+        self.set_last(last);
+        self.until = if self.held.is_empty() {
+            None
+        } else if moved {
+            Some(tokio::time::Instant::now() + REORDER_WAIT)
+        } else {
+            self.until
+        };
+    }
+
+    /// The wait is over: hands on everything held, in offset order, holes and all.
+    fn flush(&mut self, emit: &mut impl FnMut(&Publication, &str)) {
+        self.until = None;
+        let Some((epoch, _)) = self.last.clone() else {
+            self.held.clear();
+            return;
+        };
+        for (offset, publication) in std::mem::take(&mut self.held) {
+            emit(&publication, &epoch);
+            self.set_last(offset);
+        }
+    }
+}
+
+/// Reads one channel's fan-out subscription until it ends, handing messages to
+/// the node, stream publications through a [`Reorder`].
+async fn serve_channel(
+    handler: Arc<dyn BrokerEventHandler>,
+    channel: String,
+    mut sub: async_nats::Subscriber,
+) {
+    let mut order = Reorder::default();
+    let mut emit = |publication: &Publication, epoch: &str| {
+        handler.handle_stream_publication(&channel, publication, epoch);
+    };
+    loop {
+        let next = match order.until {
+            None => sub.next().await,
+            Some(at) => tokio::select! {
+                next = sub.next() => next,
+                () = tokio::time::sleep_until(at) => {
+                    order.flush(&mut emit);
+                    continue;
+                }
+            },
+        };
+        let Some(msg) = next else { break };
+        match decode(&channel, &msg) {
+            Some(Fanout::Stream(publication, epoch)) => {
+                order.accept(publication, &epoch, &mut emit);
+            }
+            Some(other) => deliver(handler.as_ref(), &channel, &other),
+            None => {}
         }
     }
 }
@@ -1364,18 +1640,18 @@ impl Broker for NatsBroker {
     ) -> Result<StreamPosition, BrokerError> {
         publication.offset = 0;
         if opts.history_size == 0 {
-            // Claim the key first (the bucket's `create` fails when it exists);
-            // give it back when the publish fails, so a retry is not swallowed.
+            // Claim the key first (see `claim_key`), then settle the claim: `done`
+            // after the publish, deleted when it failed so a retry is not swallowed.
             let claimed = match &opts.idempotency_key {
                 Some(key) => match self.claim_key(channel, key).await? {
-                    true => Some(key),
-                    false => return Ok(StreamPosition::default()),
+                    KeyClaim::Mine(revision) => Some((key, revision)),
+                    KeyClaim::Taken => return Ok(StreamPosition::default()),
                 },
                 None => None,
             };
             let sent = self.publish_plain(channel, &publication).await;
-            if let (Err(_), Some(key)) = (&sent, claimed) {
-                self.release_key(channel, key).await;
+            if let Some((key, revision)) = claimed {
+                self.settle_key(channel, key, revision, sent.is_ok()).await;
             }
             sent?;
             return Ok(StreamPosition::default());
@@ -1417,7 +1693,7 @@ impl Broker for NatsBroker {
             let subject = self.names().client(channel);
             let ch = channel.to_string();
             let task = tokio::spawn(async move {
-                let mut sub = match client.subscribe(subject).await {
+                let sub = match client.subscribe(subject).await {
                     Ok(s) => s,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e.to_string()));
@@ -1425,9 +1701,7 @@ impl Broker for NatsBroker {
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
-                while let Some(msg) = sub.next().await {
-                    dispatch(handler.as_ref(), &ch, &msg);
-                }
+                serve_channel(handler, ch, sub).await;
             });
             subs.insert(
                 channel.to_string(),
@@ -1552,6 +1826,101 @@ mod tests {
         let names = ["a.b", "a=2Eb", "a_2Eb", "a.b ", "a.b."];
         let tokens: std::collections::HashSet<_> = names.iter().map(|n| encode_token(n)).collect();
         assert_eq!(tokens.len(), names.len());
+    }
+
+    fn at(offset: u64) -> Publication {
+        Publication {
+            offset,
+            ..Default::default()
+        }
+    }
+
+    /// Feeds `(offset, epoch)` in order; returns what went out, with the epochs.
+    fn feed(order: &mut Reorder, input: &[(u64, &str)]) -> Vec<(u64, String)> {
+        let mut out = Vec::new();
+        for (offset, epoch) in input {
+            order.accept(at(*offset), epoch, &mut |p, e| {
+                out.push((p.offset, e.to_string()))
+            });
+        }
+        out
+    }
+
+    fn offsets_of(out: &[(u64, String)]) -> Vec<u64> {
+        out.iter().map(|(o, _)| *o).collect()
+    }
+
+    #[test]
+    fn reorder_passes_in_order_publications_straight_through() {
+        let mut order = Reorder::default();
+        let out = feed(&mut order, &[(7, "e"), (8, "e"), (9, "e")]);
+        assert_eq!(offsets_of(&out), vec![7, 8, 9]);
+        assert!(order.held.is_empty() && order.until.is_none());
+    }
+
+    #[test]
+    fn reorder_holds_an_early_publication_until_the_missing_one_comes() {
+        let mut order = Reorder::default();
+        assert_eq!(
+            offsets_of(&feed(&mut order, &[(25, "e"), (27, "e")])),
+            vec![25]
+        );
+        assert!(order.until.is_some());
+        let out = feed(&mut order, &[(26, "e")]);
+        assert_eq!(offsets_of(&out), vec![26, 27]);
+        assert!(order.held.is_empty() && order.until.is_none());
+        // Several out of place at once.
+        let out = feed(&mut order, &[(30, "e"), (29, "e"), (31, "e"), (28, "e")]);
+        assert_eq!(offsets_of(&out), vec![28, 29, 30, 31]);
+        assert!(order.until.is_none());
+    }
+
+    #[test]
+    fn reorder_gives_up_on_a_true_gap_and_lets_the_node_see_it() {
+        let mut order = Reorder::default();
+        feed(&mut order, &[(1, "e"), (3, "e"), (4, "e")]);
+        // The wait ran out: what was held goes out, hole and all.
+        let mut out = Vec::new();
+        order.flush(&mut |p, _| out.push(p.offset));
+        assert_eq!(out, vec![3, 4]);
+        assert!(order.until.is_none());
+        // The missing one, late, goes on as it is (the node drops it).
+        assert_eq!(
+            offsets_of(&feed(&mut order, &[(2, "e"), (5, "e")])),
+            vec![2, 5]
+        );
+    }
+
+    #[test]
+    fn reorder_does_not_wait_for_what_is_too_far_behind() {
+        let mut order = Reorder::default();
+        feed(&mut order, &[(1, "e"), (3, "e")]);
+        let far = 2 + REORDER_WINDOW;
+        let out = feed(&mut order, &[(far, "e")]);
+        assert_eq!(offsets_of(&out), vec![3, far]);
+        assert!(order.held.is_empty() && order.until.is_none());
+        // Held publications never outnumber the window.
+        let mut order = Reorder::default();
+        feed(&mut order, &[(1, "e")]);
+        let input: Vec<(u64, &str)> = (3..3 + 2 * REORDER_WINDOW).map(|o| (o, "e")).collect();
+        feed(&mut order, &input);
+        assert!(order.held.len() as u64 <= REORDER_WINDOW);
+    }
+
+    #[test]
+    fn reorder_starts_over_in_a_new_epoch() {
+        let mut order = Reorder::default();
+        feed(&mut order, &[(5, "old"), (7, "old")]);
+        let out = feed(&mut order, &[(1, "new"), (2, "new")]);
+        assert_eq!(
+            out,
+            vec![
+                (7, "old".to_string()),
+                (1, "new".to_string()),
+                (2, "new".to_string())
+            ]
+        );
+        assert!(order.held.is_empty() && order.until.is_none());
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! again within the TTL disappears, so the clients of a node that died leave
 //! presence on their own. `add` rewrites the entry, which refreshes it. Reading a
 //! channel's presence reads the last value of every key under `<channel token>.`
-//! with a short-lived consumer, skipping deletion markers.
+//! with a short-lived consumer, skipping deletion markers (see `read_last_values`
+//! for when the read stops).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -22,8 +23,11 @@ use tidings_protocol::ClientInfo;
 use super::{PresenceError, PresenceManager, PresenceStats};
 use crate::broker::nats::{encode_token, NatsConnection};
 
-/// Most entries one presence call reads.
+/// Most messages one presence call reads.
 const MAX_ENTRIES: u64 = 100_000;
+
+/// Messages asked for per fetch while reading presence.
+const FETCH_BATCH: u64 = 1000;
 
 /// Presence manager over NATS JetStream KV; see the module docs.
 pub struct NatsPresenceManager {
@@ -107,6 +111,14 @@ impl NatsPresenceManager {
 }
 
 /// The last value of every key matching `filter`, skipping deletion markers.
+///
+/// The read ends when the server says nothing more is pending (the `pending`
+/// count each delivered message carries), not after the count the consumer
+/// reported when it was made: while a key is rewritten (every presence refresh
+/// does that) nats-server 2.9 can deliver one message twice and the rewritten key
+/// after the count, so stopping at the count lost that key now and then. Values
+/// are kept per key, the latest stream sequence winning, so a repeated or
+/// superseded message cannot list a client twice or bring back a removed one.
 async fn read_last_values(store: kv::Store, filter: String) -> Result<Vec<ClientInfo>, String> {
     let consumer = store
         .stream
@@ -121,15 +133,20 @@ async fn read_last_values(store: kv::Store, filter: String) -> Result<Vec<Client
         .await
         .map_err(|e| format!("presence read: {e}"))?;
     let name = consumer.cached_info().name.clone();
-    let pending = consumer.cached_info().num_pending.min(MAX_ENTRIES);
-    let mut out = Vec::new();
-    let mut seen = 0u64;
+    let pending = consumer.cached_info().num_pending;
+    // Key -> (stream sequence, value; `None` once deleted).
+    let mut latest: HashMap<String, (u64, Option<ClientInfo>)> = HashMap::new();
     let result = async {
-        while seen < pending {
-            let want = (pending - seen).min(1000) as usize;
+        let mut seen = 0u64;
+        let mut done = pending == 0;
+        while !done {
+            let room = MAX_ENTRIES.saturating_sub(seen).min(FETCH_BATCH);
+            if room == 0 {
+                break;
+            }
             let mut batch = consumer
                 .fetch()
-                .max_messages(want)
+                .max_messages(room as usize)
                 .messages()
                 .await
                 .map_err(|e| format!("presence read: {e}"))?;
@@ -137,18 +154,30 @@ async fn read_last_values(store: kv::Store, filter: String) -> Result<Vec<Client
             while let Some(msg) = batch.next().await {
                 let msg = msg.map_err(|e| format!("presence read: {e}"))?;
                 seen += 1;
+                let info = msg.info().map_err(|e| format!("presence read: {e}"))?;
+                let (sequence, left) = (info.stream_sequence, info.pending);
                 let deleted = msg
                     .headers
                     .as_ref()
                     .and_then(|h| h.get("KV-Operation"))
                     .is_some_and(|op| op.as_str() != "PUT");
-                if deleted {
-                    continue;
+                let value = if deleted {
+                    None
+                } else {
+                    serde_json::from_slice::<ClientInfo>(&msg.payload).ok()
+                };
+                let key = msg.subject.to_string();
+                match latest.get(&key) {
+                    Some((known, _)) if *known >= sequence => {}
+                    _ => {
+                        latest.insert(key, (sequence, value));
+                    }
                 }
-                if let Ok(info) = serde_json::from_slice::<ClientInfo>(&msg.payload) {
-                    out.push(info);
+                if left == 0 {
+                    done = true;
                 }
             }
+            // An empty batch: the server has nothing more for this consumer.
             if seen == before {
                 break;
             }
@@ -161,7 +190,8 @@ async fn read_last_values(store: kv::Store, filter: String) -> Result<Vec<Client
     tokio::spawn(async move {
         let _ = stream.delete_consumer(&name).await;
     });
-    result.map(|()| out)
+    result?;
+    Ok(latest.into_values().filter_map(|(_, v)| v).collect())
 }
 
 #[async_trait]
