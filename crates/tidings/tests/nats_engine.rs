@@ -168,6 +168,14 @@ fn opts() -> PublishOptions {
     }
 }
 
+/// Options that publish with this idempotency key.
+fn keyed(key: &str) -> PublishOptions {
+    PublishOptions {
+        idempotency_key: Some(key.into()),
+        ..Default::default()
+    }
+}
+
 fn publication(n: u32) -> Publication {
     Publication {
         data: Some(RawJson::from_value(&n)),
@@ -457,10 +465,6 @@ async fn an_idempotent_publish_without_history_is_published_once() -> anyhow::Re
     let a = node(&server.url(), "a").await?;
     let b = node(&server.url(), "b").await?;
     a.broker.subscribe("live").await?;
-    let keyed = |key: &str| PublishOptions {
-        idempotency_key: Some(key.into()),
-        ..Default::default()
-    };
     a.broker.publish("live", publication(1), keyed("k")).await?;
     b.broker.publish("live", publication(1), keyed("k")).await?;
     // The same key in another channel is another key.
@@ -500,10 +504,6 @@ async fn a_retry_after_a_claim_that_was_stored_but_timed_out_publishes() -> anyh
     let a = node(&server.url(), "a").await?;
     let b = node(&server.url(), "b").await?;
     a.broker.subscribe("live").await?;
-    let keyed = |key: &str| PublishOptions {
-        idempotency_key: Some(key.into()),
-        ..Default::default()
-    };
     // Makes the bucket.
     a.broker
         .publish("live", publication(0), keyed("warm"))
@@ -543,10 +543,6 @@ async fn concurrent_publishes_with_one_key_publish_once() -> anyhow::Result<()> 
     let a = node(&server.url(), "a").await?;
     let b = node(&server.url(), "b").await?;
     a.broker.subscribe("live").await?;
-    let keyed = |key: &str| PublishOptions {
-        idempotency_key: Some(key.into()),
-        ..Default::default()
-    };
     for round in 0..20u32 {
         let key = format!("k{round}");
         let (x, y) = tokio::join!(
