@@ -1754,7 +1754,7 @@ impl Broker for NatsBroker {
     }
 
     /// Ordered: a run of consecutive publishes to one channel with history (same
-    /// settings, no idempotency key) is pipelined ([`NatsBroker::publish_run`]);
+    /// settings, no idempotency key) is pipelined (`publish_run`);
     /// everything else is published one after another, each waiting for the one
     /// before it. Only runs of one channel are pipelined: the server stores and
     /// republishes each stream's messages on its own, so two streams' messages
