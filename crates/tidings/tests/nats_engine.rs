@@ -1269,3 +1269,109 @@ async fn backends_publish_through_the_envelope_and_get_the_result() -> anyhow::R
     assert_eq!(headers.get("Nats-Sequence").map(|v| v.as_str()), Some("3"));
     Ok(())
 }
+
+/// An ordered batch: runs of one channel are sent without waiting for each
+/// acknowledgement, the rest (a keyed publish and its retry, a channel without
+/// history) one by one. The results carry the offsets one publish after another
+/// would give, and a subscriber of all the channels gets the publications in the
+/// order of the batch.
+#[tokio::test]
+async fn a_batch_is_published_in_order_with_runs_pipelined() -> anyhow::Result<()> {
+    use tidings::broker::BatchPublish;
+    let server = NatsServer::start().await?;
+    let a = node(&server.url(), "node-a").await?;
+    let b = node(&server.url(), "node-b").await?;
+    for ch in ["x", "y", "z", "long"] {
+        b.broker.subscribe(ch).await?;
+    }
+    let item = |channel: &str, n: u32, opts: PublishOptions| BatchPublish {
+        channel: channel.into(),
+        publication: publication(n),
+        opts,
+    };
+    let ten = PublishOptions {
+        history_size: 10,
+        ..opts()
+    };
+    let key = PublishOptions {
+        idempotency_key: Some("k".into()),
+        ..ten.clone()
+    };
+    // A run of three x (history 3), a keyed y and its retry, z without history,
+    // x again (a run of one), then a run of two x: 6 publications of x, 3 kept.
+    let items = vec![
+        item("x", 1, opts()),
+        item("x", 2, opts()),
+        item("x", 3, opts()),
+        item("y", 4, key.clone()),
+        item("z", 5, PublishOptions::default()),
+        item("x", 6, opts()),
+        item("y", 4, key),
+        item("x", 7, opts()),
+        item("x", 8, opts()),
+        item("y", 9, ten),
+    ];
+    let results = a
+        .broker
+        .publish_batch(items, true)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<StreamPosition>, _>>()?;
+    let got: Vec<u64> = results.iter().map(|p| p.offset).collect();
+    assert_eq!(got, vec![1, 2, 3, 1, 0, 4, 1, 5, 6, 2]);
+    assert_eq!(results[0].epoch, results[8].epoch);
+    assert_eq!(results[3], results[6], "the retry answers the first result");
+    assert_eq!(results[3].epoch, results[9].epoch);
+    assert!(results[4].epoch.is_empty());
+    let page = a.broker.history("x", HistoryFilter::default()).await?;
+    assert_eq!(offsets(&page), vec![4, 5, 6]);
+    assert_eq!(page.position, results[8]);
+
+    // Delivered once each, in the order of the batch.
+    let want: Vec<Event> = [
+        ("x", 1, 1),
+        ("x", 2, 2),
+        ("x", 3, 3),
+        ("y", 1, 4),
+        ("z", 0, 5),
+        ("x", 4, 6),
+        ("x", 5, 7),
+        ("x", 6, 8),
+        ("y", 2, 9),
+    ]
+    .into_iter()
+    .map(|(c, o, n)| Event::Publication(c.to_string(), o, n.to_string()))
+    .collect();
+    let delivered = || -> Vec<Event> {
+        b.events
+            .events()
+            .into_iter()
+            .filter(|e| matches!(e, Event::Publication(..)))
+            .collect()
+    };
+    until("the batch on b", || delivered().len() >= want.len()).await?;
+    assert_eq!(delivered(), want);
+
+    // A long run: offsets 1..=N in the batch's order, delivered in that order.
+    const N: u32 = 300;
+    let many = PublishOptions {
+        history_size: 1000,
+        ..opts()
+    };
+    let items = (0..N).map(|n| item("long", n, many.clone())).collect();
+    let got = a
+        .broker
+        .publish_batch(items, true)
+        .await
+        .into_iter()
+        .map(|r| r.map(|p| p.offset))
+        .collect::<Result<Vec<u64>, _>>()?;
+    assert_eq!(got, (1..=u64::from(N)).collect::<Vec<_>>());
+    until("the long run on b", || {
+        b.events.publications("long").len() >= N as usize
+    })
+    .await?;
+    let want: Vec<(u64, String)> = (0..N).map(|n| (u64::from(n) + 1, n.to_string())).collect();
+    assert_eq!(b.events.publications("long"), want);
+    Ok(())
+}

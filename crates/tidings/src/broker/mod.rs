@@ -140,7 +140,8 @@ pub trait Broker: Send + Sync + 'static {
     /// The default publishes one after another (`ordered`) or all at once. Brokers
     /// with a network round trip per publish override it to send the batch at
     /// once (the Redis broker: one pipeline, one script call per run of the same
-    /// channel).
+    /// channel; the NATS broker: each run of one channel's publishes with history
+    /// sent at once, the acknowledgements awaited in order).
     async fn publish_batch(
         &self,
         items: Vec<BatchPublish>,
