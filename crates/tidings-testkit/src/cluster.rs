@@ -35,6 +35,27 @@ pub enum Engine {
     Nats,
 }
 
+/// One `#[tokio::test]` per engine for each scenario of the calling test file: a
+/// scenario is `async fn name(engine: Engine) -> anyhow::Result<()>`, and the tests
+/// are `redis::name` and `nats::name`, so `cargo test redis::` picks one engine.
+#[macro_export]
+macro_rules! per_engine_tests {
+    ($($scenario:ident),* $(,)?) => {
+        $crate::per_engine_tests!(@engine redis, Redis: $($scenario),*);
+        $crate::per_engine_tests!(@engine nats, Nats: $($scenario),*);
+    };
+    (@engine $module:ident, $variant:ident: $($scenario:ident),*) => {
+        mod $module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() -> anyhow::Result<()> {
+                    super::$scenario($crate::Engine::$variant).await
+                }
+            )*
+        }
+    };
+}
+
 impl Engine {
     /// The `engine.type` value.
     pub fn name(self) -> &'static str {

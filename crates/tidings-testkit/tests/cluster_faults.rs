@@ -470,41 +470,9 @@ impl Lcg {
     }
 }
 
-/// One `#[tokio::test]` per scenario and engine. NATS joins with one line.
-macro_rules! per_engine {
-    ($engine:ident: $($scenario:ident),* $(,)?) => {
-        mod $engine {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() -> anyhow::Result<()> {
-                    super::$scenario(super::engine::$engine()).await
-                }
-            )*
-        }
-    };
-}
-
-mod engine {
-    use tidings_testkit::Engine;
-    pub fn redis() -> Engine {
-        Engine::Redis
-    }
-    #[allow(dead_code)]
-    pub fn nats() -> Engine {
-        Engine::Nats
-    }
-}
-
-macro_rules! scenarios {
-    ($engine:ident) => {
-        per_engine!($engine:
-            broker_restart_loses_nothing_silently,
-            a_dead_nodes_clients_recover_elsewhere_and_its_presence_expires,
-            lost_history_means_a_new_epoch_and_recovered_false,
-            chaos_run_has_no_silent_gaps,
-        );
-    };
-}
-
-scenarios!(redis);
-scenarios!(nats);
+tidings_testkit::per_engine_tests!(
+    broker_restart_loses_nothing_silently,
+    a_dead_nodes_clients_recover_elsewhere_and_its_presence_expires,
+    lost_history_means_a_new_epoch_and_recovered_false,
+    chaos_run_has_no_silent_gaps,
+);

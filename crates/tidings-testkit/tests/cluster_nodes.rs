@@ -468,49 +468,17 @@ async fn api_batches_publish_in_order_across_nodes(engine: Engine) -> anyhow::Re
     Ok(())
 }
 
-/// One `#[tokio::test]` per scenario and engine. NATS joins with one line.
-macro_rules! per_engine {
-    ($engine:ident: $($scenario:ident),* $(,)?) => {
-        mod $engine {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() -> anyhow::Result<()> {
-                    super::$scenario(super::engine::$engine()).await
-                }
-            )*
-        }
-    };
-}
-
-mod engine {
-    use tidings_testkit::Engine;
-    pub fn redis() -> Engine {
-        Engine::Redis
-    }
-    #[allow(dead_code)]
-    pub fn nats() -> Engine {
-        Engine::Nats
-    }
-}
-
-macro_rules! scenarios {
-    ($engine:ident) => {
-        per_engine!($engine:
-            publications_reach_every_node,
-            presence_lists_clients_of_every_node,
-            concurrent_publishes_from_two_nodes_arrive_in_order,
-            a_client_recovers_on_another_node,
-            info_lists_every_node,
-            sse_commands_posted_to_another_node,
-            http_stream_commands_posted_to_another_node,
-            long_polls_answered_through_another_node,
-            emulation_for_an_unknown_node_is_404,
-            user_operations_act_on_every_node,
-            channels_api_surveys_every_node,
-            api_batches_publish_in_order_across_nodes,
-        );
-    };
-}
-
-scenarios!(redis);
-scenarios!(nats);
+tidings_testkit::per_engine_tests!(
+    publications_reach_every_node,
+    presence_lists_clients_of_every_node,
+    concurrent_publishes_from_two_nodes_arrive_in_order,
+    a_client_recovers_on_another_node,
+    info_lists_every_node,
+    sse_commands_posted_to_another_node,
+    http_stream_commands_posted_to_another_node,
+    long_polls_answered_through_another_node,
+    emulation_for_an_unknown_node_is_404,
+    user_operations_act_on_every_node,
+    channels_api_surveys_every_node,
+    api_batches_publish_in_order_across_nodes,
+);
