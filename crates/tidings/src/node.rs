@@ -882,18 +882,23 @@ impl Node {
         );
     }
 
-    /// Re-adds the presence entry of every live client in every channel it is in,
-    /// so the entries outlive the engine's presence TTL only while their node runs.
-    async fn refresh_presence(&self) {
-        use futures_util::StreamExt;
-        let conns: Vec<Arc<Connection>> = self
-            .inner
+    /// A snapshot of every live connection, taken without holding the registry
+    /// lock afterwards.
+    fn all_connections(&self) -> Vec<Arc<Connection>> {
+        self.inner
             .registry
             .lock()
             .clients
             .values()
             .cloned()
-            .collect();
+            .collect()
+    }
+
+    /// Re-adds the presence entry of every live client in every channel it is in,
+    /// so the entries outlive the engine's presence TTL only while their node runs.
+    async fn refresh_presence(&self) {
+        use futures_util::StreamExt;
+        let conns = self.all_connections();
         let entries = conns.into_iter().flat_map(|conn| {
             conn.presence_entries()
                 .into_iter()
@@ -1089,14 +1094,7 @@ impl Node {
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
         crate::control::publish_leave(self).await;
-        let conns: Vec<Arc<Connection>> = self
-            .inner
-            .registry
-            .lock()
-            .clients
-            .values()
-            .cloned()
-            .collect();
+        let conns = self.all_connections();
         for conn in conns {
             conn.outbox.close(Disconnect::shutdown(), true);
         }

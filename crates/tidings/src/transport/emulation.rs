@@ -14,7 +14,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use std::time::Duration;
 
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -140,16 +140,7 @@ pub(crate) fn forwarded(reply: Result<Reply, ForwardError>, json: bool) -> Respo
         Ok(Reply::Http { status, body }) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
             if json && status == StatusCode::OK {
-                let mut res = (status, body).into_response();
-                res.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                res.headers_mut().insert(
-                    header::CACHE_CONTROL,
-                    HeaderValue::from_static("no-cache, no-store"),
-                );
-                res
+                super::long_poll::json_response(status, body.into())
             } else if body.is_empty() {
                 status.into_response()
             } else {

@@ -458,7 +458,8 @@ pub(crate) fn close_local(node: &Node, session_id: &str) -> (StatusCode, &'stati
     }
 }
 
-fn json_response(status: StatusCode, body: Bytes) -> Response {
+/// A JSON body that no cache may keep (poll answers, routed replies).
+pub(super) fn json_response(status: StatusCode, body: Bytes) -> Response {
     let mut res = (status, body).into_response();
     res.headers_mut().insert(
         header::CONTENT_TYPE,
