@@ -73,7 +73,10 @@ async fn socketio_member(base: &str, room: &str) -> anyhow::Result<(Ws, String)>
 }
 
 /// The client ids the API of a node lists in `channel`.
-async fn present(node: &tidings_testkit::TidingsServer, channel: &str) -> anyhow::Result<Vec<String>> {
+async fn present(
+    node: &tidings_testkit::TidingsServer,
+    channel: &str,
+) -> anyhow::Result<Vec<String>> {
     let result = node
         .api_ok("presence", json!({ "channel": channel }))
         .await?;

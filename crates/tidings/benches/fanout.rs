@@ -1,21 +1,21 @@
-//! Hub fan-out: one encoded publication handed to 1,000 (and 10,000) live
+//! Hub fan-out: one publication, encoded once, handed to 1,000 (and 10,000) live
 //! subscribers' outboxes, then each outbox drained as its writer would. This is the
 //! server's per-delivery work short of the socket write.
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tidings::connection::Connection;
-use tidings::hub::{Hub, Subscriber};
+use tidings::hub::{Hub, Subscriber, JSON_PUSHES};
 use tidings::outbox::{join_batch, Drained};
+use tidings::protocol::{Publication, RawJson};
 
 fn live_hub(subscribers: usize) -> (Hub, Vec<Arc<Connection>>) {
     let hub = Hub::new();
     let mut conns = Vec::with_capacity(subscribers);
     for _ in 0..subscribers {
         let (conn, _control) = Connection::new("bench", 1 << 20);
-        let sub = Subscriber::new(conn.clone(), false);
+        let sub = Subscriber::new(conn.clone(), false, &JSON_PUSHES);
         sub.go_live(None, 0);
         hub.add("bench", sub);
         conns.push(conn);
@@ -27,10 +27,12 @@ fn fanout(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
-    let push = Bytes::from(format!(
-        "{{\"push\":{{\"channel\":\"bench\",\"pub\":{{\"data\":{{\"p\":\"{}\"}},\"offset\":1}}}}}}",
-        "x".repeat(90)
-    ));
+    let data = RawJson::parse(format!("{{\"p\":\"{}\"}}", "x".repeat(90))).expect("json");
+    let publication = |offset| Publication {
+        data: Some(data.clone()),
+        offset,
+        ..Default::default()
+    };
     let mut group = c.benchmark_group("hub_publish");
     for n in [1_000usize, 10_000] {
         let (hub, conns) = live_hub(n);
@@ -40,7 +42,7 @@ fn fanout(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("publish_only", n), &n, |b, _| {
             b.iter(|| {
                 offset += 1;
-                hub.publish("bench", None, offset, &push);
+                hub.publish("bench", None, &publication(offset));
                 // Keep the outboxes from filling up; not part of what is compared.
                 for conn in &conns {
                     if conn.outbox.queued_bytes() > 512 * 1024 {
@@ -56,7 +58,7 @@ fn fanout(c: &mut Criterion) {
             b.iter(|| {
                 for _ in 0..50 {
                     offset += 1;
-                    hub.publish("bench", None, offset, &push);
+                    hub.publish("bench", None, &publication(offset));
                 }
                 for conn in &conns {
                     if let Drained::Batch(items) = rt.block_on(conn.outbox.drain()) {

@@ -135,6 +135,30 @@ pub fn can_history(opts: &ChannelOptions, user: &str, subscribed: bool) -> bool 
     base && (!user.is_empty() || opts.allow_history_for_anonymous)
 }
 
+/// `*` matches any run of characters; everything else matches itself.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let mut rest = name;
+    for (i, part) in parts.iter().enumerate() {
+        if i == 0 {
+            let Some(r) = rest.strip_prefix(part) else {
+                return false;
+            };
+            rest = r;
+        } else if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        } else if let Some(pos) = rest.find(part) {
+            rest = &rest[pos + part.len()..];
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,5 +190,13 @@ mod tests {
         };
         assert!(can_subscribe(&opts, "42"));
         assert!(!can_subscribe(&opts, ""));
+    }
+
+    #[test]
+    fn glob_patterns() {
+        assert!(super::glob_match("chat:*", "chat:room"));
+        assert!(super::glob_match("*room*", "chat:room1"));
+        assert!(!super::glob_match("chat:*", "news"));
+        assert!(super::glob_match("news", "news"));
     }
 }

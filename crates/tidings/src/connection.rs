@@ -2,7 +2,7 @@
 //! (to find a user's connections) and the connection's own tasks.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use bytes::Bytes;
@@ -66,6 +66,8 @@ pub struct Connection {
     /// presence timer can refresh them without asking the session. A plain mutex:
     /// map updates and a copy for the timer, never held across an await.
     presence: parking_lot::Mutex<HashMap<String, ClientInfo>>,
+    /// Channels the connection is in (see `Node::join`), for `client.channel_limit`.
+    channels: AtomicUsize,
 }
 
 impl Connection {
@@ -82,6 +84,7 @@ impl Connection {
             outbox: Outbox::new(queue_max_size),
             control: ControlQueue::default(),
             presence: parking_lot::Mutex::new(HashMap::new()),
+            channels: AtomicUsize::new(0),
         };
         let conn = std::sync::Arc::new(conn);
         let rx = ControlReceiver { conn: conn.clone() };
@@ -95,6 +98,19 @@ impl Connection {
 
     pub(crate) fn set_user(&self, user: String) {
         let _ = self.user.set(user);
+    }
+
+    /// Channels the connection is in.
+    pub fn num_channels(&self) -> usize {
+        self.channels.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn channel_joined(&self) {
+        self.channels.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn channel_left(&self) {
+        self.channels.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Remembers a presence entry for the refresh timer.

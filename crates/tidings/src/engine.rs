@@ -5,7 +5,7 @@
 //! `presence/`.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, OnceLock};
 
 use futures_util::future::BoxFuture;
 use tidings_protocol::{RawJson, StreamPosition};
@@ -14,7 +14,6 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::redis::RedisConn;
 use crate::broker::{Broker, MemoryBroker, NatsBroker, NatsConnection, RedisBroker};
 use crate::config::Config;
-use crate::node::{Node, NodeError, NodeInner, PublishRequest};
 use crate::presence::{
     MemoryPresenceManager, NatsPresenceManager, PresenceManager, RedisPresenceManager,
 };
@@ -69,31 +68,6 @@ pub enum DirectPublishError {
 /// The node's publish path, as the engines' direct-publish consumers call it.
 pub type DirectPublisher =
     Arc<dyn Fn(DirectPublish) -> BoxFuture<'static, Result<(), DirectPublishError>> + Send + Sync>;
-
-/// The publish path of the node behind `node` (weak, so the consumer does not keep
-/// the node alive), for [`Engine::direct_publish`].
-pub(crate) fn node_publisher(node: Weak<NodeInner>) -> DirectPublisher {
-    Arc::new(move |msg: DirectPublish| {
-        let node = node.clone();
-        Box::pin(async move {
-            let Some(inner) = node.upgrade() else {
-                return Err(DirectPublishError::Failed("node stopped".into()));
-            };
-            let req = PublishRequest {
-                tags: msg.tags,
-                idempotency_key: msg.idempotency_key,
-                ..PublishRequest::new(msg.channel, msg.data)
-            };
-            match (Node { inner }).publish(req).await {
-                Ok(_) => Ok(()),
-                Err(NodeError::Protocol(code)) => {
-                    Err(DirectPublishError::Rejected(code.message.to_string()))
-                }
-                Err(NodeError::Backend(e)) => Err(DirectPublishError::Failed(e)),
-            }
-        })
-    })
-}
 
 /// Builds the engine the configuration names. `Config::validate` has already
 /// refused unknown engine types.

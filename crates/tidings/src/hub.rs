@@ -20,17 +20,102 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use tidings_protocol::{Disconnect, StreamPosition};
+use tidings_protocol::{ClientInfo, Disconnect, Publication, StreamPosition};
 
 use crate::connection::{Connection, Control};
 
 const SHARDS: usize = 64;
+
+/// How the pushes of one kind of connection are encoded: the Centrifugo JSON
+/// protocol, or a front door's own wire format (Socket.IO events). A subscriber
+/// names its encoder; the hub encodes each push at most once per encoder in use on
+/// the channel and hands the same bytes to every subscriber of that encoder, so
+/// nothing is serialised per subscriber.
+pub trait PushEncoder: Send + Sync + 'static {
+    /// A publication of `channel`.
+    fn publication(&self, channel: &str, publication: &Publication) -> Bytes;
+    /// A client joined `channel`.
+    fn join(&self, channel: &str, info: &ClientInfo) -> Bytes;
+    /// A client left `channel`.
+    fn leave(&self, channel: &str, info: &ClientInfo) -> Bytes;
+}
+
+/// The Centrifugo client protocol's JSON pushes.
+pub struct JsonPushes;
+
+/// The encoder of JSON Centrifugo connections.
+pub static JSON_PUSHES: JsonPushes = JsonPushes;
+
+impl PushEncoder for JsonPushes {
+    fn publication(&self, channel: &str, publication: &Publication) -> Bytes {
+        Bytes::from(
+            tidings_protocol::Reply::push(tidings_protocol::Push {
+                channel: channel.to_string(),
+                publication: Some(publication.clone()),
+                ..Default::default()
+            })
+            .to_json(),
+        )
+    }
+
+    fn join(&self, channel: &str, info: &ClientInfo) -> Bytes {
+        Bytes::from(
+            tidings_protocol::Reply::push(tidings_protocol::Push {
+                channel: channel.to_string(),
+                join: Some(tidings_protocol::JoinLeave { info: info.clone() }),
+                ..Default::default()
+            })
+            .to_json(),
+        )
+    }
+
+    fn leave(&self, channel: &str, info: &ClientInfo) -> Bytes {
+        Bytes::from(
+            tidings_protocol::Reply::push(tidings_protocol::Push {
+                channel: channel.to_string(),
+                leave: Some(tidings_protocol::JoinLeave { info: info.clone() }),
+                ..Default::default()
+            })
+            .to_json(),
+        )
+    }
+}
+
+/// What one fan-out hands out: encoded lazily, once per encoder (a channel has
+/// subscribers of one or two encoders, so a short list beats a map).
+struct Encodings<'a> {
+    encode: &'a dyn Fn(&dyn PushEncoder) -> Bytes,
+    done: Vec<(*const (), Bytes)>,
+}
+
+impl<'a> Encodings<'a> {
+    fn new(encode: &'a dyn Fn(&dyn PushEncoder) -> Bytes) -> Self {
+        Self {
+            encode,
+            done: Vec::new(),
+        }
+    }
+
+    fn for_encoder(&mut self, encoder: &'static dyn PushEncoder) -> &Bytes {
+        let key = encoder as *const dyn PushEncoder as *const ();
+        let at = match self.done.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                self.done.push((key, (self.encode)(encoder)));
+                self.done.len() - 1
+            }
+        };
+        &self.done[at].1
+    }
+}
 
 /// A connection's membership in one channel.
 pub struct Subscriber {
     pub conn: Arc<Connection>,
     /// Whether this subscriber gets join/leave pushes.
     pub join_leave: bool,
+    /// How its pushes are encoded.
+    encoder: &'static dyn PushEncoder,
     /// Fast path: once live, deliveries go straight to the outbox without the lock.
     live: AtomicBool,
     /// Set when this subscription lost its place in the stream; nothing more is
@@ -54,15 +139,25 @@ struct Pending {
 
 impl Subscriber {
     /// A subscriber that buffers until [`Subscriber::go_live`].
-    pub fn new(conn: Arc<Connection>, join_leave: bool) -> Arc<Self> {
+    pub fn new(
+        conn: Arc<Connection>,
+        join_leave: bool,
+        encoder: &'static dyn PushEncoder,
+    ) -> Arc<Self> {
         Arc::new(Self {
             conn,
             join_leave,
+            encoder,
             live: AtomicBool::new(false),
             insufficient: AtomicBool::new(false),
             floor: AtomicU64::new(0),
             pending: Mutex::new(Some(Pending::default())),
         })
+    }
+
+    /// How this subscriber's pushes are encoded.
+    pub fn encoder(&self) -> &'static dyn PushEncoder {
+        self.encoder
     }
 
     /// Whether this subscription lost its place in the stream (see the module docs).
@@ -83,7 +178,7 @@ impl Subscriber {
         if self.conn.control.try_send(ask).is_err() {
             self.conn
                 .outbox
-                .close(Disconnect::insufficient_state(), false);
+                .close_dropping_queued(Disconnect::insufficient_state());
         }
     }
 
@@ -106,7 +201,7 @@ impl Subscriber {
                     // Buffered more than the client may have queued: same rule as a
                     // full outbox.
                     p.items.clear();
-                    self.conn.outbox.close(Disconnect::slow(), false);
+                    self.conn.outbox.close_dropping_queued(Disconnect::slow());
                 } else {
                     p.items.push((offset, bytes.clone()));
                 }
@@ -231,24 +326,26 @@ impl Hub {
         false
     }
 
-    /// Delivers an encoded publication to every subscriber, unless it is a
-    /// duplicate or follows a gap (see the module docs). `epoch` is `None` when the
-    /// broker does not say; `offset` 0 means a channel without history (always
-    /// delivered).
+    /// Delivers a publication to every subscriber, encoded once per encoder in
+    /// use, unless it is a duplicate or follows a gap (see the module docs). `epoch`
+    /// is `None` when the broker does not say; offset 0 means a channel without
+    /// history (always delivered).
     pub fn publish(
         &self,
         channel: &str,
         epoch: Option<&str>,
-        offset: u64,
-        bytes: &Bytes,
+        publication: &Publication,
     ) -> Delivery {
+        let offset = publication.offset;
         let shard = self.shard(channel).read();
         let Some(entry) = shard.get(channel) else {
             return Delivery::Delivered(0);
         };
+        let encode = |encoder: &dyn PushEncoder| encoder.publication(channel, publication);
+        let mut encodings = Encodings::new(&encode);
         if offset == 0 {
             for sub in entry.subs.values() {
-                sub.deliver(offset, bytes);
+                sub.deliver(offset, encodings.for_encoder(sub.encoder));
             }
             return Delivery::Delivered(entry.subs.len());
         }
@@ -292,7 +389,7 @@ impl Hub {
         match next {
             Ok(()) => {
                 for sub in entry.subs.values() {
-                    sub.deliver(offset, bytes);
+                    sub.deliver(offset, encodings.for_encoder(sub.encoder));
                 }
                 Delivery::Delivered(entry.subs.len())
             }
@@ -407,16 +504,25 @@ impl Hub {
         }
     }
 
-    /// Delivers an encoded join or leave push to subscribers that want them.
-    pub fn join_leave(&self, channel: &str, bytes: &Bytes, except: Option<u64>) -> usize {
+    /// Delivers a join (`joined`) or leave push to the subscribers that want them,
+    /// encoded once per encoder in use.
+    pub fn join_leave(&self, channel: &str, info: &ClientInfo, joined: bool) -> usize {
         let shard = self.shard(channel).read();
         let Some(entry) = shard.get(channel) else {
             return 0;
         };
+        let encode = |encoder: &dyn PushEncoder| {
+            if joined {
+                encoder.join(channel, info)
+            } else {
+                encoder.leave(channel, info)
+            }
+        };
+        let mut encodings = Encodings::new(&encode);
         let mut n = 0;
         for sub in entry.subs.values() {
-            if sub.join_leave && Some(sub.conn.serial) != except {
-                sub.deliver(0, bytes);
+            if sub.join_leave {
+                sub.deliver(0, encodings.for_encoder(sub.encoder));
                 n += 1;
             }
         }
@@ -453,9 +559,35 @@ mod tests {
     use super::*;
     use crate::outbox::Drained;
 
+    /// Sends a publication's data as it is, so a test reads back what it published.
+    struct Raw;
+
+    impl PushEncoder for Raw {
+        fn publication(&self, _: &str, publication: &Publication) -> Bytes {
+            Bytes::copy_from_slice(publication.data.as_ref().map_or(&b""[..], |d| d.as_bytes()))
+        }
+        fn join(&self, _: &str, _: &ClientInfo) -> Bytes {
+            Bytes::new()
+        }
+        fn leave(&self, _: &str, _: &ClientInfo) -> Bytes {
+            Bytes::new()
+        }
+    }
+
+    static RAW: Raw = Raw;
+
     fn subscriber() -> (Arc<Subscriber>, crate::connection::ControlReceiver) {
         let (conn, control) = Connection::new("test", 1 << 20);
-        (Subscriber::new(conn, false), control)
+        (Subscriber::new(conn, false, &RAW), control)
+    }
+
+    /// A publication at `offset` whose data is the offset.
+    fn p(offset: u64) -> Publication {
+        Publication {
+            data: Some(tidings_protocol::RawJson::parse(offset.to_string()).unwrap()),
+            offset,
+            ..Default::default()
+        }
     }
 
     async fn sent(sub: &Subscriber) -> Vec<Bytes> {
@@ -477,16 +609,10 @@ mod tests {
         let (sub, _control) = subscriber();
         hub.add("c", sub.clone());
         sub.go_live(None, 0);
-        assert_eq!(
-            hub.publish("c", Some("e"), 1, &b("1")),
-            Delivery::Delivered(1)
-        );
-        assert_eq!(
-            hub.publish("c", Some("e"), 2, &b("2")),
-            Delivery::Delivered(1)
-        );
-        assert_eq!(hub.publish("c", Some("e"), 2, &b("2")), Delivery::Duplicate);
-        assert_eq!(hub.publish("c", Some("e"), 1, &b("1")), Delivery::Duplicate);
+        assert_eq!(hub.publish("c", Some("e"), &p(1)), Delivery::Delivered(1));
+        assert_eq!(hub.publish("c", Some("e"), &p(2)), Delivery::Delivered(1));
+        assert_eq!(hub.publish("c", Some("e"), &p(2)), Delivery::Duplicate);
+        assert_eq!(hub.publish("c", Some("e"), &p(1)), Delivery::Duplicate);
         assert_eq!(sent(&sub).await, vec![b("1"), b("2")]);
     }
 
@@ -496,10 +622,10 @@ mod tests {
         let (sub, mut control) = subscriber();
         hub.add("c", sub.clone());
         sub.go_live(None, 0);
-        assert_eq!(hub.publish("c", None, 5, &b("5")), Delivery::Delivered(1));
-        assert_eq!(hub.publish("c", None, 6, &b("6")), Delivery::Delivered(1));
+        assert_eq!(hub.publish("c", None, &p(5)), Delivery::Delivered(1));
+        assert_eq!(hub.publish("c", None, &p(6)), Delivery::Delivered(1));
         // Offsets start over: a FLUSHALL, say. Not a duplicate to drop quietly.
-        assert_eq!(hub.publish("c", None, 1, &b("1")), Delivery::Gap(1));
+        assert_eq!(hub.publish("c", None, &p(1)), Delivery::Gap(1));
         assert!(control.try_recv().is_some());
         assert_eq!(hub.position("c").map(|p| p.epoch), Some(String::new()));
         // The next subscriber's position names the epoch again.
@@ -511,7 +637,7 @@ mod tests {
         };
         hub.note_position("c", &pos);
         fresh.go_live(None, 1);
-        assert_eq!(hub.publish("c", None, 2, &b("2")), Delivery::Delivered(2));
+        assert_eq!(hub.publish("c", None, &p(2)), Delivery::Delivered(2));
         assert_eq!(hub.position("c").map(|p| p.epoch), Some("new".to_string()));
         assert_eq!(sent(&sub).await, vec![b("5"), b("6")]);
         assert_eq!(sent(&fresh).await, vec![b("2")]);
@@ -523,15 +649,15 @@ mod tests {
         let (early, _c1) = subscriber();
         hub.add("c", early.clone());
         early.go_live(None, 0);
-        hub.publish("c", Some("e"), 1, &b("1"));
+        hub.publish("c", Some("e"), &p(1));
         // A second subscriber read the stream at offset 3 while 2 and 3 were still
         // on their way here; its reply carried them.
         let (late, _c2) = subscriber();
         hub.add("c", late.clone());
         late.go_live(Some(b("reply")), 3);
-        hub.publish("c", Some("e"), 2, &b("2"));
-        hub.publish("c", Some("e"), 3, &b("3"));
-        hub.publish("c", Some("e"), 4, &b("4"));
+        hub.publish("c", Some("e"), &p(2));
+        hub.publish("c", Some("e"), &p(3));
+        hub.publish("c", Some("e"), &p(4));
         assert_eq!(sent(&late).await, vec![b("reply"), b("4")]);
         assert_eq!(sent(&early).await, vec![b("1"), b("2"), b("3"), b("4")]);
     }
@@ -542,24 +668,21 @@ mod tests {
         let (sub, mut control) = subscriber();
         hub.add("c", sub.clone());
         sub.go_live(None, 0);
-        hub.publish("c", Some("e"), 1, &b("1"));
-        assert_eq!(hub.publish("c", Some("e"), 3, &b("3")), Delivery::Gap(1));
+        hub.publish("c", Some("e"), &p(1));
+        assert_eq!(hub.publish("c", Some("e"), &p(3)), Delivery::Gap(1));
         assert!(sub.is_insufficient());
         assert!(matches!(
             control.try_recv(),
             Some(Control::Insufficient { channel }) if channel == "c"
         ));
         // Nothing after the gap reaches the old subscription.
-        hub.publish("c", Some("e"), 4, &b("4"));
+        hub.publish("c", Some("e"), &p(4));
         assert_eq!(sent(&sub).await, vec![b("1")]);
         // A new subscriber continues from the new position.
         let (fresh, _c) = subscriber();
         hub.add("c", fresh.clone());
         fresh.go_live(None, 4);
-        assert_eq!(
-            hub.publish("c", Some("e"), 5, &b("5")),
-            Delivery::Delivered(2)
-        );
+        assert_eq!(hub.publish("c", Some("e"), &p(5)), Delivery::Delivered(2));
         assert_eq!(sent(&fresh).await, vec![b("5")]);
     }
 
@@ -569,8 +692,8 @@ mod tests {
         let (sub, mut control) = subscriber();
         hub.add("c", sub.clone());
         sub.go_live(None, 0);
-        hub.publish("c", Some("old"), 7, &b("7"));
-        assert_eq!(hub.publish("c", Some("new"), 1, &b("1")), Delivery::Gap(1));
+        hub.publish("c", Some("old"), &p(7));
+        assert_eq!(hub.publish("c", Some("new"), &p(1)), Delivery::Gap(1));
         assert!(control.try_recv().is_some());
         assert_eq!(sent(&sub).await, vec![b("7")]);
     }
@@ -587,8 +710,8 @@ mod tests {
                 epoch: "e".into(),
             },
         );
-        hub.publish("c", Some("e"), 3, &b("3"));
-        assert_eq!(hub.publish("c", Some("e"), 5, &b("5")), Delivery::Gap(1));
+        hub.publish("c", Some("e"), &p(3));
+        assert_eq!(hub.publish("c", Some("e"), &p(5)), Delivery::Gap(1));
         sub.go_live(Some(b("reply")), 2);
         assert_eq!(sent(&sub).await, vec![b("reply")]);
     }
@@ -603,20 +726,17 @@ mod tests {
             offset,
             epoch: "e".into(),
         };
-        hub.publish("c", Some("e"), 5, &b("5"));
+        hub.publish("c", Some("e"), &p(5));
         hub.distrust_all();
         // The epoch says it follows on: delivered.
-        assert_eq!(
-            hub.publish("c", Some("e"), 6, &b("6")),
-            Delivery::Delivered(1)
-        );
+        assert_eq!(hub.publish("c", Some("e"), &p(6)), Delivery::Delivered(1));
         hub.distrust_all();
         hub.confirm("c", &pos(6));
         // Confirmed by the check: an epoch-less successor is delivered too.
-        assert_eq!(hub.publish("c", None, 7, &b("7")), Delivery::Delivered(1));
+        assert_eq!(hub.publish("c", None, &p(7)), Delivery::Delivered(1));
         hub.distrust_all();
         // Not confirmed: an epoch-less successor may be offset 8 of a new epoch.
-        assert_eq!(hub.publish("c", None, 8, &b("8")), Delivery::Gap(1));
+        assert_eq!(hub.publish("c", None, &p(8)), Delivery::Gap(1));
         assert!(control.try_recv().is_some());
         assert_eq!(sent(&sub).await, vec![b("5"), b("6"), b("7")]);
     }
@@ -627,7 +747,7 @@ mod tests {
         let (sub, mut control) = subscriber();
         hub.add("c", sub.clone());
         sub.go_live(None, 0);
-        hub.publish("c", Some("e"), 1, &b("1"));
+        hub.publish("c", Some("e"), &p(1));
         let top = StreamPosition {
             offset: 4,
             epoch: "e".into(),
@@ -635,6 +755,6 @@ mod tests {
         assert_eq!(hub.lost_place("c", &top), 1);
         assert!(control.try_recv().is_some());
         assert_eq!(hub.position("c"), Some(top));
-        assert_eq!(hub.publish("c", Some("e"), 4, &b("4")), Delivery::Duplicate);
+        assert_eq!(hub.publish("c", Some("e"), &p(4)), Delivery::Duplicate);
     }
 }

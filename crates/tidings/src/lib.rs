@@ -42,7 +42,6 @@ pub mod broker;
 pub mod channel;
 pub mod config;
 pub mod connection;
-pub(crate) mod control;
 pub mod engine;
 pub mod hub;
 pub mod limit;
@@ -53,6 +52,7 @@ pub mod outbox;
 pub mod presence;
 pub mod server;
 pub mod session;
+#[cfg(feature = "socketio")]
 pub mod socketio;
 pub mod tls;
 pub mod transport;

@@ -73,6 +73,60 @@ pub enum AdmitError {
     RateLimit,
 }
 
+/// The command budget of one connection (`client.command_rate_limit`), for every
+/// front door: each command (Centrifugo) or CONNECT and event packet (Socket.IO)
+/// takes a token. A client over budget is refused; one that keeps pushing past
+/// `disconnect_after` refusals is closed, and one that slows down until the bucket
+/// refills is forgiven.
+pub struct CommandBudget {
+    bucket: TokenBucket,
+    /// Commands refused since the bucket was last full.
+    refused: u32,
+    /// `refused` at which the connection is closed (3013); 0 never closes.
+    disconnect_after: u32,
+}
+
+/// What the budget says about one command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    Allowed,
+    /// Refuse it (error 111) and go on.
+    Refused,
+    /// Too many refusals: close the connection with 3013.
+    Exhausted,
+}
+
+impl CommandBudget {
+    /// The budget `client.command_rate_limit` sets, or `None` when it is off.
+    pub fn from_config(
+        limit: &crate::config::CommandRateLimitConfig,
+        now: Instant,
+    ) -> Option<Self> {
+        limit.enabled.then(|| Self {
+            bucket: TokenBucket::new(limit.rate, limit.burst, now),
+            refused: 0,
+            disconnect_after: limit.disconnect_after,
+        })
+    }
+
+    /// Takes a token for one command.
+    pub fn check(&mut self, now: Instant) -> Budget {
+        self.bucket.refill(now);
+        if self.bucket.is_full() {
+            self.refused = 0;
+        }
+        if self.bucket.try_take(now) {
+            return Budget::Allowed;
+        }
+        self.refused = self.refused.saturating_add(1);
+        if self.disconnect_after > 0 && self.refused >= self.disconnect_after {
+            Budget::Exhausted
+        } else {
+            Budget::Refused
+        }
+    }
+}
+
 /// Counts the client connections of a node and admits new ones while it is under
 /// `client.connection_limit` and `client.connection_rate_limit`.
 pub struct ConnectionGate {

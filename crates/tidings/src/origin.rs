@@ -30,7 +30,7 @@ pub fn matches_allowed(config: &Config, origin: &str) -> bool {
     let origin = origin.to_ascii_lowercase();
     config.client.allowed_origins.iter().any(|pattern| {
         let pattern = pattern.to_ascii_lowercase();
-        pattern == "*" || crate::node::glob_match(&pattern, &origin)
+        pattern == "*" || crate::channel::glob_match(&pattern, &origin)
     })
 }
 

@@ -88,10 +88,20 @@ impl Outbox {
         true
     }
 
-    /// Closes the outbox. With `flush`, what is queued is still written before the
-    /// close; without, it is dropped and only the close is written.
-    /// The first close wins; later ones are ignored.
-    pub fn close(&self, disconnect: Disconnect, flush: bool) -> bool {
+    /// Closes the outbox after what is queued: the writer sends that, then the
+    /// disconnect. The first close wins; `false` when the outbox was closed already.
+    pub fn close_after_queued(&self, disconnect: Disconnect) -> bool {
+        self.close(disconnect, true)
+    }
+
+    /// Closes the outbox at once: what is queued is dropped and only the
+    /// disconnect is written. The first close wins; `false` when the outbox was
+    /// closed already.
+    pub fn close_dropping_queued(&self, disconnect: Disconnect) -> bool {
+        self.close(disconnect, false)
+    }
+
+    fn close(&self, disconnect: Disconnect, flush: bool) -> bool {
         let mut st = self.state.lock();
         if st.close.is_some() {
             return false;
@@ -219,7 +229,7 @@ mod tests {
     async fn flushing_close_keeps_queued_items() {
         let outbox = Outbox::new(1024);
         outbox.push(Bytes::from_static(b"a"));
-        outbox.close(Disconnect::shutdown(), true);
+        outbox.close_after_queued(Disconnect::shutdown());
         match outbox.drain().await {
             Drained::Close(items, d) => {
                 assert_eq!(items.len(), 1);

@@ -46,6 +46,7 @@ pub fn client_router(node: &Node) -> Router {
             get(crate::transport::websocket::uni_handler),
         );
     }
+    #[cfg(feature = "socketio")]
     if cfg.socketio.enabled {
         app = app.merge(crate::socketio::router(node));
     }
@@ -95,6 +96,7 @@ fn http_transports(node: &Node) -> Router<Node> {
     use axum::routing::{delete, MethodRouter};
     let cfg = node.config();
     let mut app = Router::new();
+    crate::transport::serve_forwarded_requests(node);
     if cfg.sse.enabled {
         let sse: MethodRouter<Node> = get(stream::sse).post(stream::sse);
         app = app.route(
@@ -138,7 +140,7 @@ fn http_transports(node: &Node) -> Router<Node> {
             post(emulation::handler).layer(body_limit(cfg.emulation.max_request_body_size)),
         );
     }
-    let config = node.inner.config.clone();
+    let config = node.config_arc();
     // Browsers on allowed origins may call these cross-origin. The allowed origin is
     // echoed back, never `*`, and credentials are not allowed.
     let cors = tower_http::cors::CorsLayer::new()

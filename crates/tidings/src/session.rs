@@ -22,12 +22,14 @@ use tidings_protocol::{
 use tokio::time::Instant;
 
 use crate::auth::{self, ConnectClaims, SubscribeClaims, SubscribeOverride, TokenError};
-use crate::broker::HistoryFilter;
 use crate::channel;
 use crate::connection::{Connection, Control, ControlReceiver, ServerSubscribe};
-use crate::hub::Subscriber;
-use crate::limit::TokenBucket;
-use crate::node::{Node, NodeError, PublishRequest, RpcRequest};
+use crate::limit::{Budget, CommandBudget};
+use crate::node::JSON_PUSHES;
+use crate::node::{
+    HistoryFilter, JoinRequest, Member, Node, NodeError, Pending, PublishRequest, RpcRequest,
+    StreamAsk,
+};
 
 /// What a transport hands the session.
 pub type Inbound = Result<String, InboundError>;
@@ -73,17 +75,12 @@ pub fn decode_command(line: &str) -> Result<Command, Disconnect> {
 
 /// One subscription of this connection.
 struct ChannelSub {
-    /// Namespace keeps presence: remove the entry on unsubscribe.
-    presence: bool,
-    /// Namespace emits join/leave: publish a leave on unsubscribe.
-    join_leave: bool,
-    chan_info: Option<RawJson>,
+    /// The connection's membership in the channel (presence, join/leave, its
+    /// place in the stream).
+    member: Member,
     /// When a subscription token's validity runs out, grace included: past it the
     /// client is unsubscribed with 2501 unless `sub_refresh` moved it.
     expire_at: Option<Instant>,
-    /// The hub's side of the subscription, to tell whether a "lost its place"
-    /// request is about this subscription or an earlier one.
-    subscriber: Arc<Subscriber>,
 }
 
 /// When the connection's credentials expire; `expire_at` wins over `exp`, and 0
@@ -138,47 +135,8 @@ struct SubscribeAsk {
 /// The outcome of subscribing, before the reply is sent.
 struct Subscribed {
     result: SubscribeResult,
-    subscriber: Arc<Subscriber>,
-    /// Buffered publications at or below this offset are already covered.
-    after_offset: u64,
-}
-
-/// The command budget of a connection (`client.command_rate_limit`).
-struct CommandBudget {
-    bucket: TokenBucket,
-    /// Commands refused since the bucket was last full. A client that slows down
-    /// until the bucket refills is forgiven; one that keeps pushing is closed.
-    refused: u32,
-    /// `refused` at which the connection is closed with 3013; 0 never closes.
-    disconnect_after: u32,
-}
-
-/// What the budget says about one command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Budget {
-    Allowed,
-    /// Answer 111 and go on.
-    Refused,
-    /// Too many refusals: close with 3013.
-    Exhausted,
-}
-
-impl CommandBudget {
-    fn check(&mut self, now: Instant) -> Budget {
-        self.bucket.refill(now);
-        if self.bucket.is_full() {
-            self.refused = 0;
-        }
-        if self.bucket.try_take(now) {
-            return Budget::Allowed;
-        }
-        self.refused = self.refused.saturating_add(1);
-        if self.disconnect_after > 0 && self.refused >= self.disconnect_after {
-            Budget::Exhausted
-        } else {
-            Budget::Refused
-        }
-    }
+    /// Deliveries held until the reply is out.
+    pending: Pending,
 }
 
 /// How a connection speaks the protocol.
@@ -231,12 +189,7 @@ impl Session {
     ) -> Self {
         let now = Instant::now();
         let stale = node.config().client.stale_close_delay;
-        let limit = &node.config().client.command_rate_limit;
-        let budget = limit.enabled.then(|| CommandBudget {
-            bucket: TokenBucket::new(limit.rate, limit.burst, now),
-            refused: 0,
-            disconnect_after: limit.disconnect_after,
-        });
+        let budget = CommandBudget::from_config(&node.config().client.command_rate_limit, now);
         Self {
             node,
             mode,
@@ -380,7 +333,7 @@ impl Session {
     /// Queues the disconnect after what is already queued. The writer sends it and the
     /// closed token ends the loop.
     fn close(&mut self, d: Disconnect) {
-        self.conn.outbox.close(d, true);
+        self.conn.outbox.close_after_queued(d);
     }
 
     fn send_reply(&self, reply: &Reply) {
@@ -670,8 +623,7 @@ impl Session {
             });
         }
         for (channel, sub) in pending_live {
-            sub.subscriber.go_live(None, sub.after_offset);
-            self.after_subscribe(&channel).await;
+            self.go_live(&channel, sub.pending, None).await;
         }
         Ok(())
     }
@@ -698,8 +650,11 @@ impl Session {
                     }
                     None => self.expire_at = None,
                 }
-                if claims.info.is_some() {
-                    self.conn_info = claims.info;
+                if let Some(info) = claims.info {
+                    for sub in self.subs.values_mut() {
+                        sub.member.set_conn_info(Some(info.clone()));
+                    }
+                    self.conn_info = Some(info);
                 }
                 self.send_reply(&Reply {
                     id,
@@ -758,7 +713,7 @@ impl Session {
         if let Some(sub) = self.subs.get_mut(&req.channel) {
             sub.expire_at = expire_at;
             if claims.info.is_some() {
-                sub.chan_info = claims.info;
+                sub.member.set_chan_info(claims.info);
             }
         }
         self.sub_expire_at = self.subs.values().filter_map(|s| s.expire_at).min();
@@ -841,8 +796,7 @@ impl Session {
                     }
                     .to_json(),
                 );
-                sub.subscriber.go_live(Some(reply), sub.after_offset);
-                self.after_subscribe(&req.channel).await;
+                self.go_live(&req.channel, sub.pending, Some(reply)).await;
             }
             Err(e) => self.send_error(id, e.to_protocol()),
         }
@@ -892,16 +846,11 @@ impl Session {
     /// Checks that hold for every subscribe: a valid name in a known namespace, not
     /// subscribed yet, under the channel limit.
     fn check_subscribe_limits(&self, req: &SubscribeRequest) -> Result<(), ErrorCode> {
-        let config = self.node.config();
-        channel::resolve(config, &req.channel)?;
+        channel::resolve(self.node.config(), &req.channel)?;
         if self.subs.contains_key(&req.channel) {
             return Err(codes::ERROR_ALREADY_SUBSCRIBED);
         }
-        let limit = config.client.channel_limit;
-        if limit > 0 && self.subs.len() >= limit {
-            return Err(codes::ERROR_LIMIT_EXCEEDED);
-        }
-        Ok(())
+        self.node.check_join(&self.conn, &req.channel)
     }
 
     /// Checks a subscribe without a token against the namespace's permissions.
@@ -921,7 +870,7 @@ impl Session {
 
     /// Adds the connection to the channel and works out the subscribe result,
     /// reading history for the position or the recovery. The caller sends the reply
-    /// through [`Subscriber::go_live`], then calls [`Session::after_subscribe`].
+    /// through [`Session::go_live`].
     async fn subscribe_channel(
         &mut self,
         channel: &str,
@@ -959,183 +908,68 @@ impl Session {
             && (recoverable
                 || opts.force_positioning
                 || (opts.allow_positioning && ask.positioned));
-        let wants_join_leave = opts.join_leave && (opts.force_push_join_leave || ask.join_leave);
-
-        let subscriber = Subscriber::new(self.conn.clone(), wants_join_leave);
-        let inner = &node.inner;
-        if inner.hub.add(channel, subscriber.clone()) {
-            inner.metrics.channels.increment(1.0);
-            if let Err(e) = inner.broker.subscribe(channel).await {
-                self.remove_from_hub(channel);
-                return Err(e.into());
-            }
-        }
-
+        let stream = match ask.recover.clone().filter(|_| recoverable) {
+            Some(since) => StreamAsk::Recover(since),
+            None if positioned => StreamAsk::Position,
+            None => StreamAsk::None,
+        };
+        let joined = node
+            .join(
+                &self.conn,
+                JoinRequest {
+                    channel: channel.to_string(),
+                    info: self.client_info(chan_info),
+                    presence: opts.presence,
+                    join_leave: opts.join_leave,
+                    push_join_leave: opts.join_leave
+                        && (opts.force_push_join_leave || ask.join_leave),
+                    stream,
+                    encoder: &JSON_PUSHES,
+                },
+            )
+            .await?;
         let mut result = SubscribeResult::default();
-        let mut after_offset = 0;
-        if positioned {
-            let recover_from = ask.recover.clone().filter(|_| recoverable);
-            let outcome = match recover_from {
-                Some(since) => self.recover(channel, since).await,
-                None => inner
-                    .broker
-                    .history(
-                        channel,
-                        HistoryFilter {
-                            limit: Some(0),
-                            ..Default::default()
-                        },
-                    )
-                    .await
-                    .map(|page| (page.position, Vec::new(), false))
-                    .map_err(NodeError::from),
-            };
-            let (position, publications, recovered) = match outcome {
-                Ok(v) => v,
-                Err(e) => {
-                    self.remove_from_hub(channel);
-                    return Err(e);
-                }
-            };
-            after_offset = position.offset;
-            inner.hub.note_position(channel, &position);
+        if let Some(position) = joined.position {
             result.positioned = true;
             result.recoverable = recoverable;
             result.epoch = position.epoch;
             result.offset = position.offset;
-            result.publications = publications;
-            result.recovered = recovered;
+            result.publications = joined.publications;
+            result.recovered = joined.recovered;
             result.was_recovering = ask.recover.is_some() && recoverable;
-        }
-        // Presence is in place before the reply goes out, so whoever hears of the
-        // subscription (the client itself, or anyone it tells) finds it there.
-        if opts.presence {
-            let info = self.client_info(chan_info.clone());
-            self.conn.hold_presence(channel, info.clone());
-            if let Err(e) = inner.presence.add(channel, info).await {
-                // As Centrifugo does, the subscribe fails (internal error) rather
-                // than succeed without the client in presence.
-                tracing::error!(channel, error = %e, "presence add failed");
-                self.conn.drop_presence(channel);
-                self.remove_from_hub(channel);
-                // A write that failed by timing out may still have been stored.
-                let (presence, channel, client) = (
-                    inner.presence.clone(),
-                    channel.to_string(),
-                    self.conn.client_id.clone(),
-                );
-                tokio::spawn(async move {
-                    let _ = presence.remove(&channel, &client).await;
-                });
-                return Err(e.into());
-            }
         }
         self.subs.insert(
             channel.to_string(),
             ChannelSub {
-                presence: opts.presence,
-                join_leave: opts.join_leave,
-                chan_info,
+                member: joined.member,
                 expire_at: ask.expire_at,
-                subscriber: subscriber.clone(),
             },
         );
         if let Some(at) = ask.expire_at {
             self.sub_expire_at = Some(self.sub_expire_at.map_or(at, |t| t.min(at)));
         }
-        inner.metrics.subscription_added();
         Ok(Subscribed {
             result,
-            subscriber,
-            after_offset,
+            pending: joined.pending,
         })
     }
 
-    /// Reads what a recovering client missed. `Ok((position, pubs, recovered))`.
-    async fn recover(
-        &self,
-        channel: &str,
-        since: StreamPosition,
-    ) -> Result<(StreamPosition, Vec<tidings_protocol::Publication>, bool), NodeError> {
-        let inner = &self.node.inner;
-        let max = self.node.config().client.recovery_max_publication_limit;
-        let page = inner
-            .broker
-            .history(
-                channel,
-                HistoryFilter {
-                    since: Some(since),
-                    limit: Some(max.saturating_add(1)),
-                    reverse: false,
-                },
-            )
-            .await;
-        match page {
-            Ok(page) if page.publications.len() <= max => {
-                Ok((page.position, page.publications, true))
-            }
-            Ok(_) | Err(crate::broker::BrokerError::UnrecoverablePosition) => {
-                // Cannot tell what was missed: report the current position only.
-                let page = inner
-                    .broker
-                    .history(
-                        channel,
-                        HistoryFilter {
-                            limit: Some(0),
-                            ..Default::default()
-                        },
-                    )
-                    .await?;
-                Ok((page.position, Vec::new(), false))
-            }
-            Err(e) => Err(e.into()),
+    /// Sends the subscribe reply (`first`, unless it went out with another
+    /// reply), what arrived meanwhile, then live publications; the channel hears
+    /// the join.
+    async fn go_live(&self, channel: &str, pending: Pending, first: Option<Bytes>) {
+        if let Some(sub) = self.subs.get(channel) {
+            self.node.go_live(&sub.member, pending, first).await;
         }
     }
 
-    /// The join message, once the subscriber is live (so it follows the reply).
-    async fn after_subscribe(&self, channel: &str) {
-        let Some(sub) = self.subs.get(channel) else {
-            return;
-        };
-        let info = self.client_info(sub.chan_info.clone());
-        let inner = &self.node.inner;
-        if sub.join_leave {
-            if let Err(e) = inner.broker.publish_join(channel, info).await {
-                tracing::warn!(channel, error = %e, "join publish failed");
-            }
-        }
-    }
-
-    fn remove_from_hub(&self, channel: &str) {
-        let inner = &self.node.inner;
-        if inner.hub.remove(channel, self.conn.serial) {
-            inner.metrics.channels.decrement(1.0);
-            let broker = inner.broker.clone();
-            let channel = channel.to_string();
-            // Dropping node-level interest is best effort and must not delay the
-            // session; a failure only costs an idle broker subscription.
-            tokio::spawn(async move {
-                let _ = broker.unsubscribe(&channel).await;
-            });
-        }
-    }
-
-    /// Leaves a channel: hub, presence, leave message, and optionally a push.
+    /// Leaves a channel (hub, presence, leave message), and optionally sends an
+    /// unsubscribe push.
     async fn unsubscribe_channel(&mut self, channel: &str, push: Option<(u32, &str)>) {
         let Some(sub) = self.subs.remove(channel) else {
             return;
         };
-        self.remove_from_hub(channel);
-        let inner = self.node.inner.clone();
-        inner.metrics.subscription_removed();
-        if sub.presence {
-            self.conn.drop_presence(channel);
-            let _ = inner.presence.remove(channel, &self.conn.client_id).await;
-        }
-        if sub.join_leave {
-            let info = self.client_info(sub.chan_info.clone());
-            let _ = inner.broker.publish_leave(channel, info).await;
-        }
+        self.node.leave(sub.member).await;
         if let Some((code, reason)) = push {
             self.send_reply(&Reply::push(Push {
                 channel: channel.to_string(),
@@ -1158,7 +992,7 @@ impl Session {
             return Err(codes::ERROR_PERMISSION_DENIED.into());
         }
         let data = req.data.ok_or(codes::ERROR_BAD_REQUEST)?;
-        let chan_info = subscribed.and_then(|s| s.chan_info.clone());
+        let chan_info = subscribed.and_then(|s| s.member.info().chan_info.clone());
         self.node
             .publish(PublishRequest {
                 info: Some(self.client_info(chan_info)),
@@ -1241,17 +1075,13 @@ impl Session {
     }
 
     async fn on_rpc(&self, id: u32, req: tidings_protocol::RpcRequest) {
-        let Some(handler) = self.node.inner.rpc.clone() else {
-            self.send_error(id, codes::ERROR_METHOD_NOT_FOUND);
-            return;
-        };
         let call = RpcRequest {
             client_id: self.conn.client_id.clone(),
             user: self.conn.user().to_string(),
             method: req.method,
             data: req.data,
         };
-        match handler(call).await {
+        match self.node.call_rpc(call).await {
             Ok(data) => self.send_reply(&Reply {
                 id,
                 rpc: Some(RpcResult { data: Some(data) }),
@@ -1268,7 +1098,7 @@ impl Session {
                 let lost = self
                     .subs
                     .get(&channel)
-                    .is_some_and(|s| s.subscriber.is_insufficient());
+                    .is_some_and(|s| s.member.lost_place());
                 if lost {
                     let (code, reason) = codes::unsubscribe::INSUFFICIENT;
                     self.unsubscribe_channel(&channel, Some((code, reason)))
@@ -1305,9 +1135,8 @@ impl Session {
                             }),
                             ..Default::default()
                         });
-                        sub.subscriber
-                            .go_live(Some(Bytes::from(push.to_json())), sub.after_offset);
-                        self.after_subscribe(&channel).await;
+                        let first = Some(Bytes::from(push.to_json()));
+                        self.go_live(&channel, sub.pending, first).await;
                     }
                     Err(e) => {
                         tracing::warn!(channel, error = %e, "server API subscribe failed");
@@ -1322,7 +1151,7 @@ impl Session {
         // Make sure the writer stops even when the client left on its own.
         self.conn
             .outbox
-            .close(Disconnect::connection_closed(), false);
+            .close_dropping_queued(Disconnect::connection_closed());
         let channels: Vec<String> = self.subs.keys().cloned().collect();
         for channel in channels {
             self.unsubscribe_channel(&channel, None).await;

@@ -20,34 +20,32 @@
 //! hundred lines with its own tests, and the rest is Tidings' own machinery.
 //!
 //! Layers: [`engine`] (Engine.IO framing and errors), [`packet`] (Socket.IO packets
-//! and attachments), [`transport`] (the HTTP and WebSocket endpoints, the session
-//! registry, routing of polls) and [`session`] (one task per Engine.IO session:
-//! heartbeat, namespaces, rooms, events, recovery).
+//! and attachments), [`pushes`] (publications as room events, encoded once),
+//! [`transport`] (the HTTP and WebSocket endpoints, the session registry, routing
+//! of polls) and [`session`] (one task per Engine.IO session: heartbeat,
+//! namespaces, rooms, events, recovery). Joining and leaving rooms goes through the
+//! node's membership ([`crate::node::membership`]), the same code the Centrifugo
+//! session uses, so presence, recovery and join/leave messages behave alike.
 //!
 //! # The outbox
 //!
 //! A Socket.IO session owns an ordinary [`Connection`](crate::connection::Connection),
 //! so the hub, `Node::disconnect`, server-side subscribe and shutdown reach it like
-//! any other client. Its outbox holds two kinds of items: the hub's encoded
-//! Centrifugo pushes (they start with `{`) and our own Engine.IO packets (tagged
-//! `T` for text, `B` for binary). The writer of the active transport turns pushes
-//! into Socket.IO events when it writes them ([`transport::render`]). That costs one
-//! JSON parse per Socket.IO subscriber per publication, where Centrifugo clients share
-//! one encoding; an encode-once per wire format in the hub is the later fix.
+//! any other client. Its outbox holds our own Engine.IO packets (tagged `T` for
+//! text, `B` for binary) and the hub's publications, which the hub encodes once per
+//! publication for every Socket.IO subscriber ([`pushes`], tagged `P`). The writer
+//! of the active transport adds what differs per socket (namespaces, the recovery
+//! offset) when it writes them ([`transport::render`]), without parsing JSON.
 
 pub mod engine;
 pub mod packet;
+pub mod pushes;
 pub mod session;
 pub mod transport;
 
 pub use transport::{
-    router, serve_forwarded, ForwardedPoll, ForwardedReply, PollForwarder, Registry,
+    registry, router, serve_forwarded, ForwardedPoll, ForwardedReply, PollForwarder, Registry,
 };
-
-/// The node's Socket.IO sessions (and where to install a [`PollForwarder`]).
-pub fn registry(node: &crate::Node) -> &Registry {
-    &node.inner.socketio
-}
 
 /// The Tidings namespace a Socket.IO namespace maps onto, if any.
 pub fn tidings_namespace(config: &crate::Config, nsp: &str) -> Option<String> {

@@ -21,29 +21,23 @@ use tokio::time::Instant;
 use bytes::Bytes;
 use serde_json::{json, Value};
 use tidings_protocol::codes::{self, ErrorCode};
-use tidings_protocol::{ClientInfo, Disconnect, Publication, Push, RawJson, Reply, StreamPosition};
+use tidings_protocol::{ClientInfo, Disconnect, Publication, RawJson, StreamPosition};
 use tokio::sync::mpsc;
 
 use super::engine::ClientPacket;
 use super::packet::{self, Packet};
+use super::pushes::SOCKETIO_PUSHES;
 use super::transport::{self, Inbound, Room, Shared};
 use crate::auth::TokenError;
-use crate::broker::HistoryFilter;
 use crate::channel;
 use crate::connection::{Control, ControlReceiver, ServerSubscribe};
-use crate::hub::Subscriber;
-use crate::limit::TokenBucket;
-use crate::node::{Node, NodeError, PublishRequest};
+use crate::limit::{Budget, CommandBudget};
+use crate::node::PushEncoder;
+use crate::node::{JoinRequest, Member, Node, NodeError, Pending, PublishRequest, StreamAsk};
 
 /// A connected Socket.IO namespace.
 struct Socket {
     tidings_ns: String,
-}
-
-/// A channel this session is in.
-struct Sub {
-    presence: bool,
-    join_leave: bool,
 }
 
 /// A binary packet waiting for its attachments.
@@ -53,50 +47,26 @@ struct Partial {
     bytes: usize,
 }
 
-/// `client.command_rate_limit` applied to Socket.IO CONNECT and EVENT packets: each
-/// takes a token; an event over budget is answered `{ok: false, error: "too many requests"}`,
-/// and a client that keeps going past `disconnect_after` refusals is closed.
-struct EventBudget {
-    bucket: TokenBucket,
-    refused: u32,
-    disconnect_after: u32,
-}
-
-impl EventBudget {
-    /// `Ok(true)` to run the event, `Ok(false)` to refuse it, `Err` to close.
-    fn take(&mut self) -> Result<bool, Disconnect> {
-        let now = Instant::now();
-        self.bucket.refill(now);
-        if self.bucket.is_full() {
-            self.refused = 0;
-        }
-        if self.bucket.try_take(now) {
-            return Ok(true);
-        }
-        self.refused = self.refused.saturating_add(1);
-        if self.disconnect_after > 0 && self.refused >= self.disconnect_after {
-            return Err(Disconnect::too_many_requests());
-        }
-        Ok(false)
-    }
-}
-
 struct Sio {
     node: Node,
-    budget: Option<EventBudget>,
+    /// `client.command_rate_limit` applied to CONNECT and EVENT packets: each takes
+    /// a token; an event over budget is answered `{ok: false, error: "too many
+    /// requests"}`, and a client that keeps going past `disconnect_after` refusals
+    /// is closed.
+    budget: Option<CommandBudget>,
     shared: Arc<Shared>,
     sockets: HashMap<String, Socket>,
     /// Set by the first accepted CONNECT; every namespace must be the same user.
     user: Option<String>,
     conn_info: Option<RawJson>,
-    subs: HashMap<String, Sub>,
+    /// The channels this session is in, by name.
+    subs: HashMap<String, Member>,
     partial: Option<Partial>,
 }
 
 /// What a join produced, before the subscriber goes live.
 struct Joined {
-    subscriber: Arc<Subscriber>,
-    after_offset: u64,
+    pending: Pending,
     missed: Vec<Publication>,
     recovered: bool,
 }
@@ -115,12 +85,8 @@ pub async fn run(
     metrics.connections.increment(1.0);
     metrics.socketio_sessions().increment(1.0);
     let cfg = node.config().socketio.clone();
-    let limit = &node.config().client.command_rate_limit;
-    let budget = limit.enabled.then(|| EventBudget {
-        bucket: TokenBucket::new(limit.rate, limit.burst, Instant::now()),
-        refused: 0,
-        disconnect_after: limit.disconnect_after,
-    });
+    let budget =
+        CommandBudget::from_config(&node.config().client.command_rate_limit, Instant::now());
     let mut sio = Sio {
         node: node.clone(),
         budget,
@@ -146,7 +112,7 @@ pub async fn run(
         tokio::select! {
             _ = closed.cancelled() => break,
             _ = shutdown.cancelled() => {
-                shared.conn.outbox.close(Disconnect::shutdown(), true);
+                shared.conn.outbox.close_after_queued(Disconnect::shutdown());
                 break;
             }
             msg = inbound.recv() => {
@@ -162,14 +128,14 @@ pub async fn run(
                 };
                 if let Err(d) = result {
                     // What is queued (acks, refusals) still goes out before the close.
-                    shared.conn.outbox.close(d, true);
+                    shared.conn.outbox.close_after_queued(d);
                     break;
                 }
             }
             Some(ctrl) = control.recv() => {
                 if let Err(d) = sio.handle_control(ctrl).await {
                     sio.disconnect_all(&d);
-                    shared.conn.outbox.close(d, true);
+                    shared.conn.outbox.close_after_queued(d);
                     break;
                 }
             }
@@ -288,9 +254,10 @@ impl Sio {
 
     /// One token of the budget: `Ok(false)` to refuse, `Err` to close.
     fn take_token(&mut self) -> Result<bool, Disconnect> {
-        match self.budget.as_mut() {
-            Some(budget) => budget.take(),
-            None => Ok(true),
+        match self.budget.as_mut().map(|b| b.check(Instant::now())) {
+            None | Some(Budget::Allowed) => Ok(true),
+            Some(Budget::Refused) => Ok(false),
+            Some(Budget::Exhausted) => Err(Disconnect::too_many_requests()),
         }
     }
 
@@ -471,9 +438,9 @@ impl Sio {
         ));
     }
 
-    /// Joins a channel for a namespace: hub, broker interest, position or recovery,
-    /// presence. `Ok(None)` when the session was in the channel already (the
-    /// namespace is added to it).
+    /// Joins a channel for a namespace through the node's membership: hub, broker
+    /// interest, position or recovery, presence. `Ok(None)` when the session was in
+    /// the channel already (the namespace is added to it).
     async fn join(
         &mut self,
         channel_name: &str,
@@ -500,61 +467,35 @@ impl Sio {
             }
             return Ok(None);
         }
-        let limit = config.client.channel_limit;
-        if limit > 0 && self.subs.len() >= limit {
-            return Err(codes::ERROR_LIMIT_EXCEEDED.into());
-        }
         let history = ch.history_enabled();
-        let presence = ch.options.presence;
-        let join_leave = ch.options.join_leave;
-        let inner = &node.inner;
-        let subscriber = Subscriber::new(self.shared.conn.clone(), false);
-        if inner.hub.add(channel_name, subscriber.clone()) {
-            inner.metrics.channels.increment(1.0);
-            if let Err(e) = inner.broker.subscribe(channel_name).await {
-                self.remove_from_hub(channel_name);
-                return Err(e.into());
-            }
-        }
-        let mut joined = Joined {
-            subscriber,
-            after_offset: 0,
-            missed: Vec::new(),
-            recovered: false,
+        let stream = match since.clone() {
+            Some(since) if history => StreamAsk::Recover(since),
+            _ if history => StreamAsk::Position,
+            _ => StreamAsk::None,
         };
-        let mut epoch = String::new();
-        let mut start_offset = 0;
-        if history {
-            let outcome = self.position(channel_name, since.clone()).await;
-            let (position, missed, recovered) = match outcome {
-                Ok(v) => v,
-                Err(e) => {
-                    self.remove_from_hub(channel_name);
-                    return Err(e);
-                }
-            };
-            joined.after_offset = position.offset;
-            joined.missed = missed;
-            joined.recovered = recovered;
-            epoch = position.epoch;
+        let joined = node
+            .join(
+                &self.shared.conn,
+                JoinRequest {
+                    channel: channel_name.to_string(),
+                    info: self.client_info(),
+                    presence: ch.options.presence,
+                    join_leave: ch.options.join_leave,
+                    push_join_leave: false,
+                    stream,
+                    encoder: &SOCKETIO_PUSHES,
+                },
+            )
+            .await?;
+        let (epoch, start_offset) = match &joined.position {
             // Offsets move forward as the missed publications are written.
-            start_offset = match since {
-                Some(s) if recovered => s.offset,
-                _ => position.offset,
-            };
-        }
-        if presence {
-            if let Err(e) = inner.presence.add(channel_name, self.client_info()).await {
-                tracing::warn!(channel = channel_name, error = %e, "presence add failed");
-            }
-        }
-        self.subs.insert(
-            channel_name.to_string(),
-            Sub {
-                presence,
-                join_leave,
+            Some(position) => match since {
+                Some(s) if joined.recovered => (position.epoch.clone(), s.offset),
+                _ => (position.epoch.clone(), position.offset),
             },
-        );
+            None => (String::new(), 0),
+        };
+        self.subs.insert(channel_name.to_string(), joined.member);
         self.shared.rooms.lock().insert(
             channel_name.to_string(),
             Room {
@@ -564,84 +505,23 @@ impl Sio {
                 offset: start_offset,
             },
         );
-        inner.metrics.subscription_added();
-        Ok(Some(joined))
-    }
-
-    /// The channel's current position, or what was missed since `since`.
-    async fn position(
-        &self,
-        channel_name: &str,
-        since: Option<StreamPosition>,
-    ) -> Result<(StreamPosition, Vec<Publication>, bool), NodeError> {
-        let inner = &self.node.inner;
-        if let Some(since) = since {
-            let max = self.node.config().client.recovery_max_publication_limit;
-            let page = inner
-                .broker
-                .history(
-                    channel_name,
-                    HistoryFilter {
-                        since: Some(since),
-                        limit: Some(max.saturating_add(1)),
-                        reverse: false,
-                    },
-                )
-                .await;
-            match page {
-                Ok(page) if page.publications.len() <= max => {
-                    return Ok((page.position, page.publications, true));
-                }
-                Ok(_) | Err(crate::broker::BrokerError::UnrecoverablePosition) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let page = inner
-            .broker
-            .history(
-                channel_name,
-                HistoryFilter {
-                    limit: Some(0),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        Ok((page.position, Vec::new(), false))
+        Ok(Some(Joined {
+            pending: joined.pending,
+            missed: joined.publications,
+            recovered: joined.recovered,
+        }))
     }
 
     /// Writes what was missed, switches the subscriber to live delivery and sends
     /// the join message.
     async fn go_live(&self, channel_name: &str, joined: Joined) {
-        for publication in joined.missed {
-            let push = Reply::push(Push {
-                channel: channel_name.to_string(),
-                publication: Some(publication),
-                ..Default::default()
-            });
-            self.shared.conn.send(Bytes::from(push.to_json()));
+        for publication in &joined.missed {
+            self.shared
+                .conn
+                .send(SOCKETIO_PUSHES.publication(channel_name, publication));
         }
-        joined.subscriber.go_live(None, joined.after_offset);
-        if self.subs.get(channel_name).is_some_and(|s| s.join_leave) {
-            let inner = &self.node.inner;
-            if let Err(e) = inner
-                .broker
-                .publish_join(channel_name, self.client_info())
-                .await
-            {
-                tracing::warn!(channel = channel_name, error = %e, "join publish failed");
-            }
-        }
-    }
-
-    fn remove_from_hub(&self, channel_name: &str) {
-        let inner = &self.node.inner;
-        if inner.hub.remove(channel_name, self.shared.conn.serial) {
-            inner.metrics.channels.decrement(1.0);
-            let broker = inner.broker.clone();
-            let channel_name = channel_name.to_string();
-            tokio::spawn(async move {
-                let _ = broker.unsubscribe(&channel_name).await;
-            });
+        if let Some(member) = self.subs.get(channel_name) {
+            self.node.go_live(member, joined.pending, None).await;
         }
     }
 
@@ -660,23 +540,8 @@ impl Sio {
             }
             rooms.remove(channel_name);
         }
-        let Some(sub) = self.subs.remove(channel_name) else {
-            return;
-        };
-        self.remove_from_hub(channel_name);
-        let inner = self.node.inner.clone();
-        inner.metrics.subscription_removed();
-        if sub.presence {
-            let _ = inner
-                .presence
-                .remove(channel_name, &self.shared.conn.client_id)
-                .await;
-        }
-        if sub.join_leave {
-            let _ = inner
-                .broker
-                .publish_leave(channel_name, self.client_info())
-                .await;
+        if let Some(member) = self.subs.remove(channel_name) {
+            self.node.leave(member).await;
         }
     }
 
@@ -886,7 +751,7 @@ impl Sio {
         self.shared
             .conn
             .outbox
-            .close(Disconnect::connection_closed(), false);
+            .close_dropping_queued(Disconnect::connection_closed());
         let channels: Vec<String> = self.subs.keys().cloned().collect();
         for c in channels {
             self.leave(&c, None).await;

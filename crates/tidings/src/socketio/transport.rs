@@ -20,11 +20,12 @@ use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
-use tidings_protocol::{Disconnect, Reply};
+use tidings_protocol::Disconnect;
 use tokio::sync::{mpsc, watch};
 
 use super::engine::{self, ClientPacket, Frame, Handshake, RequestError};
-use super::packet::{Packet, EVENT};
+use super::packet::Packet;
+use super::pushes;
 use crate::connection::Connection;
 use crate::limit::ConnectionPermit;
 use crate::node::Node;
@@ -89,7 +90,7 @@ pub struct Shared {
 impl Shared {
     /// Closes the session: the outbox stops, the task ends and cleans up.
     pub fn close(&self, d: Disconnect) {
-        self.conn.outbox.close(d, false);
+        self.conn.outbox.close_dropping_queued(d);
     }
 
     fn is_closed(&self) -> bool {
@@ -151,7 +152,8 @@ pub type PollForwarder = Arc<
         + Sync,
 >;
 
-/// The Engine.IO sessions of one node, by sid.
+/// The Engine.IO sessions of one node, by sid (kept by the node as front-door
+/// state, see [`registry`]).
 #[derive(Default)]
 pub struct Registry {
     sessions: Mutex<HashMap<String, Arc<Shared>>>,
@@ -161,9 +163,17 @@ pub struct Registry {
 
 impl Registry {
     /// Installs the node-to-node route for polls whose sid names another node,
-    /// replacing the one `Node::build` installs (the cluster's request/reply).
+    /// replacing the cluster's request/reply that [`router`] installs.
     pub fn set_forwarder(&self, forwarder: PollForwarder) {
         *self.forwarder.write() = Some(forwarder);
+    }
+
+    /// Installs `forwarder` unless one is installed already.
+    fn default_forwarder(&self, forwarder: impl FnOnce() -> PollForwarder) {
+        let mut slot = self.forwarder.write();
+        if slot.is_none() {
+            *slot = Some(forwarder());
+        }
     }
 
     /// An open session; a closing one counts as gone.
@@ -193,6 +203,48 @@ impl Registry {
     }
 }
 
+/// The node's Socket.IO sessions (and where to install a [`PollForwarder`]).
+pub fn registry(node: &Node) -> Arc<Registry> {
+    node.front_door_state::<Registry>()
+}
+
+/// The kind of the node-to-node request that carries a forwarded poll.
+const FORWARDED_POLL: &str = "socketio.poll";
+
+/// Socket.IO polling without sticky sessions: the forwarder a node's registry uses
+/// for a sid whose tag names another node. The tag is matched against the nodes
+/// heard from recently; the request goes there through the cluster's request/reply
+/// and the answer comes back as it is. `None` (the client gets "Session ID
+/// unknown" and starts a new session) when no live node has that tag or it does
+/// not answer.
+fn cluster_forwarder(node: &Node) -> PollForwarder {
+    // Weak: the registry lives in the node, and must not keep it alive.
+    let node = node.downgrade();
+    Arc::new(move |tag, poll| {
+        let node = node.clone();
+        Box::pin(async move {
+            let node = node.upgrade()?;
+            let uid = node
+                .nodes()
+                .into_iter()
+                .map(|info| info.uid)
+                .filter(|uid| uid != node.uid())
+                .find(|uid| tag_of(uid) == tag)?;
+            // A GET is held up to the ping interval before the owner answers it.
+            let wait = node.config().socketio.ping_interval + std::time::Duration::from_secs(5);
+            node.ask_node(&uid, FORWARDED_POLL, &poll, wait).await.ok()
+        })
+    })
+}
+
+/// The sid prefix of the node with this uid.
+fn tag_of(uid: &str) -> String {
+    uid.chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(TAG_LEN)
+        .collect()
+}
+
 /// This node's sid prefix.
 pub fn node_tag(node: &Node) -> String {
     node.uid()
@@ -206,8 +258,26 @@ fn new_sid(node: &Node) -> String {
     format!("{}{}", node_tag(node), uuid::Uuid::new_v4().simple())
 }
 
-/// The Socket.IO routes, with CORS for allowed origins.
+/// The Socket.IO routes, with CORS for allowed origins. Mounting them also lets
+/// this node answer the polls other nodes forward to it, and forward its own.
 pub fn router(node: &Node) -> Router<Node> {
+    registry(node).default_forwarder(|| cluster_forwarder(node));
+    node.serve_requests(
+        FORWARDED_POLL,
+        Arc::new(|node, body| {
+            Box::pin(async move {
+                let reply = match serde_json::from_value::<ForwardedPoll>(body) {
+                    Ok(poll) => serve_forwarded(&node, poll).await,
+                    Err(_) => ForwardedReply {
+                        status: 400,
+                        content_type: "text/plain; charset=UTF-8".into(),
+                        body: "bad forwarded poll".into(),
+                    },
+                };
+                serde_json::to_value(reply).unwrap_or_default()
+            })
+        }),
+    );
     let cfg = node.config();
     let path = cfg.socketio.path.clone();
     let mut app = Router::new().route(&path, any(endpoint));
@@ -215,7 +285,7 @@ pub fn router(node: &Node) -> Router<Node> {
     if !trimmed.is_empty() && trimmed != path {
         app = app.route(trimmed, any(endpoint));
     }
-    let config = node.inner.config.clone();
+    let config = node.config_arc();
     let cors = tower_http::cors::CorsLayer::new()
         .allow_origin(tower_http::cors::AllowOrigin::predicate(
             move |origin, _| {
@@ -255,7 +325,7 @@ async fn endpoint(State(node): State<Node>, req: Request) -> Response {
     if !crate::origin::allowed(node.config(), &parts.headers) {
         return RequestError::Forbidden.into_response();
     }
-    let registry = &node.inner.socketio;
+    let registry = registry(&node);
     if websocket {
         if parts.method != Method::GET {
             return RequestError::BadHandshakeMethod.into_response();
@@ -318,7 +388,7 @@ pub async fn forward_poll(
     parts: &axum::http::request::Parts,
     body: axum::body::Body,
 ) -> Option<Response> {
-    let forwarder = node.inner.socketio.forwarder.read().clone()?;
+    let forwarder = registry(node).forwarder.read().clone()?;
     let post = match parts.method {
         Method::GET => false,
         Method::POST => true,
@@ -355,7 +425,7 @@ pub async fn forward_poll(
 
 /// Answers a poll forwarded by another node, for a session this node holds.
 pub async fn serve_forwarded(node: &Node, request: ForwardedPoll) -> ForwardedReply {
-    let response = match node.inner.socketio.get(&request.sid) {
+    let response = match registry(node).get(&request.sid) {
         None => RequestError::UnknownSid.into_response(),
         Some(shared) => {
             let (method, body) = if request.post {
@@ -428,13 +498,13 @@ fn start(node: &Node, phase: Phase, permit: ConnectionPermit) -> Arc<Shared> {
         rooms: Mutex::new(HashMap::new()),
         recovery: node.config().socketio.connection_state_recovery,
     });
-    node.inner.socketio.insert(shared.clone());
+    registry(node).insert(shared.clone());
     let task_node = node.clone();
     let task_shared = shared.clone();
     node.spawn_connection(async move {
         let _permit = permit;
         super::session::run(task_node.clone(), task_shared.clone(), inbound_rx, control).await;
-        task_node.inner.socketio.remove(&task_shared.sid);
+        registry(&task_node).remove(&task_shared.sid);
     });
     shared
 }
@@ -684,9 +754,10 @@ fn render_all(shared: &Shared, items: &[Bytes], out: &mut Vec<Frame>) {
     }
 }
 
-/// Turns one outbox item into frames: our own tagged packets as they are, the hub's
-/// Centrifugo publication pushes into Socket.IO events for every namespace that joined
-/// the channel (skipping the session's own publications, as `socket.to(room)` does).
+/// Turns one outbox item into frames: our own tagged packets as they are, and the
+/// hub's publications (encoded once for every Socket.IO subscriber, see
+/// [`pushes`]) into an event for every namespace that joined the channel,
+/// skipping the session's own publications, as `socket.to(room)` does.
 pub fn render(shared: &Shared, item: &Bytes, out: &mut Vec<Frame>) {
     match item.first() {
         Some(b'T') => {
@@ -695,62 +766,28 @@ pub fn render(shared: &Shared, item: &Bytes, out: &mut Vec<Frame>) {
             }
         }
         Some(b'B') => out.push(Frame::Binary(item.slice(1..))),
-        Some(b'{') => transcode(shared, item, out),
+        Some(&pushes::TAG) => render_publication(shared, item, out),
         _ => {}
     }
 }
 
-fn transcode(shared: &Shared, item: &Bytes, out: &mut Vec<Frame>) {
-    let Ok(reply) = serde_json::from_slice::<Reply>(item) else {
-        return;
-    };
-    let Some(push) = reply.push else { return };
-    let Some(publication) = push.publication else {
+fn render_publication(shared: &Shared, item: &Bytes, out: &mut Vec<Frame>) {
+    let Some(encoded) = pushes::decode(item) else {
         return;
     };
     let mut rooms = shared.rooms.lock();
-    let Some(room) = rooms.get_mut(&push.channel) else {
+    let Some(room) = rooms.get_mut(encoded.channel) else {
         return;
     };
-    room.offset = room.offset.max(publication.offset);
-    let nsps = room.nsps.clone();
-    if publication
-        .info
-        .as_ref()
-        .is_some_and(|info| info.client == shared.conn.client_id)
-    {
+    room.offset = room.offset.max(encoded.offset);
+    if encoded.client == shared.conn.client_id {
         return;
     }
-    let args = event_args(publication.data.as_ref());
+    let nsps = room.nsps.clone();
     for nsp in nsps {
-        let mut data = args.clone();
-        if shared.recovery {
-            data.push(serde_json::Value::String(offset_string(&rooms, &nsp)));
-        }
-        let (text, attachments) =
-            Packet::new(EVENT, &nsp, Some(serde_json::Value::Array(data))).encode();
-        out.push(Frame::Text(format!("4{text}")));
-        out.extend(attachments.into_iter().map(Frame::Binary));
+        let offset = shared.recovery.then(|| offset_string(&rooms, &nsp));
+        pushes::render_event(&encoded, &nsp, offset.as_deref(), out);
     }
-}
-
-/// A publication's data as event arguments: `{event, args}` as that event, anything
-/// else as the `message` event with the data as its one argument.
-pub fn event_args(data: Option<&tidings_protocol::RawJson>) -> Vec<serde_json::Value> {
-    let value: serde_json::Value = data
-        .and_then(|d| serde_json::from_slice(d.as_bytes()).ok())
-        .unwrap_or(serde_json::Value::Null);
-    if let serde_json::Value::Object(map) = &value {
-        if let (Some(serde_json::Value::String(event)), Some(serde_json::Value::Array(args))) =
-            (map.get("event"), map.get("args"))
-        {
-            let mut out = Vec::with_capacity(args.len() + 1);
-            out.push(serde_json::Value::String(event.clone()));
-            out.extend(args.iter().cloned());
-            return out;
-        }
-    }
-    vec![serde_json::Value::String("message".into()), value]
 }
 
 /// The recovery offset of a namespace: every room it is in, with its epoch and last
@@ -784,26 +821,6 @@ pub fn parse_offset(offset: &str, max: usize) -> Option<Vec<(String, String, u64
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn publication_data_becomes_event_arguments() {
-        let raw = |s: &str| tidings_protocol::RawJson::parse(s.to_string()).unwrap();
-        assert_eq!(
-            event_args(Some(&raw(r#"{"event":"chat","args":[1,"x"]}"#))),
-            vec![
-                serde_json::json!("chat"),
-                serde_json::json!(1),
-                serde_json::json!("x")
-            ]
-        );
-        assert_eq!(
-            event_args(Some(&raw(r#"{"text":"hi"}"#))),
-            vec![
-                serde_json::json!("message"),
-                serde_json::json!({"text":"hi"})
-            ]
-        );
-    }
 
     #[test]
     fn offsets_round_trip_and_name_only_the_namespace_rooms() {

@@ -19,8 +19,47 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::control::{ForwardError, Reply, Request};
-use crate::node::{Node, RouteError};
+use super::{EmulatedSessions, RouteError};
+use crate::node::{ForwardError, Node};
+
+/// The kind of the node-to-node request that hands a frame to a session another
+/// node holds.
+const FORWARDED_FRAME: &str = "emulation.frame";
+
+/// A frame for a session of the asked node.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ForwardedFrame {
+    session: String,
+    frame: String,
+}
+
+/// An HTTP answer made on the node that holds a session, passed on as it is by
+/// the node that got the request.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ForwardedHttp {
+    pub status: u16,
+    pub body: String,
+}
+
+/// Lets this node answer frames that other nodes forward to its sessions.
+pub(super) fn serve_forwarded_requests(node: &Node) {
+    node.serve_requests(
+        FORWARDED_FRAME,
+        std::sync::Arc::new(|node, body| {
+            Box::pin(async move {
+                let (status, body) = match serde_json::from_value::<ForwardedFrame>(body) {
+                    Ok(ask) => route_local(&node, &ask.session, ask.frame),
+                    Err(_) => (StatusCode::BAD_REQUEST, "bad forwarded frame"),
+                };
+                let answer = ForwardedHttp {
+                    status: status.as_u16(),
+                    body: body.to_string(),
+                };
+                serde_json::to_value(answer).unwrap_or_default()
+            })
+        }),
+    );
+}
 
 #[derive(Deserialize)]
 struct EmulationRequest<'a> {
@@ -94,7 +133,7 @@ pub fn parse_routed_request(body: &[u8]) -> Result<RoutedRequest, RequestError> 
 
 /// Hands a frame to a session of this node; the HTTP status and message to answer.
 pub(crate) fn route_local(node: &Node, session: &str, frame: String) -> (StatusCode, &'static str) {
-    match node.route(session, frame) {
+    match EmulatedSessions::of(node).route(session, frame) {
         Ok(()) => (StatusCode::NO_CONTENT, ""),
         Err(RouteError::NotFound) => (StatusCode::NOT_FOUND, "session not found"),
         Err(RouteError::Busy) => (StatusCode::TOO_MANY_REQUESTS, "session is busy, retry"),
@@ -107,7 +146,7 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Delivers a frame to its session: here when this node holds it, otherwise
 /// through the broker to the node the request names (its reply is the answer).
 pub(crate) async fn route(node: &Node, req: RoutedRequest) -> Response {
-    let local = node.route(&req.session, req.frame.clone());
+    let local = EmulatedSessions::of(node).route(&req.session, req.frame.clone());
     let elsewhere = !req.node.is_empty() && req.node != node.uid();
     match local {
         Err(RouteError::NotFound) if elsewhere => {}
@@ -124,20 +163,21 @@ pub(crate) async fn route(node: &Node, req: RoutedRequest) -> Response {
         // No such node is running: the session is gone with it.
         return (StatusCode::NOT_FOUND, "session not found").into_response();
     }
-    let ask = Request::Emulation {
+    let ask = ForwardedFrame {
         session: req.session,
         frame: req.frame,
     };
     forwarded(
-        crate::control::request(node, &req.node, ask, FORWARD_TIMEOUT).await,
+        node.ask_node(&req.node, FORWARDED_FRAME, &ask, FORWARD_TIMEOUT)
+            .await,
         false,
     )
 }
 
 /// The answer of another node, or why there is none, as this node's response.
-pub(crate) fn forwarded(reply: Result<Reply, ForwardError>, json: bool) -> Response {
+pub(crate) fn forwarded(reply: Result<ForwardedHttp, ForwardError>, json: bool) -> Response {
     match reply {
-        Ok(Reply::Http { status, body }) => {
+        Ok(ForwardedHttp { status, body }) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
             if json && status == StatusCode::OK {
                 super::long_poll::json_response(status, body.into())
@@ -147,7 +187,7 @@ pub(crate) fn forwarded(reply: Result<Reply, ForwardError>, json: bool) -> Respo
                 (status, body).into_response()
             }
         }
-        Ok(Reply::Channels { .. } | Reply::SocketIo(_)) => {
+        Err(ForwardError::Unanswerable) => {
             (StatusCode::BAD_GATEWAY, "unexpected answer from the node").into_response()
         }
         Err(ForwardError::Timeout) => (

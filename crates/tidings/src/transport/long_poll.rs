@@ -39,8 +39,8 @@ use tidings_protocol::Disconnect;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::emulation::ForwardedHttp;
 use crate::connection::Connection;
-use crate::control::Request;
 use crate::node::Node;
 use crate::outbox::Drained;
 use crate::session::SessionMode;
@@ -51,14 +51,80 @@ use super::start_session;
 /// down.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
-/// Sessions of this transport by session id, for the poll handler.
+/// The kinds of the node-to-node requests that run a poll, or end a session,
+/// for a session another node holds.
+const FORWARDED_POLL: &str = "long_poll.poll";
+const FORWARDED_CLOSE: &str = "long_poll.close";
+
+/// A poll or a close for a session of the asked node.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ForwardedPoll {
+    session: String,
+    #[serde(default)]
+    cursor: u64,
+}
+
+/// Lets this node answer the polls and closes other nodes forward to its
+/// sessions.
+pub(super) fn serve_forwarded_requests(node: &Node) {
+    node.serve_requests(
+        FORWARDED_POLL,
+        Arc::new(|node, body| {
+            Box::pin(async move {
+                let answer = match serde_json::from_value::<ForwardedPoll>(body) {
+                    Ok(ask) => {
+                        let max = node
+                            .config()
+                            .long_poll
+                            .max_response_size
+                            .min(crate::node::MAX_FORWARDED_BODY);
+                        let (status, body) = poll_local(&node, &ask.session, ask.cursor, max).await;
+                        ForwardedHttp {
+                            status: status.as_u16(),
+                            body: String::from_utf8_lossy(&body).into_owned(),
+                        }
+                    }
+                    Err(_) => ForwardedHttp {
+                        status: 400,
+                        body: "bad forwarded poll".into(),
+                    },
+                };
+                serde_json::to_value(answer).unwrap_or_default()
+            })
+        }),
+    );
+    node.serve_requests(
+        FORWARDED_CLOSE,
+        Arc::new(|node, body| {
+            Box::pin(async move {
+                let (status, body) = match serde_json::from_value::<ForwardedPoll>(body) {
+                    Ok(ask) => close_local(&node, &ask.session),
+                    Err(_) => (StatusCode::BAD_REQUEST, "bad forwarded close"),
+                };
+                let answer = ForwardedHttp {
+                    status: status.as_u16(),
+                    body: body.to_string(),
+                };
+                serde_json::to_value(answer).unwrap_or_default()
+            })
+        }),
+    );
+}
+
+/// Sessions of this transport by session id, for the poll handler (kept by the
+/// node as front-door state).
 #[derive(Default)]
-pub struct Registry {
+pub struct LongPolls {
     // A plain mutex: lookups, inserts and removals only.
     sessions: Mutex<HashMap<String, Arc<PollSession>>>,
 }
 
-impl Registry {
+impl LongPolls {
+    /// The node's long-poll sessions.
+    pub fn of(node: &Node) -> Arc<Self> {
+        node.front_door_state::<Self>()
+    }
+
     pub fn len(&self) -> usize {
         self.sessions.lock().len()
     }
@@ -112,7 +178,7 @@ impl PollSession {
             // outbox. What is buffered stays, so the client can still read up to
             // the close.
             drop(buf);
-            self.conn.outbox.close(Disconnect::slow(), false);
+            self.conn.outbox.close_dropping_queued(Disconnect::slow());
             buf = self.buffer.lock();
         }
         if close.is_some() && buf.close.is_none() {
@@ -148,7 +214,7 @@ async fn pump(node: Node, session: Arc<PollSession>) {
                 if idle {
                     // The client is gone: end the session; the drain above then
                     // delivers the close into the buffer.
-                    session.conn.outbox.close(Disconnect::connection_closed(), false);
+                    session.conn.outbox.close_dropping_queued(Disconnect::connection_closed());
                 }
             }
         }
@@ -172,8 +238,7 @@ async fn pump(node: Node, session: Arc<PollSession>) {
             break;
         }
     }
-    node.inner
-        .long_polls
+    LongPolls::of(&node)
         .sessions
         .lock()
         .remove(&session.conn.session_id);
@@ -231,8 +296,7 @@ pub async fn open(State(node): State<Node>, headers: HeaderMap, body: AxumBytes)
         polling: AtomicBool::new(false),
         last_poll: Mutex::new(Instant::now()),
     });
-    node.inner
-        .long_polls
+    LongPolls::of(&node)
         .sessions
         .lock()
         .insert(conn.session_id.clone(), session.clone());
@@ -285,11 +349,11 @@ pub async fn poll(
         }
         // The holding node waits up to its hold; this one a little longer.
         let wait = node.config().long_poll.hold + FORWARD_MARGIN;
-        let ask = Request::Poll {
+        let ask = ForwardedPoll {
             session: params.session.clone(),
             cursor: params.cursor,
         };
-        let reply = crate::control::request(&node, to, ask, wait).await;
+        let reply = node.ask_node(to, FORWARDED_POLL, &ask, wait).await;
         return super::emulation::forwarded(reply, true);
     }
     let max = node.config().long_poll.max_response_size;
@@ -308,7 +372,7 @@ const FORWARD_MARGIN: Duration = Duration::from_secs(5);
 fn elsewhere<'a>(node: &Node, params: &'a PollParams) -> Option<&'a str> {
     let to = params.node.as_str();
     let other = !to.is_empty() && to != node.uid();
-    (other && node.inner.long_polls.get(&params.session).is_none()).then_some(to)
+    (other && LongPolls::of(node).get(&params.session).is_none()).then_some(to)
 }
 
 /// Runs a poll for a session of this node: waits up to `long_poll.hold` for
@@ -320,7 +384,7 @@ pub(crate) async fn poll_local(
     cursor: u64,
     max_bytes: usize,
 ) -> (StatusCode, Bytes) {
-    let Some(session) = node.inner.long_polls.get(session_id) else {
+    let Some(session) = LongPolls::of(node).get(session_id) else {
         return (
             StatusCode::NOT_FOUND,
             Bytes::from_static(b"session not found"),
@@ -430,10 +494,13 @@ pub async fn close(
         if !node.is_live_node(to) && node.knows_the_cluster() {
             return (StatusCode::NOT_FOUND, "session not found").into_response();
         }
-        let ask = Request::ClosePoll {
+        let ask = ForwardedPoll {
             session: params.session.clone(),
+            cursor: 0,
         };
-        let reply = crate::control::request(&node, to, ask, FORWARD_MARGIN).await;
+        let reply = node
+            .ask_node(to, FORWARDED_CLOSE, &ask, FORWARD_MARGIN)
+            .await;
         return super::emulation::forwarded(reply, false);
     }
     let (status, body) = close_local(&node, &params.session);
@@ -446,12 +513,12 @@ pub async fn close(
 
 /// Ends a long-poll session of this node.
 pub(crate) fn close_local(node: &Node, session_id: &str) -> (StatusCode, &'static str) {
-    match node.inner.long_polls.get(session_id) {
+    match LongPolls::of(node).get(session_id) {
         Some(session) => {
             session
                 .conn
                 .outbox
-                .close(Disconnect::connection_closed(), false);
+                .close_dropping_queued(Disconnect::connection_closed());
             (StatusCode::NO_CONTENT, "")
         }
         None => (StatusCode::NOT_FOUND, "session not found"),

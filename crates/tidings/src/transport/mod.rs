@@ -13,17 +13,96 @@ pub mod long_poll;
 pub mod stream;
 pub mod websocket;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use crate::connection::Connection;
 use crate::limit::{AdmitError, ConnectionPermit};
-use crate::node::{Node, SESSION_INBOX};
+use crate::node::Node;
 use crate::session::{Inbound, Session, SessionMode};
+
+/// Where to deliver the commands of an emulated (SSE, HTTP streaming, long-poll)
+/// session, which arrive on requests separate from the stream.
+pub type SessionInbox = mpsc::Sender<Inbound>;
+
+/// Commands one emulated session may have waiting; a client that posts faster than
+/// its session handles them gets HTTP 429 until it catches up.
+pub const SESSION_INBOX: usize = 64;
+
+/// Why an emulation request could not be delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// No session with that id on this node (never existed, or closed).
+    #[error("session not found")]
+    NotFound,
+    /// The session has too many commands waiting.
+    #[error("session is busy")]
+    Busy,
+}
+
+/// The emulated sessions of one node by session id, so that `/emulation` requests
+/// reach them (kept by the node as front-door state). A plain mutex: lookups,
+/// inserts and removals only.
+#[derive(Default)]
+pub struct EmulatedSessions {
+    inboxes: Mutex<HashMap<String, SessionInbox>>,
+}
+
+impl EmulatedSessions {
+    /// The node's emulated sessions.
+    pub fn of(node: &Node) -> Arc<Self> {
+        node.front_door_state::<Self>()
+    }
+
+    fn insert(&self, session_id: &str, inbox: SessionInbox) {
+        self.inboxes.lock().insert(session_id.to_string(), inbox);
+    }
+
+    fn remove(&self, session_id: &str) {
+        self.inboxes.lock().remove(session_id);
+    }
+
+    /// Number of emulated sessions on this node.
+    pub fn len(&self) -> usize {
+        self.inboxes.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Hands a frame of commands to the session that holds `session_id`.
+    ///
+    /// # Errors
+    /// [`RouteError::NotFound`] for an unknown or closed session,
+    /// [`RouteError::Busy`] when its inbox is full.
+    pub fn route(&self, session_id: &str, frame: String) -> Result<(), RouteError> {
+        let inbox = self
+            .inboxes
+            .lock()
+            .get(session_id)
+            .cloned()
+            .ok_or(RouteError::NotFound)?;
+        inbox.try_send(Ok(frame)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => RouteError::Busy,
+            mpsc::error::TrySendError::Closed(_) => RouteError::NotFound,
+        })
+    }
+}
+
+/// Lets this node answer the requests other nodes forward to its emulated and
+/// long-poll sessions. The server's router calls it when it mounts the
+/// transports.
+pub fn serve_forwarded_requests(node: &Node) {
+    emulation::serve_forwarded_requests(node);
+    long_poll::serve_forwarded_requests(node);
+}
 
 /// The encoded prefix of a push reply; unidirectional transports send the push
 /// object itself, so they take a view of the shared bytes without it.
@@ -105,8 +184,9 @@ pub(crate) fn start_session(
         // The channel is new and empty, so this cannot fail.
         let _ = tx.try_send(Ok(frame));
     }
+    let sessions = EmulatedSessions::of(node);
     if mode == SessionMode::Emulated {
-        node.register_session(&conn.session_id, tx.clone());
+        sessions.insert(&conn.session_id, tx.clone());
     }
     let task_node = node.clone();
     let task_conn = conn.clone();
@@ -122,7 +202,7 @@ pub(crate) fn start_session(
         Session::with_mode(task_node.clone(), task_conn.clone(), control, mode)
             .run(inbound)
             .await;
-        task_node.unregister_session(&task_conn.session_id);
+        sessions.remove(&task_conn.session_id);
     });
     (conn, tx)
 }

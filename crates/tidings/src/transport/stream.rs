@@ -39,7 +39,9 @@ struct CloseOnDrop(Arc<Connection>);
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
-        self.0.outbox.close(Disconnect::connection_closed(), false);
+        self.0
+            .outbox
+            .close_dropping_queued(Disconnect::connection_closed());
     }
 }
 

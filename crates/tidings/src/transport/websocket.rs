@@ -187,7 +187,9 @@ pub fn serve(
                 let sent =
                     Box::pin(timed(write_timeout, write_items(&mut sink, &items, uni))).await;
                 if !matches!(sent, Some(Ok(()))) {
-                    writer_conn.outbox.close(Disconnect::write_error(), false);
+                    writer_conn
+                        .outbox
+                        .close_dropping_queued(Disconnect::write_error());
                     break;
                 }
             }

@@ -2,7 +2,10 @@
 //!
 //! Every node receives the broadcast ones (its own included) and the ones addressed
 //! to its uid. The set of messages and their handling live here, so the brokers
-//! stay transport only.
+//! stay transport only. This module carries requests; it does not know who answers
+//! them: each front door or transport registers the handler of its own request
+//! kind with [`Node::serve_requests`] (the emulation and long-poll transports,
+//! the Socket.IO door), and the core answers only its own (`/api/channels`).
 //!
 //! A message is a JSON [`Envelope`]: a version, the sender's uid and one
 //! [`Message`]. A node ignores messages of another version and kinds it does not
@@ -16,8 +19,8 @@
 //! - node info heartbeats, for `/api/info`;
 //! - requests with replies, built on the one-way messages: an id, the asking node's
 //!   uid to reply to, and a bounded map of waiting requests on the asking node. They
-//!   route emulation and long-poll requests to the node that holds the session, and
-//!   gather channel lists for `/api/channels`.
+//!   route emulation, long-poll and Socket.IO polling requests to the node that
+//!   holds the session, and gather channel lists for `/api/channels`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,16 +28,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use parking_lot::Mutex;
+use futures_util::future::BoxFuture;
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use tidings_protocol::{Disconnect, RawJson};
 use tokio::sync::{oneshot, Semaphore};
 
+use super::{Node, NodeInfo};
 use crate::connection::ServerSubscribe;
-use crate::node::{Node, NodeInfo};
 
 /// Version of the message format; messages of another version are ignored.
-pub const VERSION: u32 = 1;
+/// Version 2 carries front-door requests by kind instead of one variant each.
+pub const VERSION: u32 = 2;
 
 /// Most bytes of one control message, sent or accepted. It stays under NATS's
 /// default `max_payload` (1 MiB), so both engines carry every message that passes.
@@ -106,33 +111,37 @@ pub(crate) enum Message {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum Request {
-    /// Hand a frame of commands to an emulated session (`POST /emulation`).
-    Emulation { session: String, frame: String },
-    /// Run a long poll for a session (`GET /connection/long_poll`).
-    Poll { session: String, cursor: u64 },
-    /// End a long-poll session (`DELETE /connection/long_poll`).
-    ClosePoll { session: String },
     /// The channels with subscribers on the node (`/api/channels`).
     Channels { pattern: Option<String> },
-    /// A Socket.IO polling request (GET or POST) for a session the node holds.
-    SocketIo(crate::socketio::ForwardedPoll),
+    /// A request of a kind some front door or transport registered a handler for
+    /// (see [`Node::serve_requests`]); the body is theirs.
+    Handler {
+        kind: String,
+        body: serde_json::Value,
+    },
 }
 
 /// An answer to a [`Request`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum Reply {
-    /// An HTTP answer to pass on as it is.
-    Http {
-        status: u16,
-        body: String,
-    },
     Channels {
         channels: Vec<(String, usize)>,
     },
-    /// The holding node's answer to a Socket.IO polling request.
-    SocketIo(crate::socketio::ForwardedReply),
+    /// The handler's answer.
+    Handler(serde_json::Value),
+    /// The node serves too many requests already.
+    Busy,
+    /// The node has no handler for the request's kind.
+    NoHandler,
+    /// The answer was larger than [`MAX_MESSAGE`].
+    TooLarge,
 }
+
+/// Answers the requests of one kind from other nodes: gets this node and the
+/// request's body, returns the reply's body.
+pub type RequestHandler =
+    Arc<dyn Fn(Node, serde_json::Value) -> BoxFuture<'static, serde_json::Value> + Send + Sync>;
 
 /// Why a request to another node got no answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -143,12 +152,16 @@ pub enum ForwardError {
     /// No reply in time: the node is gone, or the broker lost a message.
     #[error("the node did not answer in time")]
     Timeout,
-    /// Too many requests are waiting already.
+    /// Too many requests are waiting already, here or on the asked node.
     #[error("too many requests in flight")]
     Busy,
     /// The request or its reply is larger than [`MAX_MESSAGE`].
     #[error("message too large")]
     TooLarge,
+    /// The asked node does not serve requests of this kind, or its answer was not
+    /// what the kind's handler returns.
+    #[error("the node cannot answer this request")]
+    Unanswerable,
 }
 
 /// The cluster-facing state of a node: who else is alive, and requests waiting
@@ -162,6 +175,9 @@ pub(crate) struct Cluster {
     next_id: AtomicU64,
     /// Bounds the requests from other nodes served at once.
     serving: Arc<Semaphore>,
+    /// Who answers which kind of request. A read-mostly lock: written when a
+    /// front door is mounted.
+    handlers: RwLock<HashMap<String, RequestHandler>>,
 }
 
 impl Default for Cluster {
@@ -171,6 +187,7 @@ impl Default for Cluster {
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             serving: Arc::new(Semaphore::new(MAX_SERVING)),
+            handlers: RwLock::new(HashMap::new()),
         }
     }
 }
@@ -203,6 +220,46 @@ impl Cluster {
     }
 }
 
+impl Node {
+    /// Answers the requests of `kind` that other nodes send with
+    /// [`Node::ask_node`], replacing an earlier handler of that kind.
+    pub fn serve_requests(&self, kind: &str, handler: RequestHandler) {
+        self.inner
+            .cluster
+            .handlers
+            .write()
+            .insert(kind.to_string(), handler);
+    }
+
+    /// Sends a request of `kind` to node `uid` and waits up to `timeout` for the
+    /// answer of the handler that node registered for the kind.
+    ///
+    /// # Errors
+    /// [`ForwardError`] when there is no answer (broker down, timeout, too many
+    /// requests, too large, or no handler there).
+    pub async fn ask_node<Q: Serialize, A: serde::de::DeserializeOwned>(
+        &self,
+        uid: &str,
+        kind: &str,
+        body: &Q,
+        timeout: Duration,
+    ) -> Result<A, ForwardError> {
+        let body = serde_json::to_value(body).map_err(|_| ForwardError::Unanswerable)?;
+        let request = Request::Handler {
+            kind: kind.to_string(),
+            body,
+        };
+        match request_reply(self, uid, request, timeout).await? {
+            Reply::Handler(value) => {
+                serde_json::from_value(value).map_err(|_| ForwardError::Unanswerable)
+            }
+            Reply::Busy => Err(ForwardError::Busy),
+            Reply::TooLarge => Err(ForwardError::TooLarge),
+            Reply::NoHandler | Reply::Channels { .. } => Err(ForwardError::Unanswerable),
+        }
+    }
+}
+
 /// Encodes a message from `node`.
 pub(crate) fn encode(node: &Node, msg: Message) -> Bytes {
     let envelope = Envelope {
@@ -220,7 +277,7 @@ pub(crate) fn node_max_age(node: &Node) -> Duration {
 }
 
 /// Sends a request to node `to` and waits up to `timeout` for its reply.
-pub(crate) async fn request(
+pub(crate) async fn request_reply(
     node: &Node,
     to: &str,
     request: Request,
@@ -374,18 +431,19 @@ fn serve(node: &Node, from: String, id: u64, request: Request) {
     tokio::spawn(async move {
         let reply = match permit {
             Ok(_permit) => answer(&node, request).await,
-            Err(_) => Reply::Http {
-                status: 503,
-                body: "the node is busy".into(),
-            },
+            Err(_) => Reply::Busy,
         };
         let mut bytes = encode(&node, Message::Reply { id, reply });
         if bytes.len() > MAX_MESSAGE {
-            let reply = Reply::Http {
-                status: 500,
-                body: "answer too large to forward".into(),
-            };
-            bytes = encode(&node, Message::Reply { id, reply });
+            // Rather than let the asking node time out waiting for a message that
+            // can never travel, tell it why at once.
+            bytes = encode(
+                &node,
+                Message::Reply {
+                    id,
+                    reply: Reply::TooLarge,
+                },
+            );
         }
         if let Err(e) = node.inner.broker.publish_control(bytes, Some(&from)).await {
             tracing::debug!(error = %e, "reply to another node not sent");
@@ -395,78 +453,17 @@ fn serve(node: &Node, from: String, id: u64, request: Request) {
 
 async fn answer(node: &Node, request: Request) -> Reply {
     match request {
-        Request::Emulation { session, frame } => {
-            let (status, body) = crate::transport::emulation::route_local(node, &session, frame);
-            Reply::Http {
-                status: status.as_u16(),
-                body: body.to_string(),
-            }
-        }
-        Request::Poll { session, cursor } => {
-            let max = node
-                .config()
-                .long_poll
-                .max_response_size
-                .min(MAX_REPLY_BODY);
-            let (status, body) =
-                crate::transport::long_poll::poll_local(node, &session, cursor, max).await;
-            Reply::Http {
-                status: status.as_u16(),
-                body: String::from_utf8_lossy(&body).into_owned(),
-            }
-        }
-        Request::ClosePoll { session } => {
-            let (status, body) = crate::transport::long_poll::close_local(node, &session);
-            Reply::Http {
-                status: status.as_u16(),
-                body: body.to_string(),
-            }
-        }
         Request::Channels { pattern } => Reply::Channels {
             channels: node.local_channels(pattern.as_deref()),
         },
-        Request::SocketIo(request) => {
-            Reply::SocketIo(crate::socketio::serve_forwarded(node, request).await)
+        Request::Handler { kind, body } => {
+            let handler = node.inner.cluster.handlers.read().get(&kind).cloned();
+            match handler {
+                Some(handler) => Reply::Handler(handler(node.clone(), body).await),
+                None => Reply::NoHandler,
+            }
         }
     }
-}
-
-/// Socket.IO polling without sticky sessions: the forwarder the Socket.IO registry
-/// uses for a sid whose tag names another node. The tag is matched against the
-/// nodes heard from recently; the request goes there through [`request`] and the
-/// answer comes back as it is. `None` (the client gets "Session ID unknown" and
-/// starts a new session) when no live node has that tag or it does not answer.
-pub(crate) fn socketio_forwarder(
-    node: std::sync::Weak<crate::node::NodeInner>,
-) -> crate::socketio::PollForwarder {
-    std::sync::Arc::new(move |tag, poll| {
-        let node = node.clone();
-        Box::pin(async move {
-            let node = Node {
-                inner: node.upgrade()?,
-            };
-            let uid = node
-                .inner
-                .cluster
-                .live_nodes(node_max_age(&node))
-                .into_iter()
-                .map(|info| info.uid)
-                .find(|uid| {
-                    let own: String = uid
-                        .chars()
-                        .filter(char::is_ascii_alphanumeric)
-                        .take(crate::socketio::transport::TAG_LEN)
-                        .collect();
-                    own == tag
-                })?;
-            // A GET is held up to the ping interval before the owner answers it.
-            let wait = node.config().socketio.ping_interval + Duration::from_secs(5);
-            match request(&node, &uid, Request::SocketIo(poll), wait).await {
-                Ok(Reply::SocketIo(reply)) => Some(reply),
-                _ => None,
-            }
-        })
-    })
 }
 
 #[cfg(test)]
@@ -475,32 +472,34 @@ mod tests {
     use crate::Config;
 
     /// With the memory broker, a request to the node's own uid goes the whole way:
-    /// out through the broker, served, and the reply matched to its request.
+    /// out through the broker, served by the handler of its kind, and the reply
+    /// matched to its request.
     #[tokio::test]
     async fn requests_get_their_replies_and_unanswered_ones_time_out() {
         let node = Node::new(Config::default());
         let uid = node.uid().to_string();
         let short = Duration::from_secs(2);
-        let reply = request(&node, &uid, Request::Channels { pattern: None }, short).await;
+        let reply = request_reply(&node, &uid, Request::Channels { pattern: None }, short).await;
         assert!(matches!(reply, Ok(Reply::Channels { channels }) if channels.is_empty()));
-        let ask = Request::Poll {
-            session: "nope".into(),
-            cursor: 0,
-        };
-        let reply = request(&node, &uid, ask, short).await;
-        assert!(matches!(reply, Ok(Reply::Http { status: 404, .. })));
-        let ask = Request::Emulation {
-            session: "nope".into(),
-            frame: "{}".into(),
-        };
-        let reply = request(&node, &uid, ask, short).await;
-        assert!(matches!(reply, Ok(Reply::Http { status: 404, .. })));
+        // A kind nobody serves is refused at once, not timed out.
+        let asked: Result<u32, _> = node.ask_node(&uid, "echo", &1u32, short).await;
+        assert_eq!(asked.unwrap_err(), ForwardError::Unanswerable);
+        node.serve_requests(
+            "echo",
+            Arc::new(|_, body| {
+                Box::pin(async move {
+                    let n = body.as_u64().unwrap_or(0);
+                    serde_json::json!(n + 1)
+                })
+            }),
+        );
+        let asked: Result<u32, _> = node.ask_node(&uid, "echo", &1u32, short).await;
+        assert_eq!(asked, Ok(2));
         // Nobody answers for a node that does not exist.
-        let ask = Request::ClosePoll {
-            session: "nope".into(),
-        };
-        let reply = request(&node, "elsewhere", ask, Duration::from_millis(50)).await;
-        assert_eq!(reply.unwrap_err(), ForwardError::Timeout);
+        let asked: Result<u32, _> = node
+            .ask_node("elsewhere", "echo", &1u32, Duration::from_millis(50))
+            .await;
+        assert_eq!(asked.unwrap_err(), ForwardError::Timeout);
         assert!(node.inner.cluster.pending.lock().is_empty());
     }
 
@@ -563,9 +562,9 @@ mod tests {
             from: "n1".into(),
             msg: Message::Request {
                 id: 7,
-                request: Request::Poll {
-                    session: "s".into(),
-                    cursor: 3,
+                request: Request::Handler {
+                    kind: "long_poll.poll".into(),
+                    body: serde_json::json!({"session": "s", "cursor": 3}),
                 },
             },
         };
@@ -575,10 +574,10 @@ mod tests {
             back.msg,
             Message::Request {
                 id: 7,
-                request: Request::Poll { cursor: 3, .. }
-            }
+                request: Request::Handler { ref kind, .. }
+            } if kind == "long_poll.poll"
         ));
-        let unknown = br#"{"v":1,"from":"n1","msg":{"teleport":{}}}"#;
+        let unknown = br#"{"v":2,"from":"n1","msg":{"teleport":{}}}"#;
         assert!(serde_json::from_slice::<Envelope>(unknown).is_err());
     }
 }
