@@ -8,25 +8,54 @@ use serde::{Deserialize, Serialize};
 
 use super::{pem, ConfigError};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EngineConfig {
     /// `memory` (one node), `redis` or `nats`. Default `memory`.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: EngineKind,
     /// Settings of the Redis engine (`engine.type = "redis"`).
     pub redis: RedisEngineConfig,
     /// Settings of the NATS engine (`engine.type = "nats"`).
     pub nats: NatsEngineConfig,
 }
 
-impl Default for EngineConfig {
-    fn default() -> Self {
-        Self {
-            kind: "memory".into(),
-            redis: RedisEngineConfig::default(),
-            nats: NatsEngineConfig::default(),
+/// `engine.type`: the broker and presence backend. Any other name is refused while
+/// the configuration loads, so code that picks an engine matches every kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum EngineKind {
+    /// In memory: one node on its own.
+    #[default]
+    Memory,
+    /// Nodes joined through one Redis server (`engine.redis`).
+    Redis,
+    /// Nodes joined through NATS, with JetStream history (`engine.nats`).
+    Nats,
+}
+
+impl EngineKind {
+    /// The name written in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Memory => "memory",
+            EngineKind::Redis => "redis",
+            EngineKind::Nats => "nats",
         }
+    }
+}
+
+impl TryFrom<String> for EngineKind {
+    type Error = String;
+
+    /// Reads the exact lowercase names, as before the kind was typed.
+    fn try_from(name: String) -> Result<Self, String> {
+        [EngineKind::Memory, EngineKind::Redis, EngineKind::Nats]
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
+            .ok_or_else(|| {
+                format!("engine.type {name:?} is not supported (\"memory\", \"redis\" or \"nats\")")
+            })
     }
 }
 
@@ -273,7 +302,7 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(cfg.engine.kind, "redis");
+        assert_eq!(cfg.engine.kind, EngineKind::Redis);
         assert_eq!(cfg.engine.redis.address, vec!["redis://127.0.0.1:6390/2"]);
         assert_eq!(cfg.engine.redis.presence_ttl, Duration::from_secs(5));
         assert_eq!(cfg.engine.redis.io_timeout, Duration::from_secs(4));
@@ -298,16 +327,25 @@ mod tests {
                 .contains("server_ca_pem")
         );
         assert!(Config::load(None, env(&[("TIDINGS_ENGINE_TYPE", "redis")])).is_ok());
-        assert!(Config::load(None, env(&[("TIDINGS_ENGINE_TYPE", "mongo")]))
-            .unwrap_err()
-            .to_string()
-            .contains("mongo"));
+        for unknown in ["mongo", "Redis", ""] {
+            let err = Config::load(None, env(&[("TIDINGS_ENGINE_TYPE", unknown)]));
+            if unknown.is_empty() {
+                // An empty variable is no override, as for every other key.
+                assert_eq!(err.unwrap().engine.kind, EngineKind::Memory);
+                continue;
+            }
+            let err = err.unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("engine.type {unknown:?} is not supported")),
+                "{err}"
+            );
+        }
     }
 
     #[test]
     fn the_nats_engine_is_accepted_and_its_keys_checked() {
         let mut cfg = Config::default();
-        cfg.engine.kind = "nats".into();
+        cfg.engine.kind = EngineKind::Nats;
         assert!(cfg.validate().is_ok());
         for prefix in ["", "a.b", "a*", "x y", &"p".repeat(33)] {
             cfg.engine.nats.prefix = prefix.to_string();
@@ -321,7 +359,27 @@ mod tests {
         assert!(cfg.validate().is_err());
         cfg.engine.nats.request_timeout = Duration::from_secs(1);
         assert!(cfg.validate().is_ok());
-        cfg.engine.kind = "zookeeper".into();
-        assert!(cfg.validate().is_err());
+    }
+
+    #[test]
+    fn engine_type_reads_and_writes_its_lowercase_name() {
+        for kind in [EngineKind::Memory, EngineKind::Redis, EngineKind::Nats] {
+            let name = serde_json::to_value(kind).unwrap();
+            assert_eq!(name, serde_json::json!(kind.as_str()));
+            assert_eq!(serde_json::from_value::<EngineKind>(name).unwrap(), kind);
+        }
+        let dir = std::env::temp_dir().join(format!("tidings-engine-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "[engine]\ntype = \"nats\"\n").unwrap();
+        let cfg = Config::load(Some(&file), env(&[])).unwrap();
+        assert_eq!(cfg.engine.kind, EngineKind::Nats);
+        std::fs::write(&file, "[engine]\ntype = \"zookeeper\"\n").unwrap();
+        let err = Config::load(Some(&file), env(&[])).unwrap_err().to_string();
+        assert!(
+            err.contains("engine.type \"zookeeper\" is not supported"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

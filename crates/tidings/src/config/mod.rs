@@ -19,7 +19,7 @@
 //! - `client.rs`: `client.*`: origins, tokens, timeouts, limits, the command budget.
 //! - `channel.rs`: `channel.*`: names, namespaces, [`ChannelOptions`].
 //! - `api.rs`: `http_api`.
-//! - `engine.rs`: `engine.*`: the engine type, Redis and NATS.
+//! - `engine.rs`: `engine.*`: the engine type ([`EngineKind`]), Redis and NATS.
 //! - `transports.rs`: `websocket`, `uni_*`, `sse`, `http_stream`, `emulation`,
 //!   `long_poll`.
 //! - `socketio.rs`: `socketio`.
@@ -53,7 +53,7 @@ pub use api::HttpApiConfig;
 pub use channel::{ChannelConfig, ChannelOptions, Namespace};
 pub use client::{ClientConfig, CommandRateLimitConfig, SubscriptionTokenConfig, TokenConfig};
 pub use engine::{
-    EngineConfig, NatsEngineConfig, NatsTlsConfig, RedisEngineConfig, RedisTlsConfig,
+    EngineConfig, EngineKind, NatsEngineConfig, NatsTlsConfig, RedisEngineConfig, RedisTlsConfig,
 };
 pub use env::ENV_PREFIX;
 use env::{env_overrides, unknown_keys};

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use super::{Config, ConfigError};
+use super::{Config, ConfigError, EngineKind};
 
 impl Config {
     /// Checks values that only make sense together.
@@ -52,15 +52,10 @@ impl Config {
                 return bad(format!("{key} must be at least 100ms"));
             }
         }
-        match self.engine.kind.as_str() {
-            "memory" => {}
-            "nats" => self.engine.nats.validate()?,
-            "redis" => self.engine.redis.validate()?,
-            other => {
-                return bad(format!(
-                    "engine.type {other:?} is not supported (\"memory\", \"redis\" or \"nats\")"
-                ))
-            }
+        match self.engine.kind {
+            EngineKind::Memory => {}
+            EngineKind::Nats => self.engine.nats.validate()?,
+            EngineKind::Redis => self.engine.redis.validate()?,
         }
         if self.channel.namespace_boundary.is_empty() {
             return bad("channel.namespace_boundary must not be empty".into());
