@@ -127,7 +127,7 @@ fn main() -> anyhow::Result<()> {
         Command::DevCert(args) => dev_cert(args),
         Command::Bench { scenario } => bench::run(*scenario),
         Command::CheckConfig { config, file } => {
-            let cfg = Config::load(config.or(file).as_deref(), std::env::vars())?;
+            let cfg = load_config(config.or(file).as_deref())?;
             for key in &cfg.unknown_keys {
                 eprintln!("warning: unknown configuration key {key} is ignored");
             }
@@ -149,11 +149,22 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Loads the configuration from `file` and the process environment, then checks the
+/// token settings, which only the token code can judge (`Config::load` validates
+/// the rest). A key that does not parse is refused here, with its name, as any other
+/// invalid value is, rather than at the first token.
+fn load_config(file: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    let config = Config::load(file, std::env::vars())?;
+    tidings::auth::Auth::check(&config.client)
+        .map_err(|e| tidings::config::ConfigError::Invalid(e.to_string()))?;
+    Ok(config)
+}
+
 fn token(args: TokenArgs) -> anyhow::Result<()> {
     let secret = match args.secret {
         Some(s) => s,
         None => {
-            Config::load(args.config.as_deref(), std::env::vars())?
+            load_config(args.config.as_deref())?
                 .client
                 .token
                 .hmac_secret_key
@@ -252,7 +263,7 @@ fn parse_ttl(value: &str) -> Result<std::time::Duration, String> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
+    let mut config = load_config(args.config.as_deref())?;
     if let Some(a) = args.address {
         config.http_server.address = a;
     }

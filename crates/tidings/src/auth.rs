@@ -506,6 +506,18 @@ impl Auth {
         })
     }
 
+    /// Checks that the token settings in `client` can be used: every key parses,
+    /// every regular expression compiles, the JWKS URL is usable and no two options
+    /// exclude each other. Configuration is data and `Config::validate` builds no
+    /// verifier, so whoever loads a configuration for a node calls this too: the
+    /// binary does, so `serve` and `check-config` stop with the key's name.
+    ///
+    /// # Errors
+    /// [`AuthConfigError`] naming the offending key, as [`Auth::new`].
+    pub fn check(client: &ClientConfig) -> Result<(), AuthConfigError> {
+        Self::new(client).map(drop)
+    }
+
     /// A verifier that accepts nothing (no keys at all).
     pub fn reject_all() -> Self {
         Self {
@@ -797,5 +809,29 @@ mod tests {
                 TokenError::Invalid
             );
         }
+    }
+
+    #[test]
+    fn unusable_token_settings_are_refused_with_the_key_name() {
+        let mut client = ClientConfig::default();
+        client.token.ecdsa_public_key = "garbage".into();
+        let err = Auth::check(&client).unwrap_err().to_string();
+        assert!(err.contains("client.token.ecdsa_public_key"), "{err}");
+        let mut client = ClientConfig::default();
+        client.token.issuer = "a".into();
+        client.token.issuer_regex = "a".into();
+        assert!(Auth::check(&client).is_err());
+        let mut client = ClientConfig::default();
+        client.token.jwks_public_endpoint = "https://idp/{{realm}}/certs".into();
+        assert!(Auth::check(&client).is_err());
+        let mut client = ClientConfig::default();
+        client.subscription_token.enabled = true;
+        client.subscription_token.token.rsa_public_key = "not a key".into();
+        let err = Auth::check(&client).unwrap_err().to_string();
+        assert!(
+            err.contains("client.subscription_token.rsa_public_key"),
+            "{err}"
+        );
+        assert!(Auth::check(&ClientConfig::default()).is_ok());
     }
 }

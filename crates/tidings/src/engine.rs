@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::redis::RedisConn;
 use crate::broker::{Broker, MemoryBroker, NatsBroker, NatsConnection, RedisBroker};
-use crate::config::Config;
+use crate::config::{Config, EngineKind};
 use crate::presence::{
     MemoryPresenceManager, NatsPresenceManager, PresenceManager, RedisPresenceManager,
 };
@@ -69,14 +69,13 @@ pub enum DirectPublishError {
 pub type DirectPublisher =
     Arc<dyn Fn(DirectPublish) -> BoxFuture<'static, Result<(), DirectPublishError>> + Send + Sync>;
 
-/// Builds the engine the configuration names. `Config::validate` has already
-/// refused unknown engine types.
+/// Builds the engine the configuration names.
 ///
 /// # Errors
 /// A message when the engine's settings cannot be used (bad address, TLS files).
 pub fn build(config: &Config) -> Result<Engine, String> {
-    match config.engine.kind.as_str() {
-        "memory" => {
+    match config.engine.kind {
+        EngineKind::Memory => {
             let memory = Arc::new(MemoryBroker::new(config.channel.history_meta_ttl));
             Ok(Engine {
                 broker: memory.clone(),
@@ -86,7 +85,7 @@ pub fn build(config: &Config) -> Result<Engine, String> {
                 direct_publish: None,
             })
         }
-        "nats" => {
+        EngineKind::Nats => {
             let conn = NatsConnection::start(&config.engine.nats)?;
             let ingest = IngestSlot::default();
             let broker = Arc::new(
@@ -102,7 +101,7 @@ pub fn build(config: &Config) -> Result<Engine, String> {
                 direct_publish: None,
             })
         }
-        "redis" => {
+        EngineKind::Redis => {
             let cfg = &config.engine.redis;
             // Broker and presence share one multiplexed command connection.
             let conn = Arc::new(RedisConn::new(cfg, cfg.io_timeout)?);
@@ -122,6 +121,5 @@ pub fn build(config: &Config) -> Result<Engine, String> {
                 })),
             })
         }
-        other => Err(format!("engine.type {other:?} is not available")),
     }
 }

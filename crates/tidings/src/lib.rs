@@ -13,6 +13,9 @@
 //!   connections arrive and how fast each one may send commands.
 //! - [`socketio`] is a second front door: Engine.IO v4 / Socket.IO v5 clients on the
 //!   same channels, as a session kind of its own.
+//! - [`config`] is data: the typed configuration with Centrifugo's key names, one
+//!   file per section, loaded from TOML, YAML or JSON and `TIDINGS_*` variables. It
+//!   uses no other module; [`auth`] checks its token keys and [`tls`] its certificates.
 //! - [`api`] is the Centrifugo-compatible server HTTP API.
 //! - [`server`] puts the routes together and runs them with graceful shutdown, a
 //!   header read timeout and, with [`tls`], https:// and wss://.

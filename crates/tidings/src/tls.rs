@@ -3,30 +3,26 @@
 //! [`server_config`] turns Centrifugo's TLS object ([`TlsConfig`]) into a rustls
 //! server configuration for [`crate::server::Endpoint::with_tls`]. Each PEM field may
 //! hold the PEM text, the PEM text in base64, or a file path, tried in that order, as
-//! Centrifugo does.
+//! Centrifugo does; reading that value is [`crate::config::pem`]'s part, parsing it
+//! into certificates and keys is this module's. It depends on the configuration only.
 
-use std::path::Path;
 use std::sync::Arc;
 
-use base64::Engine as _;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
 pub use rustls;
 
+use crate::config::pem::{pem_bytes, PemReadError};
 use crate::config::TlsConfig;
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A PEM field is neither PEM text, base64 PEM, nor a readable file.
-    #[error("{field}: cannot read PEM file {path}: {source}")]
-    Read {
-        field: &'static str,
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Read(#[from] PemReadError),
     /// The PEM data holds no usable item of the expected kind.
     #[error("{field}: {what}")]
     Pem { field: &'static str, what: String },
@@ -105,48 +101,9 @@ pub(crate) fn certificates(
     Ok(certs)
 }
 
-/// The PEM bytes a field stands for: the text itself, base64 of it, or a file.
-pub(crate) fn pem_bytes(field: &'static str, value: &str) -> Result<Vec<u8>, TlsError> {
-    const MARKER: &str = "-----BEGIN";
-    if value.contains(MARKER) {
-        return Ok(value.as_bytes().to_vec());
-    }
-    let compact: String = value.split_whitespace().collect();
-    if let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(&compact) {
-        if decoded
-            .windows(MARKER.len())
-            .any(|w| w == MARKER.as_bytes())
-        {
-            return Ok(decoded);
-        }
-    }
-    std::fs::read(Path::new(value)).map_err(|source| TlsError::Read {
-        field,
-        path: value.to_string(),
-        source,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pem_field_takes_text_base64_or_path() {
-        let text = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
-        assert_eq!(pem_bytes("cert_pem", text).unwrap(), text.as_bytes());
-        let b64 = base64::engine::general_purpose::STANDARD.encode(text);
-        assert_eq!(pem_bytes("cert_pem", &b64).unwrap(), text.as_bytes());
-        let path = std::env::temp_dir().join(format!("tidings-pem-{}", std::process::id()));
-        std::fs::write(&path, text).unwrap();
-        assert_eq!(
-            pem_bytes("cert_pem", path.to_str().unwrap()).unwrap(),
-            text.as_bytes()
-        );
-        std::fs::remove_file(&path).ok();
-        let err = pem_bytes("key_pem", "/nonexistent/key.pem").unwrap_err();
-        assert!(err.to_string().contains("key_pem"), "{err}");
-    }
 
     #[test]
     fn garbage_certificate_is_a_typed_error() {

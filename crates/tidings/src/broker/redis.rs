@@ -97,7 +97,7 @@ fn client(cfg: &RedisEngineConfig) -> Result<redis::Client, String> {
     let tls = &cfg.tls;
     if url.starts_with("rediss://") && (!tls.server_ca_pem.is_empty() || !tls.cert_pem.is_empty()) {
         let pem = |field: &'static str, value: &str| {
-            crate::tls::pem_bytes(field, value).map_err(|e| e.to_string())
+            crate::config::pem::pem_bytes(field, value).map_err(|e| e.to_string())
         };
         let client_tls = if tls.cert_pem.is_empty() {
             None

@@ -243,8 +243,8 @@ impl NodeBuilder {
             config.client.connection_rate_limit,
         );
         let auth = crate::auth::Auth::new(&config.client).unwrap_or_else(|e| {
-            // Config::load validates this; a hand-built config that skipped it gets a
-            // node that accepts no token rather than one that accepts any.
+            // The binary checks this (`Auth::check`) after loading; a config that
+            // skipped it gets a node that accepts no token rather than one that accepts any.
             tracing::error!(error = %e, "token configuration unusable: every token will be refused");
             crate::auth::Auth::reject_all()
         });

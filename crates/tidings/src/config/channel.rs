@@ -1,0 +1,114 @@
+//! `channel.*`: channel names, and the options of channels without namespace and of
+//! each named namespace ([`ChannelOptions`]).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::Config;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ChannelConfig {
+    /// Longest accepted channel name, in bytes. Default `255`.
+    pub max_length: usize,
+    /// Separates a namespace from the rest of a channel name. Default `:`.
+    pub namespace_boundary: String,
+    /// Starts the user list of a user-limited channel. Default `#`.
+    pub user_boundary: String,
+    /// Separates users in a user-limited channel. Default `,`.
+    pub user_separator: String,
+    /// Options of channels whose name has no namespace.
+    pub without_namespace: ChannelOptions,
+    /// Named namespaces and their options.
+    pub namespaces: Vec<Namespace>,
+    /// How long a channel's stream position (epoch, offset) outlives its last
+    /// publication. Default `720h` (30 days).
+    #[serde(with = "humantime_serde")]
+    pub history_meta_ttl: Duration,
+}
+
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        Self {
+            max_length: 255,
+            namespace_boundary: ":".into(),
+            user_boundary: "#".into(),
+            user_separator: ",".into(),
+            without_namespace: ChannelOptions::default(),
+            namespaces: Vec::new(),
+            history_meta_ttl: Duration::from_secs(720 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Namespace {
+    pub name: String,
+    #[serde(flatten)]
+    pub options: ChannelOptions,
+}
+
+/// Per-namespace channel behaviour. Every option defaults to off / zero, as in Centrifugo.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ChannelOptions {
+    /// Keep presence (who is subscribed) for channels here.
+    pub presence: bool,
+    /// Publish join/leave messages; subscribers that ask for them (and may read
+    /// presence) receive them.
+    pub join_leave: bool,
+    /// Send join/leave pushes to every subscriber, asked or not.
+    pub force_push_join_leave: bool,
+    /// Publications kept per channel; 0 keeps none.
+    pub history_size: usize,
+    /// How long publications are kept; needed with `history_size`.
+    #[serde(with = "humantime_serde")]
+    pub history_ttl: Duration,
+    /// Every subscription is positioned (stream position tracked).
+    pub force_positioning: bool,
+    /// Clients may ask for positioning.
+    pub allow_positioning: bool,
+    /// Every subscription is recoverable.
+    pub force_recovery: bool,
+    /// Clients may ask for recovery.
+    pub allow_recovery: bool,
+    /// Authenticated (non-anonymous) clients may subscribe without a subscription token.
+    pub allow_subscribe_for_client: bool,
+    /// Anonymous clients may subscribe without a subscription token.
+    pub allow_subscribe_for_anonymous: bool,
+    /// Subscribers may publish.
+    pub allow_publish_for_subscriber: bool,
+    /// Authenticated clients may publish, subscribed or not.
+    pub allow_publish_for_client: bool,
+    /// Anonymous clients may publish.
+    pub allow_publish_for_anonymous: bool,
+    /// Subscribers may query presence.
+    pub allow_presence_for_subscriber: bool,
+    /// Authenticated clients may query presence.
+    pub allow_presence_for_client: bool,
+    /// Anonymous clients may query presence.
+    pub allow_presence_for_anonymous: bool,
+    /// Subscribers may query history.
+    pub allow_history_for_subscriber: bool,
+    /// Authenticated clients may query history.
+    pub allow_history_for_client: bool,
+    /// Anonymous clients may query history.
+    pub allow_history_for_anonymous: bool,
+    /// Channels with `#` admit only the users listed after it.
+    pub allow_user_limited_channels: bool,
+}
+
+impl Config {
+    /// The options of a namespace, or `None` when it is not configured.
+    pub fn namespace(&self, name: &str) -> Option<&ChannelOptions> {
+        if name.is_empty() {
+            return Some(&self.channel.without_namespace);
+        }
+        self.channel
+            .namespaces
+            .iter()
+            .find(|ns| ns.name == name)
+            .map(|ns| &ns.options)
+    }
+}
