@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -85,14 +85,25 @@ fn authorize(node: &Node, headers: &HeaderMap, query: Option<&str>) -> Result<()
 }
 
 /// `POST {handler_prefix}/{method}`.
+///
+/// The key is checked before the body is read, so a client without it never gets
+/// a server to wait for its body. The body is then read within the route's size
+/// limit (413 past it, from axum) and `http_server.body_read_timeout`.
 pub async fn handler(
     State(node): State<Node>,
     Path(method): Path<String>,
-    uri: axum::http::Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers, uri.query())?;
+    authorize(&node, request.headers(), request.uri().query())?;
+    let transport_errors = request
+        .headers()
+        .get("x-centrifugo-error-mode")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("transport"));
+    let body = match Bytes::from_request(request, &()).await {
+        Ok(body) => body,
+        Err(rejection) => return Ok(rejection.into_response()),
+    };
     if method == "batch" {
         // Parsed straight from the bytes: a batch of publishes is the fast path,
         // and building a `Value` tree of every command costs more than the rest.
@@ -111,10 +122,6 @@ pub async fn handler(
         return Err(ApiError::UnknownMethod(method));
     }
     node.metrics().api_command(&method);
-    let transport_errors = headers
-        .get("x-centrifugo-error-mode")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("transport"));
     let outcome = call(&node, &method, params).await?;
     Ok(match outcome {
         Ok(result) => axum::Json(json!({ "result": result })).into_response(),

@@ -18,7 +18,8 @@
 //!   uses no other module; [`auth`] checks its token keys and [`tls`] its certificates.
 //! - [`api`] is the Centrifugo-compatible server HTTP API.
 //! - [`server`] puts the routes together and runs them with graceful shutdown, a
-//!   header read timeout and, with [`tls`], https:// and wss://.
+//!   header read timeout and, with [`tls`], https:// and wss://; [`request_body`]
+//!   gives every request body a deadline.
 //!
 //! # Examples
 //!
@@ -53,6 +54,7 @@ pub mod node;
 pub mod origin;
 pub mod outbox;
 pub mod presence;
+pub mod request_body;
 pub mod server;
 pub mod session;
 #[cfg(feature = "socketio")]

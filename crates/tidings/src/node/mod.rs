@@ -607,8 +607,23 @@ impl Node {
         admitted
     }
 
+    /// Takes a slot of `client.connection_limit` for a request whose body is still
+    /// arriving (see [`ConnectionGate::try_hold`](crate::limit::ConnectionGate::try_hold)).
+    ///
+    /// # Errors
+    /// [`AdmitError::ConnectionLimit`] when every slot is taken.
+    pub fn try_hold_for_body(&self) -> Result<ConnectionPermit, AdmitError> {
+        let held = self.inner.gate.try_hold();
+        if let Err(why) = held {
+            self.inner.metrics.connection_refused(why);
+            tracing::debug!(reason = %why, "request body refused");
+        }
+        held
+    }
+
     /// Client connections on this node, counted from admission until their
-    /// session ends (connected or not yet).
+    /// session ends (connected or not yet), and requests whose body is still
+    /// arriving.
     pub fn num_connections(&self) -> usize {
         self.inner.gate.open()
     }
