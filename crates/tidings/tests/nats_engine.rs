@@ -11,13 +11,11 @@ use anyhow::{bail, Context as _};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use parking_lot::Mutex;
-use tidings::broker::{
-    Broker, BrokerError, BrokerEventHandler, HistoryFilter, NatsBroker, NatsConnection,
-    PublishOptions,
-};
+use tidings::broker::{Broker, BrokerError, BrokerEventHandler, HistoryFilter, PublishOptions};
 use tidings::config::NatsEngineConfig;
+use tidings::engine::nats::{NatsBroker, NatsConnection, NatsPresenceManager};
 use tidings::engine::IngestSlot;
-use tidings::presence::{NatsPresenceManager, PresenceManager};
+use tidings::presence::PresenceManager;
 use tidings_protocol::{ClientInfo, Publication, RawJson, StreamPosition};
 use tidings_testkit::NatsServer;
 

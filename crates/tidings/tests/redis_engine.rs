@@ -11,11 +11,11 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tidings::broker::{
     BatchPublish, Broker, BrokerError, BrokerEventHandler, HistoryFilter, PublishOptions,
-    RedisBroker,
 };
 use tidings::config::RedisEngineConfig;
+use tidings::engine::redis::{RedisBroker, RedisPresenceManager};
 use tidings::engine::{DirectPublish, DirectPublishError, DirectPublisher};
-use tidings::presence::{PresenceManager, RedisPresenceManager};
+use tidings::presence::PresenceManager;
 use tidings::protocol::{ClientInfo, Publication, RawJson, StreamPosition};
 use tidings_testkit::RedisServer;
 use tokio::time::Instant;

@@ -5,18 +5,10 @@
 //! in stream order. Publish and history-append are one atomic step, so a position
 //! returned to a publisher always names a publication that is in the history.
 
-pub mod memory;
-pub mod nats;
-pub mod redis;
-
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tidings_protocol::{ClientInfo, Publication, StreamPosition};
-
-pub use self::redis::RedisBroker;
-pub use memory::MemoryBroker;
-pub use nats::{NatsBroker, NatsConnection};
 
 /// Per-publish history settings, taken from the channel's namespace.
 #[derive(Debug, Clone, Default)]

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use tidings_protocol::{ClientInfo, Publication, StreamPosition};
 
-use super::{
+use crate::broker::{
     Broker, BrokerError, BrokerEventHandler, HistoryFilter, HistoryPage, PublishOptions,
     IDEMPOTENCY_WINDOW,
 };

@@ -1,7 +1,7 @@
 //! Presence in a JetStream KV bucket (`<prefix>_presence`).
 //!
 //! One key per channel and client, `<channel token>.<client token>` (tokens as in
-//! [`crate::broker::nats::encode_token`]), holding the client's info as JSON. The
+//! [`super::broker::encode_token`]), holding the client's info as JSON. The
 //! bucket's `max_age` is `engine.nats.presence_ttl`: an entry that is not written
 //! again within the TTL disappears, so the clients of a node that died leave
 //! presence on their own. `add` rewrites the entry, which refreshes it. Reading a
@@ -20,8 +20,8 @@ use futures_util::StreamExt as _;
 use parking_lot::Mutex;
 use tidings_protocol::ClientInfo;
 
-use super::{PresenceError, PresenceManager, PresenceStats};
-use crate::broker::nats::{encode_token, NatsConnection};
+use super::broker::{encode_token, NatsConnection};
+use crate::presence::{PresenceError, PresenceManager, PresenceStats};
 
 /// Most messages one presence call reads.
 const MAX_ENTRIES: u64 = 100_000;

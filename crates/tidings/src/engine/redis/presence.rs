@@ -15,9 +15,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tidings_protocol::ClientInfo;
 
-use super::{PresenceError, PresenceManager, PresenceStats};
-use crate::broker::redis::{Names, RedisConn};
+use super::broker::{Names, RedisConn};
 use crate::config::RedisEngineConfig;
+use crate::presence::{PresenceError, PresenceManager, PresenceStats};
 
 /// KEYS: data hash, expiry set. ARGV: client id, info JSON, TTL (ms).
 const ADD_LUA: &str = r"

@@ -30,7 +30,7 @@ use tidings_protocol::{ClientInfo, Publication, RawJson, StreamPosition};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::{
+use crate::broker::{
     BatchPublish, Broker, BrokerError, BrokerEventHandler, HistoryFilter, HistoryPage,
     PublishOptions, IDEMPOTENCY_WINDOW,
 };

@@ -69,7 +69,7 @@ use parking_lot::Mutex;
 use tidings_protocol::{ClientInfo, Publication, StreamPosition};
 use tokio::sync::watch;
 
-use super::{
+use crate::broker::{
     BatchPublish, Broker, BrokerError, BrokerEventHandler, HistoryFilter, HistoryPage,
     PublishOptions, IDEMPOTENCY_WINDOW,
 };

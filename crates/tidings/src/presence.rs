@@ -1,17 +1,9 @@
 //! Who is subscribed to a channel, across the nodes that share a presence backend.
 
-pub mod memory;
-pub mod nats;
-pub mod redis;
-
 use std::collections::HashMap;
 
 use async_trait::async_trait;
 use tidings_protocol::ClientInfo;
-
-pub use self::redis::RedisPresenceManager;
-pub use memory::MemoryPresenceManager;
-pub use nats::NatsPresenceManager;
 
 /// Why a presence call failed.
 #[derive(Debug, thiserror::Error)]

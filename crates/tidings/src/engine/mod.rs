@@ -1,8 +1,12 @@
 //! Picks the [`Broker`] and [`PresenceManager`] that `engine.type` names.
 //!
 //! `memory` keeps everything in this process (one node). `redis` and `nats` join
-//! nodes through a shared server; their modules live under `broker/` and
-//! `presence/`.
+//! nodes through a shared server. Each engine has its folder here; the traits they
+//! implement live in [`crate::broker`] and [`crate::presence`].
+
+pub mod memory;
+pub mod nats;
+pub mod redis;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock, Weak};
@@ -11,13 +15,14 @@ use futures_util::future::BoxFuture;
 use tidings_protocol::{RawJson, StreamPosition};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::redis::RedisConn;
-use crate::broker::{Broker, MemoryBroker, NatsBroker, NatsConnection, RedisBroker};
+use self::memory::{MemoryBroker, MemoryPresenceManager};
+use self::nats::{NatsBroker, NatsConnection, NatsPresenceManager};
+use self::redis::broker::RedisConn;
+use self::redis::{RedisBroker, RedisPresenceManager};
+use crate::broker::Broker;
 use crate::config::Config;
 use crate::node::{Node, NodeError, NodeInner, PublishRequest};
-use crate::presence::{
-    MemoryPresenceManager, NatsPresenceManager, PresenceManager, RedisPresenceManager,
-};
+use crate::presence::PresenceManager;
 /// The node's publish path, for publications that reach the node through the
 /// engine instead of the HTTP API (a backend writing to NATS `<prefix>.publish`):
 /// the same checks, options and history as an API publish.
