@@ -4,6 +4,7 @@
 //! nodes through a shared server. Each engine has its folder here; the traits they
 //! implement live in [`crate::broker`] and [`crate::presence`].
 
+pub(crate) mod epoch;
 pub mod memory;
 pub mod nats;
 pub mod redis;
@@ -17,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::memory::{MemoryBroker, MemoryPresenceManager};
 use self::nats::{NatsBroker, NatsConnection, NatsPresenceManager};
-use self::redis::broker::RedisConn;
+use self::redis::conn::RedisConn;
 use self::redis::{RedisBroker, RedisPresenceManager};
 use crate::broker::Broker;
 use crate::config::Config;

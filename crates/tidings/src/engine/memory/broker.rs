@@ -19,6 +19,7 @@ use crate::broker::{
     Broker, BrokerError, BrokerEventHandler, HistoryFilter, HistoryPage, PublishOptions,
     IDEMPOTENCY_WINDOW,
 };
+use crate::engine::epoch::new_epoch;
 
 const SHARDS: usize = 64;
 
@@ -62,15 +63,6 @@ impl Stream {
             epoch: self.epoch.clone(),
         }
     }
-}
-
-fn new_epoch() -> String {
-    use rand::Rng;
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-    let mut rng = rand::rng();
-    (0..8)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
 }
 
 type StreamShard = Mutex<HashMap<String, Arc<Mutex<Stream>>>>;
@@ -157,7 +149,7 @@ impl MemoryBroker {
     }
 
     /// Drops expired publications and idle streams: streams nobody published to
-    /// after [`EMPTY_STREAM_TTL`] without reads unless `in_use` says the channel still
+    /// after `EMPTY_STREAM_TTL` without reads unless `in_use` says the channel still
     /// has subscribers, others after the meta TTL. Called periodically by the node;
     /// returns how many streams were dropped.
     pub fn sweep(&self, in_use: impl Fn(&str) -> bool) -> usize {

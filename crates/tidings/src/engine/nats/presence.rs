@@ -1,7 +1,7 @@
 //! Presence in a JetStream KV bucket (`<prefix>_presence`).
 //!
 //! One key per channel and client, `<channel token>.<client token>` (tokens as in
-//! [`super::broker::encode_token`]), holding the client's info as JSON. The
+//! [`super::subjects::encode_token`]), holding the client's info as JSON. The
 //! bucket's `max_age` is `engine.nats.presence_ttl`: an entry that is not written
 //! again within the TTL disappears, so the clients of a node that died leave
 //! presence on their own. `add` rewrites the entry, which refreshes it. Reading a
@@ -20,7 +20,8 @@ use futures_util::StreamExt as _;
 use parking_lot::Mutex;
 use tidings_protocol::ClientInfo;
 
-use super::broker::{encode_token, NatsConnection};
+use super::connection::NatsConnection;
+use super::subjects::encode_token;
 use crate::presence::{PresenceError, PresenceManager, PresenceStats};
 
 /// Most messages one presence call reads.
@@ -60,7 +61,7 @@ impl NatsPresenceManager {
         let store = self
             .conn
             .key_value(
-                &self.conn.names.presence_bucket(),
+                &self.conn.subjects.presence_bucket(),
                 self.conn.config.presence_ttl,
             )
             .await
@@ -94,7 +95,7 @@ impl NatsPresenceManager {
     async fn entries(&self, channel: &str) -> Result<Vec<ClientInfo>, PresenceError> {
         let filter = format!(
             "$KV.{}.{}.>",
-            self.conn.names.presence_bucket(),
+            self.conn.subjects.presence_bucket(),
             encode_token(channel)
         );
         let budget = self.conn.config.request_timeout;

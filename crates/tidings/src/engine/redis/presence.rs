@@ -15,7 +15,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tidings_protocol::ClientInfo;
 
-use super::broker::{Names, RedisConn};
+use super::conn::RedisConn;
+use super::keys::Keys;
 use crate::config::RedisEngineConfig;
 use crate::presence::{PresenceError, PresenceManager, PresenceStats};
 
@@ -61,7 +62,7 @@ return redis.call('HVALS', KEYS[1])
 /// Presence of the Redis engine.
 pub struct RedisPresenceManager {
     conn: Arc<RedisConn>,
-    names: Names,
+    keys: Keys,
     ttl: Duration,
     add: redis::Script,
     remove: redis::Script,
@@ -81,10 +82,10 @@ impl RedisPresenceManager {
     }
 
     /// A presence manager sharing the broker's command connection.
-    pub fn with_conn(cfg: &RedisEngineConfig, conn: Arc<RedisConn>) -> Self {
+    pub(crate) fn with_conn(cfg: &RedisEngineConfig, conn: Arc<RedisConn>) -> Self {
         Self {
             conn,
-            names: Names::new(&cfg.prefix),
+            keys: Keys::new(&cfg.prefix),
             ttl: cfg.presence_ttl,
             add: redis::Script::new(ADD_LUA),
             remove: redis::Script::new(REMOVE_LUA),
@@ -94,8 +95,8 @@ impl RedisPresenceManager {
 
     async fn read(&self, channel: &str, mode: &'static str) -> Result<Vec<Vec<u8>>, PresenceError> {
         let keys = [
-            self.names.presence_data(channel),
-            self.names.presence_expiry(channel),
+            self.keys.presence_data(channel),
+            self.keys.presence_expiry(channel),
         ];
         let script = &self.read;
         self.conn
@@ -117,8 +118,8 @@ impl PresenceManager for RedisPresenceManager {
     async fn add(&self, channel: &str, info: ClientInfo) -> Result<(), PresenceError> {
         let json = serde_json::to_vec(&info).map_err(|e| PresenceError(e.to_string()))?;
         let keys = [
-            self.names.presence_data(channel),
-            self.names.presence_expiry(channel),
+            self.keys.presence_data(channel),
+            self.keys.presence_expiry(channel),
         ];
         let ttl_ms = self.ttl.as_millis().max(1) as u64;
         let script = &self.add;
@@ -141,8 +142,8 @@ impl PresenceManager for RedisPresenceManager {
 
     async fn remove(&self, channel: &str, client_id: &str) -> Result<(), PresenceError> {
         let keys = [
-            self.names.presence_data(channel),
-            self.names.presence_expiry(channel),
+            self.keys.presence_data(channel),
+            self.keys.presence_expiry(channel),
         ];
         let script = &self.remove;
         self.conn
