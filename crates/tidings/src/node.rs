@@ -228,7 +228,7 @@ impl NodeBuilder {
             memory_only.engine = Default::default();
             crate::engine::build(&memory_only).expect("the memory engine always builds")
         });
-        let broker = engine.broker;
+        let broker = engine.broker.clone();
         let fanout = Arc::new(Fanout {
             hub: hub.clone(),
             metrics: metrics.clone(),
@@ -253,7 +253,7 @@ impl NodeBuilder {
             config,
             hub,
             broker,
-            presence: engine.presence,
+            presence: engine.presence.clone(),
             metrics,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -270,23 +270,32 @@ impl NodeBuilder {
             cluster: Default::default(),
         });
         let _ = fanout.node.set(Arc::downgrade(&inner));
+        inner.broker.run(&inner.uid, fanout);
         // Publishes that reach the node through the engine take the API's path; weak,
         // so the engine does not keep the node alive.
         let weak = Arc::downgrade(&inner);
-        let _ = engine.ingest.set(Arc::new(move |req| {
+        let ingest: crate::engine::Ingest = Arc::new(move |msg| {
             let node = weak.upgrade().map(|inner| Node { inner });
             Box::pin(async move {
-                let node = node.ok_or(codes::ERROR_INTERNAL)?;
-                node.publish(req).await.map_err(|e| e.to_protocol())
+                use crate::engine::IngestError;
+                let node = node.ok_or_else(|| IngestError::Failed("node stopped".into()))?;
+                let req = PublishRequest {
+                    tags: msg.tags,
+                    idempotency_key: msg.idempotency_key,
+                    ..PublishRequest::new(msg.channel, msg.data)
+                };
+                node.publish(req).await.map_err(|e| match e {
+                    NodeError::Protocol(code) => IngestError::Rejected(code.into()),
+                    NodeError::Backend(e) => IngestError::Failed(e.into()),
+                })
             })
-        }));
-        inner.broker.run(&inner.uid, fanout);
-        if let Some(start) = engine.direct_publish {
-            start(
-                crate::engine::node_publisher(Arc::downgrade(&inner)),
-                inner.shutdown.clone(),
-            );
-        }
+        });
+        let hub = inner.hub.clone();
+        engine.start(crate::engine::EngineHooks {
+            ingest,
+            shutdown: inner.shutdown.clone(),
+            has_local_subscribers: Arc::new(move |channel| hub.num_subscribers(channel) > 0),
+        });
         let node = Node {
             inner: inner.clone(),
         };
@@ -294,20 +303,6 @@ impl NodeBuilder {
             .socketio
             .set_forwarder(crate::control::socketio_forwarder(Arc::downgrade(&inner)));
         node.start_timers();
-        if let Some(memory) = engine.memory {
-            // Periodic sweep of idle streams, bounded by the shutdown token.
-            let token = inner.shutdown.clone();
-            let hub = inner.hub.clone();
-            inner.tracker.spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(60));
-                loop {
-                    tokio::select! {
-                        _ = token.cancelled() => break,
-                        _ = tick.tick() => { memory.sweep(|ch| hub.num_subscribers(ch) > 0); }
-                    }
-                }
-            });
-        }
         node
     }
 }

@@ -1,8 +1,15 @@
-//! Picks the [`Broker`] and [`PresenceManager`] that `engine.type` names.
+//! The engine a node runs on: the [`Broker`] and [`PresenceManager`] that
+//! `engine.type` names, and their background jobs.
 //!
 //! `memory` keeps everything in this process (one node). `redis` and `nats` join
 //! nodes through a shared server. Each engine has its folder here; the traits they
-//! implement live in [`crate::broker`] and [`crate::presence`].
+//! implement live in [`crate::broker`] and [`crate::presence`], and none of them
+//! knows the node.
+//!
+//! This module is the only place that knows the engine kinds ([`build`]). It also
+//! holds the one shape of a publication that reaches the node through the engine
+//! instead of the HTTP API (a backend writing to Redis or NATS, see
+//! docs/engines.md): [`IngestPublish`], answered through [`Ingest`].
 
 pub(crate) mod epoch;
 pub mod memory;
@@ -10,9 +17,10 @@ pub mod nats;
 pub mod redis;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
+use parking_lot::Mutex;
 use tidings_protocol::{RawJson, StreamPosition};
 use tokio_util::sync::CancellationToken;
 
@@ -22,138 +30,161 @@ use self::redis::conn::RedisConn;
 use self::redis::{RedisBroker, RedisPresenceManager};
 use crate::broker::Broker;
 use crate::config::Config;
-use crate::node::{Node, NodeError, NodeInner, PublishRequest};
 use crate::presence::PresenceManager;
-/// The node's publish path, for publications that reach the node through the
-/// engine instead of the HTTP API (a backend writing to NATS `<prefix>.publish`):
-/// the same checks, options and history as an API publish.
-pub type Ingest = Arc<
-    dyn Fn(
-            crate::node::PublishRequest,
-        ) -> BoxFuture<'static, Result<StreamPosition, tidings_protocol::Error>>
-        + Send
-        + Sync,
->;
 
-/// Where `Node::build` puts its [`Ingest`] once the node exists; an engine that
-/// takes publishes from backends reads it for each one.
-pub type IngestSlot = Arc<OnceLock<Ingest>>;
-
-/// A node's broker and presence manager.
-pub struct Engine {
-    pub broker: Arc<dyn Broker>,
-    pub presence: Arc<dyn PresenceManager>,
-    /// The memory broker, when that is the engine, for the node's periodic sweep of
-    /// idle streams (the networked engines expire their data on the server).
-    pub memory: Option<Arc<MemoryBroker>>,
-    /// Filled by `Node::build` with the node's publish path (see [`Ingest`]).
-    pub ingest: IngestSlot,
-    /// Starts the engine's direct-publish consumer (publishes that backends put
-    /// straight into the engine, see docs/engines.md), when the engine has one.
-    /// The node calls it once, with its publish path and its shutdown token.
-    pub direct_publish: Option<Box<dyn FnOnce(DirectPublisher, CancellationToken) + Send>>,
-}
-
-/// A publication a backend handed to the engine directly (not through the API).
-#[derive(Debug, Clone)]
-pub struct DirectPublish {
+/// A publication a backend handed to the engine rather than to the HTTP API. Its
+/// JSON is the envelope backends write (`XADD <prefix>.publish * payload <json>` on
+/// Redis, a request to `<prefix>.publish` on NATS).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct IngestPublish {
     pub channel: String,
     pub data: RawJson,
+    /// As the API's `idempotency_key`: a retry within the window publishes once.
+    #[serde(default)]
     pub idempotency_key: Option<String>,
+    #[serde(default)]
     pub tags: Option<BTreeMap<String, String>>,
 }
 
-/// Why a direct publish did not happen.
-#[derive(Debug, Clone)]
-pub enum DirectPublishError {
-    /// It never can (bad channel, …): the engine drops the message.
-    Rejected(String),
-    /// The backend failed: the engine may try again later.
-    Failed(String),
+/// Why an [`IngestPublish`] was not published.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// It never can be (unknown channel, publishing not allowed, …): the engine
+    /// drops it, or answers the backend with this error.
+    #[error("rejected: {} ({})", .0.message, .0.code)]
+    Rejected(tidings_protocol::Error),
+    /// It failed this time (the broker is down, the node is stopping): the engine
+    /// may try again later, and answers a backend that waits with error 100.
+    #[error("failed: {0}")]
+    Failed(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// The node's publish path, as the engines' direct-publish consumers call it.
-pub type DirectPublisher =
-    Arc<dyn Fn(DirectPublish) -> BoxFuture<'static, Result<(), DirectPublishError>> + Send + Sync>;
+/// The node's publish path, for [`IngestPublish`]es: the same checks, options and
+/// history as an API publish. Given to the engine once, by [`Engine::start`].
+pub type Ingest = Arc<
+    dyn Fn(IngestPublish) -> BoxFuture<'static, Result<StreamPosition, IngestError>> + Send + Sync,
+>;
 
-/// The publish path of the node behind `node` (weak, so the consumer does not keep
-/// the node alive), for [`Engine::direct_publish`].
-pub(crate) fn node_publisher(node: Weak<NodeInner>) -> DirectPublisher {
-    Arc::new(move |msg: DirectPublish| {
-        let node = node.clone();
-        Box::pin(async move {
-            let Some(inner) = node.upgrade() else {
-                return Err(DirectPublishError::Failed("node stopped".into()));
-            };
-            let req = PublishRequest {
-                tags: msg.tags,
-                idempotency_key: msg.idempotency_key,
-                ..PublishRequest::new(msg.channel, msg.data)
-            };
-            match (Node { inner }).publish(req).await {
-                Ok(_) => Ok(()),
-                Err(NodeError::Protocol(code)) => {
-                    Err(DirectPublishError::Rejected(code.message.to_string()))
-                }
-                Err(NodeError::Backend(e)) => Err(DirectPublishError::Failed(e)),
-            }
-        })
-    })
+/// What the engine's background jobs need from the node, handed over once by
+/// [`Engine::start`].
+pub struct EngineHooks {
+    /// Publishes what backends hand to the engine (Redis stream consumer, NATS
+    /// `<prefix>.publish`).
+    pub ingest: Ingest,
+    /// Cancelled when the node shuts down: every job of the engine stops.
+    pub shutdown: CancellationToken,
+    /// Whether this node has subscribers on a channel: the memory engine's sweep
+    /// keeps the streams of such channels even when nobody published to them.
+    pub has_local_subscribers: Arc<dyn Fn(&str) -> bool + Send + Sync>,
 }
 
-/// Builds the engine the configuration names. `Config::validate` has already
-/// refused unknown engine types.
+/// A node's broker and presence manager, and the jobs that run beside them.
+pub struct Engine {
+    pub broker: Arc<dyn Broker>,
+    pub presence: Arc<dyn PresenceManager>,
+    /// Starts the engine's own background jobs (sweeps, consumers); taken by the
+    /// first [`Engine::start`]. A plain mutex: taken once, never held across an
+    /// await.
+    jobs: Mutex<Option<Jobs>>,
+}
+
+/// What [`Engine::start`] runs, chosen by [`build`] for the engine's kind.
+type Jobs = Box<dyn FnOnce(EngineHooks) + Send>;
+
+impl Engine {
+    fn new(broker: Arc<dyn Broker>, presence: Arc<dyn PresenceManager>, jobs: Jobs) -> Self {
+        Self {
+            broker,
+            presence,
+            jobs: Mutex::new(Some(jobs)),
+        }
+    }
+
+    /// Starts the engine's background jobs: the memory engine's sweep of idle
+    /// streams, the NATS sweep of unneeded streams, and the ingest of the Redis
+    /// stream consumer or the NATS `<prefix>.publish` subscription. Call once,
+    /// after [`Broker::run`] (the Redis consumer is named after the node); later
+    /// calls do nothing. The jobs stop when `hooks.shutdown` is cancelled.
+    pub fn start(&self, hooks: EngineHooks) {
+        let jobs = self.jobs.lock().take();
+        if let Some(jobs) = jobs {
+            jobs(hooks);
+        }
+    }
+}
+
+/// Why [`build`] could not make the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// `engine.type` names an engine this build of tidings leaves out.
+    #[error(
+        "engine.type {kind:?} is not available: tidings was built without the `{feature}` feature"
+    )]
+    NotBuiltIn {
+        kind: &'static str,
+        feature: &'static str,
+    },
+    /// `engine.type` names no engine (`Config::validate` refuses it first).
+    #[error("engine.type {0:?} is not available")]
+    Unknown(String),
+    /// The engine's settings cannot be used (an address that does not parse, TLS
+    /// files); the message names the setting.
+    #[error("{0}")]
+    Settings(String),
+}
+
+/// Builds the engine the configuration names. Must run inside a Tokio runtime
+/// (the networked engines start connecting at once, in the background).
 ///
 /// # Errors
-/// A message when the engine's settings cannot be used (bad address, TLS files).
-pub fn build(config: &Config) -> Result<Engine, String> {
+/// [`BuildError`] when the kind is not available or its settings cannot be used.
+pub fn build(config: &Config) -> Result<Engine, BuildError> {
     match config.engine.kind.as_str() {
-        "memory" => {
-            let memory = Arc::new(MemoryBroker::new(config.channel.history_meta_ttl));
-            Ok(Engine {
-                broker: memory.clone(),
-                presence: Arc::new(MemoryPresenceManager::new()),
-                memory: Some(memory),
-                ingest: IngestSlot::default(),
-                direct_publish: None,
-            })
-        }
-        "nats" => {
-            let conn = NatsConnection::start(&config.engine.nats)?;
-            let ingest = IngestSlot::default();
-            let broker = Arc::new(
-                NatsBroker::new(conn.clone(), ingest.clone())
-                    .with_meta_ttl(config.channel.history_meta_ttl),
-            );
-            broker.start_sweeper();
-            Ok(Engine {
-                broker,
-                presence: Arc::new(NatsPresenceManager::new(conn)),
-                memory: None,
-                ingest,
-                direct_publish: None,
-            })
-        }
-        "redis" => {
-            let cfg = &config.engine.redis;
-            // Broker and presence share one multiplexed command connection.
-            let conn = Arc::new(RedisConn::new(cfg, cfg.io_timeout)?);
-            let broker = Arc::new(RedisBroker::with_conn(
-                cfg,
-                config.channel.history_meta_ttl,
-                conn.clone(),
-            ));
-            let ingest = broker.clone();
-            Ok(Engine {
-                broker,
-                presence: Arc::new(RedisPresenceManager::with_conn(cfg, conn)),
-                memory: None,
-                ingest: IngestSlot::default(),
-                direct_publish: Some(Box::new(move |publisher, stop| {
-                    ingest.start_ingest(publisher, stop);
-                })),
-            })
-        }
-        other => Err(format!("engine.type {other:?} is not available")),
+        "memory" => Ok(build_memory(config)),
+        "redis" => build_redis(config),
+        "nats" => build_nats(config),
+        other => Err(BuildError::Unknown(other.to_string())),
     }
+}
+
+fn build_memory(config: &Config) -> Engine {
+    let broker = Arc::new(MemoryBroker::new(config.channel.history_meta_ttl));
+    let sweeper = broker.clone();
+    Engine::new(
+        broker,
+        Arc::new(MemoryPresenceManager::new()),
+        Box::new(move |hooks| sweeper.start_sweeper(hooks.has_local_subscribers, hooks.shutdown)),
+    )
+}
+
+fn build_redis(config: &Config) -> Result<Engine, BuildError> {
+    let cfg = &config.engine.redis;
+    // Broker and presence share one multiplexed command connection.
+    let conn = Arc::new(RedisConn::new(cfg, cfg.io_timeout).map_err(BuildError::Settings)?);
+    let broker = Arc::new(RedisBroker::with_conn(
+        cfg,
+        config.channel.history_meta_ttl,
+        conn.clone(),
+    ));
+    let consumer = broker.clone();
+    Ok(Engine::new(
+        broker,
+        Arc::new(RedisPresenceManager::with_conn(cfg, conn)),
+        Box::new(move |hooks| consumer.start_ingest(hooks.ingest, hooks.shutdown)),
+    ))
+}
+
+fn build_nats(config: &Config) -> Result<Engine, BuildError> {
+    let conn = NatsConnection::start(&config.engine.nats).map_err(BuildError::Settings)?;
+    let broker =
+        Arc::new(NatsBroker::new(conn.clone()).with_meta_ttl(config.channel.history_meta_ttl));
+    let jobs = broker.clone();
+    Ok(Engine::new(
+        broker,
+        Arc::new(NatsPresenceManager::new(conn)),
+        Box::new(move |hooks| {
+            jobs.set_ingest(hooks.ingest);
+            jobs.start_sweeper(hooks.shutdown);
+        }),
+    ))
 }

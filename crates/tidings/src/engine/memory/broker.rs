@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use tidings_protocol::{ClientInfo, Publication, StreamPosition};
+use tokio_util::sync::CancellationToken;
 
 use crate::broker::{
     Broker, BrokerError, BrokerEventHandler, HistoryFilter, HistoryPage, PublishOptions,
@@ -29,6 +30,9 @@ const IDEMPOTENCY_MAX_KEYS: usize = 100_000;
 /// A stream nobody published to is dropped after this long without reads, so that
 /// subscribing to made-up channel names cannot grow memory for long.
 const EMPTY_STREAM_TTL: Duration = Duration::from_secs(300);
+
+/// How often [`MemoryBroker::start_sweeper`] sweeps.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 struct Stream {
     epoch: String,
@@ -148,10 +152,33 @@ impl MemoryBroker {
         self.handler.get()
     }
 
+    /// Runs [`Self::sweep`] now and every minute after, until `stop` is cancelled
+    /// or the broker dropped. `in_use` tells whether this node has subscribers on
+    /// a channel.
+    pub fn start_sweeper(
+        self: &Arc<Self>,
+        in_use: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+        stop: CancellationToken,
+    ) {
+        let broker = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => {
+                        let Some(broker) = broker.upgrade() else { break };
+                        broker.sweep(in_use.as_ref());
+                    }
+                }
+            }
+        });
+    }
+
     /// Drops expired publications and idle streams: streams nobody published to
     /// after `EMPTY_STREAM_TTL` without reads unless `in_use` says the channel still
-    /// has subscribers, others after the meta TTL. Called periodically by the node;
-    /// returns how many streams were dropped.
+    /// has subscribers, others after the meta TTL. Called periodically by
+    /// [`Self::start_sweeper`]; returns how many streams were dropped.
     pub fn sweep(&self, in_use: impl Fn(&str) -> bool) -> usize {
         let now = Instant::now();
         let mut dropped = 0;

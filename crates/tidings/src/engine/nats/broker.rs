@@ -25,6 +25,7 @@ use crate::broker::{
     BatchPublish, Broker, BrokerError, BrokerEventHandler, HistoryFilter, HistoryPage,
     PublishOptions,
 };
+use crate::engine::Ingest;
 
 /// Header naming what a fan-out message is: `pub`, `join` or `leave`.
 pub(super) const KIND_HEADER: &str = "Tidings-Kind";
@@ -42,8 +43,9 @@ pub struct NatsBroker {
     pub(super) conn: Arc<NatsConnection>,
     /// The node's handler, set once by [`Broker::run`].
     pub(super) handler: OnceLock<Arc<dyn BrokerEventHandler>>,
-    /// The node's publish path for messages backends send to `<prefix>.publish`.
-    pub(super) ingest: crate::engine::IngestSlot,
+    /// The node's publish path for messages backends send to `<prefix>.publish`,
+    /// set once by [`NatsBroker::set_ingest`].
+    pub(super) ingest: Arc<OnceLock<Ingest>>,
     /// Per channel, the stream settings last seen (see [`StreamMemo`]).
     pub(super) memo: Arc<Mutex<HashMap<String, StreamMemo>>>,
     /// This node's channel subscriptions. A plain mutex: map updates only.
@@ -80,13 +82,12 @@ pub(super) fn backend(e: impl std::fmt::Display) -> BrokerError {
 }
 
 impl NatsBroker {
-    /// A broker on `conn`. `ingest` is where the node puts its publish path for
-    /// messages backends send to `<prefix>.publish`.
-    pub fn new(conn: Arc<NatsConnection>, ingest: crate::engine::IngestSlot) -> Self {
+    /// A broker on `conn`.
+    pub fn new(conn: Arc<NatsConnection>) -> Self {
         Self {
             conn,
             handler: OnceLock::new(),
-            ingest,
+            ingest: Arc::default(),
             memo: Arc::new(Mutex::new(HashMap::new())),
             subs: Mutex::new(HashMap::new()),
             next_sub: std::sync::atomic::AtomicU64::new(1),
@@ -96,6 +97,13 @@ impl NatsBroker {
             epochs: Arc::new(Mutex::new(None)),
             meta_ttl: Duration::from_secs(30 * 24 * 3600),
         }
+    }
+
+    /// Publishes what backends send to `<prefix>.publish` through `ingest` (the
+    /// node's publish path) from now on; until then they are answered "node is
+    /// starting". Only the first call counts.
+    pub fn set_ingest(&self, ingest: Ingest) {
+        let _ = self.ingest.set(ingest);
     }
 
     /// Sets how long a channel's stream outlives its last publication

@@ -1,51 +1,39 @@
 //! Publishes from backends on `<prefix>.publish` (queue group `<prefix>_publish`):
 //! each request is published through the node and answered with the result.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
+use serde_json::json;
+use tidings_protocol::codes;
 
 use super::connection::NatsConnection;
+use crate::engine::{Ingest, IngestError, IngestPublish};
 
-/// The body a backend sends to `<prefix>.publish`.
-#[derive(serde::Deserialize)]
-struct IngestBody {
-    channel: String,
-    data: tidings_protocol::RawJson,
-    #[serde(default)]
-    idempotency_key: Option<String>,
-    #[serde(default)]
-    tags: Option<std::collections::BTreeMap<String, String>>,
-}
-
-/// Serves `<prefix>.publish`: each message is published through the node, and
-/// answered when it has a reply subject.
+/// Serves `<prefix>.publish`: each message is published through the node's
+/// `ingest` (once the node has set it), and answered when it has a reply subject.
 pub(super) async fn serve_ingest(
     conn: Arc<NatsConnection>,
-    slot: crate::engine::IngestSlot,
+    ingest: Arc<OnceLock<Ingest>>,
     mut sub: async_nats::Subscriber,
 ) {
     while let Some(msg) = sub.next().await {
-        let reply = match serde_json::from_slice::<IngestBody>(&msg.payload) {
-            Err(e) => {
-                serde_json::json!({"error": {"code": 107, "message": format!("bad request: {e}")}})
-            }
-            Ok(body) => match slot.get() {
-                None => serde_json::json!({"error": {"code": 100, "message": "node is starting"}}),
-                Some(ingest) => {
-                    let mut req = crate::node::PublishRequest::new(body.channel, body.data);
-                    req.idempotency_key = body.idempotency_key;
-                    req.tags = body.tags;
-                    match ingest(req).await {
-                        Ok(pos) => {
-                            serde_json::json!({"result": {"offset": pos.offset, "epoch": pos.epoch}})
-                        }
-                        Err(e) => {
-                            serde_json::json!({"error": {"code": e.code, "message": e.message}})
-                        }
+        let reply = match serde_json::from_slice::<IngestPublish>(&msg.payload) {
+            Err(e) => json!({"error": {"code": 107, "message": format!("bad request: {e}")}}),
+            Ok(publish) => match ingest.get() {
+                None => json!({"error": {"code": 100, "message": "node is starting"}}),
+                Some(ingest) => match ingest(publish).await {
+                    Ok(pos) => json!({"result": {"offset": pos.offset, "epoch": pos.epoch}}),
+                    Err(IngestError::Rejected(e)) => {
+                        json!({"error": {"code": e.code, "message": e.message}})
                     }
-                }
+                    // The cause stays here, as the API keeps it from its clients.
+                    Err(IngestError::Failed(_)) => {
+                        let e = codes::ERROR_INTERNAL;
+                        json!({"error": {"code": e.code, "message": e.message}})
+                    }
+                },
             },
         };
         if msg.reply.is_none() && reply.get("error").is_some() {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use futures_util::StreamExt as _;
+use tokio_util::sync::CancellationToken;
 
 use super::broker::{backend, NatsBroker};
 use super::subjects::decode_token;
@@ -32,15 +33,18 @@ pub(super) struct StreamMemo {
 }
 
 impl NatsBroker {
-    /// Runs [`NatsBroker::sweep`] every [`SWEEP_INTERVAL`] until the broker is
-    /// dropped.
-    pub fn start_sweeper(self: &Arc<Self>) {
+    /// Runs [`NatsBroker::sweep`] every [`SWEEP_INTERVAL`] until `stop` is
+    /// cancelled or the broker dropped.
+    pub fn start_sweeper(self: &Arc<Self>, stop: CancellationToken) {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_INTERVAL);
             tick.tick().await;
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
                 let Some(broker) = weak.upgrade() else { break };
                 match broker.sweep(EMPTY_STREAM_TTL, broker.meta_ttl).await {
                     Ok(0) => {}

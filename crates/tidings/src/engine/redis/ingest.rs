@@ -6,12 +6,11 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use redis::Value;
-use tidings_protocol::RawJson;
 use tokio_util::sync::CancellationToken;
 
 use super::broker::RedisBroker;
 use super::conn::{RedisConn, RECONNECT_MAX, RECONNECT_MIN};
-use crate::engine::{DirectPublish, DirectPublishError, DirectPublisher};
+use crate::engine::{Ingest, IngestError, IngestPublish};
 
 /// Direct-publish consumer: entries read per XREADGROUP, and how long it blocks.
 const INGEST_BATCH: usize = 64;
@@ -29,12 +28,12 @@ pub const INGEST_GROUP: &str = "tidings";
 impl RedisBroker {
     /// Starts consuming the direct-publish stream `<prefix>.publish` as member
     /// `<node uid>` of the consumer group [`INGEST_GROUP`]: each entry is published
-    /// through `publisher` by exactly one node, then acknowledged and deleted.
+    /// through `ingest` by exactly one node, then acknowledged and deleted.
     /// Entries whose publish failed for a backend reason stay pending and are
     /// claimed again (XAUTOCLAIM) after `INGEST_CLAIM_IDLE`, by any node; entries
     /// that can never be published (bad JSON, bad channel) are logged and dropped.
     /// Call after [`crate::broker::Broker::run`]. Stops when `stop` fires or the broker is dropped.
-    pub fn start_ingest(&self, publisher: DirectPublisher, stop: CancellationToken) {
+    pub fn start_ingest(&self, ingest: Ingest, stop: CancellationToken) {
         let consumer = self
             .inner
             .node_uid
@@ -53,7 +52,7 @@ impl RedisBroker {
             conn,
             stream: self.inner.keys.ingest(),
             consumer,
-            publisher,
+            ingest,
             forget_idle: INGEST_FORGET_IDLE,
         };
         let broker_stop = self.inner.stop.clone();
@@ -72,20 +71,19 @@ struct IngestConsumer {
     conn: RedisConn,
     stream: String,
     consumer: String,
-    publisher: DirectPublisher,
+    /// The node's publish path.
+    ingest: Ingest,
     /// [`INGEST_FORGET_IDLE`] (shorter in tests).
     forget_idle: Duration,
 }
 
-/// The JSON a backend puts in the `payload` field of a direct-publish entry.
-#[derive(serde::Deserialize)]
-struct Envelope {
-    channel: String,
-    data: RawJson,
-    #[serde(default)]
-    idempotency_key: Option<String>,
-    #[serde(default)]
-    tags: Option<std::collections::BTreeMap<String, String>>,
+/// An entry that is not a publication at all.
+fn bad_entry(why: &str) -> tidings_protocol::Error {
+    tidings_protocol::Error {
+        code: tidings_protocol::codes::ERROR_BAD_REQUEST.code,
+        message: why.to_string(),
+        temporary: false,
+    }
 }
 
 /// Entries as XREADGROUP / XAUTOCLAIM return them: id and flat field list.
@@ -273,25 +271,21 @@ impl IngestConsumer {
                 .chunks(2)
                 .find(|kv| kv.len() == 2 && kv[0] == b"payload")
                 .map(|kv| kv[1].clone());
-            let outcome = match payload.as_deref().map(serde_json::from_slice::<Envelope>) {
-                None => Err(DirectPublishError::Rejected("no payload field".into())),
-                Some(Err(e)) => Err(DirectPublishError::Rejected(format!("bad JSON: {e}"))),
-                Some(Ok(env)) => {
-                    (self.publisher)(DirectPublish {
-                        channel: env.channel,
-                        data: env.data,
-                        idempotency_key: env.idempotency_key,
-                        tags: env.tags,
-                    })
-                    .await
-                }
+            // The `payload` field holds the JSON of an [`IngestPublish`].
+            let outcome = match payload
+                .as_deref()
+                .map(serde_json::from_slice::<IngestPublish>)
+            {
+                None => Err(IngestError::Rejected(bad_entry("no payload field"))),
+                Some(Err(e)) => Err(IngestError::Rejected(bad_entry(&format!("bad JSON: {e}")))),
+                Some(Ok(publish)) => (self.ingest)(publish).await,
             };
             match outcome {
-                Ok(()) => {}
-                Err(DirectPublishError::Rejected(why)) => {
-                    tracing::warn!(entry = %id, reason = %why, "direct publish: entry dropped");
+                Ok(_) => {}
+                Err(IngestError::Rejected(why)) => {
+                    tracing::warn!(entry = %id, reason = %why.message, "direct publish: entry dropped");
                 }
-                Err(DirectPublishError::Failed(why)) => {
+                Err(IngestError::Failed(why)) => {
                     // Left pending: claimed again later, by this node or another.
                     tracing::warn!(entry = %id, reason = %why, "direct publish: will retry");
                     continue;
@@ -341,7 +335,7 @@ mod tests {
             conn: RedisConn::new(&cfg, Duration::from_secs(2)).unwrap(),
             stream: Keys::new("t").ingest(),
             consumer: "me".into(),
-            publisher: Arc::new(|_| Box::pin(async { Ok(()) })),
+            ingest: Arc::new(|_| Box::pin(async { Ok(Default::default()) })),
             forget_idle: Duration::ZERO,
         };
         ingest.create_group().await.unwrap();
