@@ -58,9 +58,10 @@ pub enum NodeError {
     /// A protocol-level refusal (bad channel, not available, …).
     #[error("{}", .0.message)]
     Protocol(ErrorCode),
-    /// The broker or presence backend failed.
+    /// The broker or presence backend failed; the source says how (an
+    /// [`crate::broker::EngineError`] for the engines).
     #[error("backend error: {0}")]
-    Backend(String),
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl NodeError {
@@ -85,14 +86,16 @@ impl From<BrokerError> for NodeError {
             BrokerError::UnrecoverablePosition => {
                 NodeError::Protocol(codes::ERROR_UNRECOVERABLE_POSITION)
             }
-            BrokerError::Backend(msg) => NodeError::Backend(msg),
+            BrokerError::Backend(e) => NodeError::Backend(Box::new(e)),
         }
     }
 }
 
 impl From<crate::presence::PresenceError> for NodeError {
     fn from(e: crate::presence::PresenceError) -> Self {
-        NodeError::Backend(e.0)
+        match e {
+            crate::presence::PresenceError::Backend(e) => NodeError::Backend(Box::new(e)),
+        }
     }
 }
 
@@ -286,7 +289,7 @@ impl NodeBuilder {
                 };
                 node.publish(req).await.map_err(|e| match e {
                     NodeError::Protocol(code) => IngestError::Rejected(code.into()),
-                    NodeError::Backend(e) => IngestError::Failed(e.into()),
+                    NodeError::Backend(e) => IngestError::Failed(e),
                 })
             })
         });

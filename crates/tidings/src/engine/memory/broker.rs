@@ -135,17 +135,20 @@ impl MemoryBroker {
         &self.streams[self.hasher.hash_one(channel) as usize % SHARDS]
     }
 
-    fn stream(&self, channel: &str, create: bool) -> Option<Arc<Mutex<Stream>>> {
+    /// The channel's stream, created (with a new epoch) when it has none.
+    fn stream(&self, channel: &str) -> Arc<Mutex<Stream>> {
         let mut shard = self.shard(channel).lock();
         if let Some(s) = shard.get(channel) {
-            return Some(s.clone());
-        }
-        if !create {
-            return None;
+            return s.clone();
         }
         let s = Arc::new(Mutex::new(Stream::new()));
         shard.insert(channel.to_string(), s.clone());
-        Some(s)
+        s
+    }
+
+    /// The channel's stream, when it has one.
+    fn existing_stream(&self, channel: &str) -> Option<Arc<Mutex<Stream>>> {
+        self.shard(channel).lock().get(channel).cloned()
     }
 
     fn handler(&self) -> Option<&Arc<dyn BrokerEventHandler>> {
@@ -273,7 +276,7 @@ impl Broker for MemoryBroker {
     }
 
     async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
-        if let Some(stream) = self.stream(channel, false) {
+        if let Some(stream) = self.existing_stream(channel) {
             stream.lock().items.clear();
         }
         Ok(())
@@ -296,9 +299,7 @@ impl MemoryBroker {
             }
             return Ok(StreamPosition::default());
         }
-        let stream = self
-            .stream(channel, true)
-            .ok_or_else(|| BrokerError::Backend("stream could not be created".into()))?;
+        let stream = self.stream(channel);
         let mut s = stream.lock();
         let now = Instant::now();
         s.expire(now);
@@ -324,9 +325,7 @@ impl MemoryBroker {
     ) -> Result<HistoryPage, BrokerError> {
         // Reading creates the stream, so a subscriber learns the epoch that later
         // publications will carry.
-        let stream = self
-            .stream(channel, true)
-            .ok_or_else(|| BrokerError::Backend("stream could not be created".into()))?;
+        let stream = self.stream(channel);
         let mut s = stream.lock();
         let now = Instant::now();
         s.expire(now);

@@ -21,6 +21,7 @@ use super::idempotency::KeyClaim;
 use super::ingest::serve_ingest;
 use super::streams::{is_stream_not_found, StreamMemo};
 use super::subjects::Subjects;
+use super::{failed, timeout};
 use crate::broker::{
     BatchPublish, Broker, BrokerError, BrokerEventHandler, HistoryFilter, HistoryPage,
     PublishOptions,
@@ -75,10 +76,6 @@ impl Drop for NatsBroker {
             s.task.abort();
         }
     }
-}
-
-pub(super) fn backend(e: impl std::fmt::Display) -> BrokerError {
-    BrokerError::Backend(e.to_string())
 }
 
 impl NatsBroker {
@@ -137,7 +134,7 @@ impl NatsBroker {
         headers: Option<HeaderMap>,
         body: Bytes,
     ) -> Result<(), BrokerError> {
-        let client = self.conn.client().map_err(backend)?;
+        let client = self.conn.client()?;
         let fut = async {
             match headers {
                 Some(h) => client.publish_with_headers(subject, h, body).await,
@@ -146,8 +143,8 @@ impl NatsBroker {
         };
         match tokio::time::timeout(self.conn.config.write_timeout, fut).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(backend(format!("NATS publish: {e}"))),
-            Err(_) => Err(backend("NATS publish: timed out")),
+            Ok(Err(e)) => Err(failed("publish", e).into()),
+            Err(_) => Err(timeout("publish").into()),
         }
     }
 
@@ -159,7 +156,7 @@ impl NatsBroker {
     ) -> Result<(), BrokerError> {
         let mut headers = HeaderMap::new();
         headers.insert(KIND_HEADER, "pub");
-        let body = Bytes::from(serde_json::to_vec(publication).map_err(backend)?);
+        let body = Bytes::from(serde_json::to_vec(publication).map_err(|e| failed("publish", e))?);
         self.core_publish(self.subjects().client(channel), Some(headers), body)
             .await
     }
@@ -304,14 +301,14 @@ impl Broker for NatsBroker {
     async fn publish_join(&self, channel: &str, info: ClientInfo) -> Result<(), BrokerError> {
         let mut headers = HeaderMap::new();
         headers.insert(KIND_HEADER, "join");
-        let body = Bytes::from(serde_json::to_vec(&info).map_err(backend)?);
+        let body = Bytes::from(serde_json::to_vec(&info).map_err(|e| failed("join", e))?);
         self.core_publish(self.subjects().client(channel), Some(headers), body)
             .await
     }
     async fn publish_leave(&self, channel: &str, info: ClientInfo) -> Result<(), BrokerError> {
         let mut headers = HeaderMap::new();
         headers.insert(KIND_HEADER, "leave");
-        let body = Bytes::from(serde_json::to_vec(&info).map_err(backend)?);
+        let body = Bytes::from(serde_json::to_vec(&info).map_err(|e| failed("leave", e))?);
         self.core_publish(self.subjects().client(channel), Some(headers), body)
             .await
     }
@@ -337,21 +334,20 @@ impl Broker for NatsBroker {
     }
 
     async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
-        let js = self.conn.jetstream().map_err(backend)?;
+        let js = self.conn.jetstream()?;
         let name = self.subjects().stream(channel);
         let found = tokio::time::timeout(self.conn.config.request_timeout, js.get_stream(&name))
             .await
-            .map_err(|_| backend("stream info: timed out"))?;
+            .map_err(|_| timeout("stream info"))?;
         let stream = match found {
             Ok(s) => s,
             Err(e) if is_stream_not_found(&e) => return Ok(()),
-            Err(e) => return Err(backend(format!("stream info: {e}"))),
+            Err(e) => return Err(failed("stream info", e).into()),
         };
         // Purging keeps the last sequence: the position stays.
         self.conn
             .timed("stream purge", async { stream.purge().await })
-            .await
-            .map_err(backend)?;
+            .await?;
         Ok(())
     }
 }

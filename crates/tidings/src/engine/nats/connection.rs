@@ -10,6 +10,8 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::subjects::Subjects;
+use super::ENGINE;
+use crate::broker::EngineError;
 use crate::config::NatsEngineConfig;
 
 /// One NATS connection (kept up by async-nats, which reconnects and resubscribes by
@@ -98,19 +100,21 @@ impl NatsConnection {
     }
 
     /// The client, when connected right now.
-    pub(crate) fn client(&self) -> Result<&async_nats::Client, String> {
-        let client = self.client.get().ok_or("NATS is not connected yet")?;
+    pub(crate) fn client(&self) -> Result<&async_nats::Client, EngineError> {
+        let not_connected = EngineError::NotConnected { engine: ENGINE };
+        let client = self.client.get().ok_or(not_connected.clone())?;
         if client.connection_state() != async_nats::connection::State::Connected {
-            return Err("NATS is not connected".into());
+            return Err(not_connected);
         }
         Ok(client)
     }
 
-    pub(crate) fn jetstream(&self) -> Result<&jetstream::Context, String> {
+    /// The JetStream context, when connected right now.
+    pub(crate) fn jetstream(&self) -> Result<&jetstream::Context, EngineError> {
         self.client()?;
         self.js
             .get()
-            .ok_or_else(|| "NATS is not connected yet".into())
+            .ok_or(EngineError::NotConnected { engine: ENGINE })
     }
 
     /// Whether the connection is up right now.
@@ -130,16 +134,22 @@ impl NatsConnection {
         false
     }
 
-    /// Runs `fut` with the request timeout.
-    pub(crate) async fn timed<T, E: std::fmt::Display>(
+    /// Runs `fut` with the request timeout; `operation` names it in the error.
+    pub(crate) async fn timed<T, E>(
         &self,
-        what: &str,
+        operation: &'static str,
         fut: impl std::future::Future<Output = Result<T, E>>,
-    ) -> Result<T, String> {
+    ) -> Result<T, EngineError>
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
         match tokio::time::timeout(self.config.request_timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(format!("{what}: {e}")),
-            Err(_) => Err(format!("{what}: timed out")),
+            Ok(Err(e)) => Err(EngineError::failed(ENGINE, operation, e)),
+            Err(_) => Err(EngineError::Timeout {
+                engine: ENGINE,
+                operation,
+            }),
         }
     }
 
@@ -148,7 +158,7 @@ impl NatsConnection {
         &self,
         bucket: &str,
         ttl: Duration,
-    ) -> Result<jetstream::kv::Store, String> {
+    ) -> Result<jetstream::kv::Store, EngineError> {
         let js = self.jetstream()?;
         if let Ok(store) = self.timed("KV lookup", js.get_key_value(bucket)).await {
             return Ok(store);
@@ -180,7 +190,7 @@ impl NatsConnection {
     /// Returns once the server has handled everything this connection sent before
     /// (subscriptions included): a request nobody answers comes back "no
     /// responders" only after that.
-    pub(super) async fn barrier(&self) -> Result<(), String> {
+    pub(super) async fn barrier(&self) -> Result<(), EngineError> {
         let client = self.client()?;
         let req = client.request(self.subjects.barrier(), Bytes::new());
         match tokio::time::timeout(
@@ -191,8 +201,11 @@ impl NatsConnection {
         {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
-            Ok(Err(e)) => Err(format!("NATS round trip: {e}")),
-            Err(_) => Err("NATS round trip: timed out".into()),
+            Ok(Err(e)) => Err(EngineError::failed(ENGINE, "round trip", e)),
+            Err(_) => Err(EngineError::Timeout {
+                engine: ENGINE,
+                operation: "round trip",
+            }),
         }
     }
 }

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use futures_util::StreamExt as _;
 use tidings_protocol::{ClientInfo, Publication};
 
-use super::broker::{backend, ChannelSub, NatsBroker, KIND_HEADER};
+use super::broker::{ChannelSub, NatsBroker, KIND_HEADER};
 use super::reorder::Reorder;
+use super::{failed, timeout};
 use crate::broker::{BrokerError, BrokerEventHandler};
 
 /// Header JetStream's republish adds: the stream sequence (our offset).
@@ -118,12 +119,12 @@ impl NatsBroker {
     /// Subscribes this node to `channel`'s fan-out subject (once, however often it
     /// is called) and returns when the server has the subscription.
     pub(super) async fn subscribe_channel(&self, channel: &str) -> Result<(), BrokerError> {
-        let client = self.conn.client().map_err(backend)?.clone();
+        let client = self.conn.client()?.clone();
         let handler = self
             .handler
             .get()
             .cloned()
-            .ok_or_else(|| backend("broker is not running"))?;
+            .ok_or_else(|| failed("subscribe", "broker is not running"))?;
         let id = self
             .next_sub
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -139,7 +140,7 @@ impl NatsBroker {
                 let sub = match client.subscribe(subject).await {
                     Ok(s) => s,
                     Err(e) => {
-                        let _ = ready_tx.send(Err(e.to_string()));
+                        let _ = ready_tx.send(Err(e));
                         return;
                     }
                 };
@@ -156,9 +157,9 @@ impl NatsBroker {
         }
         let ready = match tokio::time::timeout(self.conn.config.write_timeout, ready_rx).await {
             Ok(Ok(Ok(()))) => self.conn.barrier().await,
-            Ok(Ok(Err(e))) => Err(format!("NATS subscribe: {e}")),
-            Ok(Err(_)) => Err("NATS subscribe: task ended".into()),
-            Err(_) => Err("NATS subscribe: timed out".into()),
+            Ok(Ok(Err(e))) => Err(failed("subscribe", e)),
+            Ok(Err(_)) => Err(failed("subscribe", "task ended")),
+            Err(_) => Err(timeout("subscribe")),
         };
         if let Err(e) = ready {
             let mut subs = self.subs.lock();
@@ -167,7 +168,7 @@ impl NatsBroker {
                     s.task.abort();
                 }
             }
-            return Err(backend(e));
+            return Err(e.into());
         }
         Ok(())
     }

@@ -6,7 +6,8 @@ use std::time::Duration;
 use async_nats::jetstream;
 use bytes::Bytes;
 
-use super::broker::{backend, NatsBroker};
+use super::broker::NatsBroker;
+use super::{failed, timeout};
 use crate::broker::BrokerError;
 use crate::engine::epoch::{is_epoch, new_epoch};
 
@@ -28,8 +29,7 @@ impl NatsBroker {
         let store = self
             .conn
             .key_value(&self.subjects().epoch_bucket(), EPOCH_CLAIM_TTL)
-            .await
-            .map_err(backend)?;
+            .await?;
         *self.epochs.lock() = Some(store.clone());
         Ok(store)
     }
@@ -63,17 +63,13 @@ impl NatsBroker {
                     })
                 }
                 Ok(Err(e)) if e.kind() == jetstream::kv::CreateErrorKind::AlreadyExists => {
-                    let entry = self
-                        .conn
-                        .timed("epoch claim", store.entry(name))
-                        .await
-                        .map_err(backend)?;
+                    let entry = self.conn.timed("epoch claim", store.entry(name)).await?;
                     match entry {
                         Some(entry) if entry.operation == jetstream::kv::Operation::Put => {
                             let epoch = std::str::from_utf8(&entry.value)
                                 .ok()
                                 .filter(|e| is_epoch(e))
-                                .ok_or_else(|| backend("epoch claim: not an epoch"))?;
+                                .ok_or_else(|| failed("epoch claim", "not an epoch"))?;
                             return Ok(EpochClaim {
                                 epoch: epoch.to_string(),
                                 revision: entry.revision,
@@ -88,11 +84,11 @@ impl NatsBroker {
                 // the timed-out create have been stored after all, the next one
                 // finds it and reads this node's own proposal back.
                 _ if attempt == 0 => *self.epochs.lock() = None,
-                Ok(Err(e)) => return Err(backend(format!("epoch claim: {e}"))),
-                Err(_) => return Err(backend("epoch claim: timed out")),
+                Ok(Err(e)) => return Err(failed("epoch claim", e).into()),
+                Err(_) => return Err(timeout("epoch claim").into()),
             }
         }
-        Err(backend("epoch claim: no stable claim"))
+        Err(failed("epoch claim", "no stable claim").into())
     }
 
     /// Deletes the epoch claim of stream `name` if it is still the one at

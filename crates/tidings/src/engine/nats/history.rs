@@ -8,8 +8,9 @@ use bytes::Bytes;
 use futures_util::StreamExt as _;
 use tidings_protocol::{Publication, StreamPosition};
 
-use super::broker::{backend, NatsBroker};
+use super::broker::NatsBroker;
 use super::streams::epoch_of;
+use super::{failed, timeout};
 use crate::broker::{BrokerError, HistoryFilter, HistoryPage};
 
 /// Most publications one history call reads.
@@ -24,7 +25,7 @@ impl NatsBroker {
         // Reading creates the stream, so a subscriber learns the epoch that later
         // publications will carry.
         let info = self.ensure_stream(channel, None).await?;
-        let epoch = epoch_of(&info).ok_or_else(|| backend("stream has no epoch"))?;
+        let epoch = epoch_of(&info).ok_or_else(|| failed("stream info", "stream has no epoch"))?;
         let top = info.state.last_sequence;
         let first = if info.state.messages == 0 {
             top + 1
@@ -99,10 +100,13 @@ impl NatsBroker {
         from: u64,
         count: u64,
     ) -> Result<Vec<Publication>, BrokerError> {
-        let js = self.conn.jetstream().map_err(backend)?;
+        let js = self.conn.jetstream()?;
         let conn = &self.conn;
         let work = async {
-            let stream = js.get_stream_no_info(stream_name).await.map_err(backend)?;
+            let stream = js
+                .get_stream_no_info(stream_name)
+                .await
+                .map_err(|e| failed("history read", e))?;
             let consumer = stream
                 .create_consumer(jetstream::consumer::pull::Config {
                     deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
@@ -114,7 +118,7 @@ impl NatsBroker {
                     ..Default::default()
                 })
                 .await
-                .map_err(backend)?;
+                .map_err(|e| failed("history read", e))?;
             let name = consumer.cached_info().name.clone();
             let result = read_consumer(&consumer, count).await;
             // The consumer would vanish by itself after its inactive threshold;
@@ -126,7 +130,8 @@ impl NatsBroker {
             let msgs = result?;
             let mut out = Vec::with_capacity(msgs.len());
             for (seq, payload) in msgs {
-                let mut p: Publication = serde_json::from_slice(&payload).map_err(backend)?;
+                let mut p: Publication =
+                    serde_json::from_slice(&payload).map_err(|e| failed("history read", e))?;
                 p.offset = seq;
                 out.push(p);
             }
@@ -136,7 +141,7 @@ impl NatsBroker {
         let budget = conn.config.request_timeout * 2;
         tokio::time::timeout(budget, work)
             .await
-            .map_err(|_| backend("history read: timed out"))?
+            .map_err(|_| timeout("history read"))?
     }
 }
 
@@ -154,11 +159,14 @@ async fn read_consumer(
             .max_messages(want)
             .messages()
             .await
-            .map_err(backend)?;
+            .map_err(|e| failed("history read", e))?;
         let before = out.len();
         while let Some(msg) = batch.next().await {
-            let msg = msg.map_err(backend)?;
-            let seq = msg.info().map_err(backend)?.stream_sequence;
+            let msg = msg.map_err(|e| failed("history read", e))?;
+            let seq = msg
+                .info()
+                .map_err(|e| failed("history read", e))?
+                .stream_sequence;
             out.push((seq, msg.message.payload.clone()));
         }
         if out.len() == before {

@@ -6,8 +6,9 @@ use std::time::Duration;
 use async_nats::jetstream;
 use bytes::Bytes;
 
-use super::broker::{backend, NatsBroker};
+use super::broker::NatsBroker;
 use super::subjects::encode_token;
+use super::{failed, timeout};
 use crate::broker::{BrokerError, IDEMPOTENCY_WINDOW};
 use crate::engine::epoch::new_epoch;
 
@@ -38,8 +39,7 @@ impl NatsBroker {
         let store = self
             .conn
             .key_value(&self.subjects().idempotency_bucket(), IDEMPOTENCY_WINDOW)
-            .await
-            .map_err(backend)?;
+            .await?;
         *self.idempotency.lock() = Some(store.clone());
         Ok(store)
     }
@@ -72,7 +72,7 @@ impl NatsBroker {
         let mut watched: Option<(u64, tokio::time::Instant)> = None;
         loop {
             if tokio::time::Instant::now() > give_up {
-                return Err(backend("idempotency key: claim still busy"));
+                return Err(failed("idempotency key", "claim still busy").into());
             }
             let store = self.idempotency_store().await?;
             let created = tokio::time::timeout(
@@ -91,14 +91,10 @@ impl NatsBroker {
                     *self.idempotency.lock() = None;
                     continue;
                 }
-                Ok(Err(e)) => return Err(backend(format!("idempotency key: {e}"))),
-                Err(_) => return Err(backend("idempotency key: timed out")),
+                Ok(Err(e)) => return Err(failed("idempotency key", e).into()),
+                Err(_) => return Err(timeout("idempotency key").into()),
             }
-            let entry = self
-                .conn
-                .timed("idempotency key", store.entry(&k))
-                .await
-                .map_err(backend)?;
+            let entry = self.conn.timed("idempotency key", store.entry(&k)).await?;
             let Some(entry) = entry.filter(|e| e.operation == jetstream::kv::Operation::Put) else {
                 // Deleted or expired meanwhile: claim again.
                 continue;

@@ -80,6 +80,27 @@ mod reorder;
 mod streams;
 pub mod subjects;
 
+/// The engine's name in its errors.
+const ENGINE: &str = "nats";
+
+/// The failure of `operation` (see [`EngineError::Failed`]).
+fn failed(
+    operation: &'static str,
+    source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> EngineError {
+    EngineError::failed(ENGINE, operation, source)
+}
+
+/// `operation` got no answer in time.
+fn timeout(operation: &'static str) -> EngineError {
+    EngineError::Timeout {
+        engine: ENGINE,
+        operation,
+    }
+}
+
+use crate::broker::EngineError;
+
 pub use broker::NatsBroker;
 pub use connection::NatsConnection;
 pub use presence::NatsPresenceManager;

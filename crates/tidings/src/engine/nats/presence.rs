@@ -22,6 +22,8 @@ use tidings_protocol::ClientInfo;
 
 use super::connection::NatsConnection;
 use super::subjects::encode_token;
+use super::{failed, timeout};
+use crate::broker::EngineError;
 use crate::presence::{PresenceError, PresenceManager, PresenceStats};
 
 /// Most messages one presence call reads.
@@ -35,10 +37,6 @@ pub struct NatsPresenceManager {
     conn: Arc<NatsConnection>,
     /// The bucket, once looked up or created; dropped when the server lost it.
     store: Mutex<Option<kv::Store>>,
-}
-
-fn err(e: impl std::fmt::Display) -> PresenceError {
-    PresenceError(e.to_string())
 }
 
 impl NatsPresenceManager {
@@ -64,8 +62,7 @@ impl NatsPresenceManager {
                 &self.conn.subjects.presence_bucket(),
                 self.conn.config.presence_ttl,
             )
-            .await
-            .map_err(err)?;
+            .await?;
         *self.store.lock() = Some(store.clone());
         Ok(store)
     }
@@ -75,18 +72,17 @@ impl NatsPresenceManager {
     async fn with_store<T, F, Fut>(&self, op: F) -> Result<T, PresenceError>
     where
         F: Fn(kv::Store) -> Fut,
-        Fut: std::future::Future<Output = Result<T, String>>,
+        Fut: std::future::Future<Output = Result<T, EngineError>>,
     {
         let store = self.store().await?;
         match op(store).await {
             Ok(v) => Ok(v),
             Err(first) => {
-                self.conn.client().map_err(err)?;
+                self.conn.client()?;
+                tracing::debug!(error = %first, "NATS presence: trying again with the bucket looked up anew");
                 *self.store.lock() = None;
                 let store = self.store().await?;
-                op(store)
-                    .await
-                    .map_err(|e| err(format!("{e} (after {first})")))
+                Ok(op(store).await?)
             }
         }
     }
@@ -104,7 +100,7 @@ impl NatsPresenceManager {
             async move {
                 tokio::time::timeout(budget * 2, read_last_values(store, filter))
                     .await
-                    .map_err(|_| "presence read: timed out".to_string())?
+                    .map_err(|_| timeout("presence read"))?
             }
         })
         .await
@@ -120,7 +116,10 @@ impl NatsPresenceManager {
 /// after the count, so stopping at the count lost that key now and then. Values
 /// are kept per key, the latest stream sequence winning, so a repeated or
 /// superseded message cannot list a client twice or bring back a removed one.
-async fn read_last_values(store: kv::Store, filter: String) -> Result<Vec<ClientInfo>, String> {
+async fn read_last_values(
+    store: kv::Store,
+    filter: String,
+) -> Result<Vec<ClientInfo>, EngineError> {
     let consumer = store
         .stream
         .create_consumer(jetstream::consumer::pull::Config {
@@ -132,7 +131,7 @@ async fn read_last_values(store: kv::Store, filter: String) -> Result<Vec<Client
             ..Default::default()
         })
         .await
-        .map_err(|e| format!("presence read: {e}"))?;
+        .map_err(|e| failed("presence read", e))?;
     let name = consumer.cached_info().name.clone();
     let pending = consumer.cached_info().num_pending;
     // Key -> (stream sequence, value; `None` once deleted).
@@ -150,12 +149,12 @@ async fn read_last_values(store: kv::Store, filter: String) -> Result<Vec<Client
                 .max_messages(room as usize)
                 .messages()
                 .await
-                .map_err(|e| format!("presence read: {e}"))?;
+                .map_err(|e| failed("presence read", e))?;
             let before = seen;
             while let Some(msg) = batch.next().await {
-                let msg = msg.map_err(|e| format!("presence read: {e}"))?;
+                let msg = msg.map_err(|e| failed("presence read", e))?;
                 seen += 1;
-                let info = msg.info().map_err(|e| format!("presence read: {e}"))?;
+                let info = msg.info().map_err(|e| failed("presence read", e))?;
                 let (sequence, left) = (info.stream_sequence, info.pending);
                 let deleted = msg
                     .headers
@@ -183,7 +182,7 @@ async fn read_last_values(store: kv::Store, filter: String) -> Result<Vec<Client
                 break;
             }
         }
-        Ok::<_, String>(())
+        Ok::<_, EngineError>(())
     }
     .await;
     // Deleted in the background; it would expire by itself anyway.
@@ -199,7 +198,7 @@ async fn read_last_values(store: kv::Store, filter: String) -> Result<Vec<Client
 impl PresenceManager for NatsPresenceManager {
     async fn add(&self, channel: &str, info: ClientInfo) -> Result<(), PresenceError> {
         let key = Self::key(channel, &info.client);
-        let value = Bytes::from(serde_json::to_vec(&info).map_err(err)?);
+        let value = Bytes::from(serde_json::to_vec(&info).map_err(|e| failed("presence add", e))?);
         let conn = self.conn.clone();
         self.with_store(|store| {
             let (key, value, conn) = (key.clone(), value.clone(), conn.clone());

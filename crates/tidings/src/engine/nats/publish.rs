@@ -7,7 +7,8 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use tidings_protocol::{Publication, StreamPosition};
 
-use super::broker::{backend, NatsBroker, KIND_HEADER};
+use super::broker::{NatsBroker, KIND_HEADER};
+use super::{failed, timeout};
 use crate::broker::{BatchPublish, Broker as _, BrokerError, PublishOptions};
 
 impl NatsBroker {
@@ -65,28 +66,25 @@ impl NatsBroker {
         channel: &str,
         run: Vec<(Publication, PublishOptions)>,
     ) -> Vec<Result<StreamPosition, BrokerError>> {
-        let fail_all = |e: BrokerError, n: usize| {
-            (0..n)
-                .map(|_| Err(BrokerError::Backend(e.to_string())))
-                .collect::<Vec<_>>()
-        };
+        let fail_all =
+            |e: BrokerError, n: usize| (0..n).map(|_| Err(e.clone())).collect::<Vec<_>>();
         let js = match self.conn.jetstream() {
             Ok(js) => js.clone(),
-            Err(e) => return fail_all(backend(e), run.len()),
+            Err(e) => return fail_all(e.into(), run.len()),
         };
         let epoch = match self.stream_epoch(channel, &run[0].1).await {
             Ok(epoch) => epoch,
             Err(e) => return fail_all(e, run.len()),
         };
         let subject = self.subjects().history(channel, &epoch);
-        let timeout = self.conn.config.request_timeout;
+        let ack_timeout = self.conn.config.request_timeout;
         // Send everything; keep each acknowledgement to await.
         let mut pending = Vec::with_capacity(run.len());
         for (publication, _) in &run {
             let body = match serde_json::to_vec(publication) {
                 Ok(body) => Bytes::from(body),
                 Err(e) => {
-                    pending.push(Err(backend(e)));
+                    pending.push(Err(failed("publish", e).into()));
                     continue;
                 }
             };
@@ -99,8 +97,8 @@ impl NatsBroker {
             .await;
             pending.push(match sent {
                 Ok(Ok(ack)) => Ok(ack),
-                Ok(Err(e)) => Err(backend(format!("JetStream publish: {e}"))),
-                Err(_) => Err(backend("JetStream publish: timed out")),
+                Ok(Err(e)) => Err(failed("JetStream publish", e).into()),
+                Err(_) => Err(timeout("JetStream publish").into()),
             });
         }
         // Then the acknowledgements, in order.
@@ -114,7 +112,7 @@ impl NatsBroker {
                     continue;
                 }
             };
-            match tokio::time::timeout(timeout, ack).await {
+            match tokio::time::timeout(ack_timeout, ack).await {
                 Ok(Ok(ack)) => out.push(Ok(StreamPosition {
                     offset: ack.sequence,
                     epoch: epoch.clone(),
@@ -122,10 +120,14 @@ impl NatsBroker {
                 Ok(Err(e)) if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound => {
                     // The stream of that epoch is gone: published again below.
                     retry.push(i);
-                    out.push(Err(backend("JetStream publish: no stream for the channel")));
+                    out.push(Err(failed(
+                        "JetStream publish",
+                        "no stream for the channel",
+                    )
+                    .into()));
                 }
-                Ok(Err(e)) => out.push(Err(backend(format!("JetStream publish: {e}")))),
-                Err(_) => out.push(Err(backend("JetStream publish: timed out"))),
+                Ok(Err(e)) => out.push(Err(failed("JetStream publish", e).into())),
+                Err(_) => out.push(Err(timeout("JetStream publish").into())),
             }
         }
         if !retry.is_empty() {
@@ -144,8 +146,8 @@ impl NatsBroker {
         publication: &Publication,
         opts: &PublishOptions,
     ) -> Result<StreamPosition, BrokerError> {
-        let js = self.conn.jetstream().map_err(backend)?.clone();
-        let body = Bytes::from(serde_json::to_vec(publication).map_err(backend)?);
+        let js = self.conn.jetstream()?.clone();
+        let body = Bytes::from(serde_json::to_vec(publication).map_err(|e| failed("publish", e))?);
         for attempt in 0..2 {
             let epoch = self.stream_epoch(channel, opts).await?;
             let mut headers = HeaderMap::new();
@@ -174,10 +176,10 @@ impl NatsBroker {
                     // it up again.
                     self.memo.lock().remove(channel);
                 }
-                Ok(Err(e)) => return Err(backend(format!("JetStream publish: {e}"))),
-                Err(_) => return Err(backend("JetStream publish: timed out")),
+                Ok(Err(e)) => return Err(failed("JetStream publish", e).into()),
+                Err(_) => return Err(timeout("JetStream publish").into()),
             }
         }
-        Err(backend("JetStream publish: no stream for the channel"))
+        Err(failed("JetStream publish", "no stream for the channel").into())
     }
 }

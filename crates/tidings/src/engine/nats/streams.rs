@@ -9,8 +9,9 @@ use async_nats::jetstream::{self, stream};
 use futures_util::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
-use super::broker::{backend, NatsBroker};
+use super::broker::NatsBroker;
 use super::subjects::decode_token;
+use super::{failed, timeout};
 use crate::broker::{BrokerError, PublishOptions, IDEMPOTENCY_WINDOW};
 
 /// How often each node sweeps unneeded history streams ([`NatsBroker::sweep`]).
@@ -69,7 +70,7 @@ impl NatsBroker {
         empty_after: Duration,
         meta_ttl: Duration,
     ) -> Result<usize, BrokerError> {
-        let js = self.conn.jetstream().map_err(backend)?.clone();
+        let js = self.conn.jetstream()?.clone();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
@@ -79,7 +80,7 @@ impl NatsBroker {
         let mut streams = js.streams();
         let listing = async {
             while let Some(info) = streams.next().await {
-                let info = info.map_err(backend)?;
+                let info = info.map_err(|e| failed("stream listing", e))?;
                 let Some(subject) = info.config.subjects.first() else {
                     continue;
                 };
@@ -103,7 +104,7 @@ impl NatsBroker {
         };
         tokio::time::timeout(self.conn.config.request_timeout * 6, listing)
             .await
-            .map_err(|_| backend("stream listing: timed out"))??;
+            .map_err(|_| timeout("stream listing"))??;
         let mut deleted = 0;
         for (channel, name) in doomed {
             self.memo.lock().remove(&channel);
@@ -124,13 +125,13 @@ impl NatsBroker {
         channel: &str,
         settings: Option<(usize, Duration)>,
     ) -> Result<stream::Info, BrokerError> {
-        let js = self.conn.jetstream().map_err(backend)?;
+        let js = self.conn.jetstream()?;
         let name = self.subjects().stream(channel);
         for _ in 0..3 {
             let found =
                 tokio::time::timeout(self.conn.config.request_timeout, js.get_stream(&name))
                     .await
-                    .map_err(|_| backend("stream info: timed out"))?;
+                    .map_err(|_| timeout("stream info"))?;
             match found {
                 Ok(stream) => {
                     let info = stream.cached_info().clone();
@@ -152,10 +153,10 @@ impl NatsBroker {
                         .conn
                         .timed("stream update", js.update_stream(config))
                         .await
-                        .map_err(backend);
+                        .map_err(BrokerError::from);
                 }
                 Err(e) if is_stream_not_found(&e) => {}
-                Err(e) => return Err(backend(format!("stream info: {e}"))),
+                Err(e) => return Err(failed("stream info", e).into()),
             }
             // Every node that creates the stream now uses the same epoch, hence
             // the same subject (see `claim_epoch` for why that matters).
@@ -179,7 +180,7 @@ impl NatsBroker {
             let created =
                 tokio::time::timeout(self.conn.config.request_timeout, js.create_stream(config))
                     .await
-                    .map_err(|_| backend("stream create: timed out"))?;
+                    .map_err(|_| timeout("stream create"))?;
             match created {
                 Ok(stream) => {
                     // The stream holds the epoch now; a stream made after this one
@@ -199,10 +200,10 @@ impl NatsBroker {
                 {
                     continue
                 }
-                Err(e) => return Err(backend(format!("stream create: {e}"))),
+                Err(e) => return Err(failed("stream create", e).into()),
             }
         }
-        Err(backend("stream could not be created"))
+        Err(failed("stream create", "stream could not be created").into())
     }
 
     fn remember(&self, channel: &str, memo: StreamMemo) {
@@ -228,7 +229,7 @@ impl NatsBroker {
         let info = self
             .ensure_stream(channel, Some((opts.history_size, opts.history_ttl)))
             .await?;
-        let epoch = epoch_of(&info).ok_or_else(|| backend("stream has no epoch"))?;
+        let epoch = epoch_of(&info).ok_or_else(|| failed("stream info", "stream has no epoch"))?;
         self.remember(
             channel,
             StreamMemo {

@@ -9,7 +9,8 @@ use tidings_protocol::StreamPosition;
 
 use super::broker::{parse_position, RedisBroker};
 use super::scripts::{PUBLISH_LUA, PUBLISH_MANY_LUA};
-use crate::broker::{BatchPublish, BrokerError, PublishOptions, IDEMPOTENCY_WINDOW};
+use super::ENGINE;
+use crate::broker::{BatchPublish, BrokerError, EngineError, PublishOptions, IDEMPOTENCY_WINDOW};
 use crate::engine::epoch::new_epoch;
 
 impl RedisBroker {
@@ -58,9 +59,7 @@ impl RedisBroker {
                 Ok(json) => encoded.push(Some(json)),
                 Err(e) => {
                     encoded.push(None);
-                    results[i] = Some(Err(BrokerError::Backend(format!(
-                        "encoding publication: {e}"
-                    ))));
+                    results[i] = Some(Err(EngineError::failed(ENGINE, "publish", e).into()));
                 }
             }
         }
@@ -136,7 +135,7 @@ impl RedisBroker {
             let replies = self
                 .inner
                 .conn
-                .call_on(|generation, mut c| async move {
+                .call_on("publish", |generation, mut c| async move {
                     // On a connection where the scripts were not loaded yet, load
                     // them at the head of the same pipeline: an EVALSHA that failed
                     // with NOSCRIPT while the commands after it succeeded would
@@ -201,19 +200,17 @@ impl RedisBroker {
                     }
                 }
                 Ok(replies) => {
-                    let msg = format!(
-                        "redis: {} replies to a pipeline of {}",
-                        replies.len(),
-                        steps.len()
-                    );
-                    fill_errors(&mut results, &msg);
+                    let why = format!("{} replies to a pipeline of {}", replies.len(), steps.len());
+                    fill_errors(&mut results, &EngineError::failed(ENGINE, "publish", why));
                 }
                 Err(e) => fill_errors(&mut results, &e),
             }
         }
         results
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(BrokerError::Backend("redis: no reply".into()))))
+            .map(|r| {
+                r.unwrap_or_else(|| Err(EngineError::failed(ENGINE, "publish", "no reply").into()))
+            })
             .collect()
     }
 }
@@ -242,10 +239,10 @@ fn read_step(
     reply: redis::RedisResult<Value>,
 ) -> Vec<Result<StreamPosition, BrokerError>> {
     let first = match (kind, reply) {
-        (_, Err(e)) => Err(BrokerError::Backend(format!("redis: {e}"))),
+        (_, Err(e)) => Err(EngineError::failed(ENGINE, "publish", e).into()),
         (StepKind::Plain, Ok(_)) => Ok(StreamPosition::default()),
         (StepKind::Script, Ok(v)) => redis::from_redis_value::<String>(v)
-            .map_err(|e| BrokerError::Backend(format!("bad publish result: {e}")))
+            .map_err(|e| EngineError::failed(ENGINE, "publish", e).into())
             .and_then(|s| parse_position(&s)),
     };
     match first {
@@ -261,18 +258,13 @@ fn read_step(
                 })
             })
             .collect(),
-        Err(e) => {
-            let msg = e.to_string();
-            (0..count)
-                .map(|_| Err(BrokerError::Backend(msg.clone())))
-                .collect()
-        }
+        Err(e) => (0..count).map(|_| Err(e.clone())).collect(),
     }
 }
 
 /// Fails every publication without a result yet.
-fn fill_errors(results: &mut [Option<Result<StreamPosition, BrokerError>>], msg: &str) {
+fn fill_errors(results: &mut [Option<Result<StreamPosition, BrokerError>>], e: &EngineError) {
     for r in results.iter_mut().filter(|r| r.is_none()) {
-        *r = Some(Err(BrokerError::Backend(msg.to_string())));
+        *r = Some(Err(e.clone().into()));
     }
 }

@@ -30,8 +30,9 @@ use super::conn::RedisConn;
 use super::keys::Keys;
 use super::pubsub::{subscription_task, SubState};
 use super::scripts::{HISTORY_LUA, PUBLISH_LUA, PUBLISH_MANY_LUA};
+use super::ENGINE;
 use crate::broker::{
-    BatchPublish, Broker, BrokerError, BrokerEventHandler, HistoryFilter, HistoryPage,
+    BatchPublish, Broker, BrokerError, BrokerEventHandler, EngineError, HistoryFilter, HistoryPage,
     PublishOptions, IDEMPOTENCY_WINDOW,
 };
 use crate::config::RedisEngineConfig;
@@ -132,9 +133,10 @@ impl RedisBroker {
         let script = &self.inner.publish_script;
         let pubsub_channel = keys.client_channel(channel);
         let epoch = new_epoch();
-        self.inner
+        let position = self
+            .inner
             .conn
-            .call(|mut c| async move {
+            .call("publish", |mut c| async move {
                 script
                     .key(&script_keys[0])
                     .key(&script_keys[1])
@@ -154,34 +156,36 @@ impl RedisBroker {
                     .invoke_async::<String>(&mut c)
                     .await
             })
-            .await
-            .map_err(BrokerError::Backend)
+            .await?;
+        Ok(position)
     }
 
-    async fn plain_publish(&self, channel: String, payload: Vec<u8>) -> Result<(), BrokerError> {
+    /// A PUBLISH of `payload` to `channel`; `operation` names it in an error.
+    async fn plain_publish(
+        &self,
+        operation: &'static str,
+        channel: String,
+        payload: Vec<u8>,
+    ) -> Result<(), BrokerError> {
         self.inner
             .conn
-            .call(|mut c| async move {
+            .call(operation, |mut c| async move {
                 redis::cmd("PUBLISH")
                     .arg(channel)
                     .arg(payload)
                     .query_async::<i64>(&mut c)
                     .await
             })
-            .await
-            .map(|_| ())
-            .map_err(BrokerError::Backend)
+            .await?;
+        Ok(())
     }
 }
 
 /// Parses "offset:epoch" from the publish script.
 pub(super) fn parse_position(s: &str) -> Result<StreamPosition, BrokerError> {
-    let (offset, epoch) = s
-        .split_once(':')
-        .ok_or_else(|| BrokerError::Backend(format!("bad publish result {s:?}")))?;
-    let offset = offset
-        .parse::<u64>()
-        .map_err(|_| BrokerError::Backend(format!("bad publish result {s:?}")))?;
+    let bad = || EngineError::failed(ENGINE, "publish", format!("bad publish result {s:?}"));
+    let (offset, epoch) = s.split_once(':').ok_or_else(bad)?;
+    let offset = offset.parse::<u64>().map_err(|_| bad())?;
     if offset == 0 {
         return Ok(StreamPosition::default());
     }
@@ -194,18 +198,19 @@ pub(super) fn parse_position(s: &str) -> Result<StreamPosition, BrokerError> {
 /// One stream entry as the history script returns it: id and flat field list.
 type RawEntry = (String, Vec<Vec<u8>>);
 
-fn entry_to_publication((id, fields): RawEntry) -> Result<Publication, BrokerError> {
+fn entry_to_publication((id, fields): RawEntry) -> Result<Publication, EngineError> {
+    let bad = |why: String| EngineError::failed(ENGINE, "history", why);
     let offset = id
         .split_once('-')
         .and_then(|(ms, _)| ms.parse::<u64>().ok())
-        .ok_or_else(|| BrokerError::Backend(format!("bad stream id {id:?}")))?;
+        .ok_or_else(|| bad(format!("bad stream id {id:?}")))?;
     let data = fields
         .chunks(2)
         .find(|kv| kv.len() == 2 && kv[0] == b"d")
         .map(|kv| &kv[1])
-        .ok_or_else(|| BrokerError::Backend(format!("stream entry {id} has no data")))?;
-    let mut publication: Publication = serde_json::from_slice(data)
-        .map_err(|e| BrokerError::Backend(format!("stream entry {id}: {e}")))?;
+        .ok_or_else(|| bad(format!("stream entry {id} has no data")))?;
+    let mut publication: Publication =
+        serde_json::from_slice(data).map_err(|e| bad(format!("stream entry {id}: {e}")))?;
     publication.offset = offset;
     Ok(publication)
 }
@@ -236,7 +241,7 @@ impl Broker for RedisBroker {
             None => self.inner.keys.control(),
             Some(uid) => self.inner.keys.node(uid),
         };
-        self.plain_publish(channel, data.to_vec()).await
+        self.plain_publish("control", channel, data.to_vec()).await
     }
 
     async fn publish(
@@ -247,12 +252,12 @@ impl Broker for RedisBroker {
     ) -> Result<StreamPosition, BrokerError> {
         publication.offset = 0;
         let json = serde_json::to_vec(&publication)
-            .map_err(|e| BrokerError::Backend(format!("encoding publication: {e}")))?;
+            .map_err(|e| EngineError::failed(ENGINE, "publish", e))?;
         if opts.history_size == 0 && opts.idempotency_key.is_none() {
             let mut payload = Vec::with_capacity(json.len() + 3);
             payload.extend_from_slice(b"P0::");
             payload.extend_from_slice(&json);
-            self.plain_publish(self.inner.keys.client_channel(channel), payload)
+            self.plain_publish("publish", self.inner.keys.client_channel(channel), payload)
                 .await?;
             return Ok(StreamPosition::default());
         }
@@ -272,16 +277,16 @@ impl Broker for RedisBroker {
     async fn publish_join(&self, channel: &str, info: ClientInfo) -> Result<(), BrokerError> {
         let mut payload = b"J".to_vec();
         serde_json::to_writer(&mut payload, &info)
-            .map_err(|e| BrokerError::Backend(e.to_string()))?;
-        self.plain_publish(self.inner.keys.client_channel(channel), payload)
+            .map_err(|e| EngineError::failed(ENGINE, "join", e))?;
+        self.plain_publish("join", self.inner.keys.client_channel(channel), payload)
             .await
     }
 
     async fn publish_leave(&self, channel: &str, info: ClientInfo) -> Result<(), BrokerError> {
         let mut payload = b"L".to_vec();
         serde_json::to_writer(&mut payload, &info)
-            .map_err(|e| BrokerError::Backend(e.to_string()))?;
-        self.plain_publish(self.inner.keys.client_channel(channel), payload)
+            .map_err(|e| EngineError::failed(ENGINE, "leave", e))?;
+        self.plain_publish("leave", self.inner.keys.client_channel(channel), payload)
             .await
     }
 
@@ -317,7 +322,7 @@ impl Broker for RedisBroker {
         let (epoch, top, entries): (String, u64, Vec<RawEntry>) = self
             .inner
             .conn
-            .call(|mut c| async move {
+            .call("history", |mut c| async move {
                 script
                     .key(&script_keys[0])
                     .key(&script_keys[1])
@@ -330,8 +335,7 @@ impl Broker for RedisBroker {
                     .invoke_async(&mut c)
                     .await
             })
-            .await
-            .map_err(BrokerError::Backend)?;
+            .await?;
         let position = StreamPosition { offset: top, epoch };
         let publications = entries
             .into_iter()
@@ -367,11 +371,10 @@ impl Broker for RedisBroker {
         let key = self.inner.keys.stream(channel);
         self.inner
             .conn
-            .call(
-                |mut c| async move { redis::cmd("DEL").arg(key).query_async::<i64>(&mut c).await },
-            )
-            .await
-            .map(|_| ())
-            .map_err(BrokerError::Backend)
+            .call("remove history", |mut c| async move {
+                redis::cmd("DEL").arg(key).query_async::<i64>(&mut c).await
+            })
+            .await?;
+        Ok(())
     }
 }

@@ -10,6 +10,8 @@ use parking_lot::Mutex;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError};
 
+use super::ENGINE;
+use crate::broker::EngineError;
 use crate::config::RedisEngineConfig;
 
 /// Pause between reconnect attempts of the pub/sub connection (and of the ingest
@@ -100,7 +102,7 @@ pub(crate) struct RedisConn {
 struct Slot {
     conn: Option<(u64, MultiplexedConnection)>,
     /// When the last connect failed, and why.
-    failed: Option<(Instant, String)>,
+    failed: Option<(Instant, EngineError)>,
 }
 
 impl RedisConn {
@@ -120,7 +122,7 @@ impl RedisConn {
         })
     }
 
-    async fn get(&self) -> Result<(u64, MultiplexedConnection), String> {
+    async fn get(&self) -> Result<(u64, MultiplexedConnection), EngineError> {
         if let Some(c) = self.current()? {
             return Ok(c);
         }
@@ -143,20 +145,23 @@ impl RedisConn {
                 Ok((generation, conn))
             }
             Ok(Err(e)) => {
-                let msg = format!("redis connect: {e}");
-                slot.failed = Some((Instant::now(), msg.clone()));
-                Err(msg)
+                let e = EngineError::failed(ENGINE, "connect", e);
+                slot.failed = Some((Instant::now(), e.clone()));
+                Err(e)
             }
             Err(_) => {
-                let msg = "redis connect: timed out".to_string();
-                slot.failed = Some((Instant::now(), msg.clone()));
-                Err(msg)
+                let e = EngineError::Timeout {
+                    engine: ENGINE,
+                    operation: "connect",
+                };
+                slot.failed = Some((Instant::now(), e.clone()));
+                Err(e)
             }
         }
     }
 
     /// The open connection, or the recent connect failure, or `None` (connect now).
-    fn current(&self) -> Result<Option<(u64, MultiplexedConnection)>, String> {
+    fn current(&self) -> Result<Option<(u64, MultiplexedConnection)>, EngineError> {
         let slot = self.slot.lock();
         if let Some(c) = &slot.conn {
             return Ok(Some(c.clone()));
@@ -176,18 +181,19 @@ impl RedisConn {
     }
 
     /// Runs one request on the shared connection, bounded by the call timeout.
-    pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, String>
+    /// `operation` names it in the error.
+    pub async fn call<T, F, Fut>(&self, operation: &'static str, f: F) -> Result<T, EngineError>
     where
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = Result<T, RedisError>>,
     {
-        self.call_on(|_, conn| f(conn)).await
+        self.call_on(operation, |_, conn| f(conn)).await
     }
 
     /// [`Self::call`], also telling `f` which connection it runs on: a number that
     /// changes whenever a new connection replaces a failed one (what a caller
     /// set up on one connection, like loaded scripts, may be gone on the next).
-    pub async fn call_on<T, F, Fut>(&self, f: F) -> Result<T, String>
+    pub async fn call_on<T, F, Fut>(&self, operation: &'static str, f: F) -> Result<T, EngineError>
     where
         F: FnOnce(u64, MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = Result<T, RedisError>>,
@@ -202,7 +208,7 @@ impl RedisConn {
                     if breaks_connection(&e) {
                         self.forget(generation);
                     }
-                    Err(format!("redis: {e}"))
+                    Err(EngineError::failed(ENGINE, operation, e))
                 }
             }
         };
@@ -212,7 +218,10 @@ impl RedisConn {
                 if let Some(g) = used {
                     self.forget(g);
                 }
-                Err("redis: timed out".into())
+                Err(EngineError::Timeout {
+                    engine: ENGINE,
+                    operation,
+                })
             }
         }
     }

@@ -10,6 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::broker::RedisBroker;
 use super::conn::{RedisConn, RECONNECT_MAX, RECONNECT_MIN};
+use super::ENGINE;
+use crate::broker::EngineError;
 use crate::engine::{Ingest, IngestError, IngestPublish};
 
 /// Direct-publish consumer: entries read per XREADGROUP, and how long it blocks.
@@ -135,34 +137,33 @@ impl IngestConsumer {
         }
     }
 
-    async fn create_group(&self) -> Result<(), String> {
+    async fn create_group(&self) -> Result<(), EngineError> {
         let stream = self.stream.clone();
-        let r = self
-            .conn
-            .call(|mut c| async move {
-                redis::cmd("XGROUP")
+        self.conn
+            .call("ingest group", |mut c| async move {
+                let created = redis::cmd("XGROUP")
                     .arg("CREATE")
                     .arg(stream)
                     .arg(INGEST_GROUP)
                     .arg("0")
                     .arg("MKSTREAM")
                     .query_async::<()>(&mut c)
-                    .await
+                    .await;
+                match created {
+                    // Another node (or an earlier run) made it.
+                    Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+                    other => other,
+                }
             })
-            .await;
-        match r {
-            Ok(()) => Ok(()),
-            Err(e) if e.contains("BUSYGROUP") => Ok(()),
-            Err(e) => Err(e),
-        }
+            .await
     }
 
-    async fn read(&self) -> Result<Vec<IngestEntry>, String> {
+    async fn read(&self) -> Result<Vec<IngestEntry>, EngineError> {
         let stream = self.stream.clone();
         let consumer = self.consumer.clone();
         let reply: Value = self
             .conn
-            .call(|mut c| async move {
+            .call("ingest read", |mut c| async move {
                 redis::cmd("XREADGROUP")
                     .arg("GROUP")
                     .arg(INGEST_GROUP)
@@ -182,17 +183,17 @@ impl IngestConsumer {
             return Ok(Vec::new());
         }
         // [[stream, [[id, fields], ...]]] (a map with RESP3).
-        let streams: Vec<(String, Vec<IngestEntry>)> =
-            redis::from_redis_value(reply).map_err(|e| format!("XREADGROUP reply: {e}"))?;
+        let streams: Vec<(String, Vec<IngestEntry>)> = redis::from_redis_value(reply)
+            .map_err(|e| EngineError::failed(ENGINE, "ingest read", e))?;
         Ok(streams.into_iter().flat_map(|(_, e)| e).collect())
     }
 
     /// Removes consumers of dead nodes: nothing pending, idle for an hour.
-    async fn forget_idle_consumers(&self) -> Result<(), String> {
+    async fn forget_idle_consumers(&self) -> Result<(), EngineError> {
         let stream = self.stream.clone();
         let consumers: Vec<HashMap<String, Value>> = self
             .conn
-            .call(|mut c| async move {
+            .call("ingest consumers", |mut c| async move {
                 redis::cmd("XINFO")
                     .arg("CONSUMERS")
                     .arg(stream)
@@ -220,7 +221,7 @@ impl IngestConsumer {
             }
             let stream = self.stream.clone();
             self.conn
-                .call(|mut c| async move {
+                .call("ingest consumers", |mut c| async move {
                     redis::cmd("XGROUP")
                         .arg("DELCONSUMER")
                         .arg(stream)
@@ -234,12 +235,12 @@ impl IngestConsumer {
         Ok(())
     }
 
-    async fn claim(&self) -> Result<Vec<IngestEntry>, String> {
+    async fn claim(&self) -> Result<Vec<IngestEntry>, EngineError> {
         let stream = self.stream.clone();
         let consumer = self.consumer.clone();
         let reply: Value = self
             .conn
-            .call(|mut c| async move {
+            .call("ingest claim", |mut c| async move {
                 redis::cmd("XAUTOCLAIM")
                     .arg(stream)
                     .arg(INGEST_GROUP)
@@ -254,7 +255,11 @@ impl IngestConsumer {
             .await?;
         // [next id, [[id, fields] or nil, ...], [deleted ids]] (6.2 has no third).
         let Value::Array(parts) = reply else {
-            return Err("XAUTOCLAIM: unexpected reply".into());
+            return Err(EngineError::failed(
+                ENGINE,
+                "ingest claim",
+                "unexpected reply",
+            ));
         };
         let Some(Value::Array(items)) = parts.into_iter().nth(1) else {
             return Ok(Vec::new());
@@ -294,7 +299,7 @@ impl IngestConsumer {
             let stream = self.stream.clone();
             let ack = self
                 .conn
-                .call(|mut c| async move {
+                .call("ingest ack", |mut c| async move {
                     redis::pipe()
                         .cmd("XACK")
                         .arg(&stream)

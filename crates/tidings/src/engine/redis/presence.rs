@@ -17,6 +17,8 @@ use tidings_protocol::ClientInfo;
 
 use super::conn::RedisConn;
 use super::keys::Keys;
+use super::ENGINE;
+use crate::broker::EngineError;
 use crate::config::RedisEngineConfig;
 use crate::presence::{PresenceError, PresenceManager, PresenceStats};
 
@@ -99,8 +101,9 @@ impl RedisPresenceManager {
             self.keys.presence_expiry(channel),
         ];
         let script = &self.read;
-        self.conn
-            .call(|mut c| async move {
+        let values = self
+            .conn
+            .call("presence read", |mut c| async move {
                 script
                     .key(&keys[0])
                     .key(&keys[1])
@@ -108,15 +111,16 @@ impl RedisPresenceManager {
                     .invoke_async::<Vec<Vec<u8>>>(&mut c)
                     .await
             })
-            .await
-            .map_err(PresenceError)
+            .await?;
+        Ok(values)
     }
 }
 
 #[async_trait]
 impl PresenceManager for RedisPresenceManager {
     async fn add(&self, channel: &str, info: ClientInfo) -> Result<(), PresenceError> {
-        let json = serde_json::to_vec(&info).map_err(|e| PresenceError(e.to_string()))?;
+        let json = serde_json::to_vec(&info)
+            .map_err(|e| EngineError::failed(ENGINE, "presence add", e))?;
         let keys = [
             self.keys.presence_data(channel),
             self.keys.presence_expiry(channel),
@@ -125,7 +129,7 @@ impl PresenceManager for RedisPresenceManager {
         let script = &self.add;
         let client = info.client;
         self.conn
-            .call(|mut c| async move {
+            .call("presence add", |mut c| async move {
                 script
                     .key(&keys[0])
                     .key(&keys[1])
@@ -135,9 +139,8 @@ impl PresenceManager for RedisPresenceManager {
                     .invoke_async::<i64>(&mut c)
                     .await
             })
-            .await
-            .map(|_| ())
-            .map_err(PresenceError)
+            .await?;
+        Ok(())
     }
 
     async fn remove(&self, channel: &str, client_id: &str) -> Result<(), PresenceError> {
@@ -147,7 +150,7 @@ impl PresenceManager for RedisPresenceManager {
         ];
         let script = &self.remove;
         self.conn
-            .call(|mut c| async move {
+            .call("presence remove", |mut c| async move {
                 script
                     .key(&keys[0])
                     .key(&keys[1])
@@ -155,9 +158,8 @@ impl PresenceManager for RedisPresenceManager {
                     .invoke_async::<i64>(&mut c)
                     .await
             })
-            .await
-            .map(|_| ())
-            .map_err(PresenceError)
+            .await?;
+        Ok(())
     }
 
     async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, PresenceError> {

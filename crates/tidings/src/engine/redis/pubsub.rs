@@ -14,7 +14,8 @@ use tokio::sync::oneshot;
 
 use super::broker::{Inner, RedisBroker};
 use super::conn::{RECONNECT_MAX, RECONNECT_MIN};
-use crate::broker::{BrokerError, BrokerEventHandler};
+use super::ENGINE;
+use crate::broker::{BrokerError, BrokerEventHandler, EngineError};
 
 /// Channels per SUBSCRIBE / UNSUBSCRIBE command when many change at once
 /// (resubscription after a reconnect).
@@ -35,7 +36,7 @@ pub(super) struct SubState {
     /// Channels whose wanted state may differ from the connection's.
     changed: HashSet<String>,
     /// Callers waiting for the next sync of the connection.
-    waiters: Vec<oneshot::Sender<Result<(), String>>>,
+    waiters: Vec<oneshot::Sender<Result<(), EngineError>>>,
     /// The pub/sub connection is up and in sync (apart from `changed`).
     connected: bool,
     /// The first connection attempt has ended. Before that, subscribe calls wait
@@ -84,16 +85,22 @@ impl RedisBroker {
         {
             let mut s = self.inner.subs.lock();
             if !s.connected && s.tried {
-                return Err(BrokerError::Backend("redis pub/sub not connected".into()));
+                return Err(EngineError::NotConnected { engine: ENGINE }.into());
             }
             s.waiters.push(tx);
         }
         self.inner.sub_notify.notify_one();
         match tokio::time::timeout(self.inner.cfg.io_timeout, rx).await {
             Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(e))) => Err(BrokerError::Backend(e)),
-            Ok(Err(_)) => Err(BrokerError::Backend("redis pub/sub stopped".into())),
-            Err(_) => Err(BrokerError::Backend("redis subscribe: timed out".into())),
+            Ok(Ok(Err(e))) => Err(e.into()),
+            Ok(Err(_)) => {
+                Err(EngineError::failed(ENGINE, "subscribe", "pub/sub task stopped").into())
+            }
+            Err(_) => Err(EngineError::Timeout {
+                engine: ENGINE,
+                operation: "subscribe",
+            }
+            .into()),
         }
     }
 }
@@ -116,8 +123,11 @@ pub(super) async fn subscription_task(inner: Arc<Inner>) {
             inner.conn.client.get_async_pubsub(),
         )
         .await
-        .map_err(|_| "connect timed out".to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
+        .map_err(|_| EngineError::Timeout {
+            engine: ENGINE,
+            operation: "pub/sub connect",
+        })
+        .and_then(|r| r.map_err(|e| EngineError::failed(ENGINE, "pub/sub connect", e)));
         let pubsub = match pubsub {
             Ok(p) => p,
             Err(e) => {
@@ -178,7 +188,9 @@ pub(super) async fn subscription_task(inner: Arc<Inner>) {
         let why = loop {
             tokio::select! {
                 msg = messages.next() => {
-                    let Some(msg) = msg else { break "connection closed".to_string() };
+                    let Some(msg) = msg else {
+                        break EngineError::failed(ENGINE, "pub/sub", "connection closed");
+                    };
                     deliver(&*handler, &client_prefix, &fixed, msg.get_channel_name(), msg.get_payload_bytes());
                 }
                 _ = inner.sub_notify.notified() => {
@@ -189,8 +201,8 @@ pub(super) async fn subscription_task(inner: Arc<Inner>) {
                 _ = ping.tick() => {
                     match tokio::time::timeout(inner.cfg.io_timeout, sink.ping::<Value>()).await {
                         Ok(Ok(_)) => {}
-                        Ok(Err(e)) => break e.to_string(),
-                        Err(_) => break "ping timed out".to_string(),
+                        Ok(Err(e)) => break EngineError::failed(ENGINE, "pub/sub ping", e),
+                        Err(_) => break EngineError::Timeout { engine: ENGINE, operation: "pub/sub ping" },
                     }
                 }
             }
@@ -202,7 +214,7 @@ pub(super) async fn subscription_task(inner: Arc<Inner>) {
 }
 
 /// Fails every waiting subscribe (and marks the connection down).
-fn fail_waiters(inner: &Inner, why: &str) {
+fn fail_waiters(inner: &Inner, why: &EngineError) {
     let waiters = {
         let mut s = inner.subs.lock();
         s.connected = false;
@@ -210,7 +222,7 @@ fn fail_waiters(inner: &Inner, why: &str) {
         std::mem::take(&mut s.waiters)
     };
     for w in waiters {
-        let _ = w.send(Err(format!("redis pub/sub: {why}")));
+        let _ = w.send(Err(why.clone()));
     }
 }
 
@@ -220,7 +232,12 @@ async fn send_batched(
     channels: &[String],
     subscribe: bool,
     io_timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), EngineError> {
+    let operation = if subscribe {
+        "subscribe"
+    } else {
+        "unsubscribe"
+    };
     for batch in channels.chunks(SUBSCRIBE_BATCH) {
         let fut = async {
             if subscribe {
@@ -231,8 +248,13 @@ async fn send_batched(
         };
         match tokio::time::timeout(io_timeout, fut).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => return Err("subscribe timed out".into()),
+            Ok(Err(e)) => return Err(EngineError::failed(ENGINE, operation, e)),
+            Err(_) => {
+                return Err(EngineError::Timeout {
+                    engine: ENGINE,
+                    operation,
+                })
+            }
         }
     }
     Ok(())
@@ -244,7 +266,7 @@ async fn apply_changes(
     inner: &Inner,
     sink: &mut redis::aio::PubSubSink,
     subscribed: &mut HashSet<String>,
-) -> Result<(), String> {
+) -> Result<(), EngineError> {
     let (add, remove, waiters) = {
         let mut s = inner.subs.lock();
         let changed = std::mem::take(&mut s.changed);
