@@ -22,6 +22,7 @@ pub(crate) fn new_epoch() -> String {
 /// [`new_epoch`] makes, so a longer epoch made by an older or newer node is still
 /// read; the NATS broker checks an epoch read back from KV with it before the
 /// epoch goes into a subject.
+#[cfg(any(feature = "nats", test))]
 pub(crate) fn is_epoch(s: &str) -> bool {
     (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric())
 }

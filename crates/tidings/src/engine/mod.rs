@@ -13,7 +13,9 @@
 
 pub(crate) mod epoch;
 pub mod memory;
+#[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "redis")]
 pub mod redis;
 
 use std::collections::BTreeMap;
@@ -25,9 +27,6 @@ use tidings_protocol::{RawJson, StreamPosition};
 use tokio_util::sync::CancellationToken;
 
 use self::memory::{MemoryBroker, MemoryPresenceManager};
-use self::nats::{NatsBroker, NatsConnection, NatsPresenceManager};
-use self::redis::conn::RedisConn;
-use self::redis::{RedisBroker, RedisPresenceManager};
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::presence::PresenceManager;
@@ -157,7 +156,11 @@ fn build_memory(config: &Config) -> Engine {
     )
 }
 
+#[cfg(feature = "redis")]
 fn build_redis(config: &Config) -> Result<Engine, BuildError> {
+    use self::redis::conn::RedisConn;
+    use self::redis::{RedisBroker, RedisPresenceManager};
+
     let cfg = &config.engine.redis;
     // Broker and presence share one multiplexed command connection.
     let conn = Arc::new(RedisConn::new(cfg, cfg.io_timeout).map_err(BuildError::Settings)?);
@@ -174,7 +177,10 @@ fn build_redis(config: &Config) -> Result<Engine, BuildError> {
     ))
 }
 
+#[cfg(feature = "nats")]
 fn build_nats(config: &Config) -> Result<Engine, BuildError> {
+    use self::nats::{NatsBroker, NatsConnection, NatsPresenceManager};
+
     let conn = NatsConnection::start(&config.engine.nats).map_err(BuildError::Settings)?;
     let broker =
         Arc::new(NatsBroker::new(conn.clone()).with_meta_ttl(config.channel.history_meta_ttl));
@@ -187,4 +193,58 @@ fn build_nats(config: &Config) -> Result<Engine, BuildError> {
             jobs.start_sweeper(hooks.shutdown);
         }),
     ))
+}
+
+#[cfg(not(feature = "redis"))]
+fn build_redis(_: &Config) -> Result<Engine, BuildError> {
+    Err(BuildError::NotBuiltIn {
+        kind: "redis",
+        feature: "redis",
+    })
+}
+
+#[cfg(not(feature = "nats"))]
+fn build_nats(_: &Config) -> Result<Engine, BuildError> {
+    Err(BuildError::NotBuiltIn {
+        kind: "nats",
+        feature: "nats",
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine_of(kind: &str) -> Result<Engine, BuildError> {
+        let mut config = Config::development();
+        config.engine.kind = kind.to_string();
+        build(&config)
+    }
+
+    #[tokio::test]
+    async fn an_engine_left_out_of_the_build_names_the_missing_feature() {
+        for (kind, built) in [
+            ("redis", cfg!(feature = "redis")),
+            ("nats", cfg!(feature = "nats")),
+        ] {
+            match engine_of(kind) {
+                Ok(_) => assert!(built, "{kind} built without its feature"),
+                Err(e) => {
+                    assert!(!built, "{kind}: {e}");
+                    assert_eq!(
+                        e.to_string(),
+                        format!(
+                            "engine.type \"{kind}\" is not available: tidings was built \
+                             without the `{kind}` feature"
+                        )
+                    );
+                }
+            }
+        }
+        assert!(engine_of("memory").is_ok());
+        assert_eq!(
+            engine_of("zookeeper").err().map(|e| e.to_string()),
+            Some("engine.type \"zookeeper\" is not available".to_string())
+        );
+    }
 }
