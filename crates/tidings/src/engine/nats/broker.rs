@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use async_nats::jetstream;
 use async_nats::HeaderMap;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -16,7 +15,8 @@ use parking_lot::Mutex;
 use tidings_protocol::{ClientInfo, Publication, StreamPosition};
 use tokio::sync::watch;
 
-use super::connection::NatsConnection;
+use super::connection::{KvBucket, NatsConnection};
+use super::epochs::EPOCH_CLAIM_TTL;
 use super::idempotency::KeyClaim;
 use super::ingest::serve_ingest;
 use super::streams::{is_stream_not_found, StreamMemo};
@@ -24,7 +24,7 @@ use super::subjects::Subjects;
 use super::{failed, timeout};
 use crate::broker::{
     BatchPublish, Broker, BrokerError, BrokerEventHandler, HistoryFilter, HistoryPage,
-    PublishOptions,
+    PublishOptions, IDEMPOTENCY_WINDOW,
 };
 use crate::engine::Ingest;
 
@@ -60,9 +60,9 @@ pub struct NatsBroker {
     pub(super) meta_ttl: Duration,
     /// Idempotency keys of publishes without history (with history, the stream's
     /// duplicate detection does it).
-    pub(super) idempotency: Arc<Mutex<Option<jetstream::kv::Store>>>,
+    pub(super) idempotency: Arc<KvBucket>,
     /// The bucket of epoch claims, once looked up.
-    pub(super) epochs: Arc<Mutex<Option<jetstream::kv::Store>>>,
+    pub(super) epochs: Arc<KvBucket>,
     /// True once the node-wide subscriptions (control, publish) are in place.
     pub(super) ready: watch::Sender<bool>,
 }
@@ -82,7 +82,6 @@ impl NatsBroker {
     /// A broker on `conn`.
     pub fn new(conn: Arc<NatsConnection>) -> Self {
         Self {
-            conn,
             handler: OnceLock::new(),
             ingest: Arc::default(),
             memo: Arc::new(Mutex::new(HashMap::new())),
@@ -90,9 +89,13 @@ impl NatsBroker {
             next_sub: std::sync::atomic::AtomicU64::new(1),
             tasks: Mutex::new(Vec::new()),
             ready: watch::channel(false).0,
-            idempotency: Arc::new(Mutex::new(None)),
-            epochs: Arc::new(Mutex::new(None)),
+            idempotency: Arc::new(KvBucket::new(
+                conn.subjects.idempotency_bucket(),
+                IDEMPOTENCY_WINDOW,
+            )),
+            epochs: Arc::new(KvBucket::new(conn.subjects.epoch_bucket(), EPOCH_CLAIM_TTL)),
             meta_ttl: Duration::from_secs(30 * 24 * 3600),
+            conn,
         }
     }
 
@@ -223,7 +226,7 @@ impl Broker for NatsBroker {
             while doubt.changed().await.is_ok() {
                 memo.lock().clear();
                 for bucket in &buckets {
-                    *bucket.lock() = None;
+                    bucket.forget();
                 }
                 if let Err(e) = conn.barrier().await {
                     tracing::warn!(error = %e, "NATS not ready after reconnect");

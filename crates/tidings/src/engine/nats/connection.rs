@@ -3,6 +3,8 @@
 //! round trip that confirms everything sent before it.
 
 use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
@@ -207,6 +209,44 @@ impl NatsConnection {
                 operation: "round trip",
             }),
         }
+    }
+}
+
+/// A KV bucket, looked up (or created) on first use and remembered until
+/// [`KvBucket::forget`] (the server may have lost it).
+pub(crate) struct KvBucket {
+    name: String,
+    /// How long its entries live, for a bucket created here.
+    ttl: Duration,
+    /// A plain mutex: only cloned out or replaced, never held across an await.
+    store: Mutex<Option<jetstream::kv::Store>>,
+}
+
+impl KvBucket {
+    pub(crate) fn new(name: String, ttl: Duration) -> Self {
+        Self {
+            name,
+            ttl,
+            store: Mutex::new(None),
+        }
+    }
+
+    /// The bucket, looked up or created on `conn` when not known yet.
+    pub(crate) async fn get(
+        &self,
+        conn: &NatsConnection,
+    ) -> Result<jetstream::kv::Store, EngineError> {
+        if let Some(s) = self.store.lock().clone() {
+            return Ok(s);
+        }
+        let store = conn.key_value(&self.name, self.ttl).await?;
+        *self.store.lock() = Some(store.clone());
+        Ok(store)
+    }
+
+    /// Looks the bucket up again next time.
+    pub(crate) fn forget(&self) {
+        *self.store.lock() = None;
     }
 }
 

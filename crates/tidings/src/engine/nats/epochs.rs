@@ -13,7 +13,7 @@ use crate::engine::epoch::{is_epoch, new_epoch};
 
 /// How long an epoch claim (see [`NatsBroker::claim_epoch`]) lives when the node
 /// that made it does not take it back: far longer than creating a stream takes.
-const EPOCH_CLAIM_TTL: Duration = Duration::from_secs(60);
+pub(super) const EPOCH_CLAIM_TTL: Duration = Duration::from_secs(60);
 
 /// An epoch claimed for a stream about to be created, and the claim's KV revision.
 pub(super) struct EpochClaim {
@@ -22,18 +22,6 @@ pub(super) struct EpochClaim {
 }
 
 impl NatsBroker {
-    async fn epoch_store(&self) -> Result<jetstream::kv::Store, BrokerError> {
-        if let Some(s) = self.epochs.lock().clone() {
-            return Ok(s);
-        }
-        let store = self
-            .conn
-            .key_value(&self.subjects().epoch_bucket(), EPOCH_CLAIM_TTL)
-            .await?;
-        *self.epochs.lock() = Some(store.clone());
-        Ok(store)
-    }
-
     /// The epoch to create the stream `name` with: the one another node has
     /// claimed, or a new one this node claims (a KV create, which only one node can
     /// win). Nodes that create a stream at the same moment thus send the same
@@ -48,7 +36,7 @@ impl NatsBroker {
     /// is lost gets a new epoch.
     pub(super) async fn claim_epoch(&self, name: &str) -> Result<EpochClaim, BrokerError> {
         for attempt in 0..3 {
-            let store = self.epoch_store().await?;
+            let store = self.epochs.get(&self.conn).await?;
             let proposal = new_epoch();
             let created = tokio::time::timeout(
                 self.conn.config.request_timeout,
@@ -83,7 +71,7 @@ impl NatsBroker {
                 // times out rather than failing): look it up again once. Should
                 // the timed-out create have been stored after all, the next one
                 // finds it and reads this node's own proposal back.
-                _ if attempt == 0 => *self.epochs.lock() = None,
+                _ if attempt == 0 => self.epochs.forget(),
                 Ok(Err(e)) => return Err(failed("epoch claim", e).into()),
                 Err(_) => return Err(timeout("epoch claim").into()),
             }
@@ -94,7 +82,7 @@ impl NatsBroker {
     /// Deletes the epoch claim of stream `name` if it is still the one at
     /// `revision`. Failing is harmless: the claim expires by itself.
     pub(super) async fn release_epoch(&self, name: &str, revision: u64) {
-        let Ok(store) = self.epoch_store().await else {
+        let Ok(store) = self.epochs.get(&self.conn).await else {
             return;
         };
         let deleted = tokio::time::timeout(

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::broker::NatsBroker;
 use super::subjects::encode_token;
 use super::{failed, timeout};
-use crate::broker::{BrokerError, IDEMPOTENCY_WINDOW};
+use crate::broker::BrokerError;
 use crate::engine::epoch::new_epoch;
 
 /// What [`NatsBroker::claim_key`] found.
@@ -30,18 +30,6 @@ const CLAIM_POLL: Duration = Duration::from_millis(50);
 impl NatsBroker {
     fn idempotency_key(channel: &str, key: &str) -> String {
         format!("{}.{}", encode_token(channel), encode_token(key))
-    }
-
-    async fn idempotency_store(&self) -> Result<jetstream::kv::Store, BrokerError> {
-        if let Some(s) = self.idempotency.lock().clone() {
-            return Ok(s);
-        }
-        let store = self
-            .conn
-            .key_value(&self.subjects().idempotency_bucket(), IDEMPOTENCY_WINDOW)
-            .await?;
-        *self.idempotency.lock() = Some(store.clone());
-        Ok(store)
     }
 
     /// Claims idempotency key `key` of `channel` for this publish. The claim's
@@ -74,7 +62,7 @@ impl NatsBroker {
             if tokio::time::Instant::now() > give_up {
                 return Err(failed("idempotency key", "claim still busy").into());
             }
-            let store = self.idempotency_store().await?;
+            let store = self.idempotency.get(&self.conn).await?;
             let created = tokio::time::timeout(
                 self.conn.config.request_timeout,
                 store.create(&k, Bytes::from(token.clone())),
@@ -88,7 +76,7 @@ impl NatsBroker {
                 // that timed out but was stored is read back as ours next time.
                 _ if !relooked => {
                     relooked = true;
-                    *self.idempotency.lock() = None;
+                    self.idempotency.forget();
                     continue;
                 }
                 Ok(Err(e)) => return Err(failed("idempotency key", e).into()),
@@ -144,7 +132,7 @@ impl NatsBroker {
     /// with the window.
     pub(super) async fn settle_key(&self, channel: &str, key: &str, revision: u64, sent: bool) {
         let k = Self::idempotency_key(channel, key);
-        let Ok(store) = self.idempotency_store().await else {
+        let Ok(store) = self.idempotency.get(&self.conn).await else {
             return;
         };
         let settled = if sent {

@@ -17,10 +17,9 @@ use async_nats::jetstream::{self, kv};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use parking_lot::Mutex;
 use tidings_protocol::ClientInfo;
 
-use super::connection::NatsConnection;
+use super::connection::{KvBucket, NatsConnection};
 use super::subjects::encode_token;
 use super::{failed, timeout};
 use crate::broker::EngineError;
@@ -36,35 +35,19 @@ const FETCH_BATCH: u64 = 1000;
 pub struct NatsPresenceManager {
     conn: Arc<NatsConnection>,
     /// The bucket, once looked up or created; dropped when the server lost it.
-    store: Mutex<Option<kv::Store>>,
+    store: KvBucket,
 }
 
 impl NatsPresenceManager {
     pub fn new(conn: Arc<NatsConnection>) -> Self {
         Self {
+            store: KvBucket::new(conn.subjects.presence_bucket(), conn.config.presence_ttl),
             conn,
-            store: Mutex::new(None),
         }
     }
 
     fn key(channel: &str, client_id: &str) -> String {
         format!("{}.{}", encode_token(channel), encode_token(client_id))
-    }
-
-    /// The bucket, created when missing.
-    async fn store(&self) -> Result<kv::Store, PresenceError> {
-        if let Some(s) = self.store.lock().clone() {
-            return Ok(s);
-        }
-        let store = self
-            .conn
-            .key_value(
-                &self.conn.subjects.presence_bucket(),
-                self.conn.config.presence_ttl,
-            )
-            .await?;
-        *self.store.lock() = Some(store.clone());
-        Ok(store)
     }
 
     /// Runs `op` on the bucket; when it fails, looks the bucket up again (the
@@ -74,14 +57,14 @@ impl NatsPresenceManager {
         F: Fn(kv::Store) -> Fut,
         Fut: std::future::Future<Output = Result<T, EngineError>>,
     {
-        let store = self.store().await?;
+        let store = self.store.get(&self.conn).await?;
         match op(store).await {
             Ok(v) => Ok(v),
             Err(first) => {
                 self.conn.client()?;
                 tracing::debug!(error = %first, "NATS presence: trying again with the bucket looked up anew");
-                *self.store.lock() = None;
-                let store = self.store().await?;
+                self.store.forget();
+                let store = self.store.get(&self.conn).await?;
                 Ok(op(store).await?)
             }
         }
