@@ -80,6 +80,13 @@ mod reorder;
 mod streams;
 pub mod subjects;
 
+use crate::broker::EngineError;
+
+pub use broker::NatsBroker;
+pub use connection::NatsConnection;
+pub use presence::NatsPresenceManager;
+pub use streams::SWEEP_INTERVAL;
+
 /// The engine's name in its errors.
 const ENGINE: &str = "nats";
 
@@ -98,11 +105,3 @@ fn timeout(operation: &'static str) -> EngineError {
         operation,
     }
 }
-
-use crate::broker::EngineError;
-
-pub use broker::NatsBroker;
-pub use connection::NatsConnection;
-pub use presence::NatsPresenceManager;
-pub use streams::SWEEP_INTERVAL;
-pub use subjects::{decode_token, encode_token, Subjects};

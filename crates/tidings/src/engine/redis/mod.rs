@@ -21,9 +21,9 @@ pub mod presence;
 mod pubsub;
 mod scripts;
 
-/// The engine's name in its errors.
-const ENGINE: &str = "redis";
-
 pub use broker::RedisBroker;
 pub use ingest::INGEST_GROUP;
 pub use presence::RedisPresenceManager;
+
+/// The engine's name in its errors.
+const ENGINE: &str = "redis";
