@@ -8,6 +8,8 @@
 //!   subscribe with recovery, publish, presence, history, pings.
 //! - [`node`] owns everything shared: the [`hub`] (local fan-out), the [`broker`]
 //!   (publish, history, delivery between nodes), [`presence`], [`config`], [`metrics`].
+//! - [`engine`] builds the broker and presence manager that `engine.type` names:
+//!   memory, Redis or NATS (the last two behind the `redis` and `nats` features).
 //! - [`outbox`] bounds what a connection may have queued and batches its writes.
 //! - [`limit`] counts connections and holds the token buckets that bound how fast
 //!   connections arrive and how fast each one may send commands.

@@ -50,6 +50,13 @@ pub fn client_router(node: &Node) -> Router {
     if cfg.socketio.enabled {
         app = app.merge(crate::socketio::router(node));
     }
+    #[cfg(not(feature = "socketio"))]
+    if cfg.socketio.enabled {
+        tracing::error!(
+            "socketio.enabled is set, but tidings was built without the `socketio` feature: \
+             there is no /socket.io/ endpoint"
+        );
+    }
     // The HTTP transports explain a wrong method inside their CORS layer, so that a
     // preflight still reaches CORS first.
     explain_wrong_method(app)
