@@ -990,3 +990,65 @@ fn encodes_the_replies_centrifuge_js_accepted() {
         );
     }
 }
+
+/// Frames encoded by centrifuge-python 0.7.0's own Protobuf codec
+/// (`centrifuge.codecs._ProtobufCodec.encode_commands`, protobuf 7.36 from PyPI),
+/// for the command kinds the centrifuge-js capture does not cover: a connect with
+/// data `{"a":1}`, a server-side sub {srv: recover from 9/e9} and a header; unsubscribe,
+/// refresh, sub_refresh and ping; and the pong. The same codec's `decode_replies`
+/// read every reply in `REPLIES_CENTRIFUGE_JS_ACCEPTED` back with the values sent.
+const CENTRIFUGE_PYTHON_FRAMES: [&str; 6] = [
+    "410801223d0a03746f6b12077b2261223a317d1a0f0a03737276120818013202653938092206707974686f6e2a05302e372e30320d0a05782d617070120463686174",
+    "0a080232060a046e657773",
+    "0b080372070a056672657368",
+    "1508047a110a046e657773120966726573682d737562",
+    "0408055a00",
+    "00",
+];
+
+#[test]
+fn reads_the_commands_centrifuge_python_sends() {
+    let commands: Vec<Command> = CENTRIFUGE_PYTHON_FRAMES
+        .iter()
+        .flat_map(|hex| decode_frame(&unhex(hex), FrameLimits::default()).unwrap())
+        .collect();
+    use Method::*;
+    assert_eq!(
+        commands.iter().map(Command::method).collect::<Vec<_>>(),
+        [
+            Some(Connect),
+            Some(Unsubscribe),
+            Some(Refresh),
+            Some(SubRefresh),
+            Some(Ping),
+            None
+        ]
+    );
+    let connect = commands[0].connect.as_ref().unwrap();
+    assert_eq!(
+        (connect.token.as_str(), connect.name.as_str()),
+        ("tok", "python")
+    );
+    assert_eq!(
+        connect
+            .data
+            .as_ref()
+            .unwrap()
+            .decode::<serde_json::Value>()
+            .unwrap()["a"],
+        1
+    );
+    let srv = &connect.subs["srv"];
+    assert!(srv.recover);
+    assert_eq!((srv.offset, srv.epoch.as_str()), (9, "e9"));
+    assert_eq!(connect.headers["x-app"], "chat");
+    assert_eq!(commands[1].unsubscribe.as_ref().unwrap().channel, "news");
+    assert_eq!(commands[2].refresh.as_ref().unwrap().token, "fresh");
+    let sub_refresh = commands[3].sub_refresh.as_ref().unwrap();
+    assert_eq!(
+        (sub_refresh.channel.as_str(), sub_refresh.token.as_str()),
+        ("news", "fresh-sub")
+    );
+    assert_eq!(commands[4].id, 5);
+    assert!(commands[5].is_pong());
+}
