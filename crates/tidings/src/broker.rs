@@ -129,6 +129,60 @@ impl EngineError {
     }
 }
 
+/// A publication as the networked engines store and carry it: its JSON form, with
+/// a payload that is not JSON (bytes from a Protobuf client, or the API's
+/// `b64data`) written as `"b64data"` (standard base64) in place of `"data"`, so it
+/// comes back byte for byte.
+///
+/// # Errors
+/// The serialiser's error (none for the types involved).
+pub fn encode_publication(publication: &Publication) -> Result<Vec<u8>, serde_json::Error> {
+    match &publication.data {
+        Some(data) if !data.is_json() => {
+            use base64::Engine as _;
+            let without = Publication {
+                data: None,
+                ..publication.clone()
+            };
+            let mut value = serde_json::to_value(&without)?;
+            if let serde_json::Value::Object(map) = &mut value {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(data.as_bytes());
+                map.insert("b64data".into(), serde_json::Value::String(b64));
+            }
+            serde_json::to_vec(&value)
+        }
+        _ => serde_json::to_vec(publication),
+    }
+}
+
+/// Reads what [`encode_publication`] wrote.
+///
+/// # Errors
+/// The parser's error for bytes that are not such a publication.
+pub fn decode_publication(bytes: &[u8]) -> Result<Publication, serde_json::Error> {
+    let mut publication: Publication = serde_json::from_slice(bytes)?;
+    if publication.data.is_none() && contains(bytes, b"\"b64data\"") {
+        #[derive(serde::Deserialize)]
+        struct Binary {
+            b64data: Option<String>,
+        }
+        use base64::Engine as _;
+        use serde::de::Error as _;
+        let binary: Binary = serde_json::from_slice(bytes)?;
+        if let Some(b64) = binary.b64data {
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(serde_json::Error::custom)?;
+            publication.data = Some(tidings_protocol::Payload::from_bytes(data));
+        }
+    }
+    Ok(publication)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 /// Receives what the broker delivers to this node, in stream order per channel.
 ///
 /// Implementations must not block: they run on the broker's delivery path.

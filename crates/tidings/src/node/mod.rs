@@ -34,7 +34,9 @@ pub use crate::broker::{HistoryFilter, HistoryPage};
 use crate::channel;
 use crate::config::Config;
 use crate::hub::Hub;
-pub use crate::hub::{JsonPushes, PushEncoder, JSON_PUSHES};
+pub use crate::hub::{
+    centrifugo_pushes, JsonPushes, ProtobufPushes, PushEncoder, JSON_PUSHES, PROTOBUF_PUSHES,
+};
 use crate::limit::{AdmitError, ConnectionGate, ConnectionPermit};
 use crate::metrics::Metrics;
 use crate::presence::PresenceManager;

@@ -159,7 +159,9 @@ impl NatsBroker {
     ) -> Result<(), BrokerError> {
         let mut headers = HeaderMap::new();
         headers.insert(KIND_HEADER, "pub");
-        let body = Bytes::from(serde_json::to_vec(publication).map_err(|e| failed("publish", e))?);
+        let body = Bytes::from(
+            crate::broker::encode_publication(publication).map_err(|e| failed("publish", e))?,
+        );
         self.core_publish(self.subjects().client(channel), Some(headers), body)
             .await
     }

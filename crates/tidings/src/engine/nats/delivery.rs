@@ -47,7 +47,7 @@ fn decode(channel: &str, msg: &async_nats::Message) -> Option<ChannelMessage> {
             ChannelMessage::Leave(info)
         });
     }
-    let Ok(mut publication) = serde_json::from_slice::<Publication>(&msg.payload) else {
+    let Ok(mut publication) = crate::broker::decode_publication(&msg.payload) else {
         tracing::warn!(channel, "undecodable publication from NATS");
         return None;
     };

@@ -130,8 +130,8 @@ impl NatsBroker {
             let msgs = result?;
             let mut out = Vec::with_capacity(msgs.len());
             for (seq, payload) in msgs {
-                let mut p: Publication =
-                    serde_json::from_slice(&payload).map_err(|e| failed("history read", e))?;
+                let mut p: Publication = crate::broker::decode_publication(&payload)
+                    .map_err(|e| failed("history read", e))?;
                 p.offset = seq;
                 out.push(p);
             }

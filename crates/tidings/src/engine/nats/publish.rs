@@ -81,7 +81,7 @@ impl NatsBroker {
         // Send everything; keep each acknowledgement to await.
         let mut pending = Vec::with_capacity(run.len());
         for (publication, _) in &run {
-            let body = match serde_json::to_vec(publication) {
+            let body = match crate::broker::encode_publication(publication) {
                 Ok(body) => Bytes::from(body),
                 Err(e) => {
                     pending.push(Err(failed("publish", e).into()));
@@ -147,7 +147,9 @@ impl NatsBroker {
         opts: &PublishOptions,
     ) -> Result<StreamPosition, BrokerError> {
         let js = self.conn.jetstream()?.clone();
-        let body = Bytes::from(serde_json::to_vec(publication).map_err(|e| failed("publish", e))?);
+        let body = Bytes::from(
+            crate::broker::encode_publication(publication).map_err(|e| failed("publish", e))?,
+        );
         for attempt in 0..2 {
             let epoch = self.stream_epoch(channel, opts).await?;
             let mut headers = HeaderMap::new();

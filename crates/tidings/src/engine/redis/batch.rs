@@ -55,7 +55,7 @@ impl RedisBroker {
         let mut encoded: Vec<Option<Vec<u8>>> = Vec::with_capacity(n);
         for (i, item) in items.iter_mut().enumerate() {
             item.publication.offset = 0;
-            match serde_json::to_vec(&item.publication) {
+            match crate::broker::encode_publication(&item.publication) {
                 Ok(json) => encoded.push(Some(json)),
                 Err(e) => {
                     encoded.push(None);

@@ -209,8 +209,8 @@ fn entry_to_publication((id, fields): RawEntry) -> Result<Publication, EngineErr
         .find(|kv| kv.len() == 2 && kv[0] == b"d")
         .map(|kv| &kv[1])
         .ok_or_else(|| bad(format!("stream entry {id} has no data")))?;
-    let mut publication: Publication =
-        serde_json::from_slice(data).map_err(|e| bad(format!("stream entry {id}: {e}")))?;
+    let mut publication: Publication = crate::broker::decode_publication(data)
+        .map_err(|e| bad(format!("stream entry {id}: {e}")))?;
     publication.offset = offset;
     Ok(publication)
 }
@@ -251,7 +251,7 @@ impl Broker for RedisBroker {
         opts: PublishOptions,
     ) -> Result<StreamPosition, BrokerError> {
         publication.offset = 0;
-        let json = serde_json::to_vec(&publication)
+        let json = crate::broker::encode_publication(&publication)
             .map_err(|e| EngineError::failed(ENGINE, "publish", e))?;
         if opts.history_size == 0 && opts.idempotency_key.is_none() {
             let mut payload = Vec::with_capacity(json.len() + 3);

@@ -338,7 +338,7 @@ fn parse_publication(rest: &[u8]) -> Option<(Publication, &str)> {
     let rest = &rest[colon + 1..];
     let colon = rest.iter().position(|&b| b == b':')?;
     let epoch = std::str::from_utf8(&rest[..colon]).ok()?;
-    let mut p: Publication = serde_json::from_slice(&rest[colon + 1..]).ok()?;
+    let mut p: Publication = crate::broker::decode_publication(&rest[colon + 1..]).ok()?;
     p.offset = offset;
     Some((p, epoch))
 }
