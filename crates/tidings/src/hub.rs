@@ -127,11 +127,22 @@ pub fn centrifugo_pushes(format: crate::connection::WireFormat) -> &'static dyn 
     }
 }
 
-/// What one fan-out hands out: encoded lazily, once per encoder (a channel has
-/// subscribers of one or two encoders, so a short list beats a map).
+/// The identity of an encoder: its address.
+fn encoder_key(encoder: &'static dyn PushEncoder) -> usize {
+    encoder as *const dyn PushEncoder as *const () as usize
+}
+
+/// What one fan-out hands out: encoded lazily, once per encoder. A channel's
+/// subscribers nearly always share one encoder, so [`Encodings::deliver`] keeps
+/// the encoding of the previous subscriber at hand and compares one address per
+/// subscriber; other encoders' encodings (a channel with JSON, Protobuf and
+/// Socket.IO subscribers) wait in a short list.
 struct Encodings<'a> {
     encode: &'a dyn Fn(&dyn PushEncoder) -> Option<Bytes>,
-    done: Vec<(*const (), Option<Bytes>)>,
+    done: Vec<(usize, Option<Bytes>)>,
+    /// The encoder of the previous subscriber and its encoding.
+    last_key: usize,
+    last: Option<Bytes>,
 }
 
 impl<'a> Encodings<'a> {
@@ -139,19 +150,36 @@ impl<'a> Encodings<'a> {
         Self {
             encode,
             done: Vec::new(),
+            last_key: 0,
+            last: None,
         }
     }
 
-    fn for_encoder(&mut self, encoder: &'static dyn PushEncoder) -> &Option<Bytes> {
-        let key = encoder as *const dyn PushEncoder as *const ();
-        let at = match self.done.iter().position(|(k, _)| *k == key) {
-            Some(i) => i,
+    /// Delivers the push to `sub` in its encoder's encoding.
+    #[inline]
+    fn deliver(&mut self, sub: &Subscriber, offset: u64) {
+        if sub.encoder_key != self.last_key {
+            self.switch(sub);
+        }
+        match &self.last {
+            Some(bytes) => sub.deliver(offset, bytes),
+            None => sub.cannot_carry(),
+        }
+    }
+
+    #[cold]
+    fn switch(&mut self, sub: &Subscriber) {
+        let key = sub.encoder_key;
+        let bytes = match self.done.iter().find(|(k, _)| *k == key) {
+            Some((_, bytes)) => bytes.clone(),
             None => {
-                self.done.push((key, (self.encode)(encoder)));
-                self.done.len() - 1
+                let bytes = (self.encode)(sub.encoder);
+                self.done.push((key, bytes.clone()));
+                bytes
             }
         };
-        &self.done[at].1
+        self.last_key = key;
+        self.last = bytes;
     }
 }
 
@@ -162,6 +190,8 @@ pub struct Subscriber {
     pub join_leave: bool,
     /// How its pushes are encoded.
     encoder: &'static dyn PushEncoder,
+    /// [`encoder_key`] of `encoder`, compared once per delivery.
+    encoder_key: usize,
     /// Fast path: once live, deliveries go straight to the outbox without the lock.
     live: AtomicBool,
     /// Set when this subscription lost its place in the stream; nothing more is
@@ -194,6 +224,7 @@ impl Subscriber {
             conn,
             join_leave,
             encoder,
+            encoder_key: encoder_key(encoder),
             live: AtomicBool::new(false),
             insufficient: AtomicBool::new(false),
             floor: AtomicU64::new(0),
@@ -228,17 +259,21 @@ impl Subscriber {
         }
     }
 
-    fn deliver(&self, offset: u64, bytes: &Option<Bytes>) {
+    /// This connection's encoding cannot carry a push (see [`PushEncoder`]): it
+    /// is closed with 3506.
+    fn cannot_carry(&self) {
         if self.insufficient.load(Ordering::Acquire) {
             return;
         }
-        let Some(bytes) = bytes else {
-            // This connection's encoding cannot carry the push (see PushEncoder).
-            self.conn
-                .outbox
-                .close_dropping_queued(Disconnect::inappropriate_protocol());
+        self.conn
+            .outbox
+            .close_dropping_queued(Disconnect::inappropriate_protocol());
+    }
+
+    fn deliver(&self, offset: u64, bytes: &Bytes) {
+        if self.insufficient.load(Ordering::Acquire) {
             return;
-        };
+        }
         if offset != 0 && offset <= self.floor.load(Ordering::Acquire) {
             return;
         }
@@ -398,7 +433,7 @@ impl Hub {
         let mut encodings = Encodings::new(&encode);
         if offset == 0 {
             for sub in entry.subs.values() {
-                sub.deliver(offset, encodings.for_encoder(sub.encoder));
+                encodings.deliver(sub, offset);
             }
             return Delivery::Delivered(entry.subs.len());
         }
@@ -442,7 +477,7 @@ impl Hub {
         match next {
             Ok(()) => {
                 for sub in entry.subs.values() {
-                    sub.deliver(offset, encodings.for_encoder(sub.encoder));
+                    encodings.deliver(sub, offset);
                 }
                 Delivery::Delivered(entry.subs.len())
             }
@@ -575,7 +610,7 @@ impl Hub {
         let mut n = 0;
         for sub in entry.subs.values() {
             if sub.join_leave {
-                sub.deliver(0, encodings.for_encoder(sub.encoder));
+                encodings.deliver(sub, 0);
                 n += 1;
             }
         }
