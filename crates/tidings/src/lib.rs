@@ -8,6 +8,8 @@
 //!   subscribe with recovery, publish, presence, history, pings.
 //! - [`node`] owns everything shared: the [`hub`] (local fan-out), the [`broker`]
 //!   (publish, history, delivery between nodes), [`presence`], [`config`], [`metrics`].
+//! - [`proxy`] calls the application's backend (connect, refresh, subscribe,
+//!   publish, sub_refresh, RPC) with Centrifugo's proxy bodies, for every front door.
 //! - [`outbox`] bounds what a connection may have queued and batches its writes.
 //! - [`limit`] counts connections and holds the token buckets that bound how fast
 //!   connections arrive and how fast each one may send commands.
@@ -53,6 +55,7 @@ pub mod node;
 pub mod origin;
 pub mod outbox;
 pub mod presence;
+pub mod proxy;
 pub mod server;
 pub mod session;
 #[cfg(feature = "socketio")]

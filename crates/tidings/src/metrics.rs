@@ -28,8 +28,9 @@ const METHODS: [Method; 12] = [
 ];
 
 /// The API methods, as metric labels.
-pub const API_METHODS: [&str; 12] = [
+pub const API_METHODS: [&str; 13] = [
     "publish",
+    "refresh",
     "broadcast",
     "subscribe",
     "unsubscribe",

@@ -201,7 +201,7 @@ pub async fn open(
         Ok(permit) => permit,
         Err(refused) => return refused.into_response(),
     };
-    let (conn, _inbox) = start_session(&node, endpoint.name(), mode, Some(first), permit);
+    let (conn, _inbox) = start_session(&node, endpoint.name(), mode, Some(first), permit, &headers);
     streaming_response(conn, framing, uni)
 }
 

@@ -88,11 +88,13 @@ fn upgrade(
     };
     let cfg = &node.config().websocket;
     let (read_buffer, write_buffer) = (cfg.read_buffer_size, cfg.write_buffer_size);
+    // What a backend proxy forwards of the upgrade request (usually nothing).
+    let kept = node.proxy_request_headers(&headers);
     configure_buffers(ws, limit, read_buffer, write_buffer)
         .on_upgrade(move |socket| {
             let task_node = node.clone();
             async move {
-                task_node.spawn_connection(serve(node, socket, uni, first, permit));
+                task_node.spawn_connection(serve(node, socket, uni, first, permit, kept));
             }
         })
         .into_response()
@@ -149,11 +151,15 @@ pub fn serve(
     uni: bool,
     first: Option<String>,
     permit: ConnectionPermit,
+    request_headers: Option<crate::proxy::RequestHeaders>,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let queue = node.config().client.queue_max_size;
     let write_timeout = node.config().websocket.write_timeout;
     let transport = if uni { "uni_websocket" } else { "websocket" };
     let (conn, control) = Connection::new(transport, queue);
+    if let Some(kept) = request_headers {
+        conn.set_request_headers(kept);
+    }
     let (mut sink, stream) = socket.split();
 
     let writer_conn: Arc<Connection> = conn.clone();
