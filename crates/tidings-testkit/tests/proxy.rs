@@ -562,3 +562,122 @@ async fn users_get_their_personal_channel_and_one_connection() -> anyhow::Result
     );
     Ok(())
 }
+
+/// The first line of a streaming response that holds `needle`, within a deadline.
+async fn first_line_with(resp: reqwest::Response, needle: &str) -> anyhow::Result<String> {
+    let mut resp = resp;
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+            return Ok(line.to_string());
+        }
+        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
+            .await
+            .map_err(|_| anyhow::anyhow!("no {needle:?} line in {text:?}"))??
+            .ok_or_else(|| anyhow::anyhow!("stream ended: {text:?}"))?;
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+#[tokio::test]
+async fn every_transport_takes_the_cookie_to_the_connect_proxy() -> anyhow::Result<()> {
+    let backend = Backend::start().await?;
+    let mut config = proxied_config(&backend);
+    for transport in [
+        "sse",
+        "http_stream",
+        "uni_sse",
+        "uni_http_stream",
+        "long_poll",
+    ] {
+        config[transport] = json!({ "enabled": true });
+    }
+    let server = TidingsServer::builder().config_json(config).start().await?;
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let base = server.http_url();
+    let cookie = "session=alice";
+    let connect = r#"{"id":1,"connect":{}}"#;
+
+    // Bidirectional emulation: the connect reply comes first on the stream.
+    let sse = http
+        .get(format!("{base}/connection/sse"))
+        .query(&[("cf_connect", connect)])
+        .header("Cookie", cookie)
+        .send()
+        .await?;
+    let line = first_line_with(sse, "\"connect\"").await?;
+    assert!(line.contains(r#""data":{"hello":"alice"}"#), "{line}");
+    let stream = http
+        .post(format!("{base}/connection/http_stream"))
+        .header("Cookie", cookie)
+        .body(connect)
+        .send()
+        .await?;
+    let line = first_line_with(stream, "\"connect\"").await?;
+    assert!(line.contains(r#""hello":"alice""#), "{line}");
+    let poll = http
+        .post(format!("{base}/connection/long_poll"))
+        .header("Cookie", cookie)
+        .body(connect)
+        .send()
+        .await?;
+    assert_eq!(poll.status(), 200);
+    // Unidirectional: the connect push, and the backend's channels decide.
+    let uni = http
+        .post(format!("{base}/connection/uni_http_stream"))
+        .header("Cookie", cookie)
+        .body(r#"{"subs":{"plain:wanted":{}}}"#)
+        .send()
+        .await?;
+    let line = first_line_with(uni, "\"connect\"").await?;
+    assert!(line.contains(r#""hello":"alice""#), "{line}");
+    let uni_sse = http
+        .get(format!("{base}/connection/uni_sse"))
+        .header("Cookie", cookie)
+        .send()
+        .await?;
+    first_line_with(uni_sse, "\"connect\"").await?;
+    // Without the cookie a unidirectional client gets the backend's disconnect.
+    let refused = http
+        .post(format!("{base}/connection/uni_http_stream"))
+        .body("{}")
+        .send()
+        .await?;
+    let line = first_line_with(refused, "\"disconnect\"").await?;
+    assert!(line.contains("4501"), "{line}");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let wanted = [
+        "sse",
+        "http_stream",
+        "long_poll",
+        "uni_http_stream",
+        "uni_sse",
+    ];
+    loop {
+        let seen = backend.seen("connect");
+        let with_cookie: Vec<&str> = seen
+            .iter()
+            .filter(|(c, _)| c == cookie)
+            .filter_map(|(_, b)| b["transport"].as_str())
+            .collect();
+        if wanted.iter().all(|t| with_cookie.contains(t)) {
+            let uni = seen
+                .iter()
+                .find(|(_, b)| b["transport"] == "uni_http_stream" && !b["channels"].is_null())
+                .map(|(_, b)| b.clone());
+            assert_eq!(
+                uni.map(|b| b["channels"].clone()),
+                Some(json!(["plain:wanted"]))
+            );
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "transports seen with the cookie: {with_cookie:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}

@@ -360,3 +360,130 @@ impl super::Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{tests::env, Config, ConfigError};
+
+    fn load(json: &str) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!(
+            "tidings-proxy-cfg-{}-{}",
+            std::process::id(),
+            json.len()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.json");
+        std::fs::write(&file, json).unwrap();
+        let loaded = Config::load(Some(&file), env(&[]));
+        std::fs::remove_dir_all(&dir).ok();
+        loaded
+    }
+
+    fn invalid(json: &str) -> String {
+        match load(json) {
+            Err(ConfigError::Invalid(msg)) => msg,
+            other => panic!("expected an invalid configuration, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn centrifugo_proxy_keys_load_without_unknown_keys() {
+        let cfg = load(
+            r#"{
+              "client": {"proxy": {
+                "connect": {"enabled": true, "endpoint": "http://127.0.0.1:3001/connect",
+                            "timeout": "2s", "http_headers": ["Cookie"],
+                            "http": {"static_headers": {"X-App": "1"},
+                                     "status_to_code_transforms": [
+                                       {"status_code": 404, "to_error": {"code": 404, "message": "nf"}}]}},
+                "refresh": {"enabled": true, "endpoint": "https://backend.example/refresh"}},
+                "subscribe_to_user_personal_channel": {"enabled": true, "personal_channel_namespace": "me",
+                                                       "single_connection": true}},
+              "channel": {"proxy": {"subscribe": {"endpoint": "http://127.0.0.1:3001/sub"}},
+                          "namespaces": [{"name": "me", "presence": true},
+                                         {"name": "chat", "subscribe_proxy_enabled": true,
+                                          "publish_proxy_enabled": true, "publish_proxy_name": "pub1"}]},
+              "proxies": [{"name": "pub1", "endpoint": "http://127.0.0.1:3002/pub"}],
+              "rpc": {"proxy": {"endpoint": "http://127.0.0.1:3001/rpc"},
+                      "without_namespace": {"proxy_enabled": true},
+                      "namespaces": [{"name": "ns1", "proxy_enabled": true, "proxy_name": "pub1"}]}
+            }"#,
+        )
+        .unwrap();
+        assert!(cfg.unknown_keys.is_empty(), "{:?}", cfg.unknown_keys);
+        assert_eq!(cfg.client.proxy.connect.proxy.http_headers, ["Cookie"]);
+        assert_eq!(cfg.client.proxy.connect.proxy.timeout.as_secs(), 2);
+        assert_eq!(cfg.client.proxy.refresh.proxy.timeout.as_secs(), 1);
+        assert_eq!(cfg.proxies[0].name, "pub1");
+        assert!(cfg.rpc.options_for("ns1:x").unwrap().proxy_enabled);
+        assert!(cfg.rpc.options_for("ghost:x").is_none());
+        assert!(cfg.rpc.options_for("plain").unwrap().proxy_enabled);
+    }
+
+    #[test]
+    fn unusable_proxies_are_refused_with_the_key_named() {
+        let connect = |endpoint: &str| {
+            format!(
+                r#"{{"client": {{"proxy": {{"connect": {{"enabled": true, "endpoint": "{endpoint}"}}}}}}}}"#
+            )
+        };
+        assert!(invalid(&connect("")).contains("client.proxy.connect.endpoint is not set"));
+        assert!(
+            invalid(&connect("grpc://127.0.0.1:9000")).contains("gRPC proxies are not supported")
+        );
+        assert!(invalid(&connect("not a url")).contains("is not a URL"));
+        assert!(invalid(&connect("ftp://host/x")).contains("http:// or https://"));
+        // A disabled proxy is not checked.
+        assert!(load(r#"{"client": {"proxy": {"connect": {"endpoint": ""}}}}"#).is_ok());
+        let msg = invalid(
+            r#"{"channel": {"namespaces": [{"name": "chat", "subscribe_proxy_enabled": true,
+                 "subscribe_proxy_name": "nope"}]}}"#,
+        );
+        assert!(msg.contains("\"nope\" is not in proxies"), "{msg}");
+        let msg = invalid(r#"{"channel": {"without_namespace": {"publish_proxy_enabled": true}}}"#);
+        assert!(
+            msg.contains("channel.proxy.publish.endpoint is not set"),
+            "{msg}"
+        );
+        let msg = invalid(r#"{"proxies": [{"name": "default", "endpoint": "http://h/x"}]}"#);
+        assert!(msg.contains("reserved"), "{msg}");
+        let msg = invalid(
+            r#"{"proxies": [{"name": "a1", "endpoint": "http://h/x",
+                 "http": {"status_to_code_transforms": [{"status_code": 500}]}}]}"#,
+        );
+        assert!(msg.contains("to_error.code or to_disconnect.code"), "{msg}");
+        let msg = invalid(
+            r#"{"client": {"subscribe_to_user_personal_channel": {"enabled": true,
+                 "personal_channel_namespace": "missing"}}}"#,
+        );
+        assert!(
+            msg.contains("\"missing\" is not in channel.namespaces"),
+            "{msg}"
+        );
+        let msg = invalid(
+            r#"{"client": {"subscribe_to_user_personal_channel": {"enabled": true,
+                 "single_connection": true}}}"#,
+        );
+        assert!(msg.contains("needs presence"), "{msg}");
+    }
+
+    #[test]
+    fn proxy_endpoints_come_from_the_environment() {
+        let cfg = Config::load(
+            None,
+            env(&[
+                ("TIDINGS_CLIENT_PROXY_CONNECT_ENABLED", "true"),
+                (
+                    "TIDINGS_CLIENT_PROXY_CONNECT_ENDPOINT",
+                    "http://127.0.0.1:1/c",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert!(cfg.client.proxy.connect.enabled);
+        assert_eq!(
+            cfg.client.proxy.connect.proxy.endpoint,
+            "http://127.0.0.1:1/c"
+        );
+    }
+}
