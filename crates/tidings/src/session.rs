@@ -610,6 +610,8 @@ impl Session {
         let cfg = &node.config().client;
         let mut proxied = false;
         let mut connect_data = None;
+        // Every proxy may forward some of these (`emulated_headers`).
+        self.proxy_ctx.emulated_headers = req.headers.clone();
         let (user, claims) = if !req.token.is_empty() {
             match node.auth().connection().verify_connect(&req.token).await {
                 Ok(claims) => {
@@ -625,7 +627,6 @@ impl Session {
                 Err(TokenError::Invalid) => return Err(Disconnect::invalid_token()),
             }
         } else if node.connect_proxy_enabled() {
-            self.proxy_ctx.emulated_headers = req.headers.clone();
             let channels: Vec<String> = req.subs.keys().cloned().collect();
             let ev = ConnectEvent {
                 name: &req.name,
