@@ -32,11 +32,18 @@ fn now() -> u64 {
 type Seen = Arc<Mutex<Vec<(String, String, Value)>>>;
 
 fn record(seen: &Seen, path: &str, headers: &HeaderMap, body: &Value) {
-    let cookie = headers
-        .get("cookie")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    // The Cookie, or for requests without one the Authorization header.
+    let cookie = match header("cookie") {
+        c if c.is_empty() => header("authorization"),
+        c => c,
+    };
     // A std mutex: nothing awaits while it is held.
     seen.lock()
         .unwrap()
@@ -201,8 +208,11 @@ fn proxied_config(backend: &Backend) -> Value {
         "connect": { "enabled": true, "endpoint": format!("{b}/connect"), "http_headers": ["Cookie"] },
         "refresh": { "enabled": true, "endpoint": format!("{b}/refresh") },
     });
+    let mut subscribe = proxy(format!("{b}/subscribe"));
+    subscribe["include_connection_meta"] = json!(true);
+    subscribe["emulated_headers"] = json!(["Authorization"]);
     config["channel"]["proxy"] = json!({
-        "subscribe": proxy(format!("{b}/subscribe")),
+        "subscribe": subscribe,
         "publish": proxy(format!("{b}/publish")),
     });
     let mut chat = json!({ "presence": true, "history_size": 10, "history_ttl": "60s",
@@ -300,6 +310,8 @@ async fn subscribe_publish_and_rpc_go_through_the_backend() -> anyhow::Result<()
     let (cookie, body) = backend.seen("subscribe").pop().expect("subscribe seen");
     assert_eq!(cookie, "session=alice");
     assert_eq!(body["user"], "alice");
+    // include_connection_meta: the meta the connect proxy attached.
+    assert_eq!(body["meta"], json!({ "plan": "gold" }), "{body}");
     assert_eq!(body["channel"], "chat:lobby");
     assert_eq!(body["data"], json!({ "want": "in" }));
 
@@ -327,6 +339,19 @@ async fn subscribe_publish_and_rpc_go_through_the_backend() -> anyhow::Result<()
         .call_error(json!({ "publish": { "channel": "chat:lobby", "data": { "text": "spam" } } }))
         .await?;
     assert_eq!(spam["code"], 1000, "{spam}");
+
+    // A token client's emulated header (centrifuge-js `headers`) reaches the
+    // proxies that list it in emulated_headers.
+    let token = hs256_token(SECRET, "frank", None)?;
+    let mut frank = server.client().await?;
+    frank
+        .connect(json!({ "token": token, "headers": { "Authorization": "Bearer frank-secret" } }))
+        .await?;
+    frank.subscribe("chat:frank").await?;
+    let (auth, body) = backend.seen("subscribe").pop().expect("subscribe seen");
+    assert_eq!(auth, "Bearer frank-secret");
+    assert_eq!(body["user"], "frank");
+    assert!(body.get("meta").is_none(), "{body}");
 
     let answer = alice
         .call_result(json!({ "rpc": { "method": "sum", "data": { "a": 2, "b": 3 } } }))
