@@ -35,6 +35,10 @@ cargo build --workspace --all-targets
 say "checking format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The library builds without its optional parts (Redis, NATS, Socket.IO) too.
+cargo clippy -p tidings --no-default-features --all-targets -- -D warnings
+say "checking the layers (docs/architecture.md)"
+python3 scripts/check-layers.py
 
 export TIDINGS_BIN="$ROOT/target/debug/tidings"
 

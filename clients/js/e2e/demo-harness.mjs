@@ -68,6 +68,24 @@ export function startTidings({ args = [], env = {}, timeout = 15_000 } = {}) {
   });
 }
 
+/**
+ * Records every Content-Security-Policy violation in the pages of `context` into `sink`, as
+ * `who: …` lines: the `securitypolicyviolation` events a page dispatches, and the console errors
+ * Chromium logs for a blocked load or connection. Call it before the context opens a page.
+ */
+export async function recordCspViolations(context, sink, who) {
+  await context.exposeFunction('__tidingsCspViolation', (text) => sink.push(`${who}: ${text}`));
+  await context.addInitScript(() => {
+    document.addEventListener('securitypolicyviolation', (e) => {
+      const where = e.sourceFile ? ` at ${e.sourceFile}:${e.lineNumber}` : '';
+      window.__tidingsCspViolation(`${e.effectiveDirective} blocked ${e.blockedURI || '(inline)'}${where}`);
+    }, true);
+  });
+  context.on('console', (msg) => {
+    if (msg.type() === 'error' && /Content Security Policy/i.test(msg.text())) sink.push(`${who}: console: ${msg.text()}`);
+  });
+}
+
 /** Waits until `fn(arg)` is truthy inside the page, or throws `message` after `timeout` ms. */
 export async function waitInPage(page, fn, arg, { timeout = 10_000, message = 'condition' } = {}) {
   try {

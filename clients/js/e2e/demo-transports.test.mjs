@@ -16,7 +16,9 @@ import { after, before, test } from 'node:test';
 
 import { chromium } from 'playwright-core';
 
-import { CHROMIUM, CHROMIUM_ARGS, metric, startTidings, texts, waitInPage, waitMetric } from './demo-harness.mjs';
+import {
+  CHROMIUM, CHROMIUM_ARGS, metric, recordCspViolations, startTidings, texts, waitInPage, waitMetric,
+} from './demo-harness.mjs';
 
 const WAIT = 10_000;
 const RUN = Date.now().toString(36);
@@ -61,9 +63,12 @@ async function openPerson(baseUrl, nick, room, transport) {
   const context = await browser.newContext({ viewport: { width: 1180, height: 760 }, colorScheme: 'light' });
   // Skip the nickname dialog (the init script also runs on about:blank, which has no storage).
   await context.addInitScript((name) => { if (location.protocol.startsWith('http')) localStorage.setItem('tidings.name', name); }, nick);
+  const csp = [];
+  await recordCspViolations(context, csp, nick);
   const page = await context.newPage();
   page.setDefaultTimeout(WAIT);
-  const person = { nick, context, page, errors: [], sockets: 0, paths: new Set() };
+  // `csp`: Content-Security-Policy violations; SSE, streaming and polling must pass it too.
+  const person = { nick, context, page, errors: [], csp, sockets: 0, paths: new Set() };
   page.on('pageerror', (err) => person.errors.push(err.message));
   page.on('websocket', () => { person.sockets += 1; });
   page.on('request', (req) => person.paths.add(new URL(req.url()).pathname));
@@ -179,6 +184,7 @@ for (const transport of ['sse', 'http_stream', 'long_poll']) {
 
       assert.deepEqual(http.errors, [], 'no uncaught errors in the HTTP-transport page');
       assert.deepEqual(ws.errors, [], 'no uncaught errors in the WebSocket page');
+      assert.deepEqual([...http.csp, ...ws.csp], [], 'no Content-Security-Policy violations');
     });
     for (const p of people) await p.context.close().catch(() => {});
   });
@@ -219,6 +225,7 @@ test('pongs travel over /emulation and a shutdown reaches every HTTP transport',
         assert.match(await p.page.getByTestId('conn-state').getAttribute('title'), /shutdown/,
           `${p.nick} shows the server's reason`);
         assert.deepEqual(p.errors, [], `no uncaught errors in ${p.nick}`);
+        assert.deepEqual(p.csp, [], `no Content-Security-Policy violations in ${p.nick}`);
       }
     });
   } finally {

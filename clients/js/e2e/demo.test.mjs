@@ -15,7 +15,9 @@ import { after, before, test } from 'node:test';
 
 import { chromium } from 'playwright-core';
 
-import { CHROMIUM, CHROMIUM_ARGS, metric, startTidings, texts, waitInPage, waitMetric } from './demo-harness.mjs';
+import {
+  CHROMIUM, CHROMIUM_ARGS, metric, recordCspViolations, startTidings, texts, waitInPage, waitMetric,
+} from './demo-harness.mjs';
 
 const WAIT = 10_000;
 const ROOM = `e2e-${Date.now().toString(36)}`;
@@ -24,6 +26,8 @@ let server;
 let browser;
 let baseUrl;
 const pageErrors = [];
+// Content-Security-Policy violations of every page (see recordCspViolations).
+const cspViolations = [];
 
 before(async () => {
   if (process.env.TIDINGS_DEMO_URL) {
@@ -45,6 +49,7 @@ const openPages = [];
 
 async function openPerson(nick, room = ROOM) {
   const context = await browser.newContext({ viewport: { width: 1180, height: 760 }, colorScheme: 'light' });
+  await recordCspViolations(context, cspViolations, nick);
   const page = await context.newPage();
   openPages.push({ nick, page });
   page.setDefaultTimeout(WAIT);
@@ -189,8 +194,66 @@ async function chatScenario(t) {
   t.diagnostic(`screenshots: ${shotA} ${shotB}`);
 
   assert.deepEqual(pageErrors, [], 'no uncaught errors in the page');
+  assert.deepEqual(cspViolations, [], 'no Content-Security-Policy violations');
   await alice.context.close();
   await bob.context.close();
+}
+
+test('the demo page runs under its Content-Security-Policy without a violation', { timeout: 60_000 }, async () => {
+  assert.ok(existsSync(CHROMIUM), `no Chromium at ${CHROMIUM}: apt-get install chromium (scripts/test.sh does)`);
+  const context = await browser.newContext();
+  const violations = [];
+  try {
+    await recordCspViolations(context, violations, 'Dana');
+    await context.addInitScript(() => { if (location.protocol.startsWith('http')) localStorage.setItem('tidings.name', 'Dana'); });
+    const page = await context.newPage();
+    page.on('pageerror', (err) => pageErrors.push(`Dana: ${err.message}`));
+    const response = await page.goto(`${baseUrl}/#csp-${ROOM}`, { timeout: WAIT });
+    const headers = response.headers();
+    const csp = headers['content-security-policy'] || '';
+    for (const directive of ["default-src 'none'", "script-src 'self'", "style-src 'self'", "connect-src 'self'",
+      "frame-ancestors 'none'"]) {
+      assert.ok(csp.split(';').map((d) => d.trim()).includes(directive), `"${directive}" in the policy: ${csp}`);
+    }
+    assert.equal(headers['x-content-type-options'], 'nosniff');
+    assert.equal(headers['x-frame-options'], 'DENY');
+    assert.equal(headers['referrer-policy'], 'no-referrer');
+
+    // The page styles itself, connects over WebSocket, chats, and survives a dropped
+    // network (its reconnects go to a path of the same origin), all under the policy.
+    await waitForState(page, 'connected', 'Dana');
+    assert.equal(await page.evaluate(() => getComputedStyle(document.querySelector('.app')).display), 'grid',
+      'the page is laid out by /demo.css');
+    await say({ nick: 'Dana', page }, 'Anything blocked?');
+    await waitMessage({ nick: 'Dana', page }, 'Anything blocked?');
+    await page.evaluate(() => window.tidings.drop(800));
+    await waitForState(page, 'reconnecting', 'Dana');
+    await waitForState(page, 'connected', 'Dana');
+    assert.deepEqual(violations, [], 'no Content-Security-Policy violations');
+    assert.deepEqual(pageErrors, [], 'no uncaught errors in the page');
+
+    // The recorder does see a violation: an inline script, which the policy forbids, is
+    // reported and does not run.
+    await page.evaluate(() => {
+      const script = document.createElement('script');
+      script.textContent = 'window.inlineRan = true;';
+      document.body.append(script);
+    });
+    await waitUntil(() => violations.length > 0, 'the inline script to be reported');
+    assert.equal(await page.evaluate(() => window.inlineRan), undefined, 'the inline script did not run');
+    assert.match(violations.join('\n'), /script-src/);
+  } finally {
+    await context.close();
+  }
+});
+
+/** Waits until `check()` is true, or throws naming `what` after WAIT ms. */
+async function waitUntil(check, what) {
+  const deadline = Date.now() + WAIT;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${WAIT} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
 }
 
 // This test starts (and stops) a server of its own with fast pings, even when

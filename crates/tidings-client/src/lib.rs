@@ -206,6 +206,28 @@ impl Client {
         Ok(())
     }
 
+    /// Joins a Tidings room over Socket.IO (`tidings:join` with an ack) and waits
+    /// for the ack: how a Socket.IO client subscribes to a Tidings channel. For
+    /// the other protocols this is [`Client::subscribe`].
+    pub async fn join_room(&mut self, channel: &str) -> Result<()> {
+        if self.protocol != Protocol::EngineIo {
+            return self.subscribe(channel).await;
+        }
+        let join = serde_json::json!(["tidings:join", { "room": channel }]);
+        self.send_text(&format!("421{join}")).await?;
+        loop {
+            let Some(frame) = self.recv().await? else {
+                return Err(Error::Closed);
+            };
+            if let Some(ack) = frame.strip_prefix("431") {
+                if ack.contains("\"ok\":true") {
+                    return Ok(());
+                }
+                return Err(Error::Refused(ack.to_string()));
+            }
+        }
+    }
+
     /// Sends a publication without waiting for anything: a `publish` command
     /// (its reply arrives later through [`Client::recv`]), a raw frame, or a
     /// Socket.IO event. `data` must be JSON.

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::RawJson;
+use crate::Payload;
 
 /// A command sent from a client. An empty command (`{}`) is the client's pong.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -128,7 +128,7 @@ pub struct ConnectRequest {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub token: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<RawJson>,
+    pub data: Option<Payload>,
     #[serde(default, skip_serializing_if = "HashMap::is_empty")]
     pub subs: HashMap<String, SubscribeRequest>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -161,7 +161,7 @@ pub struct SubscribeRequest {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub offset: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<RawJson>,
+    pub data: Option<Payload>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub positioned: bool,
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -181,7 +181,7 @@ pub struct PublishRequest {
     #[serde(default)]
     pub channel: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<RawJson>,
+    pub data: Option<Payload>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -213,13 +213,13 @@ pub struct HistoryRequest {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SendRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<RawJson>,
+    pub data: Option<Payload>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RpcRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<RawJson>,
+    pub data: Option<Payload>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub method: String,
 }

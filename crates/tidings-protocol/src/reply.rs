@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{is_zero, Empty};
-use crate::{Disconnect, Error, RawJson};
+use crate::{Disconnect, Error, NotJson, Payload};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Reply {
@@ -59,9 +59,24 @@ impl Reply {
     }
 
     /// Encodes as one JSON line (no trailing newline).
+    ///
+    /// For a reply whose payloads are all known JSON (built by the server, or decoded
+    /// from a JSON client). A payload that is not JSON makes this return `{}`, a ping:
+    /// use [`Reply::try_to_json`] wherever a payload may come from a Protobuf client.
     pub fn to_json(&self) -> Vec<u8> {
-        // All fields are plain data with string map keys; serialisation cannot fail.
-        serde_json::to_vec(self).unwrap_or_else(|_| b"{}".to_vec())
+        self.try_to_json().unwrap_or_else(|_| PING_FRAME.to_vec())
+    }
+
+    /// Encodes as one JSON line (no trailing newline).
+    ///
+    /// # Errors
+    /// [`NotJson`] when a payload holds bytes that are not JSON (binary from a
+    /// Protobuf client); Centrifugo then closes the JSON connection with
+    /// [`NotJson::disconnect`].
+    pub fn try_to_json(&self) -> Result<Vec<u8>, NotJson> {
+        // Everything else is plain data with string map keys, so a payload is the only
+        // thing that can fail to serialise.
+        serde_json::to_vec(self).map_err(|_| NotJson)
     }
 }
 
@@ -101,16 +116,16 @@ pub struct ClientInfo {
     #[serde(default)]
     pub client: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub conn_info: Option<RawJson>,
+    pub conn_info: Option<Payload>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub chan_info: Option<RawJson>,
+    pub chan_info: Option<Payload>,
 }
 
 /// A message in a channel.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Publication {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<RawJson>,
+    pub data: Option<Payload>,
     /// The publisher, when a client published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub info: Option<ClientInfo>,
@@ -138,7 +153,7 @@ pub struct UnsubscribePush {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct MessagePush {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<RawJson>,
+    pub data: Option<Payload>,
 }
 
 /// A server-side subscription announced to the client.
@@ -153,7 +168,7 @@ pub struct SubscribePush {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub positioned: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<RawJson>,
+    pub data: Option<Payload>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -163,7 +178,7 @@ pub struct ConnectResult {
     #[serde(default)]
     pub version: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<RawJson>,
+    pub data: Option<Payload>,
     #[serde(default, skip_serializing_if = "HashMap::is_empty")]
     pub subs: HashMap<String, SubscribeResult>,
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -203,7 +218,7 @@ pub struct SubscribeResult {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub positioned: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<RawJson>,
+    pub data: Option<Payload>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub was_recovering: bool,
 }
@@ -235,7 +250,7 @@ pub struct HistoryResult {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RpcResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<RawJson>,
+    pub data: Option<Payload>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -267,7 +282,7 @@ mod tests {
         let reply = Reply::push(Push {
             channel: "news".into(),
             publication: Some(Publication {
-                data: Some(RawJson::parse(&b"{\"a\":1}"[..]).unwrap()),
+                data: Some(Payload::parse(&b"{\"a\":1}"[..]).unwrap()),
                 offset: 3,
                 ..Default::default()
             }),
@@ -277,6 +292,19 @@ mod tests {
             String::from_utf8(reply.to_json()).unwrap(),
             r#"{"push":{"channel":"news","pub":{"data":{"a":1},"offset":3}}}"#
         );
+    }
+
+    #[test]
+    fn a_binary_payload_cannot_be_encoded_as_json() {
+        let reply = Reply::push(Push {
+            channel: "news".into(),
+            publication: Some(Publication {
+                data: Some(Payload::from_bytes(vec![0xff, 0x00])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert_eq!(reply.try_to_json(), Err(NotJson));
     }
 
     #[test]

@@ -198,6 +198,15 @@ async fn bad_tokens_close_with_3500_and_leave_no_subscription_or_presence() -> a
         .await?;
     assert_eq!(reply["error"]["code"], json!(109), "{reply}");
     assert_eq!(trace_of(&server, channel).await?, (false, 0), "expired");
+    // So does an `exp` before 1970, negative numbers included: they are as
+    // expired as `exp: 1`, not malformed.
+    for exp in [json!(-1), json!(-1000), json!(0), json!(1)] {
+        let mut other = server.client().await?;
+        let token = rsa.sign(&with(json!({ "exp": exp })))?;
+        let reply = other.call(json!({ "connect": { "token": token } })).await?;
+        assert_eq!(reply["error"]["code"], json!(109), "exp {exp}: {reply}");
+    }
+    assert_eq!(trace_of(&server, channel).await?, (false, 0), "exp < 0");
     match client
         .call_or_close(json!({ "subscribe": { "channel": channel } }))
         .await?

@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, ensure, Context as _};
 use serde_json::{json, Value};
 use tidings_testkit::raw_ws::{self, Ending, Frame, RawWs};
-use tidings_testkit::{TidingsServer, WsClient, DEFAULT_WAIT};
+use tidings_testkit::{TidingsServer, TidingsServerBuilder, WsClient, DEFAULT_WAIT};
 use tokio::time::Instant;
 
 /// The channel the control client watches (history on, so offsets are
@@ -45,7 +45,13 @@ struct Watched {
 impl Watched {
     /// A development-profile node (every transport on) with its control client.
     async fn start() -> anyhow::Result<Self> {
-        let server = TidingsServer::start().await?;
+        Self::start_with(TidingsServer::builder()).await
+    }
+
+    /// A node started from `builder` (development profile unless it says
+    /// otherwise), with its control client.
+    async fn start_with(builder: TidingsServerBuilder) -> anyhow::Result<Self> {
+        let server = builder.start().await?;
         let mut control = server.connected_client().await?;
         let subscribed = control.subscribe(CONTROL).await?;
         let offset = subscribed["offset"].as_u64().unwrap_or(0);
@@ -133,12 +139,22 @@ impl Watched {
 
     /// The peak resident memory of the server so far, in KiB.
     fn peak_rss_kib(&self) -> anyhow::Result<u64> {
+        self.memory_kib("VmHWM")
+    }
+
+    /// The resident memory of the server now, in KiB.
+    fn rss_kib(&self) -> anyhow::Result<u64> {
+        self.memory_kib("VmRSS")
+    }
+
+    /// A `kB` line of /proc/PID/status.
+    fn memory_kib(&self, field: &str) -> anyhow::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.server.pid()))?;
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .ok_or_else(|| anyhow!("no VmHWM in /proc/PID/status"))
+            .ok_or_else(|| anyhow!("no {field} in /proc/PID/status"))
     }
 }
 
@@ -1683,4 +1699,382 @@ async fn token_claims_are_utf8_where_they_are_read() -> anyhow::Result<()> {
         node.unhurt().await?;
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Request bodies that never finish (issue 20)
+// ---------------------------------------------------------------------------
+
+/// The body deadline of these tests (`http_server.body_read_timeout`): short,
+/// so that a case takes about a second.
+const BODY_DEADLINE: Duration = Duration::from_secs(1);
+
+/// How often a trickling client sends one more byte of its body.
+const TRICKLE_EVERY: Duration = Duration::from_millis(300);
+
+/// What a trickled body says it will send: far more than it ever does.
+const ANNOUNCED: usize = 60_000;
+
+/// An endpoint that reads a request body, as a trickling client calls it.
+struct BodyEndpoint {
+    name: &'static str,
+    path: String,
+    headers: Vec<(&'static str, String)>,
+}
+
+/// Every endpoint of the development profile that reads a request body; the
+/// Socket.IO one for a polling session opened here.
+async fn body_endpoints(server: &TidingsServer) -> anyhow::Result<Vec<BodyEndpoint>> {
+    let key = server.api_key().context("no API key")?.to_owned();
+    let endpoint = |name, path: &str, headers: Vec<(&'static str, String)>| BodyEndpoint {
+        name,
+        path: path.to_owned(),
+        headers,
+    };
+    let mut endpoints = vec![
+        endpoint("api", "/api/publish", vec![("X-API-Key", key)]),
+        endpoint("emulation", "/emulation", vec![]),
+        endpoint("long_poll", "/connection/long_poll", vec![]),
+        endpoint("http_stream", "/connection/http_stream", vec![]),
+        endpoint("sse", "/connection/sse", vec![]),
+        endpoint("uni_sse", "/connection/uni_sse", vec![]),
+        endpoint("uni_http_stream", "/connection/uni_http_stream", vec![]),
+    ];
+    let sid = socketio_session(server).await?;
+    endpoints.push(endpoint(
+        "socket.io polling",
+        &format!("/socket.io/?EIO=4&transport=polling&sid={sid}"),
+        vec![],
+    ));
+    Ok(endpoints)
+}
+
+/// Opens an Engine.IO polling session and returns its sid.
+async fn socketio_session(server: &TidingsServer) -> anyhow::Result<String> {
+    let (status, open) = server
+        .http_get("/socket.io/?EIO=4&transport=polling")
+        .await?;
+    ensure!(status == 200, "Engine.IO handshake: {status} {open}");
+    let handshake: Value = serde_json::from_str(open.strip_prefix('0').unwrap_or(&open))
+        .with_context(|| format!("Engine.IO handshake {open:?}"))?;
+    handshake["sid"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("no sid in {open}"))
+}
+
+/// Sends a request whose headers announce [`ANNOUNCED`] body bytes, then its
+/// first byte.
+async fn start_trickle(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, String)],
+) -> anyhow::Result<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {ANNOUNCED}\r\n"
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n{");
+    let mut stream = tokio::time::timeout(DEFAULT_WAIT, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| anyhow!("timed out connecting"))??;
+    stream.write_all(head.as_bytes()).await?;
+    Ok(stream)
+}
+
+/// Goes on sending a byte of the body every [`TRICKLE_EVERY`] until the server
+/// answers, and returns the status and body of its answer.
+async fn trickle_until_answered(
+    stream: tokio::net::TcpStream,
+    limit: Duration,
+) -> anyhow::Result<(u16, String)> {
+    trickle_every(stream, TRICKLE_EVERY, limit).await
+}
+
+/// Sends a byte of the body every `every` until the server answers. Nothing
+/// more is written once the answer has begun, so the server's close cannot
+/// turn into a reset that loses it.
+async fn trickle_every(
+    mut stream: tokio::net::TcpStream,
+    every: Duration,
+    limit: Duration,
+) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let deadline = Instant::now() + limit;
+    let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 2048];
+    loop {
+        if let Some(done) = complete_response(&answer) {
+            return Ok(done);
+        }
+        tokio::select! {
+            read = stream.read(&mut chunk) => {
+                let n = read.context("reading the answer")?;
+                ensure!(n > 0, "closed without a complete answer: {:?}", String::from_utf8_lossy(&answer));
+                answer.extend_from_slice(&chunk[..n]);
+            }
+            _ = ticks.tick(), if answer.is_empty() => {
+                // The server may already have given up on the body.
+                let _ = stream.write_all(b" ").await;
+            }
+            _ = tokio::time::sleep_until(deadline) => bail!("no answer within {limit:?}"),
+        }
+    }
+}
+
+/// The status and body of a response with a `Content-Length`, once all of it
+/// has arrived.
+fn complete_response(bytes: &[u8]) -> Option<(u16, String)> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    (body.len() >= length).then(|| (status, body.to_owned()))
+}
+
+/// A development-profile node whose bodies get [`BODY_DEADLINE`].
+fn deadline_node() -> TidingsServerBuilder {
+    TidingsServer::builder().env(
+        "TIDINGS_HTTP_SERVER_BODY_READ_TIMEOUT",
+        &format!("{}ms", BODY_DEADLINE.as_millis()),
+    )
+}
+
+#[tokio::test]
+async fn trickled_bodies_are_cut_at_the_deadline_with_408_on_every_endpoint() -> anyhow::Result<()>
+{
+    let mut node = Watched::start_with(deadline_node()).await?;
+    let addr = node.server.addr();
+    let endpoints = body_endpoints(&node.server).await?;
+    // All at once, as a prober would: each is cut on its own deadline.
+    let mut trickles = Vec::new();
+    for endpoint in &endpoints {
+        let stream = start_trickle(addr, &endpoint.path, &endpoint.headers).await?;
+        let started = Instant::now();
+        trickles.push(tokio::spawn(async move {
+            let answer = trickle_until_answered(stream, BODY_DEADLINE + DEFAULT_WAIT).await;
+            (answer, started.elapsed())
+        }));
+    }
+    for (endpoint, trickle) in endpoints.iter().zip(trickles) {
+        let (answer, took) = trickle.await?;
+        let (status, body) = answer.with_context(|| endpoint.name)?;
+        ensure!(
+            status == 408 && body.contains("http_server.body_read_timeout"),
+            "{}: {status} {body:?}",
+            endpoint.name
+        );
+        ensure!(
+            took >= BODY_DEADLINE - Duration::from_millis(50)
+                && took < BODY_DEADLINE + Duration::from_secs(3),
+            "{}: cut after {took:?}, the deadline is {BODY_DEADLINE:?}",
+            endpoint.name
+        );
+    }
+    node.unhurt().await?;
+    // The Socket.IO session whose POST was cut is closed, as after any failed
+    // POST: its next poll finds no session.
+    let sio = endpoints.last().context("no Socket.IO endpoint")?;
+    let (status, _) = node.server.http_get(&sio.path).await?;
+    ensure!(
+        status == 400,
+        "a poll of the cut Socket.IO session: {status}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn api_without_a_key_is_refused_before_its_body_is_read() -> anyhow::Result<()> {
+    let mut node = Watched::start_with(deadline_node()).await?;
+    let addr = node.server.addr();
+    for headers in [vec![], vec![("X-API-Key", "wrong".to_owned())]] {
+        let stream = start_trickle(addr, "/api/publish", &headers).await?;
+        let started = Instant::now();
+        let (status, body) = trickle_until_answered(stream, DEFAULT_WAIT).await?;
+        ensure!(status == 401, "{headers:?}: {status} {body:?}");
+        ensure!(
+            started.elapsed() < BODY_DEADLINE / 2,
+            "{headers:?}: the 401 waited {:?} for the body",
+            started.elapsed()
+        );
+    }
+    node.unhurt().await
+}
+
+#[tokio::test]
+async fn trickled_bodies_count_against_the_connection_limit() -> anyhow::Result<()> {
+    const LIMIT: usize = 6;
+    const TRICKLES: usize = 2 * LIMIT;
+    let deadline = Duration::from_secs(2);
+    let mut node = Watched::start_with(
+        TidingsServer::builder()
+            .env("TIDINGS_HTTP_SERVER_BODY_READ_TIMEOUT", "2s")
+            .env("TIDINGS_CLIENT_CONNECTION_LIMIT", &LIMIT.to_string()),
+    )
+    .await?;
+    let addr = node.server.addr();
+    // The control client holds one slot. Of twelve bodies that keep the server
+    // waiting, five take the other slots until the deadline cuts them (408);
+    // the other seven find the node full and get 503 at once.
+    let (answers_tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..TRICKLES {
+        let stream = start_trickle(addr, "/emulation", &[]).await?;
+        let answers_tx = answers_tx.clone();
+        let started = Instant::now();
+        tokio::spawn(async move {
+            let answer = trickle_until_answered(stream, deadline + DEFAULT_WAIT).await;
+            let _ = answers_tx.send((answer, started.elapsed()));
+        });
+    }
+    let mut refused = 0;
+    while refused < TRICKLES - (LIMIT - 1) {
+        let (answer, took) = tokio::time::timeout(DEFAULT_WAIT, answers.recv())
+            .await
+            .context("waiting for the 503s")?
+            .context("no more answers")?;
+        let (status, body) = answer?;
+        ensure!(
+            status == 503 && body.contains("connection limit") && took < deadline,
+            "a body over the limit got {status} {body:?} after {took:?}"
+        );
+        refused += 1;
+    }
+    // The waiting bodies hold their slots: a new connection is refused too.
+    let status = tidings_testkit::handshake_status(&node.server.ws_url(), &[]).await?;
+    ensure!(
+        status == 503,
+        "a WebSocket upgrade got {status} while the node was full"
+    );
+    // Bodies that arrive whole take no slot: the control batch still goes through.
+    node.unhurt().await?;
+    for _ in 1..LIMIT {
+        let (answer, took) = tokio::time::timeout(deadline + DEFAULT_WAIT, answers.recv())
+            .await
+            .context("waiting for the cut")?
+            .context("no more answers")?;
+        let (status, body) = answer?;
+        ensure!(
+            status == 408 && took >= deadline - Duration::from_millis(50),
+            "a waiting body got {status} {body:?} after {took:?}"
+        );
+    }
+    // Their slots are free again.
+    let mut client = node.server.connected_client().await?;
+    client.subscribe("after-the-cut").await?;
+    node.unhurt().await
+}
+
+/// The soft limit on open files of this process (the server inherits it).
+fn open_files_limit() -> anyhow::Result<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits")?;
+    limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|soft| soft.parse().ok())
+        .ok_or_else(|| anyhow!("no open files limit in /proc/self/limits"))
+}
+
+/// What a trickled request may add to the server's resident memory, in KiB,
+/// while it waits and when it is cut: its socket buffers, hyper's read buffer
+/// and the tasks of one connection. Measured at about 25 KiB while waiting and
+/// 33 KiB at the peak (docs/limits.md); the bound leaves room for allocator
+/// and machine differences.
+const RSS_PER_TRICKLE_KIB: u64 = 48;
+
+#[tokio::test]
+async fn thousands_of_trickled_bodies_stay_within_a_memory_bound() -> anyhow::Result<()> {
+    // 2,000 sockets, or fewer when the open-files limit is lower: this process
+    // and the server each hold one descriptor per socket, plus their own.
+    let count = 2_000.min(open_files_limit()?.saturating_sub(300));
+    ensure!(
+        count >= 500,
+        "the open-files limit leaves room for {count} sockets"
+    );
+    // Long enough for all of them to be open at once on a busy machine, where
+    // a burst of connections waits on a full accept queue; the cut itself at
+    // the deadline is timed by the tests above.
+    let deadline = Duration::from_secs(10);
+    let mut node = Watched::start_with(
+        TidingsServer::builder().env("TIDINGS_HTTP_SERVER_BODY_READ_TIMEOUT", "10s"),
+    )
+    .await?;
+    let addr = node.server.addr();
+    let endpoints: Vec<BodyEndpoint> = body_endpoints(&node.server)
+        .await?
+        .into_iter()
+        // One POST at a time per Socket.IO session: covered above.
+        .filter(|e| !e.name.starts_with("socket.io"))
+        .collect();
+    let before = node.rss_kib()?;
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut trickles = Vec::with_capacity(count);
+    for batch in (0..count).collect::<Vec<_>>().chunks(100) {
+        let starts = batch.iter().map(|i| {
+            let e = &endpoints[i % endpoints.len()];
+            start_trickle(addr, &e.path, &e.headers)
+        });
+        for stream in futures_util::future::join_all(starts).await {
+            let stream = stream?;
+            let answered = answered.clone();
+            trickles.push(tokio::spawn(async move {
+                // A byte every two seconds: slow, and cheap for a busy machine.
+                let answer =
+                    trickle_every(stream, Duration::from_secs(2), deadline + DEFAULT_WAIT).await;
+                answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                answer
+            }));
+        }
+    }
+    // Every request is waiting on its body now, or was cut already if opening
+    // them took long; weigh the server with those still waiting. The control
+    // client must not notice any of it.
+    let waiting = count - answered.load(std::sync::atomic::Ordering::Relaxed);
+    let now = node.rss_kib()?;
+    ensure!(
+        waiting >= count * 3 / 4,
+        "only {waiting} of {count} bodies were waiting at once"
+    );
+    node.unhurt().await?;
+    let mut statuses = std::collections::BTreeMap::new();
+    for trickle in trickles {
+        let status = match trickle.await? {
+            Ok((status, _)) => status.to_string(),
+            Err(e) => format!("{e:#}"),
+        };
+        *statuses.entry(status).or_insert(0) += 1;
+    }
+    // The peak covers the whole run: the waits, and the 408s at the cut.
+    let peak = node.peak_rss_kib()?;
+    let grown = now.saturating_sub(before);
+    let peak_grown = peak.saturating_sub(before);
+    let bound = RSS_PER_TRICKLE_KIB * count as u64;
+    eprintln!(
+        "{waiting} of {count} trickled bodies waiting: RSS {before} KiB before, {now} KiB while \
+         they wait (+{grown} KiB, {} KiB each); peak {peak} KiB (+{peak_grown} KiB, {} KiB each); \
+         bound +{bound} KiB",
+        grown / waiting as u64,
+        peak_grown / count as u64
+    );
+    ensure!(
+        grown <= RSS_PER_TRICKLE_KIB * waiting as u64 && peak_grown <= bound,
+        "{count} trickled bodies grew the server by {grown} KiB (peak {peak_grown} KiB), past \
+         {RSS_PER_TRICKLE_KIB} KiB each"
+    );
+    ensure!(
+        statuses.get("408") == Some(&count),
+        "every trickled body is cut with 408: {statuses:?}"
+    );
+    node.unhurt().await
 }

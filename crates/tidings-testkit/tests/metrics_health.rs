@@ -118,13 +118,23 @@ async fn root_serves_the_demo_chat_page() -> anyhow::Result<()> {
         &body[..body.len().min(200)]
     );
     assert!(
-        body.contains("connection/websocket"),
+        body.contains(r#"<script type="module" src="/demo.js">"#)
+            && body.contains(r#"href="/demo.css""#),
+        "the page does not load its script and styles"
+    );
+    let (status, script) = server.http_get("/demo.js").await?;
+    assert_eq!(status, 200);
+    assert!(
+        script.contains("connection/websocket"),
         "the page does not connect anywhere"
     );
     assert!(
-        body.contains("from '/tidings-core.js'"),
+        script.contains("from '/tidings-core.js'"),
         "the page does not load its client module"
     );
+    let (status, styles) = server.http_get("/demo.css").await?;
+    assert_eq!(status, 200);
+    assert!(styles.contains(":root"), "not the stylesheet");
     // The client module it imports: centrifuge-js and the @tidings/react core, bundled.
     let (status, module) = server.http_get("/tidings-core.js").await?;
     assert_eq!(status, 200);
@@ -133,6 +143,68 @@ async fn root_serves_the_demo_chat_page() -> anyhow::Result<()> {
         "not the bundled client module: {}",
         &module[..module.len().min(200)]
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_demo_page_carries_security_headers() -> anyhow::Result<()> {
+    let server = TidingsServer::start().await?;
+    let page = tidings_testkit::raw_http::request(server.addr(), "GET", "/", &[], "").await?;
+    assert_eq!(page.status, 200);
+    assert!(page
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("text/html")));
+    let csp = page
+        .header("content-security-policy")
+        .expect("no Content-Security-Policy");
+    let directive = |name: &str| {
+        csp.split(';')
+            .map(str::trim)
+            .find(|d| d.split_whitespace().next() == Some(name))
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        directive("default-src").as_deref(),
+        Some("default-src 'none'")
+    );
+    assert_eq!(
+        directive("script-src").as_deref(),
+        Some("script-src 'self'")
+    );
+    assert_eq!(directive("style-src").as_deref(), Some("style-src 'self'"));
+    assert_eq!(
+        directive("connect-src").as_deref(),
+        Some("connect-src 'self'")
+    );
+    assert_eq!(
+        directive("frame-ancestors").as_deref(),
+        Some("frame-ancestors 'none'")
+    );
+    assert!(!csp.contains("unsafe-"), "{csp}");
+    assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(page.header("x-frame-options"), Some("DENY"));
+    assert_eq!(page.header("referrer-policy"), Some("no-referrer"));
+    // The page's own files are not sniffed into another type either.
+    for (path, kind) in [
+        ("/demo.js", "text/javascript"),
+        ("/demo.css", "text/css"),
+        ("/tidings-core.js", "text/javascript"),
+    ] {
+        let asset = tidings_testkit::raw_http::request(server.addr(), "GET", path, &[], "").await?;
+        assert_eq!(asset.status, 200, "{path}");
+        assert!(
+            asset
+                .header("content-type")
+                .is_some_and(|t| t.starts_with(kind)),
+            "{path}: {:?}",
+            asset.header("content-type")
+        );
+        assert_eq!(
+            asset.header("x-content-type-options"),
+            Some("nosniff"),
+            "{path}"
+        );
+    }
     Ok(())
 }
 

@@ -161,6 +161,14 @@ async fn invalid_token_is_103_and_expired_token_is_109() -> anyhow::Result<()> {
         .error_code(json!({ "subscribe": { "channel": "$vault", "token": expired } }))
         .await?;
     assert_eq!(code, 109);
+    // An `exp` before 1970 (negative) is expired too, not malformed.
+    for exp in [json!(-1), json!(-1000), json!(0)] {
+        let expired = sub_token("alice", "$vault", json!({ "exp": exp }))?;
+        let code = alice
+            .error_code(json!({ "subscribe": { "channel": "$vault", "token": expired } }))
+            .await?;
+        assert_eq!(code, 109, "exp {exp}");
+    }
     let future = sub_token("alice", "$vault", json!({ "nbf": unix_now() + 600 }))?;
     let code = alice
         .error_code(json!({ "subscribe": { "channel": "$vault", "token": future } }))

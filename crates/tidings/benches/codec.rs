@@ -1,5 +1,6 @@
-//! The codec: encoding a publication push once (the fan-out's only encode), and
-//! decoding the commands clients send most (publish, and a batch of them).
+//! The codec: encoding a publication push once (the fan-out's only encode), as JSON
+//! and as Protobuf, and decoding the commands clients send most (publish, and a batch
+//! of them).
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use tidings::protocol::{Command, Publication, Push, RawJson, Reply};
@@ -23,12 +24,27 @@ fn codec(c: &mut Criterion) {
             .to_json()
         })
     });
+    c.bench_function("encode_publication_push_protobuf", |b| {
+        b.iter(|| tidings::protocol::proto::publication_push("bench", &publication))
+    });
     let publish = format!(
         "{{\"id\":7,\"publish\":{{\"channel\":\"bench\",\"data\":{{\"bt\":123456,\"p\":\"{}\"}}}}}}",
         "x".repeat(80)
     );
     c.bench_function("decode_publish_command", |b| {
         b.iter(|| serde_json::from_str::<Command>(std::hint::black_box(&publish)).expect("decodes"))
+    });
+    let command: Command = serde_json::from_str(&publish).expect("decodes");
+    let mut frame = Vec::new();
+    tidings::protocol::proto::encode_command(&command, &mut frame);
+    c.bench_function("decode_publish_command_protobuf", |b| {
+        b.iter(|| {
+            tidings::protocol::proto::decode_frame(
+                std::hint::black_box(&frame),
+                tidings::protocol::proto::FrameLimits::default(),
+            )
+            .expect("decodes")
+        })
     });
     let batch: String = std::iter::repeat_n(publish.as_str(), 20)
         .collect::<Vec<_>>()

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -85,14 +85,25 @@ fn authorize(node: &Node, headers: &HeaderMap, query: Option<&str>) -> Result<()
 }
 
 /// `POST {handler_prefix}/{method}`.
+///
+/// The key is checked before the body is read, so a client without it never gets
+/// a server to wait for its body. The body is then read within the route's size
+/// limit (413 past it, from axum) and `http_server.body_read_timeout`.
 pub async fn handler(
     State(node): State<Node>,
     Path(method): Path<String>,
-    uri: axum::http::Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers, uri.query())?;
+    authorize(&node, request.headers(), request.uri().query())?;
+    let transport_errors = request
+        .headers()
+        .get("x-centrifugo-error-mode")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("transport"));
+    let body = match Bytes::from_request(request, &()).await {
+        Ok(body) => body,
+        Err(rejection) => return Ok(rejection.into_response()),
+    };
     if method == "batch" {
         // Parsed straight from the bytes: a batch of publishes is the fast path,
         // and building a `Value` tree of every command costs more than the rest.
@@ -111,10 +122,6 @@ pub async fn handler(
         return Err(ApiError::UnknownMethod(method));
     }
     node.metrics().api_command(&method);
-    let transport_errors = headers
-        .get("x-centrifugo-error-mode")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("transport"));
     let outcome = call(&node, &method, params).await?;
     Ok(match outcome {
         Ok(result) => axum::Json(json!({ "result": result })).into_response(),
@@ -275,12 +282,18 @@ struct ChannelsParams {
     pattern: Option<String>,
 }
 
+/// The payload of a publish or broadcast: `data` (JSON), or `b64data` (any bytes,
+/// base64). Bytes reach Protobuf subscribers as they are; a JSON subscriber can
+/// only be sent bytes that are JSON, and is disconnected with 3506 otherwise, as
+/// in Centrifugo.
 fn payload(data: Option<RawJson>, b64: Option<String>) -> Result<RawJson, tidings_protocol::Error> {
+    use base64::Engine as _;
     match (data, b64) {
         (Some(d), _) => Ok(d),
-        (None, Some(_)) => Err(bad_request(
-            "b64data carries binary payloads, which the JSON protocol cannot deliver; send data",
-        )),
+        (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .map(RawJson::from_bytes)
+            .map_err(|_| bad_request("b64data must be standard base64")),
         (None, None) => Err(bad_request("data is required")),
     }
 }

@@ -37,10 +37,18 @@ pub struct ConnectClaims {
     #[serde(default)]
     pub sub: String,
     /// Expiry (Unix seconds); the connection must refresh before it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "unix_seconds",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub exp: Option<u64>,
     /// Issue time (Unix seconds); informational.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "unix_seconds",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub iat: Option<u64>,
     /// Connection info shown to others in presence, join/leave and publications.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -59,7 +67,11 @@ pub struct ConnectClaims {
     pub meta: Option<RawJson>,
     /// When set, the connection expires at this time instead of at `exp`; `0` means
     /// never (the token's `exp` is still checked).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "unix_seconds",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub expire_at: Option<u64>,
     /// Only subscription tokens name a channel; a connection token that does is
     /// refused, so one kind of token cannot stand in for the other.
@@ -95,12 +107,24 @@ pub struct SubscribeClaims {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub client: String,
     /// Expiry of the token and, unless `expire_at` says otherwise, of the subscription.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "unix_seconds",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub exp: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "unix_seconds",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub iat: Option<u64>,
     /// When the subscription expires; `0` means never.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "unix_seconds",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub expire_at: Option<u64>,
     /// Channel info of this subscriber, shown in presence, join/leave and publications.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -384,6 +408,9 @@ impl TokenVerifier {
         let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(payload)
             .map_err(|_| invalid("payload is not base64url"))?;
+        if exp_before_1970(&payload) {
+            return Err(TokenError::Expired);
+        }
         if self.audience_regex.is_some() || self.issuer_regex.is_some() {
             #[derive(Deserialize)]
             struct Registered {
@@ -573,6 +600,47 @@ pub fn sign_subscribe_token(
     )
 }
 
+/// Whether the payload's `exp` is a number below zero. jsonwebtoken reads `exp`
+/// as an unsigned number and passes over one it cannot read, so without this a
+/// validly signed token with `"exp": -1` would be refused as malformed (3500)
+/// rather than as expired (109), which `exp: 0` already is. A time before 1970 is
+/// as expired as a time can be.
+fn exp_before_1970(payload: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Exp {
+        #[serde(default)]
+        exp: Option<serde_json::Number>,
+    }
+    serde_json::from_slice::<Exp>(payload)
+        .ok()
+        .and_then(|claims| claims.exp)
+        .and_then(|exp| exp.as_f64())
+        .is_some_and(|exp| exp < 0.0)
+}
+
+/// Reads a NumericDate claim (`exp`, `iat`, `expire_at`): seconds since the
+/// epoch, which RFC 7519 lets a token write with a fraction (`1700000000.5`), as
+/// some JWT libraries do; the fraction is dropped. A negative number is refused
+/// (`exp` below zero is caught as expired before the claims are read).
+fn unix_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    use serde::de::Error as _;
+    let Some(number) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(whole) = number.as_u64() {
+        return Ok(Some(whole));
+    }
+    match number.as_f64() {
+        // `u64::MAX as f64` rounds up to 2^64, which is out of range.
+        Some(secs) if secs.is_finite() && secs >= 0.0 && secs < u64::MAX as f64 => {
+            Ok(Some(secs as u64))
+        }
+        _ => Err(D::Error::custom(
+            "a time claim must be a non-negative number of seconds",
+        )),
+    }
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -641,6 +709,66 @@ mod tests {
         );
         assert_eq!(
             v.verify_connect(&forged).await.unwrap_err(),
+            TokenError::Invalid
+        );
+    }
+
+    #[tokio::test]
+    async fn exp_below_zero_is_expired_for_both_kinds_of_token() {
+        let v = verifier(hmac());
+        for exp in [json!(-1), json!(-1000), json!(-0.5), json!(0), json!(1)] {
+            let connect = hs(
+                Algorithm::HS256,
+                &json!({"sub": "42", "exp": exp}),
+                SECRET.as_bytes(),
+            );
+            assert_eq!(
+                v.verify_connect(&connect).await.unwrap_err(),
+                TokenError::Expired,
+                "connection token with exp {exp}"
+            );
+            let subscribe = hs(
+                Algorithm::HS256,
+                &json!({"sub": "42", "channel": "$a", "exp": exp}),
+                SECRET.as_bytes(),
+            );
+            assert_eq!(
+                v.verify_subscribe(&subscribe).await.unwrap_err(),
+                TokenError::Expired,
+                "subscription token with exp {exp}"
+            );
+            // The signature still comes first.
+            let forged = hs(
+                Algorithm::HS256,
+                &json!({"sub": "42", "exp": exp}),
+                b"other",
+            );
+            assert_eq!(
+                v.verify_connect(&forged).await.unwrap_err(),
+                TokenError::Invalid
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn time_claims_may_have_a_fraction() {
+        let v = verifier(hmac());
+        let exp = unix_now() as f64 + 60.5;
+        let token = hs(
+            Algorithm::HS256,
+            &json!({"sub": "42", "exp": exp, "iat": 1.5}),
+            SECRET.as_bytes(),
+        );
+        let claims = v.verify_connect(&token).await.unwrap();
+        assert_eq!(claims.exp, Some(exp as u64));
+        assert_eq!(claims.iat, Some(1));
+        let negative_iat = hs(
+            Algorithm::HS256,
+            &json!({"sub": "42", "iat": -5}),
+            SECRET.as_bytes(),
+        );
+        assert_eq!(
+            v.verify_connect(&negative_iat).await.unwrap_err(),
             TokenError::Invalid
         );
     }

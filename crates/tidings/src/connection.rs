@@ -33,6 +33,18 @@ pub enum Control {
     Insufficient { channel: String },
 }
 
+/// How a connection encodes the Centrifugo client protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WireFormat {
+    /// Newline-delimited JSON (text frames).
+    #[default]
+    Json,
+    /// Varint-length-delimited Protobuf messages (binary frames): the
+    /// `centrifuge-protobuf` WebSocket subprotocol, or an HTTP-streaming connection
+    /// opened with `Content-Type: application/octet-stream`.
+    Protobuf,
+}
+
 /// A server-side subscription request.
 #[derive(Debug, Clone, Default)]
 pub struct ServerSubscribe {
@@ -76,6 +88,8 @@ pub struct Connection {
     user: OnceLock<String>,
     /// Name of the transport, for logs and metrics.
     pub transport: &'static str,
+    /// How this connection's replies and pushes are encoded.
+    pub format: WireFormat,
     pub outbox: Outbox,
     /// API requests aimed at this connection, for its session to carry out.
     pub control: ControlQueue,
@@ -91,8 +105,18 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// A JSON connection.
     pub fn new(
         transport: &'static str,
+        queue_max_size: usize,
+    ) -> (std::sync::Arc<Self>, ControlReceiver) {
+        Self::with_format(transport, WireFormat::Json, queue_max_size)
+    }
+
+    /// A connection that speaks the protocol in `format`.
+    pub fn with_format(
+        transport: &'static str,
+        format: WireFormat,
         queue_max_size: usize,
     ) -> (std::sync::Arc<Self>, ControlReceiver) {
         let conn = Connection {
@@ -101,6 +125,7 @@ impl Connection {
             session_id: uuid::Uuid::new_v4().simple().to_string(),
             user: OnceLock::new(),
             transport,
+            format,
             outbox: Outbox::new(queue_max_size),
             control: ControlQueue::default(),
             presence: parking_lot::Mutex::new(HashMap::new()),

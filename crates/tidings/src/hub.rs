@@ -26,18 +26,41 @@ use crate::connection::{Connection, Control};
 
 const SHARDS: usize = 64;
 
-/// How the pushes of one kind of connection are encoded: the Centrifugo JSON
-/// protocol, or a front door's own wire format (Socket.IO events). A subscriber
-/// names its encoder; the hub encodes each push at most once per encoder in use on
-/// the channel and hands the same bytes to every subscriber of that encoder, so
-/// nothing is serialised per subscriber.
+/// How the pushes of one kind of connection are encoded: the Centrifugo protocol in
+/// JSON or Protobuf, or a front door's own wire format (Socket.IO events). A
+/// subscriber names its encoder; the hub encodes each push at most once per encoder
+/// in use on the channel and hands the same bytes to every subscriber of that
+/// encoder, so nothing is serialised per subscriber.
+///
+/// `None` means the encoding cannot carry the push: a payload that is not JSON,
+/// for a JSON connection. The hub then closes those subscribers' connections with
+/// 3506 "inappropriate protocol", as Centrifugo does.
 pub trait PushEncoder: Send + Sync + 'static {
     /// A publication of `channel`.
-    fn publication(&self, channel: &str, publication: &Publication) -> Bytes;
+    fn publication(&self, channel: &str, publication: &Publication) -> Option<Bytes>;
     /// A client joined `channel`.
-    fn join(&self, channel: &str, info: &ClientInfo) -> Bytes;
+    fn join(&self, channel: &str, info: &ClientInfo) -> Option<Bytes>;
     /// A client left `channel`.
-    fn leave(&self, channel: &str, info: &ClientInfo) -> Bytes;
+    fn leave(&self, channel: &str, info: &ClientInfo) -> Option<Bytes>;
+}
+
+fn publication_push(channel: &str, publication: &Publication) -> tidings_protocol::Reply {
+    tidings_protocol::Reply::push(tidings_protocol::Push {
+        channel: channel.to_string(),
+        publication: Some(publication.clone()),
+        ..Default::default()
+    })
+}
+
+fn join_leave_push(channel: &str, info: &ClientInfo, joined: bool) -> tidings_protocol::Reply {
+    let body = Some(tidings_protocol::JoinLeave { info: info.clone() });
+    let (join, leave) = if joined { (body, None) } else { (None, body) };
+    tidings_protocol::Reply::push(tidings_protocol::Push {
+        channel: channel.to_string(),
+        join,
+        leave,
+        ..Default::default()
+    })
 }
 
 /// The Centrifugo client protocol's JSON pushes.
@@ -47,56 +70,79 @@ pub struct JsonPushes;
 pub static JSON_PUSHES: JsonPushes = JsonPushes;
 
 impl PushEncoder for JsonPushes {
-    fn publication(&self, channel: &str, publication: &Publication) -> Bytes {
-        Bytes::from(
-            tidings_protocol::Reply::push(tidings_protocol::Push {
-                channel: channel.to_string(),
-                publication: Some(publication.clone()),
-                ..Default::default()
-            })
-            .to_json(),
-        )
+    fn publication(&self, channel: &str, publication: &Publication) -> Option<Bytes> {
+        publication_push(channel, publication)
+            .try_to_json()
+            .ok()
+            .map(Bytes::from)
     }
 
-    fn join(&self, channel: &str, info: &ClientInfo) -> Bytes {
-        Bytes::from(
-            tidings_protocol::Reply::push(tidings_protocol::Push {
-                channel: channel.to_string(),
-                join: Some(tidings_protocol::JoinLeave { info: info.clone() }),
-                ..Default::default()
-            })
-            .to_json(),
-        )
+    fn join(&self, channel: &str, info: &ClientInfo) -> Option<Bytes> {
+        join_leave_push(channel, info, true)
+            .try_to_json()
+            .ok()
+            .map(Bytes::from)
     }
 
-    fn leave(&self, channel: &str, info: &ClientInfo) -> Bytes {
-        Bytes::from(
-            tidings_protocol::Reply::push(tidings_protocol::Push {
-                channel: channel.to_string(),
-                leave: Some(tidings_protocol::JoinLeave { info: info.clone() }),
-                ..Default::default()
-            })
-            .to_json(),
-        )
+    fn leave(&self, channel: &str, info: &ClientInfo) -> Option<Bytes> {
+        join_leave_push(channel, info, false)
+            .try_to_json()
+            .ok()
+            .map(Bytes::from)
+    }
+}
+
+/// The Centrifugo client protocol's Protobuf pushes (length-delimited replies).
+pub struct ProtobufPushes;
+
+/// The encoder of Protobuf Centrifugo connections.
+pub static PROTOBUF_PUSHES: ProtobufPushes = ProtobufPushes;
+
+impl PushEncoder for ProtobufPushes {
+    fn publication(&self, channel: &str, publication: &Publication) -> Option<Bytes> {
+        Some(tidings_protocol::proto::publication_push(
+            channel,
+            publication,
+        ))
+    }
+
+    fn join(&self, channel: &str, info: &ClientInfo) -> Option<Bytes> {
+        Some(tidings_protocol::proto::reply_frame(&join_leave_push(
+            channel, info, true,
+        )))
+    }
+
+    fn leave(&self, channel: &str, info: &ClientInfo) -> Option<Bytes> {
+        Some(tidings_protocol::proto::reply_frame(&join_leave_push(
+            channel, info, false,
+        )))
+    }
+}
+
+/// The encoder of a Centrifugo connection in `format`.
+pub fn centrifugo_pushes(format: crate::connection::WireFormat) -> &'static dyn PushEncoder {
+    match format {
+        crate::connection::WireFormat::Json => &JSON_PUSHES,
+        crate::connection::WireFormat::Protobuf => &PROTOBUF_PUSHES,
     }
 }
 
 /// What one fan-out hands out: encoded lazily, once per encoder (a channel has
 /// subscribers of one or two encoders, so a short list beats a map).
 struct Encodings<'a> {
-    encode: &'a dyn Fn(&dyn PushEncoder) -> Bytes,
-    done: Vec<(*const (), Bytes)>,
+    encode: &'a dyn Fn(&dyn PushEncoder) -> Option<Bytes>,
+    done: Vec<(*const (), Option<Bytes>)>,
 }
 
 impl<'a> Encodings<'a> {
-    fn new(encode: &'a dyn Fn(&dyn PushEncoder) -> Bytes) -> Self {
+    fn new(encode: &'a dyn Fn(&dyn PushEncoder) -> Option<Bytes>) -> Self {
         Self {
             encode,
             done: Vec::new(),
         }
     }
 
-    fn for_encoder(&mut self, encoder: &'static dyn PushEncoder) -> &Bytes {
+    fn for_encoder(&mut self, encoder: &'static dyn PushEncoder) -> &Option<Bytes> {
         let key = encoder as *const dyn PushEncoder as *const ();
         let at = match self.done.iter().position(|(k, _)| *k == key) {
             Some(i) => i,
@@ -182,10 +228,17 @@ impl Subscriber {
         }
     }
 
-    fn deliver(&self, offset: u64, bytes: &Bytes) {
+    fn deliver(&self, offset: u64, bytes: &Option<Bytes>) {
         if self.insufficient.load(Ordering::Acquire) {
             return;
         }
+        let Some(bytes) = bytes else {
+            // This connection's encoding cannot carry the push (see PushEncoder).
+            self.conn
+                .outbox
+                .close_dropping_queued(Disconnect::inappropriate_protocol());
+            return;
+        };
         if offset != 0 && offset <= self.floor.load(Ordering::Acquire) {
             return;
         }
@@ -563,14 +616,16 @@ mod tests {
     struct Raw;
 
     impl PushEncoder for Raw {
-        fn publication(&self, _: &str, publication: &Publication) -> Bytes {
-            Bytes::copy_from_slice(publication.data.as_ref().map_or(&b""[..], |d| d.as_bytes()))
+        fn publication(&self, _: &str, publication: &Publication) -> Option<Bytes> {
+            Some(Bytes::copy_from_slice(
+                publication.data.as_ref().map_or(&b""[..], |d| d.as_bytes()),
+            ))
         }
-        fn join(&self, _: &str, _: &ClientInfo) -> Bytes {
-            Bytes::new()
+        fn join(&self, _: &str, _: &ClientInfo) -> Option<Bytes> {
+            Some(Bytes::new())
         }
-        fn leave(&self, _: &str, _: &ClientInfo) -> Bytes {
-            Bytes::new()
+        fn leave(&self, _: &str, _: &ClientInfo) -> Option<Bytes> {
+            Some(Bytes::new())
         }
     }
 

@@ -8,6 +8,8 @@
 //!   subscribe with recovery, publish, presence, history, pings.
 //! - [`node`] owns everything shared: the [`hub`] (local fan-out), the [`broker`]
 //!   (publish, history, delivery between nodes), [`presence`], [`config`], [`metrics`].
+//! - [`engine`] builds the broker and presence manager that `engine.type` names:
+//!   memory, Redis or NATS (the last two behind the `redis` and `nats` features).
 //! - [`proxy`] calls the application's backend (connect, refresh, subscribe,
 //!   publish, sub_refresh, RPC) with Centrifugo's proxy bodies, for every front door.
 //! - [`outbox`] bounds what a connection may have queued and batches its writes.
@@ -20,7 +22,8 @@
 //!   uses no other module; [`auth`] checks its token keys and [`tls`] its certificates.
 //! - [`api`] is the Centrifugo-compatible server HTTP API.
 //! - [`server`] puts the routes together and runs them with graceful shutdown, a
-//!   header read timeout and, with [`tls`], https:// and wss://.
+//!   header read timeout and, with [`tls`], https:// and wss://; [`request_body`]
+//!   gives every request body a deadline.
 //!
 //! # Examples
 //!
@@ -56,6 +59,7 @@ pub mod origin;
 pub mod outbox;
 pub mod presence;
 pub mod proxy;
+pub mod request_body;
 pub mod server;
 pub mod session;
 #[cfg(feature = "socketio")]

@@ -163,6 +163,21 @@ impl ConnectionGate {
                 return Err(AdmitError::RateLimit);
             }
         }
+        self.take_slot()
+    }
+
+    /// Takes a slot for a request whose body is still arriving, until the permit is
+    /// dropped. Such a request opens no connection, so the rate limit does not
+    /// apply; but it holds a socket and its buffers while it waits, so it counts
+    /// against the limit like a connection does.
+    ///
+    /// # Errors
+    /// [`AdmitError::ConnectionLimit`] when every slot is taken.
+    pub fn try_hold(&self) -> Result<ConnectionPermit, AdmitError> {
+        self.take_slot()
+    }
+
+    fn take_slot(&self) -> Result<ConnectionPermit, AdmitError> {
         let limit = self.limit;
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -251,6 +266,19 @@ mod tests {
         assert_eq!(gate.open(), LIMIT);
         drop(admitted);
         assert_eq!(gate.open(), 0);
+    }
+
+    #[test]
+    fn held_bodies_share_the_limit_but_not_the_rate() {
+        let gate = ConnectionGate::new(2, 1);
+        let connection = gate.try_admit().unwrap();
+        // The one token of the rate is spent; a waiting body needs none.
+        assert_eq!(gate.try_admit().err(), Some(AdmitError::RateLimit));
+        let body = gate.try_hold().unwrap();
+        assert_eq!(gate.try_hold().err(), Some(AdmitError::ConnectionLimit));
+        drop(body);
+        assert!(gate.try_hold().is_ok());
+        drop(connection);
     }
 
     // Paused time: the clock only moves when the test moves it.

@@ -50,11 +50,24 @@ pub fn client_router(node: &Node) -> Router {
     if cfg.socketio.enabled {
         app = app.merge(crate::socketio::router(node));
     }
+    #[cfg(not(feature = "socketio"))]
+    if cfg.socketio.enabled {
+        tracing::error!(
+            "socketio.enabled is set, but tidings was built without the `socketio` feature: \
+             there is no /socket.io/ endpoint"
+        );
+    }
     // The HTTP transports explain a wrong method inside their CORS layer, so that a
     // preflight still reaches CORS first.
     explain_wrong_method(app)
         .merge(http_transports(node))
         .with_state(node.clone())
+        // Every request body must arrive within `http_server.body_read_timeout`,
+        // and one that keeps the server waiting holds a connection slot meanwhile.
+        .layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            crate::request_body::enforce,
+        ))
 }
 
 /// The endpoints for operators and backends, not for the internet: the server API,
@@ -79,7 +92,13 @@ pub fn internal_router(node: &Node) -> Router {
     if cfg.prometheus.enabled {
         app = app.route("/metrics", get(metrics));
     }
-    explain_wrong_method(app).with_state(node.clone())
+    explain_wrong_method(app)
+        .with_state(node.clone())
+        // As on the client routes: API bodies get the same deadline.
+        .layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            crate::request_body::enforce,
+        ))
 }
 
 /// axum answers a wrong method with an empty 405; say what is wrong instead, as
@@ -243,7 +262,9 @@ pub async fn run(
 ///
 /// A connection that has not sent its complete request headers within
 /// `http_server.header_read_timeout` of opening (or of its previous response) is
-/// closed; on a TLS endpoint the handshake counts towards that time.
+/// closed; on a TLS endpoint the handshake counts towards that time. A request
+/// body gets `http_server.body_read_timeout` after the headers (the routers of
+/// this module carry [`crate::request_body::enforce`]).
 ///
 /// # Errors
 /// None today: accept errors are logged and the loop goes on.

@@ -23,9 +23,10 @@ use tokio::time::Instant;
 
 use crate::auth::{self, ConnectClaims, SubClaim, SubscribeClaims, SubscribeOverride, TokenError};
 use crate::channel;
+use crate::connection::WireFormat;
 use crate::connection::{Connection, Control, ControlReceiver, ServerRefresh, ServerSubscribe};
 use crate::limit::{Budget, CommandBudget};
-use crate::node::JSON_PUSHES;
+use crate::node::centrifugo_pushes;
 use crate::node::{
     ConnectEvent, HistoryFilter, JoinRequest, Member, Node, NodeError, Pending, PublishRequest,
     RpcRequest, StreamAsk,
@@ -33,7 +34,20 @@ use crate::node::{
 use crate::proxy::{wire, ProxyContext, Rejection};
 
 /// What a transport hands the session.
-pub type Inbound = Result<String, InboundError>;
+pub type Inbound = Result<ClientFrame, InboundError>;
+
+/// One frame from the client: text for the JSON protocol, bytes for Protobuf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientFrame {
+    Text(String),
+    Binary(Bytes),
+}
+
+impl From<String> for ClientFrame {
+    fn from(text: String) -> Self {
+        ClientFrame::Text(text)
+    }
+}
 
 /// Why a transport stopped delivering frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -298,7 +312,7 @@ impl Session {
                 msg = inbound.next() => match msg {
                     Some(Ok(frame)) => {
                         self.pong_deadline = None;
-                        if let Err(d) = Box::pin(self.handle_frame(&frame)).await {
+                        if let Err(d) = Box::pin(self.handle_frame(frame)).await {
                             self.close(d);
                         }
                     }
@@ -428,8 +442,11 @@ impl Session {
         }
         if now >= self.next_ping {
             let cfg = &self.node.config().client;
-            self.conn
-                .send(Bytes::from_static(tidings_protocol::PING_FRAME));
+            let ping = match self.conn.format {
+                WireFormat::Json => tidings_protocol::PING_FRAME,
+                WireFormat::Protobuf => tidings_protocol::proto::PING_FRAME,
+            };
+            self.conn.send(Bytes::from_static(ping));
             // Unidirectional clients cannot answer; their pings only keep proxies
             // from closing an idle stream.
             if self.mode != SessionMode::Unidirectional {
@@ -446,8 +463,28 @@ impl Session {
         self.conn.outbox.close_after_queued(d);
     }
 
+    /// A reply in this connection's encoding. A JSON connection cannot carry a
+    /// payload that is not JSON (bytes a Protobuf client published): that is
+    /// disconnect 3506, as in Centrifugo.
+    fn encode(&self, reply: &Reply) -> Result<Bytes, Disconnect> {
+        match self.conn.format {
+            WireFormat::Json => reply
+                .try_to_json()
+                .map(Bytes::from)
+                .map_err(|e| e.disconnect()),
+            WireFormat::Protobuf => Ok(tidings_protocol::proto::reply_frame(reply)),
+        }
+    }
+
     fn send_reply(&self, reply: &Reply) {
-        self.conn.send(Bytes::from(reply.to_json()));
+        match self.encode(reply) {
+            Ok(bytes) => {
+                self.conn.send(bytes);
+            }
+            Err(d) => {
+                self.conn.outbox.close_after_queued(d);
+            }
+        }
     }
 
     /// Sends a command's result as its reply (with the command's id), or its error.
@@ -462,7 +499,21 @@ impl Session {
         self.send_reply(&Reply::error(id, err));
     }
 
-    async fn handle_frame(&mut self, frame: &str) -> Result<(), Disconnect> {
+    async fn handle_frame(&mut self, frame: ClientFrame) -> Result<(), Disconnect> {
+        let frame = match (self.conn.format, frame) {
+            (WireFormat::Protobuf, ClientFrame::Binary(bytes)) => {
+                return self.handle_protobuf_frame(&bytes).await;
+            }
+            // A Protobuf connection speaks in binary frames only.
+            (WireFormat::Protobuf, ClientFrame::Text(_)) => return Err(Disconnect::bad_request()),
+            (WireFormat::Json, ClientFrame::Text(text)) => text,
+            // The JSON protocol is text; a binary frame holding UTF-8 JSON is
+            // accepted as well.
+            (WireFormat::Json, ClientFrame::Binary(bytes)) => {
+                String::from_utf8(bytes.to_vec()).map_err(|_| Disconnect::bad_request())?
+            }
+        };
+        let frame = frame.as_str();
         if self.mode == SessionMode::Unidirectional {
             // The first frame is the connect request itself; a unidirectional client
             // has nothing else to say, so anything later is ignored.
@@ -484,6 +535,28 @@ impl Session {
             self.node.metrics().messages_received.increment(1);
             let cmd = decode_command(line)?;
             self.handle_command(cmd).await?;
+        }
+        Ok(())
+    }
+
+    /// The commands of a Protobuf frame (varint-length-delimited), each handled
+    /// before the next is decoded. A frame that does not decode, or holds none,
+    /// closes the connection with 3501, as in Centrifugo.
+    async fn handle_protobuf_frame(&mut self, frame: &[u8]) -> Result<(), Disconnect> {
+        let limits = tidings_protocol::proto::FrameLimits {
+            // A message cannot be longer than the frame, which the transport bounds.
+            max_message_len: frame.len(),
+            ..Default::default()
+        };
+        let mut any = false;
+        for cmd in tidings_protocol::proto::commands(frame, limits) {
+            self.node.metrics().messages_received.increment(1);
+            let cmd = cmd.map_err(|e| e.disconnect())?;
+            any = true;
+            self.handle_command(cmd).await?;
+        }
+        if !any {
+            return Err(Disconnect::bad_request());
         }
         Ok(())
     }
@@ -1026,15 +1099,17 @@ impl Session {
                     sub.result.ttl = ttl;
                 }
                 sub.result.data = data;
-                let reply = Bytes::from(
-                    Reply {
-                        id,
-                        subscribe: Some(sub.result),
-                        ..Default::default()
-                    }
-                    .to_json(),
-                );
-                self.go_live(&req.channel, sub.pending, Some(reply)).await;
+                let reply = Reply {
+                    id,
+                    subscribe: Some(sub.result),
+                    ..Default::default()
+                };
+                // Recovered publications may hold what a JSON connection cannot
+                // carry: then the connection ends (3506) and nothing goes live.
+                match self.encode(&reply) {
+                    Ok(reply) => self.go_live(&req.channel, sub.pending, Some(reply)).await,
+                    Err(d) => return Err(d),
+                }
             }
             Err(e) => self.send_error(id, e.to_protocol()),
         }
@@ -1259,7 +1334,7 @@ impl Session {
                     push_join_leave: opts.join_leave
                         && (opts.force_push_join_leave || ask.join_leave),
                     stream,
-                    encoder: &JSON_PUSHES,
+                    encoder: centrifugo_pushes(self.conn.format),
                 },
             )
             .await?;
@@ -1496,7 +1571,7 @@ impl Session {
                             }),
                             ..Default::default()
                         });
-                        let first = Some(Bytes::from(push.to_json()));
+                        let first = Some(self.encode(&push)?);
                         self.go_live(&channel, sub.pending, first).await;
                     }
                     Err(e) => {
@@ -1589,7 +1664,10 @@ mod tests {
 
     impl Harness {
         async fn send(&self, frame: &str) {
-            self.frames.send(Ok(frame.to_string())).await.unwrap();
+            self.frames
+                .send(Ok(frame.to_string().into()))
+                .await
+                .unwrap();
         }
 
         /// Next batch the writer would send, or the close it would send.

@@ -69,6 +69,7 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsEr
 }
 
 /// The private key in a PEM field (PKCS#8, PKCS#1 or SEC1).
+#[cfg_attr(not(feature = "nats"), allow(dead_code))] // only the NATS engine's client TLS
 pub(crate) fn private_key(
     field: &'static str,
     value: &str,

@@ -11,13 +11,11 @@ use anyhow::{bail, Context as _};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use parking_lot::Mutex;
-use tidings::broker::{
-    Broker, BrokerError, BrokerEventHandler, HistoryFilter, NatsBroker, NatsConnection,
-    PublishOptions,
-};
+use tidings::broker::{Broker, BrokerError, BrokerEventHandler, HistoryFilter, PublishOptions};
 use tidings::config::NatsEngineConfig;
-use tidings::engine::IngestSlot;
-use tidings::presence::{NatsPresenceManager, PresenceManager};
+use tidings::engine::nats::{NatsBroker, NatsConnection, NatsPresenceManager};
+use tidings::engine::{IngestError, IngestPublish};
+use tidings::presence::PresenceManager;
 use tidings_protocol::{ClientInfo, Publication, RawJson, StreamPosition};
 use tidings_testkit::NatsServer;
 
@@ -145,9 +143,9 @@ struct Node {
     events: Arc<Recorder>,
 }
 
-async fn node_with(cfg: &NatsEngineConfig, uid: &str, ingest: IngestSlot) -> anyhow::Result<Node> {
+async fn node_with(cfg: &NatsEngineConfig, uid: &str) -> anyhow::Result<Node> {
     let conn = NatsConnection::start(cfg).map_err(anyhow::Error::msg)?;
-    let broker = Arc::new(NatsBroker::new(conn, ingest));
+    let broker = Arc::new(NatsBroker::new(conn));
     let events = Arc::new(Recorder::default());
     broker.run(uid, events.clone());
     if !broker.wait_ready(WAIT).await {
@@ -157,7 +155,7 @@ async fn node_with(cfg: &NatsEngineConfig, uid: &str, ingest: IngestSlot) -> any
 }
 
 async fn node(url: &str, uid: &str) -> anyhow::Result<Node> {
-    node_with(&config(url), uid, IngestSlot::default()).await
+    node_with(&config(url), uid).await
 }
 
 fn opts() -> PublishOptions {
@@ -344,7 +342,7 @@ async fn many_nodes_creating_streams_at_once_agree_on_each_epoch() -> anyhow::Re
     };
     let mut nodes = Vec::new();
     for uid in ["a", "b", "c", "d", "e", "f"] {
-        nodes.push(node_with(&cfg, uid, IngestSlot::default()).await?);
+        nodes.push(node_with(&cfg, uid).await?);
     }
     for round in 0..40 {
         let channel = format!("fresh{round}");
@@ -1173,14 +1171,15 @@ async fn backends_publish_through_the_envelope_and_get_the_result() -> anyhow::R
     let cfg = config(&server.url());
     // The node's publish path, as Node::build installs it: here straight to the
     // broker with history, refusing one channel as the node refuses bad ones.
-    let slot = IngestSlot::default();
-    let a = node_with(&cfg, "a", slot.clone()).await?;
+    let a = node_with(&cfg, "a").await?;
     let broker = a.broker.clone();
-    let _ = slot.set(Arc::new(move |req: tidings::node::PublishRequest| {
+    a.broker.set_ingest(Arc::new(move |req: IngestPublish| {
         let broker = broker.clone();
         Box::pin(async move {
             if req.channel.starts_with("forbidden") {
-                return Err(tidings_protocol::codes::ERROR_UNKNOWN_CHANNEL.into());
+                return Err(IngestError::Rejected(
+                    tidings_protocol::codes::ERROR_UNKNOWN_CHANNEL.into(),
+                ));
             }
             let mut o = opts();
             o.idempotency_key = req.idempotency_key;
@@ -1192,7 +1191,7 @@ async fn backends_publish_through_the_envelope_and_get_the_result() -> anyhow::R
             broker
                 .publish(&req.channel, publication, o)
                 .await
-                .map_err(|_| tidings_protocol::codes::ERROR_INTERNAL.into())
+                .map_err(|e| IngestError::Failed(e.into()))
         })
     }));
     a.broker.subscribe("orders.1").await?;

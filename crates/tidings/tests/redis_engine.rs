@@ -11,11 +11,11 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tidings::broker::{
     BatchPublish, Broker, BrokerError, BrokerEventHandler, HistoryFilter, PublishOptions,
-    RedisBroker,
 };
 use tidings::config::RedisEngineConfig;
-use tidings::engine::{DirectPublish, DirectPublishError, DirectPublisher};
-use tidings::presence::{PresenceManager, RedisPresenceManager};
+use tidings::engine::redis::{RedisBroker, RedisPresenceManager};
+use tidings::engine::{Ingest, IngestError, IngestPublish};
+use tidings::presence::PresenceManager;
 use tidings::protocol::{ClientInfo, Publication, RawJson, StreamPosition};
 use tidings_testkit::RedisServer;
 use tokio::time::Instant;
@@ -861,16 +861,18 @@ async fn presence_lists_counts_expires_and_refreshes() {
     }
 }
 
-/// A direct publisher that publishes through `broker` the way the node does
-/// (history 100), rejecting channels that start with `bad`.
-fn publisher(broker: Arc<RedisBroker>, calls: Arc<AtomicUsize>) -> DirectPublisher {
-    Arc::new(move |msg: DirectPublish| {
+/// An ingest that publishes through `broker` the way the node does (history
+/// 100), rejecting channels that start with `bad`.
+fn publisher(broker: Arc<RedisBroker>, calls: Arc<AtomicUsize>) -> Ingest {
+    Arc::new(move |msg: IngestPublish| {
         let broker = broker.clone();
         let calls = calls.clone();
         Box::pin(async move {
             calls.fetch_add(1, Ordering::Relaxed);
             if msg.channel.starts_with("bad") {
-                return Err(DirectPublishError::Rejected("bad channel".into()));
+                return Err(IngestError::Rejected(
+                    tidings::protocol::codes::ERROR_UNKNOWN_CHANNEL.into(),
+                ));
             }
             let publication = Publication {
                 data: Some(msg.data),
@@ -884,8 +886,7 @@ fn publisher(broker: Arc<RedisBroker>, calls: Arc<AtomicUsize>) -> DirectPublish
             broker
                 .publish(&msg.channel, publication, opts)
                 .await
-                .map(|_| ())
-                .map_err(|e| DirectPublishError::Failed(e.to_string()))
+                .map_err(|e| IngestError::Failed(e.into()))
         })
     })
 }

@@ -161,6 +161,11 @@ struct Env {
     ws_path: String,
     api_key: String,
     http: reqwest::Client,
+    /// Socket.IO subscribers join a Tidings room (`tidings:join`) and the API
+    /// publishes, instead of a client broadcasting to everyone: set when the
+    /// engineio protocol is measured against Tidings (spawned, or publishing
+    /// through its API).
+    rooms: bool,
 }
 
 impl Env {
@@ -178,6 +183,12 @@ impl Env {
             }
             .to_string()
         });
+        let rooms = protocol == Protocol::EngineIo
+            && (args.spawn.is_some()
+                || matches!(
+                    args.publish_via,
+                    Some(PublishVia::Api | PublishVia::ApiBatch)
+                ));
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(API_CONCURRENCY)
             .tcp_nodelay(true)
@@ -229,6 +240,7 @@ impl Env {
                 ws_path,
                 api_key,
                 http,
+                rooms,
             });
         }
         let Some(url) = &args.url else {
@@ -254,6 +266,7 @@ impl Env {
             ws_path,
             api_key: args.api_key.clone().unwrap_or_default(),
             http,
+            rooms,
         })
     }
 
@@ -448,7 +461,11 @@ async fn open_ws(
         ..ConnectOptions::default()
     };
     let mut c = Client::connect(&env.ws_url(node), addrs[node], env.protocol, &opts).await?;
-    c.subscribe(channel).await?;
+    if env.rooms {
+        c.join_room(channel).await?;
+    } else {
+        c.subscribe(channel).await?;
+    }
     Ok(Sub::Ws(c))
 }
 
@@ -478,6 +495,7 @@ async fn fanout(
 async fn fanout_on(name: &str, args: &LoadArgs, sse: bool, env: &Env) -> anyhow::Result<Report> {
     let via = args.publish_via.unwrap_or(match env.protocol {
         Protocol::Centrifugo => PublishVia::Api,
+        _ if env.rooms => PublishVia::Api,
         _ => PublishVia::Client,
     });
     anyhow::ensure!(
@@ -485,7 +503,7 @@ async fn fanout_on(name: &str, args: &LoadArgs, sse: bool, env: &Env) -> anyhow:
         "sse-fanout needs a Tidings server"
     );
     anyhow::ensure!(
-        via == PublishVia::Client || env.protocol == Protocol::Centrifugo,
+        via == PublishVia::Client || env.protocol == Protocol::Centrifugo || env.rooms,
         "--publish-via api and api-batch need a Tidings server"
     );
     // Publications per request (1 unless batching).

@@ -68,7 +68,10 @@ pub enum ProtocolArg {
     Centrifugo,
     /// Raw text frames broadcast to all (the axum and Node ws peers); path /ws.
     Raw,
-    /// Engine.IO v4 / Socket.IO v5, event "msg" broadcast to all; path /socket.io/.
+    /// Engine.IO v4 / Socket.IO v5; path /socket.io/. Against a peer, a client's
+    /// "msg" event is broadcast to all; against Tidings (--spawn, or
+    /// --publish-via api), subscribers join the channel's room with tidings:join
+    /// and the server API publishes.
     Engineio,
 }
 

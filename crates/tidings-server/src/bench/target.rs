@@ -18,8 +18,9 @@ const START_DEADLINE: Duration = Duration::from_secs(20);
 /// The configuration a spawned Tidings runs with when no `--config` is given:
 /// anonymous clients, history on the benchmark channel (as the targets ask),
 /// a `personal` namespace without history for the idle and connect scenarios, the
-/// unidirectional SSE endpoint, and no per-connection command rate limit (the
-/// publisher client sends thousands of commands per second).
+/// unidirectional SSE endpoint, the Socket.IO endpoint (for `--protocol
+/// engineio`), and no per-connection command rate limit (the publisher client
+/// sends thousands of commands per second).
 pub fn default_config(api_key: &str) -> serde_json::Value {
     serde_json::json!({
         "log": { "level": "error" },
@@ -30,6 +31,7 @@ pub fn default_config(api_key: &str) -> serde_json::Value {
             "channel_limit": 0
         },
         "uni_sse": { "enabled": true },
+        "socketio": { "enabled": true },
         "channel": {
             "without_namespace": {
                 "history_size": 100,

@@ -113,6 +113,7 @@ impl RedisEngineConfig {
         let bad = |msg: String| Err(ConfigError::Invalid(msg));
         match self.address.as_slice() {
             [one] if one.starts_with("redis://") || one.starts_with("rediss://") => {
+                #[cfg(feature = "redis")]
                 if let Err(e) = redis::IntoConnectionInfo::into_connection_info(one.as_str()) {
                     return bad(format!("engine.redis.address {one:?}: {e}"));
                 }

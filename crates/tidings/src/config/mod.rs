@@ -43,6 +43,9 @@ mod api;
 mod channel;
 mod client;
 mod dev;
+// docs/configuration.md checked against these types.
+#[cfg(test)]
+mod doc_keys;
 mod engine;
 mod env;
 mod insecure;

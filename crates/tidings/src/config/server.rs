@@ -52,6 +52,13 @@ pub struct HttpServerConfig {
     /// also bounds the TLS handshake. Guards against slowloris. Default `10s`.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// Tidings' own key: a request whose body has not fully arrived this long after
+    /// its headers is answered 408 and its connection closed, so a client that
+    /// trickles a body cannot hold a socket and its buffers for long. Default `20s`:
+    /// the largest client body (Socket.IO's 1 MB `max_payload`) at 500 kbit/s, a
+    /// weak mobile uplink, with a few seconds to spare (docs/limits.md).
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
 }
 
 impl Default for HttpServerConfig {
@@ -65,6 +72,7 @@ impl Default for HttpServerConfig {
             internal_address: String::new(),
             internal_tls: TlsConfig::default(),
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -248,5 +256,19 @@ mod tests {
         let mut cfg = Config::default();
         cfg.http_server.header_read_timeout = Duration::ZERO;
         assert!(cfg.validate().is_err());
+
+        let mut cfg = Config::default();
+        assert_eq!(cfg.http_server.body_read_timeout, Duration::from_secs(20));
+        cfg.http_server.body_read_timeout = Duration::ZERO;
+        assert!(cfg.validate().is_err());
+        let cfg = Config::load(
+            None,
+            env(&[("TIDINGS_HTTP_SERVER_BODY_READ_TIMEOUT", "1500ms")]),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.http_server.body_read_timeout,
+            Duration::from_millis(1500)
+        );
     }
 }

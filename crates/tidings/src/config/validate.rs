@@ -34,6 +34,9 @@ impl Config {
         if http.header_read_timeout.is_zero() {
             return bad("http_server.header_read_timeout must be positive".into());
         }
+        if http.body_read_timeout.is_zero() {
+            return bad("http_server.body_read_timeout must be positive".into());
+        }
         for (key, interval) in [
             (
                 "node.info_publish_interval",

@@ -36,7 +36,9 @@ pub use crate::broker::{HistoryFilter, HistoryPage};
 use crate::channel;
 use crate::config::Config;
 use crate::hub::Hub;
-pub use crate::hub::{JsonPushes, PushEncoder, JSON_PUSHES};
+pub use crate::hub::{
+    centrifugo_pushes, JsonPushes, ProtobufPushes, PushEncoder, JSON_PUSHES, PROTOBUF_PUSHES,
+};
 use crate::limit::{AdmitError, ConnectionGate, ConnectionPermit};
 use crate::metrics::Metrics;
 use crate::presence::PresenceManager;
@@ -74,9 +76,10 @@ pub enum NodeError {
     /// A protocol-level refusal (bad channel, not available, …).
     #[error("{}", .0.message)]
     Protocol(ErrorCode),
-    /// The broker or presence backend failed.
+    /// The broker or presence backend failed; the source says how (an
+    /// [`crate::broker::EngineError`] for the engines).
     #[error("backend error: {0}")]
-    Backend(String),
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl NodeError {
@@ -101,14 +104,16 @@ impl From<BrokerError> for NodeError {
             BrokerError::UnrecoverablePosition => {
                 NodeError::Protocol(codes::ERROR_UNRECOVERABLE_POSITION)
             }
-            BrokerError::Backend(msg) => NodeError::Backend(msg),
+            BrokerError::Backend(e) => NodeError::Backend(Box::new(e)),
         }
     }
 }
 
 impl From<crate::presence::PresenceError> for NodeError {
     fn from(e: crate::presence::PresenceError) -> Self {
-        NodeError::Backend(e.0)
+        match e {
+            crate::presence::PresenceError::Backend(e) => NodeError::Backend(Box::new(e)),
+        }
     }
 }
 
@@ -233,7 +238,7 @@ impl NodeBuilder {
             memory_only.engine = Default::default();
             crate::engine::build(&memory_only).expect("the memory engine always builds")
         });
-        let broker = engine.broker;
+        let broker = engine.broker.clone();
         let events = Arc::new(delivery::BrokerEvents {
             hub: hub.clone(),
             metrics: metrics.clone(),
@@ -259,7 +264,7 @@ impl NodeBuilder {
             config,
             hub,
             broker,
-            presence: engine.presence,
+            presence: engine.presence.clone(),
             metrics,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -275,69 +280,39 @@ impl NodeBuilder {
             proxies,
         });
         let _ = events.node.set(Arc::downgrade(&inner));
-        // Publishes that reach the node through the engine take the API's path; weak,
-        // so the engine does not keep the node alive.
+        inner.broker.run(&inner.uid, events);
+        // Publishes that reach the node through the engine (a backend writing to
+        // the engine directly) take the API's path; weak, so the engine does not
+        // keep the node alive.
         let weak = Arc::downgrade(&inner);
-        let _ = engine.ingest.set(Arc::new(move |req| {
+        let ingest: crate::engine::Ingest = Arc::new(move |msg| {
             let node = weak.upgrade().map(|inner| Node { inner });
             Box::pin(async move {
-                let node = node.ok_or(codes::ERROR_INTERNAL)?;
-                node.publish(req).await.map_err(|e| e.to_protocol())
+                use crate::engine::IngestError;
+                let node = node.ok_or_else(|| IngestError::Failed("node stopped".into()))?;
+                let req = PublishRequest {
+                    tags: msg.tags,
+                    idempotency_key: msg.idempotency_key,
+                    ..PublishRequest::new(msg.channel, msg.data)
+                };
+                node.publish(req).await.map_err(|e| match e {
+                    NodeError::Protocol(code) => IngestError::Rejected(code.into()),
+                    NodeError::Backend(e) => IngestError::Failed(e),
+                })
             })
-        }));
-        inner.broker.run(&inner.uid, events);
-        if let Some(start) = engine.direct_publish {
-            start(
-                direct_publisher(Arc::downgrade(&inner)),
-                inner.shutdown.clone(),
-            );
-        }
+        });
+        let hub = inner.hub.clone();
+        engine.start(crate::engine::EngineHooks {
+            ingest,
+            shutdown: inner.shutdown.clone(),
+            has_local_subscribers: Arc::new(move |channel| hub.num_subscribers(channel) > 0),
+        });
         let node = Node {
             inner: inner.clone(),
         };
         node.start_timers();
-        if let Some(memory) = engine.memory {
-            // Periodic sweep of idle streams, bounded by the shutdown token.
-            let token = inner.shutdown.clone();
-            let hub = inner.hub.clone();
-            inner.tracker.spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(60));
-                loop {
-                    tokio::select! {
-                        _ = token.cancelled() => break,
-                        _ = tick.tick() => { memory.sweep(|ch| hub.num_subscribers(ch) > 0); }
-                    }
-                }
-            });
-        }
         node
     }
-}
-
-/// The node's publish path, as the engines' direct-publish consumers call it
-/// (weak, so the consumer does not keep the node alive).
-fn direct_publisher(node: std::sync::Weak<NodeInner>) -> crate::engine::DirectPublisher {
-    use crate::engine::{DirectPublish, DirectPublishError};
-    Arc::new(move |msg: DirectPublish| {
-        let node = node.clone();
-        Box::pin(async move {
-            let Some(inner) = node.upgrade() else {
-                return Err(DirectPublishError::Failed("node stopped".into()));
-            };
-            let req = PublishRequest {
-                tags: msg.tags,
-                idempotency_key: msg.idempotency_key,
-                ..PublishRequest::new(msg.channel, msg.data)
-            };
-            match (Node { inner }).publish(req).await {
-                Ok(_) => Ok(()),
-                Err(NodeError::Protocol(code)) => {
-                    Err(DirectPublishError::Rejected(code.message.to_string()))
-                }
-                Err(NodeError::Backend(e)) => Err(DirectPublishError::Failed(e)),
-            }
-        })
-    })
 }
 
 impl Node {
@@ -615,8 +590,23 @@ impl Node {
         admitted
     }
 
+    /// Takes a slot of `client.connection_limit` for a request whose body is still
+    /// arriving (see [`ConnectionGate::try_hold`](crate::limit::ConnectionGate::try_hold)).
+    ///
+    /// # Errors
+    /// [`AdmitError::ConnectionLimit`] when every slot is taken.
+    pub fn try_hold_for_body(&self) -> Result<ConnectionPermit, AdmitError> {
+        let held = self.inner.gate.try_hold();
+        if let Err(why) = held {
+            self.inner.metrics.connection_refused(why);
+            tracing::debug!(reason = %why, "request body refused");
+        }
+        held
+    }
+
     /// Client connections on this node, counted from admission until their
-    /// session ends (connected or not yet).
+    /// session ends (connected or not yet), and requests whose body is still
+    /// arriving.
     pub fn num_connections(&self) -> usize {
         self.inner.gate.open()
     }

@@ -31,27 +31,34 @@ pub struct SocketIoPushes;
 pub static SOCKETIO_PUSHES: SocketIoPushes = SocketIoPushes;
 
 impl PushEncoder for SocketIoPushes {
-    fn publication(&self, channel: &str, publication: &Publication) -> Bytes {
-        encode(channel, publication)
+    fn publication(&self, channel: &str, publication: &Publication) -> Option<Bytes> {
+        Some(encode(channel, publication))
     }
 
     // Socket.IO sockets do not receive join and leave messages (rooms have no
     // such events); the hub never asks, and empty items are never written.
-    fn join(&self, _channel: &str, _info: &ClientInfo) -> Bytes {
-        Bytes::new()
+    fn join(&self, _channel: &str, _info: &ClientInfo) -> Option<Bytes> {
+        Some(Bytes::new())
     }
 
-    fn leave(&self, _channel: &str, _info: &ClientInfo) -> Bytes {
-        Bytes::new()
+    fn leave(&self, _channel: &str, _info: &ClientInfo) -> Option<Bytes> {
+        Some(Bytes::new())
     }
 }
 
 /// A publication's data as event arguments: `{event, args}` as that event, anything
-/// else as the `message` event with the data as its one argument.
+/// else as the `message` event with the data as its one argument. Data that is not
+/// JSON (binary from a Protobuf client or the API's `b64data`) is that one
+/// argument as a binary attachment.
 pub fn event_args(data: Option<&tidings_protocol::RawJson>) -> Vec<Value> {
-    let value: Value = data
-        .and_then(|d| serde_json::from_slice(d.as_bytes()).ok())
-        .unwrap_or(Value::Null);
+    let value: Value = match data {
+        None => Value::Null,
+        Some(d) => serde_json::from_slice(d.as_bytes()).unwrap_or_else(|_| {
+            use base64::Engine as _;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(d.as_bytes());
+            serde_json::json!({ super::packet::BINARY_KEY: b64 })
+        }),
+    };
     if let Value::Object(map) = &value {
         if let (Some(Value::String(event)), Some(Value::Array(args))) =
             (map.get("event"), map.get("args"))

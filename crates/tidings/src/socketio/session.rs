@@ -32,7 +32,6 @@ use crate::auth::TokenError;
 use crate::channel;
 use crate::connection::{Control, ControlReceiver, ServerSubscribe};
 use crate::limit::{Budget, CommandBudget};
-use crate::node::PushEncoder;
 use crate::node::{
     ConnectEvent, JoinRequest, Member, Node, NodeError, Pending, PublishRequest, StreamAsk,
 };
@@ -584,7 +583,7 @@ impl Sio {
         for publication in &joined.missed {
             self.shared
                 .conn
-                .send(SOCKETIO_PUSHES.publication(channel_name, publication));
+                .send(super::pushes::encode(channel_name, publication));
         }
         if let Some(member) = self.subs.get(channel_name) {
             self.node.go_live(member, joined.pending, None).await;

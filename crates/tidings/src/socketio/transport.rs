@@ -632,9 +632,19 @@ async fn post(node: &Node, shared: Arc<Shared>, body: axum::body::Body) -> Respo
 
 async fn post_inner(node: &Node, shared: &Shared, body: axum::body::Body) -> Response {
     let max = node.config().socketio.max_payload;
-    let Ok(bytes) = axum::body::to_bytes(body, max).await else {
-        shared.close(Disconnect::new(3502, "payload too large"));
-        return (StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large").into_response();
+    let bytes = match axum::body::to_bytes(body, max).await {
+        Ok(bytes) => bytes,
+        Err(e) if crate::request_body::cut_of(&e).is_some() => {
+            // Cut at the body deadline or the connection limit (the client gets
+            // 408 or 503): this session's transport has failed, as the reference
+            // server closes it on a POST that ends early.
+            shared.close(Disconnect::connection_closed());
+            return RequestError::BadRequest.into_response();
+        }
+        Err(_) => {
+            shared.close(Disconnect::new(3502, "payload too large"));
+            return (StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large").into_response();
+        }
     };
     let packets = std::str::from_utf8(&bytes)
         .map_err(|_| engine::Malformed)

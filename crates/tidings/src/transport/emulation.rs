@@ -2,8 +2,10 @@
 //!
 //! The body is `{"session": ID, "node": UID, "data": COMMANDS}` as centrifuge-js
 //! sends it; `data` is the newline-delimited command frame, as a JSON string (or,
-//! for convenience, a JSON object holding one command). The frame goes to the
-//! session's inbox and is answered on the session's stream.
+//! for convenience, a JSON object holding one command). A Protobuf session's
+//! client sends the same three fields as a Protobuf `EmulationRequest` with
+//! `Content-Type: application/octet-stream`, `data` being its binary command frame.
+//! The frame goes to the session's inbox and is answered on the session's stream.
 //!
 //! The session may live on another node of the cluster (a load balancer without
 //! sticky sessions sends the POST anywhere). Then `node` names it, and the frame
@@ -12,6 +14,7 @@
 
 use axum::body::Bytes;
 use axum::extract::State;
+use base64::Engine as _;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
@@ -21,16 +24,50 @@ use serde_json::value::RawValue;
 
 use super::{EmulatedSessions, RouteError};
 use crate::node::{ForwardError, Node};
+use crate::session::ClientFrame;
 
 /// The kind of the node-to-node request that hands a frame to a session another
 /// node holds.
 const FORWARDED_FRAME: &str = "emulation.frame";
 
-/// A frame for a session of the asked node.
+/// A frame for a session of the asked node: text, or a Protobuf frame in base64.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct ForwardedFrame {
     session: String,
+    #[serde(default)]
     frame: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    binary: Option<String>,
+}
+
+impl ForwardedFrame {
+    fn new(session: String, frame: ClientFrame) -> Self {
+        match frame {
+            ClientFrame::Text(frame) => Self {
+                session,
+                frame,
+                binary: None,
+            },
+            ClientFrame::Binary(bytes) => Self {
+                session,
+                frame: String::new(),
+                binary: Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+            },
+        }
+    }
+
+    fn into_frame(self) -> Option<(String, ClientFrame)> {
+        let frame = match self.binary {
+            Some(b64) => ClientFrame::Binary(
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .ok()?
+                    .into(),
+            ),
+            None => ClientFrame::Text(self.frame),
+        };
+        Some((self.session, frame))
+    }
 }
 
 /// An HTTP answer made on the node that holds a session, passed on as it is by
@@ -47,9 +84,12 @@ pub(super) fn serve_forwarded_requests(node: &Node) {
         FORWARDED_FRAME,
         std::sync::Arc::new(|node, body| {
             Box::pin(async move {
-                let (status, body) = match serde_json::from_value::<ForwardedFrame>(body) {
-                    Ok(ask) => route_local(&node, &ask.session, ask.frame),
-                    Err(_) => (StatusCode::BAD_REQUEST, "bad forwarded frame"),
+                let ask = serde_json::from_value::<ForwardedFrame>(body)
+                    .ok()
+                    .and_then(ForwardedFrame::into_frame);
+                let (status, body) = match ask {
+                    Some((session, frame)) => route_local(&node, &session, frame),
+                    None => (StatusCode::BAD_REQUEST, "bad forwarded frame"),
                 };
                 let answer = ForwardedHttp {
                     status: status.as_u16(),
@@ -91,7 +131,10 @@ pub enum RequestError {
 /// # Errors
 /// [`RequestError`] for a body that is not such a request.
 pub fn parse_request(body: &[u8]) -> Result<(String, String), RequestError> {
-    parse_routed_request(body).map(|r| (r.session, r.frame))
+    parse_routed_request(body).map(|r| match r.frame {
+        ClientFrame::Text(text) => (r.session, text),
+        ClientFrame::Binary(_) => (r.session, String::new()),
+    })
 }
 
 /// An emulation request: which session, on which node, and the command frame.
@@ -100,7 +143,7 @@ pub struct RoutedRequest {
     pub session: String,
     /// Empty when the client did not say.
     pub node: String,
-    pub frame: String,
+    pub frame: ClientFrame,
 }
 
 /// Reads an emulation request body, the node field included.
@@ -127,12 +170,39 @@ pub fn parse_routed_request(body: &[u8]) -> Result<RoutedRequest, RequestError> 
     Ok(RoutedRequest {
         session: req.session,
         node: req.node,
-        frame,
+        frame: ClientFrame::Text(frame),
+    })
+}
+
+/// Reads a Protobuf emulation request body (`EmulationRequest`): the session, the
+/// node and the binary command frame.
+///
+/// # Errors
+/// [`RequestError::NotARequest`] for a body that does not decode, or
+/// [`RequestError::NoData`] for one without commands.
+pub fn parse_protobuf_request(body: &[u8]) -> Result<RoutedRequest, RequestError> {
+    let limits = tidings_protocol::proto::FrameLimits {
+        max_message_len: body.len(),
+        ..Default::default()
+    };
+    let req = tidings_protocol::proto::decode_emulation_request(body, limits)
+        .map_err(|_| RequestError::NotARequest)?;
+    if req.data.is_empty() {
+        return Err(RequestError::NoData);
+    }
+    Ok(RoutedRequest {
+        session: req.session,
+        node: req.node,
+        frame: ClientFrame::Binary(req.data),
     })
 }
 
 /// Hands a frame to a session of this node; the HTTP status and message to answer.
-pub(crate) fn route_local(node: &Node, session: &str, frame: String) -> (StatusCode, &'static str) {
+pub(crate) fn route_local(
+    node: &Node,
+    session: &str,
+    frame: ClientFrame,
+) -> (StatusCode, &'static str) {
     match EmulatedSessions::of(node).route(session, frame) {
         Ok(()) => (StatusCode::NO_CONTENT, ""),
         Err(RouteError::NotFound) => (StatusCode::NOT_FOUND, "session not found"),
@@ -163,10 +233,7 @@ pub(crate) async fn route(node: &Node, req: RoutedRequest) -> Response {
         // No such node is running: the session is gone with it.
         return (StatusCode::NOT_FOUND, "session not found").into_response();
     }
-    let ask = ForwardedFrame {
-        session: req.session,
-        frame: req.frame,
-    };
+    let ask = ForwardedFrame::new(req.session, req.frame);
     forwarded(
         node.ask_node(&req.node, FORWARDED_FRAME, &ask, FORWARD_TIMEOUT)
             .await,
@@ -218,7 +285,15 @@ pub async fn handler(State(node): State<Node>, headers: HeaderMap, body: Bytes) 
     if body.len() > node.config().emulation.max_request_body_size {
         return (StatusCode::PAYLOAD_TOO_LARGE, "emulation request too large").into_response();
     }
-    match parse_routed_request(&body) {
+    let protobuf = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/octet-stream"));
+    let parsed = if protobuf {
+        parse_protobuf_request(&body)
+    } else {
+        parse_routed_request(&body)
+    };
+    match parsed {
         Ok(req) => route(&node, req).await,
         Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     }

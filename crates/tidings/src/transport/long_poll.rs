@@ -40,7 +40,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::emulation::ForwardedHttp;
-use crate::connection::Connection;
+use crate::connection::{Connection, WireFormat};
 use crate::node::Node;
 use crate::outbox::Drained;
 use crate::session::SessionMode;
@@ -278,8 +278,8 @@ pub async fn open(State(node): State<Node>, headers: HeaderMap, body: AxumBytes)
     let (conn, _inbox) = start_session(
         &node,
         "long_poll",
-        SessionMode::Emulated,
-        Some(first),
+        (SessionMode::Emulated, WireFormat::Json),
+        Some(first.into()),
         permit,
         &headers,
     );

@@ -22,10 +22,10 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
-use crate::connection::Connection;
+use crate::connection::{Connection, WireFormat};
 use crate::limit::{AdmitError, ConnectionPermit};
 use crate::node::Node;
-use crate::session::{Inbound, Session, SessionMode};
+use crate::session::{ClientFrame, Inbound, Session, SessionMode};
 
 /// Where to deliver the commands of an emulated (SSE, HTTP streaming, long-poll)
 /// session, which arrive on requests separate from the stream.
@@ -82,7 +82,7 @@ impl EmulatedSessions {
     /// # Errors
     /// [`RouteError::NotFound`] for an unknown or closed session,
     /// [`RouteError::Busy`] when its inbox is full.
-    pub fn route(&self, session_id: &str, frame: String) -> Result<(), RouteError> {
+    pub fn route(&self, session_id: &str, frame: ClientFrame) -> Result<(), RouteError> {
         let inbox = self
             .inboxes
             .lock()
@@ -119,14 +119,15 @@ pub(crate) fn unwrap_push(item: &Bytes) -> Bytes {
 }
 
 /// The disconnect push that ends a stream, which has no close code of its own.
-pub(crate) fn disconnect_push(d: &tidings_protocol::Disconnect) -> Bytes {
-    Bytes::from(
-        tidings_protocol::Reply::push(tidings_protocol::Push {
-            disconnect: Some(d.clone()),
-            ..Default::default()
-        })
-        .to_json(),
-    )
+pub(crate) fn disconnect_push(d: &tidings_protocol::Disconnect, format: WireFormat) -> Bytes {
+    let push = tidings_protocol::Reply::push(tidings_protocol::Push {
+        disconnect: Some(d.clone()),
+        ..Default::default()
+    });
+    match format {
+        WireFormat::Json => Bytes::from(push.to_json()),
+        WireFormat::Protobuf => tidings_protocol::proto::reply_frame(&push),
+    }
 }
 
 /// A connection refused by `client.connection_limit` or
@@ -175,12 +176,13 @@ pub fn opening_frame_is_json(frame: &str, uni: bool) -> bool {
 pub(crate) fn start_session(
     node: &Node,
     transport: &'static str,
-    mode: SessionMode,
-    first: Option<String>,
+    (mode, format): (SessionMode, WireFormat),
+    first: Option<ClientFrame>,
     permit: ConnectionPermit,
     headers: &axum::http::HeaderMap,
 ) -> (Arc<Connection>, mpsc::Sender<Inbound>) {
-    let (conn, control) = Connection::new(transport, node.config().client.queue_max_size);
+    let queue = node.config().client.queue_max_size;
+    let (conn, control) = Connection::with_format(transport, format, queue);
     if let Some(kept) = node.proxy_request_headers(headers) {
         conn.set_request_headers(kept);
     }

@@ -1,5 +1,8 @@
 //! Response bodies of the streaming transports: Server-Sent Events and HTTP
-//! streaming, in bidirectional and unidirectional form.
+//! streaming, in bidirectional and unidirectional form. HTTP streaming also
+//! carries the Protobuf protocol: a connect request with
+//! `Content-Type: application/octet-stream` opens a Protobuf session whose body is
+//! the length-delimited replies, back to back.
 //!
 //! The body is driven by the connection's outbox: each drain becomes one chunk. A
 //! disconnect becomes a disconnect push (these transports have no close code), after
@@ -16,10 +19,10 @@ use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use tidings_protocol::Disconnect;
 
-use crate::connection::Connection;
+use crate::connection::{Connection, WireFormat};
 use crate::node::Node;
 use crate::outbox::Drained;
-use crate::session::SessionMode;
+use crate::session::{ClientFrame, SessionMode};
 
 use super::{disconnect_push, start_session, unwrap_push};
 
@@ -32,6 +35,8 @@ pub enum Framing {
     /// CR or LF (payloads are kept on one line), so one `data:` line always carries
     /// exactly one object and a client cannot inject fields or events.
     Sse,
+    /// Length-delimited Protobuf messages back to back (`application/octet-stream`).
+    Delimited,
 }
 
 /// Closes the connection when the body is dropped (the client went away).
@@ -57,6 +62,7 @@ fn frame_into(out: &mut BytesMut, item: &Bytes, framing: Framing, uni: bool) {
             out.put_slice(&item);
             out.put_slice(b"\n\n");
         }
+        Framing::Delimited => out.put_slice(&item),
     }
 }
 
@@ -83,7 +89,8 @@ pub fn body(conn: Arc<Connection>, framing: Framing, uni: bool) -> Body {
         }
         let next = match close {
             Some(d) => {
-                frame_into(&mut out, &disconnect_push(&d), framing, uni);
+                let push = disconnect_push(&d, guard.0.format);
+                frame_into(&mut out, &push, framing, uni);
                 None
             }
             None => Some(guard),
@@ -97,6 +104,7 @@ fn streaming_response(conn: Arc<Connection>, framing: Framing, uni: bool) -> Res
     let content_type = match framing {
         Framing::Lines => "application/json",
         Framing::Sse => "text/event-stream",
+        Framing::Delimited => "application/octet-stream",
     };
     let mut res = Response::new(body(conn, framing, uni));
     let h = res.headers_mut();
@@ -153,6 +161,45 @@ pub async fn open(
         Endpoint::UniSse => cfg.uni_sse.max_request_body_size,
         Endpoint::UniHttpStream => cfg.uni_http_stream.max_request_body_size,
     };
+    let protobuf = method == Method::POST
+        && headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/octet-stream"));
+    if protobuf {
+        // Only bidirectional HTTP streaming carries Protobuf, as in Centrifugo.
+        if !matches!(endpoint, Endpoint::HttpStream) {
+            return (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "this endpoint speaks JSON only; Protobuf is for /connection/websocket and \
+                 /connection/http_stream",
+            )
+                .into_response();
+        }
+        if body.len() > limit {
+            return (StatusCode::PAYLOAD_TOO_LARGE, "connect request too large").into_response();
+        }
+        if body.is_empty() {
+            return (
+                StatusCode::BAD_REQUEST,
+                "send the connect command as the body",
+            )
+                .into_response();
+        }
+        let permit = match node.try_admit() {
+            Ok(permit) => permit,
+            Err(refused) => return refused.into_response(),
+        };
+        let first = ClientFrame::Binary(Bytes::copy_from_slice(&body));
+        let (conn, _inbox) = start_session(
+            &node,
+            endpoint.name(),
+            (SessionMode::Emulated, WireFormat::Protobuf),
+            Some(first),
+            permit,
+            &headers,
+        );
+        return streaming_response(conn, Framing::Delimited, false);
+    }
     let connect = if method == Method::GET {
         query.get("cf_connect").cloned().unwrap_or_default()
     } else {
@@ -201,7 +248,14 @@ pub async fn open(
         Ok(permit) => permit,
         Err(refused) => return refused.into_response(),
     };
-    let (conn, _inbox) = start_session(&node, endpoint.name(), mode, Some(first), permit, &headers);
+    let (conn, _inbox) = start_session(
+        &node,
+        endpoint.name(),
+        (mode, WireFormat::Json),
+        Some(first.into()),
+        permit,
+        &headers,
+    );
     streaming_response(conn, framing, uni)
 }
 

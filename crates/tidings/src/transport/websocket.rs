@@ -2,7 +2,9 @@
 //! unidirectional at `/connection/uni_websocket`.
 //!
 //! Bidirectional: text frames carry newline-delimited JSON commands, and the writer
-//! joins everything queued into one text frame per write. Unidirectional: the first
+//! joins everything queued into one text frame per write. A client that offers the
+//! `centrifuge-protobuf` subprotocol speaks Protobuf instead: binary frames of
+//! length-delimited commands, and one binary frame of replies per write. Unidirectional: the first
 //! message (or the `cf_connect` query parameter) is the connect request, and every
 //! push goes out as its own text message, unwrapped, since plain WebSocket clients
 //! parse one JSON value per message. Disconnects travel as the close frame's code
@@ -19,11 +21,14 @@ use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use tidings_protocol::Disconnect;
 
-use crate::connection::Connection;
+use crate::connection::{Connection, WireFormat};
 use crate::limit::ConnectionPermit;
 use crate::node::Node;
 use crate::outbox::{join_batch, Drained};
-use crate::session::{Inbound, InboundError, Session, SessionMode};
+use crate::session::{ClientFrame, Inbound, InboundError, Session, SessionMode};
+
+/// The WebSocket subprotocol of the Centrifugo Protobuf protocol.
+pub const PROTOBUF_SUBPROTOCOL: &str = "centrifuge-protobuf";
 
 /// Small per-connection buffers: an idle connection should cost kilobytes, not the
 /// 128 KiB tungstenite defaults. `websocket.read_buffer_size` and
@@ -88,16 +93,19 @@ fn upgrade(
     };
     let cfg = &node.config().websocket;
     let (read_buffer, write_buffer) = (cfg.read_buffer_size, cfg.write_buffer_size);
+    let mut ws = configure_buffers(ws, limit, read_buffer, write_buffer);
+    if !uni {
+        ws = ws.protocols([PROTOBUF_SUBPROTOCOL]);
+    }
     // What a backend proxy forwards of the upgrade request (usually nothing).
     let kept = node.proxy_request_headers(&headers);
-    configure_buffers(ws, limit, read_buffer, write_buffer)
-        .on_upgrade(move |socket| {
-            let task_node = node.clone();
-            async move {
-                task_node.spawn_connection(serve(node, socket, uni, first, permit, kept));
-            }
-        })
-        .into_response()
+    ws.on_upgrade(move |socket| {
+        let task_node = node.clone();
+        async move {
+            task_node.spawn_connection(serve(node, socket, uni, first, permit, kept));
+        }
+    })
+    .into_response()
 }
 
 /// The WebSocket settings of every Tidings endpoint: small buffers, and `limit` as
@@ -156,7 +164,11 @@ pub fn serve(
     let queue = node.config().client.queue_max_size;
     let write_timeout = node.config().websocket.write_timeout;
     let transport = if uni { "uni_websocket" } else { "websocket" };
-    let (conn, control) = Connection::new(transport, queue);
+    let format = match socket.protocol() {
+        Some(p) if p.as_bytes() == PROTOBUF_SUBPROTOCOL.as_bytes() => WireFormat::Protobuf,
+        _ => WireFormat::Json,
+    };
+    let (conn, control) = Connection::with_format(transport, format, queue);
     if let Some(kept) = request_headers {
         conn.set_request_headers(kept);
     }
@@ -179,7 +191,7 @@ pub fn serve(
             };
             if uni {
                 if let Some(d) = &close {
-                    items.push(super::disconnect_push(d));
+                    items.push(super::disconnect_push(d, format));
                 }
             }
             if !items.is_empty() {
@@ -190,8 +202,11 @@ pub fn serve(
                 // future for the connection's life (about 0.25 KiB per idle
                 // connection); one allocation per write is small beside the
                 // write's system call.
-                let sent =
-                    Box::pin(timed(write_timeout, write_items(&mut sink, &items, uni))).await;
+                let sent = Box::pin(timed(
+                    write_timeout,
+                    write_items(&mut sink, &items, uni, format),
+                ))
+                .await;
                 if !matches!(sent, Some(Ok(()))) {
                     writer_conn
                         .outbox
@@ -220,13 +235,10 @@ pub fn serve(
 
     let inbound = stream.filter_map(|msg| async move {
         match msg {
-            Ok(Message::Text(text)) => Some(Ok(text.as_str().to_owned())),
-            // The JSON protocol is text; a binary frame holding UTF-8 JSON is accepted
-            // as well, anything else is a bad request.
-            Ok(Message::Binary(bytes)) => match String::from_utf8(bytes.to_vec()) {
-                Ok(text) => Some(Ok(text)),
-                Err(_) => Some(Err(InboundError::Malformed)),
-            },
+            Ok(Message::Text(text)) => Some(Ok(ClientFrame::Text(text.as_str().to_owned()))),
+            // The session judges a binary frame: Protobuf commands, or UTF-8 JSON
+            // from a JSON client.
+            Ok(Message::Binary(bytes)) => Some(Ok(ClientFrame::Binary(bytes))),
             Ok(Message::Ping(_) | Message::Pong(_)) => None,
             Ok(Message::Close(_)) => Some(Err(InboundError::Transport)),
             Err(e) => Some(Err(read_error(&e))),
@@ -237,7 +249,7 @@ pub fn serve(
         let keep = !matches!(m, Err(InboundError::Transport));
         async move { keep }
     });
-    let first: Option<Inbound> = first.map(Ok);
+    let first: Option<Inbound> = first.map(|f| Ok(ClientFrame::Text(f)));
     let inbound = futures_util::stream::iter(first).chain(inbound);
     let mode = if uni {
         SessionMode::Unidirectional
@@ -265,12 +277,30 @@ async fn timed<F: std::future::Future>(limit: std::time::Duration, fut: F) -> Op
     }
 }
 
-/// Writes a drained batch: one joined frame (bidirectional), or one message per
-/// push with a single flush (unidirectional).
-async fn write_items<S>(sink: &mut S, items: &[bytes::Bytes], uni: bool) -> Result<(), axum::Error>
+/// Writes a drained batch: one joined frame (bidirectional: newline-joined JSON
+/// text, or back-to-back delimited Protobuf in one binary message), or one message
+/// per push with a single flush (unidirectional).
+async fn write_items<S>(
+    sink: &mut S,
+    items: &[bytes::Bytes],
+    uni: bool,
+    format: WireFormat,
+) -> Result<(), axum::Error>
 where
     S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
 {
+    if format == WireFormat::Protobuf {
+        let frame = if items.len() == 1 {
+            items[0].clone()
+        } else {
+            let mut out = bytes::BytesMut::with_capacity(items.iter().map(|i| i.len()).sum());
+            for item in items {
+                out.extend_from_slice(item);
+            }
+            out.freeze()
+        };
+        return sink.send(Message::Binary(frame)).await;
+    }
     if uni {
         for item in items {
             let text = Utf8Bytes::try_from(super::unwrap_push(item)).map_err(axum::Error::new)?;

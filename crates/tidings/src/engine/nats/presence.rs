@@ -1,7 +1,7 @@
 //! Presence in a JetStream KV bucket (`<prefix>_presence`).
 //!
 //! One key per channel and client, `<channel token>.<client token>` (tokens as in
-//! [`crate::broker::nats::encode_token`]), holding the client's info as JSON. The
+//! [`super::subjects::encode_token`]), holding the client's info as JSON. The
 //! bucket's `max_age` is `engine.nats.presence_ttl`: an entry that is not written
 //! again within the TTL disappears, so the clients of a node that died leave
 //! presence on their own. `add` rewrites the entry, which refreshes it. Reading a
@@ -17,11 +17,13 @@ use async_nats::jetstream::{self, kv};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use parking_lot::Mutex;
 use tidings_protocol::ClientInfo;
 
-use super::{PresenceError, PresenceManager, PresenceStats};
-use crate::broker::nats::{encode_token, NatsConnection};
+use super::connection::{KvBucket, NatsConnection};
+use super::subjects::encode_token;
+use super::{failed, timeout};
+use crate::broker::EngineError;
+use crate::presence::{PresenceError, PresenceManager, PresenceStats};
 
 /// Most messages one presence call reads.
 const MAX_ENTRIES: u64 = 100_000;
@@ -33,18 +35,14 @@ const FETCH_BATCH: u64 = 1000;
 pub struct NatsPresenceManager {
     conn: Arc<NatsConnection>,
     /// The bucket, once looked up or created; dropped when the server lost it.
-    store: Mutex<Option<kv::Store>>,
-}
-
-fn err(e: impl std::fmt::Display) -> PresenceError {
-    PresenceError(e.to_string())
+    store: KvBucket,
 }
 
 impl NatsPresenceManager {
     pub fn new(conn: Arc<NatsConnection>) -> Self {
         Self {
+            store: KvBucket::new(conn.subjects.presence_bucket(), conn.config.presence_ttl),
             conn,
-            store: Mutex::new(None),
         }
     }
 
@@ -52,40 +50,22 @@ impl NatsPresenceManager {
         format!("{}.{}", encode_token(channel), encode_token(client_id))
     }
 
-    /// The bucket, created when missing.
-    async fn store(&self) -> Result<kv::Store, PresenceError> {
-        if let Some(s) = self.store.lock().clone() {
-            return Ok(s);
-        }
-        let store = self
-            .conn
-            .key_value(
-                &self.conn.names.presence_bucket(),
-                self.conn.config.presence_ttl,
-            )
-            .await
-            .map_err(err)?;
-        *self.store.lock() = Some(store.clone());
-        Ok(store)
-    }
-
     /// Runs `op` on the bucket; when it fails, looks the bucket up again (the
     /// server may have lost it) and tries once more.
     async fn with_store<T, F, Fut>(&self, op: F) -> Result<T, PresenceError>
     where
         F: Fn(kv::Store) -> Fut,
-        Fut: std::future::Future<Output = Result<T, String>>,
+        Fut: std::future::Future<Output = Result<T, EngineError>>,
     {
-        let store = self.store().await?;
+        let store = self.store.get(&self.conn).await?;
         match op(store).await {
             Ok(v) => Ok(v),
             Err(first) => {
-                self.conn.client().map_err(err)?;
-                *self.store.lock() = None;
-                let store = self.store().await?;
-                op(store)
-                    .await
-                    .map_err(|e| err(format!("{e} (after {first})")))
+                self.conn.client()?;
+                tracing::debug!(error = %first, "NATS presence: trying again with the bucket looked up anew");
+                self.store.forget();
+                let store = self.store.get(&self.conn).await?;
+                Ok(op(store).await?)
             }
         }
     }
@@ -94,7 +74,7 @@ impl NatsPresenceManager {
     async fn entries(&self, channel: &str) -> Result<Vec<ClientInfo>, PresenceError> {
         let filter = format!(
             "$KV.{}.{}.>",
-            self.conn.names.presence_bucket(),
+            self.conn.subjects.presence_bucket(),
             encode_token(channel)
         );
         let budget = self.conn.config.request_timeout;
@@ -103,7 +83,7 @@ impl NatsPresenceManager {
             async move {
                 tokio::time::timeout(budget * 2, read_last_values(store, filter))
                     .await
-                    .map_err(|_| "presence read: timed out".to_string())?
+                    .map_err(|_| timeout("presence read"))?
             }
         })
         .await
@@ -119,7 +99,10 @@ impl NatsPresenceManager {
 /// after the count, so stopping at the count lost that key now and then. Values
 /// are kept per key, the latest stream sequence winning, so a repeated or
 /// superseded message cannot list a client twice or bring back a removed one.
-async fn read_last_values(store: kv::Store, filter: String) -> Result<Vec<ClientInfo>, String> {
+async fn read_last_values(
+    store: kv::Store,
+    filter: String,
+) -> Result<Vec<ClientInfo>, EngineError> {
     let consumer = store
         .stream
         .create_consumer(jetstream::consumer::pull::Config {
@@ -131,7 +114,7 @@ async fn read_last_values(store: kv::Store, filter: String) -> Result<Vec<Client
             ..Default::default()
         })
         .await
-        .map_err(|e| format!("presence read: {e}"))?;
+        .map_err(|e| failed("presence read", e))?;
     let name = consumer.cached_info().name.clone();
     let pending = consumer.cached_info().num_pending;
     // Key -> (stream sequence, value; `None` once deleted).
@@ -149,12 +132,12 @@ async fn read_last_values(store: kv::Store, filter: String) -> Result<Vec<Client
                 .max_messages(room as usize)
                 .messages()
                 .await
-                .map_err(|e| format!("presence read: {e}"))?;
+                .map_err(|e| failed("presence read", e))?;
             let before = seen;
             while let Some(msg) = batch.next().await {
-                let msg = msg.map_err(|e| format!("presence read: {e}"))?;
+                let msg = msg.map_err(|e| failed("presence read", e))?;
                 seen += 1;
-                let info = msg.info().map_err(|e| format!("presence read: {e}"))?;
+                let info = msg.info().map_err(|e| failed("presence read", e))?;
                 let (sequence, left) = (info.stream_sequence, info.pending);
                 let deleted = msg
                     .headers
@@ -182,7 +165,7 @@ async fn read_last_values(store: kv::Store, filter: String) -> Result<Vec<Client
                 break;
             }
         }
-        Ok::<_, String>(())
+        Ok::<_, EngineError>(())
     }
     .await;
     // Deleted in the background; it would expire by itself anyway.
@@ -198,7 +181,7 @@ async fn read_last_values(store: kv::Store, filter: String) -> Result<Vec<Client
 impl PresenceManager for NatsPresenceManager {
     async fn add(&self, channel: &str, info: ClientInfo) -> Result<(), PresenceError> {
         let key = Self::key(channel, &info.client);
-        let value = Bytes::from(serde_json::to_vec(&info).map_err(err)?);
+        let value = Bytes::from(serde_json::to_vec(&info).map_err(|e| failed("presence add", e))?);
         let conn = self.conn.clone();
         self.with_store(|store| {
             let (key, value, conn) = (key.clone(), value.clone(), conn.clone());

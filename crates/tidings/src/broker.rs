@@ -5,18 +5,11 @@
 //! in stream order. Publish and history-append are one atomic step, so a position
 //! returned to a publisher always names a publication that is in the history.
 
-pub mod memory;
-pub mod nats;
-pub mod redis;
-
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tidings_protocol::{ClientInfo, Publication, StreamPosition};
-
-pub use self::redis::RedisBroker;
-pub use memory::MemoryBroker;
-pub use nats::{NatsBroker, NatsConnection};
 
 /// Per-publish history settings, taken from the channel's namespace.
 #[derive(Debug, Clone, Default)]
@@ -60,14 +53,134 @@ pub struct HistoryPage {
 }
 
 /// Why a broker call failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
     /// The requested position is not in the stream (epoch changed or trimmed).
     #[error("unrecoverable position")]
     UnrecoverablePosition,
-    /// The backend failed.
-    #[error("broker backend error: {0}")]
-    Backend(String),
+    /// The engine's server or the connection to it failed.
+    #[error(transparent)]
+    Backend(#[from] EngineError),
+}
+
+/// A failure of an engine's server or of the connection to it, as the broker and
+/// the presence manager report it. The engine's own error (Redis, NATS) is kept as
+/// the [`std::error::Error::source`]. `Clone`, so that one failure can answer every
+/// publication of a batch.
+#[derive(Debug, Clone)]
+pub enum EngineError {
+    /// The engine has no connection to its server now (it is connecting or
+    /// reconnecting): the call was not sent.
+    NotConnected { engine: &'static str },
+    /// The server did not answer in time. The call may still have taken effect.
+    Timeout {
+        engine: &'static str,
+        operation: &'static str,
+    },
+    /// The server refused the call, the connection broke during it, or its answer
+    /// could not be read.
+    Failed {
+        engine: &'static str,
+        operation: &'static str,
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl std::fmt::Display for EngineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EngineError::NotConnected { engine } => write!(f, "{engine} is not connected"),
+            EngineError::Timeout { engine, operation } => {
+                write!(f, "{engine} {operation} timed out")
+            }
+            EngineError::Failed {
+                engine,
+                operation,
+                source,
+            } => write!(f, "{engine} {operation}: {source}"),
+        }
+    }
+}
+
+// Written out rather than derived: the source is the engine's error itself, not
+// the `Arc` around it, so that callers can downcast it.
+impl std::error::Error for EngineError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            EngineError::Failed { source, .. } => Some(&**source),
+            _ => None,
+        }
+    }
+}
+
+impl EngineError {
+    /// A [`EngineError::Failed`] of `engine` doing `operation`, caused by `source`
+    /// (an error, or a message when the engine found the problem itself).
+    pub fn failed(
+        engine: &'static str,
+        operation: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        EngineError::Failed {
+            engine,
+            operation,
+            source: Arc::from(source.into()),
+        }
+    }
+}
+
+/// A publication as the networked engines store and carry it: its JSON form, with
+/// a payload that is not JSON (bytes from a Protobuf client, or the API's
+/// `b64data`) written as `"b64data"` (standard base64) in place of `"data"`, so it
+/// comes back byte for byte.
+///
+/// # Errors
+/// The serialiser's error (none for the types involved).
+pub fn encode_publication(publication: &Publication) -> Result<Vec<u8>, serde_json::Error> {
+    match &publication.data {
+        Some(data) if !data.is_json() => {
+            use base64::Engine as _;
+            let without = Publication {
+                data: None,
+                ..publication.clone()
+            };
+            let mut value = serde_json::to_value(&without)?;
+            if let serde_json::Value::Object(map) = &mut value {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(data.as_bytes());
+                map.insert("b64data".into(), serde_json::Value::String(b64));
+            }
+            serde_json::to_vec(&value)
+        }
+        _ => serde_json::to_vec(publication),
+    }
+}
+
+/// Reads what [`encode_publication`] wrote.
+///
+/// # Errors
+/// The parser's error for bytes that are not such a publication.
+pub fn decode_publication(bytes: &[u8]) -> Result<Publication, serde_json::Error> {
+    let mut publication: Publication = serde_json::from_slice(bytes)?;
+    if publication.data.is_none() && contains(bytes, b"\"b64data\"") {
+        #[derive(serde::Deserialize)]
+        struct Binary {
+            b64data: Option<String>,
+        }
+        use base64::Engine as _;
+        use serde::de::Error as _;
+        let binary: Binary = serde_json::from_slice(bytes)?;
+        if let Some(b64) = binary.b64data {
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(serde_json::Error::custom)?;
+            publication.data = Some(tidings_protocol::Payload::from_bytes(data));
+        }
+    }
+    Ok(publication)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Receives what the broker delivers to this node, in stream order per channel.
@@ -185,4 +298,29 @@ pub trait Broker: Send + Sync + 'static {
     /// Drops a channel's publications (the position stays, so recovery across the
     /// removal reports `recovered: false`).
     async fn remove_history(&self, channel: &str) -> Result<(), BrokerError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn an_engine_failure_says_where_and_keeps_its_source() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = BrokerError::from(EngineError::failed("redis", "publish", refused));
+        assert_eq!(e.to_string(), "redis publish: refused");
+        let source = e.source().expect("a source");
+        let io = source
+            .downcast_ref::<std::io::Error>()
+            .expect("the io error");
+        assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
+        let timeout = EngineError::Timeout {
+            engine: "nats",
+            operation: "stream info",
+        };
+        assert_eq!(timeout.to_string(), "nats stream info timed out");
+        assert!(timeout.source().is_none());
+    }
 }

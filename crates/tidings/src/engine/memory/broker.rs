@@ -14,11 +14,13 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use tidings_protocol::{ClientInfo, Publication, StreamPosition};
+use tokio_util::sync::CancellationToken;
 
-use super::{
+use crate::broker::{
     Broker, BrokerError, BrokerEventHandler, HistoryFilter, HistoryPage, PublishOptions,
     IDEMPOTENCY_WINDOW,
 };
+use crate::engine::epoch::new_epoch;
 
 const SHARDS: usize = 64;
 
@@ -28,6 +30,9 @@ const IDEMPOTENCY_MAX_KEYS: usize = 100_000;
 /// A stream nobody published to is dropped after this long without reads, so that
 /// subscribing to made-up channel names cannot grow memory for long.
 const EMPTY_STREAM_TTL: Duration = Duration::from_secs(300);
+
+/// How often [`MemoryBroker::start_sweeper`] sweeps.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 struct Stream {
     epoch: String,
@@ -62,15 +67,6 @@ impl Stream {
             epoch: self.epoch.clone(),
         }
     }
-}
-
-fn new_epoch() -> String {
-    use rand::Rng;
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-    let mut rng = rand::rng();
-    (0..8)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
 }
 
 type StreamShard = Mutex<HashMap<String, Arc<Mutex<Stream>>>>;
@@ -139,27 +135,53 @@ impl MemoryBroker {
         &self.streams[self.hasher.hash_one(channel) as usize % SHARDS]
     }
 
-    fn stream(&self, channel: &str, create: bool) -> Option<Arc<Mutex<Stream>>> {
+    /// The channel's stream, created (with a new epoch) when it has none.
+    fn stream(&self, channel: &str) -> Arc<Mutex<Stream>> {
         let mut shard = self.shard(channel).lock();
         if let Some(s) = shard.get(channel) {
-            return Some(s.clone());
-        }
-        if !create {
-            return None;
+            return s.clone();
         }
         let s = Arc::new(Mutex::new(Stream::new()));
         shard.insert(channel.to_string(), s.clone());
-        Some(s)
+        s
+    }
+
+    /// The channel's stream, when it has one.
+    fn existing_stream(&self, channel: &str) -> Option<Arc<Mutex<Stream>>> {
+        self.shard(channel).lock().get(channel).cloned()
     }
 
     fn handler(&self) -> Option<&Arc<dyn BrokerEventHandler>> {
         self.handler.get()
     }
 
+    /// Runs [`Self::sweep`] now and every minute after, until `stop` is cancelled
+    /// or the broker dropped. `in_use` tells whether this node has subscribers on
+    /// a channel.
+    pub fn start_sweeper(
+        self: &Arc<Self>,
+        in_use: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+        stop: CancellationToken,
+    ) {
+        let broker = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => {
+                        let Some(broker) = broker.upgrade() else { break };
+                        broker.sweep(in_use.as_ref());
+                    }
+                }
+            }
+        });
+    }
+
     /// Drops expired publications and idle streams: streams nobody published to
-    /// after [`EMPTY_STREAM_TTL`] without reads unless `in_use` says the channel still
-    /// has subscribers, others after the meta TTL. Called periodically by the node;
-    /// returns how many streams were dropped.
+    /// after `EMPTY_STREAM_TTL` without reads unless `in_use` says the channel still
+    /// has subscribers, others after the meta TTL. Called periodically by
+    /// [`Self::start_sweeper`]; returns how many streams were dropped.
     pub fn sweep(&self, in_use: impl Fn(&str) -> bool) -> usize {
         let now = Instant::now();
         let mut dropped = 0;
@@ -254,7 +276,7 @@ impl Broker for MemoryBroker {
     }
 
     async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
-        if let Some(stream) = self.stream(channel, false) {
+        if let Some(stream) = self.existing_stream(channel) {
             stream.lock().items.clear();
         }
         Ok(())
@@ -277,9 +299,7 @@ impl MemoryBroker {
             }
             return Ok(StreamPosition::default());
         }
-        let stream = self
-            .stream(channel, true)
-            .ok_or_else(|| BrokerError::Backend("stream could not be created".into()))?;
+        let stream = self.stream(channel);
         let mut s = stream.lock();
         let now = Instant::now();
         s.expire(now);
@@ -305,9 +325,7 @@ impl MemoryBroker {
     ) -> Result<HistoryPage, BrokerError> {
         // Reading creates the stream, so a subscriber learns the epoch that later
         // publications will carry.
-        let stream = self
-            .stream(channel, true)
-            .ok_or_else(|| BrokerError::Backend("stream could not be created".into()))?;
+        let stream = self.stream(channel);
         let mut s = stream.lock();
         let now = Instant::now();
         s.expire(now);

@@ -1,22 +1,19 @@
 //! Who is subscribed to a channel, across the nodes that share a presence backend.
 
-pub mod memory;
-pub mod nats;
-pub mod redis;
-
 use std::collections::HashMap;
 
 use async_trait::async_trait;
 use tidings_protocol::ClientInfo;
 
-pub use self::redis::RedisPresenceManager;
-pub use memory::MemoryPresenceManager;
-pub use nats::NatsPresenceManager;
+use crate::broker::EngineError;
 
 /// Why a presence call failed.
-#[derive(Debug, thiserror::Error)]
-#[error("presence backend error: {0}")]
-pub struct PresenceError(pub String);
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PresenceError {
+    /// The engine's server or the connection to it failed.
+    #[error(transparent)]
+    Backend(#[from] EngineError),
+}
 
 /// Counts returned by `presence_stats`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -15,9 +15,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tidings_protocol::ClientInfo;
 
-use super::{PresenceError, PresenceManager, PresenceStats};
-use crate::broker::redis::{Names, RedisConn};
+use super::conn::RedisConn;
+use super::keys::Keys;
+use super::ENGINE;
+use crate::broker::EngineError;
 use crate::config::RedisEngineConfig;
+use crate::presence::{PresenceError, PresenceManager, PresenceStats};
 
 /// KEYS: data hash, expiry set. ARGV: client id, info JSON, TTL (ms).
 const ADD_LUA: &str = r"
@@ -61,7 +64,7 @@ return redis.call('HVALS', KEYS[1])
 /// Presence of the Redis engine.
 pub struct RedisPresenceManager {
     conn: Arc<RedisConn>,
-    names: Names,
+    keys: Keys,
     ttl: Duration,
     add: redis::Script,
     remove: redis::Script,
@@ -81,10 +84,10 @@ impl RedisPresenceManager {
     }
 
     /// A presence manager sharing the broker's command connection.
-    pub fn with_conn(cfg: &RedisEngineConfig, conn: Arc<RedisConn>) -> Self {
+    pub(crate) fn with_conn(cfg: &RedisEngineConfig, conn: Arc<RedisConn>) -> Self {
         Self {
             conn,
-            names: Names::new(&cfg.prefix),
+            keys: Keys::new(&cfg.prefix),
             ttl: cfg.presence_ttl,
             add: redis::Script::new(ADD_LUA),
             remove: redis::Script::new(REMOVE_LUA),
@@ -94,12 +97,13 @@ impl RedisPresenceManager {
 
     async fn read(&self, channel: &str, mode: &'static str) -> Result<Vec<Vec<u8>>, PresenceError> {
         let keys = [
-            self.names.presence_data(channel),
-            self.names.presence_expiry(channel),
+            self.keys.presence_data(channel),
+            self.keys.presence_expiry(channel),
         ];
         let script = &self.read;
-        self.conn
-            .call(|mut c| async move {
+        let values = self
+            .conn
+            .call("presence read", |mut c| async move {
                 script
                     .key(&keys[0])
                     .key(&keys[1])
@@ -107,24 +111,25 @@ impl RedisPresenceManager {
                     .invoke_async::<Vec<Vec<u8>>>(&mut c)
                     .await
             })
-            .await
-            .map_err(PresenceError)
+            .await?;
+        Ok(values)
     }
 }
 
 #[async_trait]
 impl PresenceManager for RedisPresenceManager {
     async fn add(&self, channel: &str, info: ClientInfo) -> Result<(), PresenceError> {
-        let json = serde_json::to_vec(&info).map_err(|e| PresenceError(e.to_string()))?;
+        let json = serde_json::to_vec(&info)
+            .map_err(|e| EngineError::failed(ENGINE, "presence add", e))?;
         let keys = [
-            self.names.presence_data(channel),
-            self.names.presence_expiry(channel),
+            self.keys.presence_data(channel),
+            self.keys.presence_expiry(channel),
         ];
         let ttl_ms = self.ttl.as_millis().max(1) as u64;
         let script = &self.add;
         let client = info.client;
         self.conn
-            .call(|mut c| async move {
+            .call("presence add", |mut c| async move {
                 script
                     .key(&keys[0])
                     .key(&keys[1])
@@ -134,19 +139,18 @@ impl PresenceManager for RedisPresenceManager {
                     .invoke_async::<i64>(&mut c)
                     .await
             })
-            .await
-            .map(|_| ())
-            .map_err(PresenceError)
+            .await?;
+        Ok(())
     }
 
     async fn remove(&self, channel: &str, client_id: &str) -> Result<(), PresenceError> {
         let keys = [
-            self.names.presence_data(channel),
-            self.names.presence_expiry(channel),
+            self.keys.presence_data(channel),
+            self.keys.presence_expiry(channel),
         ];
         let script = &self.remove;
         self.conn
-            .call(|mut c| async move {
+            .call("presence remove", |mut c| async move {
                 script
                     .key(&keys[0])
                     .key(&keys[1])
@@ -154,9 +158,8 @@ impl PresenceManager for RedisPresenceManager {
                     .invoke_async::<i64>(&mut c)
                     .await
             })
-            .await
-            .map(|_| ())
-            .map_err(PresenceError)
+            .await?;
+        Ok(())
     }
 
     async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, PresenceError> {

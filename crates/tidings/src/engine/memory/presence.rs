@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use tidings_protocol::ClientInfo;
 
-use super::{PresenceError, PresenceManager, PresenceStats};
+use crate::presence::{PresenceError, PresenceManager, PresenceStats};
 
 const SHARDS: usize = 32;
 

@@ -1,0 +1,474 @@
+//! The messages of Centrifugo's `client.proto` (package
+//! `centrifugal.centrifuge.protocol`), written out with prost's derive.
+//!
+//! Field names, numbers and types are the schema's. Only the fields Tidings reads or
+//! writes are declared: prost skips any other field it meets, exactly as it skips a
+//! field from a newer schema, so a client that sends newer fields (a subscribe `flag`,
+//! a connect `dict`) is read as the JSON path reads it, with those fields ignored.
+//! A declared field sent with another wire type is an error.
+//!
+//! `bytes` fields are [`Bytes`]: decoding from a slice copies each payload out once,
+//! sized to that payload.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bytes::Bytes;
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Error {
+    #[prost(uint32, tag = "1")]
+    pub code: u32,
+    #[prost(string, tag = "2")]
+    pub message: String,
+    #[prost(bool, tag = "3")]
+    pub temporary: bool,
+}
+
+/// The body of an `/emulation` request from a Protobuf client: which node and session
+/// the commands in `data` (a length-delimited frame) are for.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EmulationRequest {
+    #[prost(string, tag = "1")]
+    pub node: String,
+    #[prost(string, tag = "2")]
+    pub session: String,
+    #[prost(bytes = "bytes", tag = "3")]
+    pub data: Bytes,
+}
+
+/// A client's command. Tags 2 and 3 (protocol v1's method and params) are reserved.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Command {
+    #[prost(uint32, tag = "1")]
+    pub id: u32,
+    #[prost(message, optional, tag = "4")]
+    pub connect: Option<ConnectRequest>,
+    #[prost(message, optional, tag = "5")]
+    pub subscribe: Option<SubscribeRequest>,
+    #[prost(message, optional, tag = "6")]
+    pub unsubscribe: Option<UnsubscribeRequest>,
+    #[prost(message, optional, tag = "7")]
+    pub publish: Option<PublishRequest>,
+    #[prost(message, optional, tag = "8")]
+    pub presence: Option<PresenceRequest>,
+    #[prost(message, optional, tag = "9")]
+    pub presence_stats: Option<PresenceStatsRequest>,
+    #[prost(message, optional, tag = "10")]
+    pub history: Option<HistoryRequest>,
+    #[prost(message, optional, tag = "11")]
+    pub ping: Option<PingRequest>,
+    #[prost(message, optional, tag = "12")]
+    pub send: Option<SendRequest>,
+    #[prost(message, optional, tag = "13")]
+    pub rpc: Option<RpcRequest>,
+    #[prost(message, optional, tag = "14")]
+    pub refresh: Option<RefreshRequest>,
+    #[prost(message, optional, tag = "15")]
+    pub sub_refresh: Option<SubRefreshRequest>,
+}
+
+/// The server's reply to a command (`id` > 0) or a push (`id` 0). Tag 3 is reserved.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Reply {
+    #[prost(uint32, tag = "1")]
+    pub id: u32,
+    #[prost(message, optional, tag = "2")]
+    pub error: Option<Error>,
+    #[prost(message, optional, tag = "4")]
+    pub push: Option<Push>,
+    #[prost(message, optional, tag = "5")]
+    pub connect: Option<ConnectResult>,
+    #[prost(message, optional, tag = "6")]
+    pub subscribe: Option<SubscribeResult>,
+    #[prost(message, optional, tag = "7")]
+    pub unsubscribe: Option<UnsubscribeResult>,
+    #[prost(message, optional, tag = "8")]
+    pub publish: Option<PublishResult>,
+    #[prost(message, optional, tag = "9")]
+    pub presence: Option<PresenceResult>,
+    #[prost(message, optional, tag = "10")]
+    pub presence_stats: Option<PresenceStatsResult>,
+    #[prost(message, optional, tag = "11")]
+    pub history: Option<HistoryResult>,
+    #[prost(message, optional, tag = "12")]
+    pub ping: Option<PingResult>,
+    #[prost(message, optional, tag = "13")]
+    pub rpc: Option<RpcResult>,
+    #[prost(message, optional, tag = "14")]
+    pub refresh: Option<RefreshResult>,
+    #[prost(message, optional, tag = "15")]
+    pub sub_refresh: Option<SubRefreshResult>,
+}
+
+/// An asynchronous message. Tag 1 (a numeric channel id) is not used by Tidings; tag 3
+/// is reserved.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Push {
+    #[prost(string, tag = "2")]
+    pub channel: String,
+    #[prost(message, optional, tag = "4")]
+    pub r#pub: Option<Publication>,
+    #[prost(message, optional, tag = "5")]
+    pub join: Option<Join>,
+    #[prost(message, optional, tag = "6")]
+    pub leave: Option<Leave>,
+    #[prost(message, optional, tag = "7")]
+    pub unsubscribe: Option<Unsubscribe>,
+    #[prost(message, optional, tag = "8")]
+    pub message: Option<Message>,
+    #[prost(message, optional, tag = "9")]
+    pub subscribe: Option<Subscribe>,
+    #[prost(message, optional, tag = "10")]
+    pub connect: Option<Connect>,
+    #[prost(message, optional, tag = "11")]
+    pub disconnect: Option<Disconnect>,
+    #[prost(message, optional, tag = "12")]
+    pub refresh: Option<Refresh>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ClientInfo {
+    #[prost(string, tag = "1")]
+    pub user: String,
+    #[prost(string, tag = "2")]
+    pub client: String,
+    #[prost(bytes = "bytes", tag = "3")]
+    pub conn_info: Bytes,
+    #[prost(bytes = "bytes", tag = "4")]
+    pub chan_info: Bytes,
+}
+
+/// Tags 1–3 are reserved; delta, channel, key and the later fields are not used.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Publication {
+    #[prost(bytes = "bytes", tag = "4")]
+    pub data: Bytes,
+    #[prost(message, optional, tag = "5")]
+    pub info: Option<ClientInfo>,
+    #[prost(uint64, tag = "6")]
+    pub offset: u64,
+    #[prost(btree_map = "string, string", tag = "7")]
+    pub tags: BTreeMap<String, String>,
+    #[prost(int64, tag = "9")]
+    pub time: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Join {
+    #[prost(message, optional, tag = "1")]
+    pub info: Option<ClientInfo>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Leave {
+    #[prost(message, optional, tag = "1")]
+    pub info: Option<ClientInfo>,
+}
+
+/// Tag 1 is reserved.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Unsubscribe {
+    #[prost(uint32, tag = "2")]
+    pub code: u32,
+    #[prost(string, tag = "3")]
+    pub reason: String,
+}
+
+/// A server-side subscription. Tags 2 and 3 are reserved.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Subscribe {
+    #[prost(bool, tag = "1")]
+    pub recoverable: bool,
+    #[prost(string, tag = "4")]
+    pub epoch: String,
+    #[prost(uint64, tag = "5")]
+    pub offset: u64,
+    #[prost(bool, tag = "6")]
+    pub positioned: bool,
+    #[prost(bytes = "bytes", tag = "7")]
+    pub data: Bytes,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Message {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub data: Bytes,
+}
+
+/// The connect push of a unidirectional connection. Its tags differ from
+/// [`ConnectResult`]'s from `expires` on.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Connect {
+    #[prost(string, tag = "1")]
+    pub client: String,
+    #[prost(string, tag = "2")]
+    pub version: String,
+    #[prost(bytes = "bytes", tag = "3")]
+    pub data: Bytes,
+    #[prost(map = "string, message", tag = "4")]
+    pub subs: HashMap<String, SubscribeResult>,
+    #[prost(bool, tag = "5")]
+    pub expires: bool,
+    #[prost(uint32, tag = "6")]
+    pub ttl: u32,
+    #[prost(uint32, tag = "7")]
+    pub ping: u32,
+    #[prost(bool, tag = "8")]
+    pub pong: bool,
+    #[prost(string, tag = "9")]
+    pub session: String,
+    #[prost(string, tag = "10")]
+    pub node: String,
+    #[prost(int64, tag = "11")]
+    pub time: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Disconnect {
+    #[prost(uint32, tag = "1")]
+    pub code: u32,
+    #[prost(string, tag = "2")]
+    pub reason: String,
+    #[prost(bool, tag = "3")]
+    pub reconnect: bool,
+}
+
+/// The refresh push: only expiry, unlike [`RefreshResult`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Refresh {
+    #[prost(bool, tag = "1")]
+    pub expires: bool,
+    #[prost(uint32, tag = "2")]
+    pub ttl: u32,
+}
+
+/// Tags 7 (flag) and later are not used.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ConnectRequest {
+    #[prost(string, tag = "1")]
+    pub token: String,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub data: Bytes,
+    #[prost(map = "string, message", tag = "3")]
+    pub subs: HashMap<String, SubscribeRequest>,
+    #[prost(string, tag = "4")]
+    pub name: String,
+    #[prost(string, tag = "5")]
+    pub version: String,
+    #[prost(map = "string, string", tag = "6")]
+    pub headers: HashMap<String, String>,
+}
+
+/// Tags 12 (flag) and later are not used.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ConnectResult {
+    #[prost(string, tag = "1")]
+    pub client: String,
+    #[prost(string, tag = "2")]
+    pub version: String,
+    #[prost(bool, tag = "3")]
+    pub expires: bool,
+    #[prost(uint32, tag = "4")]
+    pub ttl: u32,
+    #[prost(bytes = "bytes", tag = "5")]
+    pub data: Bytes,
+    #[prost(map = "string, message", tag = "6")]
+    pub subs: HashMap<String, SubscribeResult>,
+    #[prost(uint32, tag = "7")]
+    pub ping: u32,
+    #[prost(bool, tag = "8")]
+    pub pong: bool,
+    #[prost(string, tag = "9")]
+    pub session: String,
+    #[prost(string, tag = "10")]
+    pub node: String,
+    #[prost(int64, tag = "11")]
+    pub time: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RefreshRequest {
+    #[prost(string, tag = "1")]
+    pub token: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RefreshResult {
+    #[prost(string, tag = "1")]
+    pub client: String,
+    #[prost(string, tag = "2")]
+    pub version: String,
+    #[prost(bool, tag = "3")]
+    pub expires: bool,
+    #[prost(uint32, tag = "4")]
+    pub ttl: u32,
+}
+
+/// Tags 4 and 5 are reserved; 12 (delta) and later are not used.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SubscribeRequest {
+    #[prost(string, tag = "1")]
+    pub channel: String,
+    #[prost(string, tag = "2")]
+    pub token: String,
+    #[prost(bool, tag = "3")]
+    pub recover: bool,
+    #[prost(string, tag = "6")]
+    pub epoch: String,
+    #[prost(uint64, tag = "7")]
+    pub offset: u64,
+    #[prost(bytes = "bytes", tag = "8")]
+    pub data: Bytes,
+    #[prost(bool, tag = "9")]
+    pub positioned: bool,
+    #[prost(bool, tag = "10")]
+    pub recoverable: bool,
+    #[prost(bool, tag = "11")]
+    pub join_leave: bool,
+}
+
+/// Tags 4 and 5 are reserved; 13 (delta) and later are not used.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SubscribeResult {
+    #[prost(bool, tag = "1")]
+    pub expires: bool,
+    #[prost(uint32, tag = "2")]
+    pub ttl: u32,
+    #[prost(bool, tag = "3")]
+    pub recoverable: bool,
+    #[prost(string, tag = "6")]
+    pub epoch: String,
+    #[prost(message, repeated, tag = "7")]
+    pub publications: Vec<Publication>,
+    #[prost(bool, tag = "8")]
+    pub recovered: bool,
+    #[prost(uint64, tag = "9")]
+    pub offset: u64,
+    #[prost(bool, tag = "10")]
+    pub positioned: bool,
+    #[prost(bytes = "bytes", tag = "11")]
+    pub data: Bytes,
+    #[prost(bool, tag = "12")]
+    pub was_recovering: bool,
+}
+
+/// Tags 3 (type) and later are not used.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SubRefreshRequest {
+    #[prost(string, tag = "1")]
+    pub channel: String,
+    #[prost(string, tag = "2")]
+    pub token: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SubRefreshResult {
+    #[prost(bool, tag = "1")]
+    pub expires: bool,
+    #[prost(uint32, tag = "2")]
+    pub ttl: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct UnsubscribeRequest {
+    #[prost(string, tag = "1")]
+    pub channel: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct UnsubscribeResult {}
+
+/// Tags 3 (type) and later are not used.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PublishRequest {
+    #[prost(string, tag = "1")]
+    pub channel: String,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub data: Bytes,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PublishResult {}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PresenceRequest {
+    #[prost(string, tag = "1")]
+    pub channel: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PresenceResult {
+    #[prost(map = "string, message", tag = "1")]
+    pub presence: HashMap<String, ClientInfo>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PresenceStatsRequest {
+    #[prost(string, tag = "1")]
+    pub channel: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PresenceStatsResult {
+    #[prost(uint32, tag = "1")]
+    pub num_clients: u32,
+    #[prost(uint32, tag = "2")]
+    pub num_users: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StreamPosition {
+    #[prost(uint64, tag = "1")]
+    pub offset: u64,
+    #[prost(string, tag = "2")]
+    pub epoch: String,
+}
+
+/// Tags 2–6 are reserved.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HistoryRequest {
+    #[prost(string, tag = "1")]
+    pub channel: String,
+    #[prost(int32, tag = "7")]
+    pub limit: i32,
+    #[prost(message, optional, tag = "8")]
+    pub since: Option<StreamPosition>,
+    #[prost(bool, tag = "9")]
+    pub reverse: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HistoryResult {
+    #[prost(message, repeated, tag = "1")]
+    pub publications: Vec<Publication>,
+    #[prost(string, tag = "2")]
+    pub epoch: String,
+    #[prost(uint64, tag = "3")]
+    pub offset: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PingRequest {}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PingResult {}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RpcRequest {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub data: Bytes,
+    #[prost(string, tag = "2")]
+    pub method: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RpcResult {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub data: Bytes,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SendRequest {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub data: Bytes,
+}

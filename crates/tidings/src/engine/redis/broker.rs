@@ -1,0 +1,380 @@
+//! The Redis broker: nodes joined through one Redis (6.2+, or Valkey).
+//!
+//! - Fan-out: Redis pub/sub, one subscription per channel per node on a dedicated
+//!   connection. The subscription task owns that connection: it reconnects with
+//!   backoff, resubscribes every channel in batches, and only then tells the node
+//!   ([`BrokerEventHandler::handle_reconnect`]).
+//! - History: one Redis Stream per channel plus a meta hash (top offset, epoch). One
+//!   Lua script increments the offset, appends to the stream, trims it, sets the
+//!   expiries, remembers the idempotency key and publishes, atomically.
+//! - Commands share one multiplexed connection, which pipelines concurrent requests
+//!   on one socket, so publish throughput is not bound by round trips.
+//! - Control messages: `PUBLISH <prefix>.control` (every node) or
+//!   `<prefix>.node.<uid>` (one node).
+//! - Direct publish: backends `XADD <prefix>.publish * payload <json>`; one node of
+//!   the consumer group publishes each entry (see [`RedisBroker::start_ingest`]).
+//!
+//! The key layout and the envelopes are documented in docs/engines.md.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tidings_protocol::{ClientInfo, Publication, StreamPosition};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::conn::RedisConn;
+use super::keys::Keys;
+use super::pubsub::{subscription_task, SubState};
+use super::scripts::{HISTORY_LUA, PUBLISH_LUA, PUBLISH_MANY_LUA};
+use super::ENGINE;
+use crate::broker::{
+    BatchPublish, Broker, BrokerError, BrokerEventHandler, EngineError, HistoryFilter, HistoryPage,
+    PublishOptions, IDEMPOTENCY_WINDOW,
+};
+use crate::config::RedisEngineConfig;
+use crate::engine::epoch::new_epoch;
+
+/// The Redis broker. Built by `engine::build`; the tests build it directly.
+pub struct RedisBroker {
+    pub(super) inner: Arc<Inner>,
+}
+
+/// What the broker and its background tasks share.
+pub(super) struct Inner {
+    /// The engine settings (timeouts, prefix; the ingest consumer opens its own
+    /// connection with them).
+    pub(super) cfg: RedisEngineConfig,
+    /// Key and channel names under the prefix.
+    pub(super) keys: Keys,
+    /// The command connection, shared with the presence manager.
+    pub(super) conn: Arc<RedisConn>,
+    /// How long a channel's meta hash outlives its last publish
+    /// (`channel.history_meta_ttl`).
+    pub(super) meta_ttl: Duration,
+    /// The scripts, with their SHA1 computed once.
+    pub(super) publish_script: redis::Script,
+    pub(super) publish_many_script: redis::Script,
+    /// The connection generation on which the batch pipelines last loaded their
+    /// scripts (0: not loaded, or lost).
+    pub(super) scripts_loaded_on: AtomicU64,
+    pub(super) history_script: redis::Script,
+    /// The node's handler and uid, set once by [`Broker::run`].
+    pub(super) handler: OnceLock<Arc<dyn BrokerEventHandler>>,
+    pub(super) node_uid: OnceLock<String>,
+    /// Wanted channel subscriptions; a plain mutex, nothing awaits while it is
+    /// held.
+    pub(super) subs: Mutex<SubState>,
+    /// Wakes the subscription task when `subs` changed.
+    pub(super) sub_notify: Notify,
+    /// Cancelled when the broker is dropped: stops the background tasks.
+    pub(super) stop: CancellationToken,
+}
+
+impl Drop for RedisBroker {
+    fn drop(&mut self) {
+        self.inner.stop.cancel();
+    }
+}
+
+impl RedisBroker {
+    /// A broker for the engine settings; `meta_ttl` is `channel.history_meta_ttl`.
+    /// Connects lazily: nothing fails here when Redis is down.
+    ///
+    /// # Errors
+    /// A message when the address or TLS settings cannot be used.
+    pub fn new(cfg: &RedisEngineConfig, meta_ttl: Duration) -> Result<Self, String> {
+        let conn = Arc::new(RedisConn::new(cfg, cfg.io_timeout)?);
+        Ok(Self::with_conn(cfg, meta_ttl, conn))
+    }
+
+    /// A broker that shares its command connection (with the presence manager).
+    pub(crate) fn with_conn(
+        cfg: &RedisEngineConfig,
+        meta_ttl: Duration,
+        conn: Arc<RedisConn>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                cfg: cfg.clone(),
+                keys: Keys::new(&cfg.prefix),
+                conn,
+                meta_ttl,
+                publish_script: redis::Script::new(PUBLISH_LUA),
+                publish_many_script: redis::Script::new(PUBLISH_MANY_LUA),
+                scripts_loaded_on: AtomicU64::new(0),
+                history_script: redis::Script::new(HISTORY_LUA),
+                handler: OnceLock::new(),
+                node_uid: OnceLock::new(),
+                subs: Mutex::new(SubState::default()),
+                sub_notify: Notify::new(),
+                stop: CancellationToken::new(),
+            }),
+        }
+    }
+
+    async fn publish_script(
+        &self,
+        channel: &str,
+        json: &[u8],
+        opts: &PublishOptions,
+    ) -> Result<String, BrokerError> {
+        let keys = &self.inner.keys;
+        let idem_key = opts.idempotency_key.as_deref().unwrap_or("");
+        let script_keys = [
+            keys.stream(channel),
+            keys.meta(channel),
+            keys.idempotency(channel, idem_key),
+        ];
+        let history_ttl_ms = opts.history_ttl.as_millis().max(1) as u64;
+        let script = &self.inner.publish_script;
+        let pubsub_channel = keys.client_channel(channel);
+        let epoch = new_epoch();
+        let position = self
+            .inner
+            .conn
+            .call("publish", |mut c| async move {
+                script
+                    .key(&script_keys[0])
+                    .key(&script_keys[1])
+                    .key(&script_keys[2])
+                    .arg(pubsub_channel)
+                    .arg(json)
+                    .arg(opts.history_size)
+                    .arg(history_ttl_ms)
+                    .arg(self.inner.meta_ttl.as_secs())
+                    .arg(epoch)
+                    .arg(if opts.idempotency_key.is_some() {
+                        "1"
+                    } else {
+                        "0"
+                    })
+                    .arg(IDEMPOTENCY_WINDOW.as_secs())
+                    .invoke_async::<String>(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(position)
+    }
+
+    /// A PUBLISH of `payload` to `channel`; `operation` names it in an error.
+    async fn plain_publish(
+        &self,
+        operation: &'static str,
+        channel: String,
+        payload: Vec<u8>,
+    ) -> Result<(), BrokerError> {
+        self.inner
+            .conn
+            .call(operation, |mut c| async move {
+                redis::cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(payload)
+                    .query_async::<i64>(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// Parses "offset:epoch" from the publish script.
+pub(super) fn parse_position(s: &str) -> Result<StreamPosition, BrokerError> {
+    let bad = || EngineError::failed(ENGINE, "publish", format!("bad publish result {s:?}"));
+    let (offset, epoch) = s.split_once(':').ok_or_else(bad)?;
+    let offset = offset.parse::<u64>().map_err(|_| bad())?;
+    if offset == 0 {
+        return Ok(StreamPosition::default());
+    }
+    Ok(StreamPosition {
+        offset,
+        epoch: epoch.to_string(),
+    })
+}
+
+/// One stream entry as the history script returns it: id and flat field list.
+type RawEntry = (String, Vec<Vec<u8>>);
+
+fn entry_to_publication((id, fields): RawEntry) -> Result<Publication, EngineError> {
+    let bad = |why: String| EngineError::failed(ENGINE, "history", why);
+    let offset = id
+        .split_once('-')
+        .and_then(|(ms, _)| ms.parse::<u64>().ok())
+        .ok_or_else(|| bad(format!("bad stream id {id:?}")))?;
+    let data = fields
+        .chunks(2)
+        .find(|kv| kv.len() == 2 && kv[0] == b"d")
+        .map(|kv| &kv[1])
+        .ok_or_else(|| bad(format!("stream entry {id} has no data")))?;
+    let mut publication: Publication = crate::broker::decode_publication(data)
+        .map_err(|e| bad(format!("stream entry {id}: {e}")))?;
+    publication.offset = offset;
+    Ok(publication)
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    fn run(&self, node_uid: &str, handler: Arc<dyn BrokerEventHandler>) {
+        if self.inner.node_uid.set(node_uid.to_string()).is_err() {
+            return;
+        }
+        let _ = self.inner.handler.set(handler);
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let stop = inner.stop.clone();
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = subscription_task(inner) => {}
+            }
+        });
+    }
+
+    async fn publish_control(
+        &self,
+        data: bytes::Bytes,
+        to: Option<&str>,
+    ) -> Result<(), BrokerError> {
+        let channel = match to {
+            None => self.inner.keys.control(),
+            Some(uid) => self.inner.keys.node(uid),
+        };
+        self.plain_publish("control", channel, data.to_vec()).await
+    }
+
+    async fn publish(
+        &self,
+        channel: &str,
+        mut publication: Publication,
+        opts: PublishOptions,
+    ) -> Result<StreamPosition, BrokerError> {
+        publication.offset = 0;
+        let json = crate::broker::encode_publication(&publication)
+            .map_err(|e| EngineError::failed(ENGINE, "publish", e))?;
+        if opts.history_size == 0 && opts.idempotency_key.is_none() {
+            let mut payload = Vec::with_capacity(json.len() + 3);
+            payload.extend_from_slice(b"P0::");
+            payload.extend_from_slice(&json);
+            self.plain_publish("publish", self.inner.keys.client_channel(channel), payload)
+                .await?;
+            return Ok(StreamPosition::default());
+        }
+        let result = self.publish_script(channel, &json, &opts).await?;
+        parse_position(&result)
+    }
+
+    async fn publish_batch(
+        &self,
+        items: Vec<BatchPublish>,
+        _ordered: bool,
+    ) -> Vec<Result<StreamPosition, BrokerError>> {
+        // Always in order: one pipeline costs no more than an unordered batch.
+        self.publish_many(items).await
+    }
+
+    async fn publish_join(&self, channel: &str, info: ClientInfo) -> Result<(), BrokerError> {
+        let mut payload = b"J".to_vec();
+        serde_json::to_writer(&mut payload, &info)
+            .map_err(|e| EngineError::failed(ENGINE, "join", e))?;
+        self.plain_publish("join", self.inner.keys.client_channel(channel), payload)
+            .await
+    }
+
+    async fn publish_leave(&self, channel: &str, info: ClientInfo) -> Result<(), BrokerError> {
+        let mut payload = b"L".to_vec();
+        serde_json::to_writer(&mut payload, &info)
+            .map_err(|e| EngineError::failed(ENGINE, "leave", e))?;
+        self.plain_publish("leave", self.inner.keys.client_channel(channel), payload)
+            .await
+    }
+
+    async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        self.want(channel).await
+    }
+
+    async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        self.unwant(channel);
+        Ok(())
+    }
+
+    async fn history(
+        &self,
+        channel: &str,
+        filter: HistoryFilter,
+    ) -> Result<HistoryPage, BrokerError> {
+        let keys = &self.inner.keys;
+        let limit = filter.limit.map_or(-1, |l| l.min(i64::MAX as usize) as i64);
+        // The range to read; the script reads nothing for "none".
+        let (mode, start, end) = match (&filter.since, filter.reverse) {
+            _ if limit == 0 => ("none", String::new(), String::new()),
+            (Some(since), true) if since.offset <= 1 => ("none", String::new(), String::new()),
+            (Some(since), true) => ("rev", format!("{}-0", since.offset - 1), "-".into()),
+            (Some(since), false) => ("fwd", format!("{}-0", since.offset + 1), "+".into()),
+            (None, true) => ("rev", "+".into(), "-".into()),
+            (None, false) => ("fwd", "-".into(), "+".into()),
+        };
+        let script_keys = [keys.stream(channel), keys.meta(channel)];
+        let script = &self.inner.history_script;
+        let meta_ttl = self.inner.meta_ttl.as_secs();
+        let epoch = new_epoch();
+        let (epoch, top, entries): (String, u64, Vec<RawEntry>) = self
+            .inner
+            .conn
+            .call("history", |mut c| async move {
+                script
+                    .key(&script_keys[0])
+                    .key(&script_keys[1])
+                    .arg(epoch)
+                    .arg(meta_ttl)
+                    .arg(mode)
+                    .arg(start)
+                    .arg(end)
+                    .arg(limit)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        let position = StreamPosition { offset: top, epoch };
+        let publications = entries
+            .into_iter()
+            .map(entry_to_publication)
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(since) = &filter.since {
+            // A client that saw nothing yet (offset 0, no epoch) matches any stream.
+            let epoch_ok =
+                since.epoch == position.epoch || (since.offset == 0 && since.epoch.is_empty());
+            if !epoch_ok {
+                return Err(BrokerError::UnrecoverablePosition);
+            }
+            if !filter.reverse && limit != 0 {
+                if since.offset > top {
+                    return Err(BrokerError::UnrecoverablePosition);
+                }
+                // Offsets are contiguous in the stream: the first one read must be
+                // the one right after `since`, or some were trimmed or expired.
+                if since.offset < top
+                    && publications.first().map(|p| p.offset) != Some(since.offset + 1)
+                {
+                    return Err(BrokerError::UnrecoverablePosition);
+                }
+            }
+        }
+        Ok(HistoryPage {
+            publications,
+            position,
+        })
+    }
+
+    async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
+        let key = self.inner.keys.stream(channel);
+        self.inner
+            .conn
+            .call("remove history", |mut c| async move {
+                redis::cmd("DEL").arg(key).query_async::<i64>(&mut c).await
+            })
+            .await?;
+        Ok(())
+    }
+}

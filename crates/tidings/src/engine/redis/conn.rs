@@ -1,0 +1,238 @@
+//! The command connection the Redis broker, its presence manager and the ingest
+//! consumer call through: one multiplexed connection, opened on first use,
+//! replaced after it fails, every call bounded by a timeout. Also builds the
+//! `redis::Client` (address, database, credentials, TLS) from the settings.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, RedisError};
+
+use super::ENGINE;
+use crate::broker::EngineError;
+use crate::config::RedisEngineConfig;
+
+/// Pause between reconnect attempts of the pub/sub connection (and of the ingest
+/// consumer after a failure), doubling up to the max.
+pub(super) const RECONNECT_MIN: Duration = Duration::from_millis(50);
+pub(super) const RECONNECT_MAX: Duration = Duration::from_secs(1);
+
+/// After a failed connect, calls fail at once for this long instead of each one
+/// trying (and waiting) again.
+const CONNECT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Builds the `redis::Client` from the engine settings.
+fn client(cfg: &RedisEngineConfig) -> Result<redis::Client, String> {
+    let address = cfg
+        .address
+        .first()
+        .ok_or_else(|| "engine.redis.address is empty".to_string())?;
+    let mut url = address.clone();
+    if cfg.tls.enabled {
+        if let Some(rest) = url.strip_prefix("redis://") {
+            url = format!("rediss://{rest}");
+        }
+    }
+    if url.starts_with("rediss://") && cfg.tls.insecure_skip_verify && !url.contains('#') {
+        url.push_str("#insecure");
+    }
+    let mut info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
+        .map_err(|e| format!("engine.redis.address {address:?}: {e}"))?;
+    let mut settings = info.redis_settings().clone();
+    if cfg.db != 0 && settings.db() == 0 {
+        settings = settings.set_db(cfg.db);
+    }
+    if !cfg.user.is_empty() && settings.username().is_none() {
+        settings = settings.set_username(&cfg.user);
+    }
+    if !cfg.password.is_empty() && settings.password().is_none() {
+        settings = settings.set_password(&cfg.password);
+    }
+    info = info.set_redis_settings(settings);
+    let tls = &cfg.tls;
+    if url.starts_with("rediss://") && (!tls.server_ca_pem.is_empty() || !tls.cert_pem.is_empty()) {
+        let pem = |field: &'static str, value: &str| {
+            crate::config::pem::pem_bytes(field, value).map_err(|e| e.to_string())
+        };
+        let client_tls = if tls.cert_pem.is_empty() {
+            None
+        } else {
+            Some(redis::ClientTlsConfig {
+                client_cert: pem("engine.redis.tls.cert_pem", &tls.cert_pem)?,
+                client_key: pem("engine.redis.tls.key_pem", &tls.key_pem)?,
+            })
+        };
+        let root_cert = if tls.server_ca_pem.is_empty() {
+            None
+        } else {
+            Some(pem("engine.redis.tls.server_ca_pem", &tls.server_ca_pem)?)
+        };
+        let certs = redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        };
+        return redis::Client::build_with_tls(info, certs)
+            .map_err(|e| format!("engine.redis.tls: {e}"));
+    }
+    redis::Client::open(info).map_err(|e| format!("engine.redis.address {address:?}: {e}"))
+}
+
+/// One multiplexed command connection, opened on first use and replaced after it
+/// fails. Every call is bounded by the I/O timeout, so a call made while Redis is
+/// down fails promptly instead of waiting for it to come back.
+///
+/// Written here rather than using redis-rs's `ConnectionManager` because that one
+/// makes callers wait through its whole reconnect backoff and stays on a failed
+/// connection future after connect errors that are not I/O errors.
+pub(crate) struct RedisConn {
+    pub(super) client: redis::Client,
+    config: AsyncConnectionConfig,
+    connect_timeout: Duration,
+    /// Bound on one call, connecting included.
+    call_timeout: Duration,
+    slot: Mutex<Slot>,
+    /// One connect at a time; the others wait for its result.
+    connecting: tokio::sync::Mutex<()>,
+    generation: AtomicU64,
+}
+
+#[derive(Default)]
+struct Slot {
+    conn: Option<(u64, MultiplexedConnection)>,
+    /// When the last connect failed, and why.
+    failed: Option<(Instant, EngineError)>,
+}
+
+impl RedisConn {
+    /// A command connection with the engine's timeouts. `response_timeout` bounds
+    /// one command (longer for the blocking reads of the direct-publish consumer).
+    pub fn new(cfg: &RedisEngineConfig, response_timeout: Duration) -> Result<Self, String> {
+        Ok(Self {
+            client: client(cfg)?,
+            config: AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(cfg.connect_timeout))
+                .set_response_timeout(Some(response_timeout)),
+            connect_timeout: cfg.connect_timeout,
+            call_timeout: response_timeout + cfg.connect_timeout,
+            slot: Mutex::new(Slot::default()),
+            connecting: tokio::sync::Mutex::new(()),
+            generation: AtomicU64::new(0),
+        })
+    }
+
+    async fn get(&self) -> Result<(u64, MultiplexedConnection), EngineError> {
+        if let Some(c) = self.current()? {
+            return Ok(c);
+        }
+        let _one = self.connecting.lock().await;
+        if let Some(c) = self.current()? {
+            return Ok(c);
+        }
+        let result = tokio::time::timeout(
+            self.connect_timeout,
+            self.client
+                .get_multiplexed_async_connection_with_config(&self.config),
+        )
+        .await;
+        let mut slot = self.slot.lock();
+        match result {
+            Ok(Ok(conn)) => {
+                let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+                slot.conn = Some((generation, conn.clone()));
+                slot.failed = None;
+                Ok((generation, conn))
+            }
+            Ok(Err(e)) => {
+                let e = EngineError::failed(ENGINE, "connect", e);
+                slot.failed = Some((Instant::now(), e.clone()));
+                Err(e)
+            }
+            Err(_) => {
+                let e = EngineError::Timeout {
+                    engine: ENGINE,
+                    operation: "connect",
+                };
+                slot.failed = Some((Instant::now(), e.clone()));
+                Err(e)
+            }
+        }
+    }
+
+    /// The open connection, or the recent connect failure, or `None` (connect now).
+    fn current(&self) -> Result<Option<(u64, MultiplexedConnection)>, EngineError> {
+        let slot = self.slot.lock();
+        if let Some(c) = &slot.conn {
+            return Ok(Some(c.clone()));
+        }
+        match &slot.failed {
+            Some((at, why)) if at.elapsed() < CONNECT_BACKOFF => Err(why.clone()),
+            _ => Ok(None),
+        }
+    }
+
+    /// Forgets connection `generation` after an error that may have broken it.
+    fn forget(&self, generation: u64) {
+        let mut slot = self.slot.lock();
+        if slot.conn.as_ref().is_some_and(|(g, _)| *g == generation) {
+            slot.conn = None;
+        }
+    }
+
+    /// Runs one request on the shared connection, bounded by the call timeout.
+    /// `operation` names it in the error.
+    pub async fn call<T, F, Fut>(&self, operation: &'static str, f: F) -> Result<T, EngineError>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RedisError>>,
+    {
+        self.call_on(operation, |_, conn| f(conn)).await
+    }
+
+    /// [`Self::call`], also telling `f` which connection it runs on: a number that
+    /// changes whenever a new connection replaces a failed one (what a caller
+    /// set up on one connection, like loaded scripts, may be gone on the next).
+    pub async fn call_on<T, F, Fut>(&self, operation: &'static str, f: F) -> Result<T, EngineError>
+    where
+        F: FnOnce(u64, MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RedisError>>,
+    {
+        let mut used = None;
+        let run = async {
+            let (generation, conn) = self.get().await?;
+            used = Some(generation);
+            match f(generation, conn).await {
+                Ok(v) => Ok(v),
+                Err(e) => {
+                    if breaks_connection(&e) {
+                        self.forget(generation);
+                    }
+                    Err(EngineError::failed(ENGINE, operation, e))
+                }
+            }
+        };
+        match tokio::time::timeout(self.call_timeout, run).await {
+            Ok(r) => r,
+            Err(_) => {
+                if let Some(g) = used {
+                    self.forget(g);
+                }
+                Err(EngineError::Timeout {
+                    engine: ENGINE,
+                    operation,
+                })
+            }
+        }
+    }
+}
+
+/// Errors after which the connection cannot be trusted (as opposed to an error
+/// reply from the server, which leaves it usable).
+fn breaks_connection(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_unrecoverable_error()
+}

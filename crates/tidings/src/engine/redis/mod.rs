@@ -1,0 +1,29 @@
+//! The Redis engine: nodes joined through one Redis (6.2+) or Valkey server.
+//!
+//! - `conn`: the shared command connection (reconnects, timeouts) and the client
+//!   built from the settings.
+//! - `keys`: the name of every key and pub/sub channel under the prefix.
+//! - `scripts`: the Lua scripts that publish and read history atomically.
+//! - [`broker`]: [`RedisBroker`], publish, history, join/leave, control.
+//! - `batch`: a batch of publications as one pipeline.
+//! - `pubsub`: the pub/sub connection that delivers to this node.
+//! - `ingest`: the consumer of the direct-publish stream.
+//! - [`presence`]: the presence manager, [`RedisPresenceManager`].
+//!
+//! The key layout and the envelopes are documented in docs/engines.md.
+
+mod batch;
+pub mod broker;
+pub(crate) mod conn;
+mod ingest;
+pub(crate) mod keys;
+pub mod presence;
+mod pubsub;
+mod scripts;
+
+pub use broker::RedisBroker;
+pub use ingest::INGEST_GROUP;
+pub use presence::RedisPresenceManager;
+
+/// The engine's name in its errors.
+const ENGINE: &str = "redis";
