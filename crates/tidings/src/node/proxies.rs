@@ -11,7 +11,7 @@ use tidings_protocol::RawJson;
 
 use super::{Node, RpcRequest};
 use crate::channel;
-use crate::connection::Connection;
+use crate::connection::{Connection, WireFormat};
 use crate::proxy::{
     answered_rejection, proxy_key, wire, Endpoint, ProxyContext, Rejection, RequestHeaders,
 };
@@ -40,7 +40,11 @@ fn base(conn: &Connection) -> wire::Base<'_> {
     wire::Base {
         client: &conn.client_id,
         transport: conn.transport,
-        protocol: "json",
+        protocol: match conn.format {
+            WireFormat::Json => "json",
+            WireFormat::Protobuf => "protobuf",
+        },
+        // Payloads travel as JSON in the request (no `binary_encoding`).
         encoding: "json",
     }
 }
