@@ -588,11 +588,20 @@ async fn users_get_their_personal_channel_and_one_connection() -> anyhow::Result
     Ok(())
 }
 
-/// The first line of a streaming response that holds `needle`, within a deadline.
+/// The first line of a streaming response that holds `needle`, within 5 s.
 async fn first_line_with(resp: reqwest::Response, needle: &str) -> anyhow::Result<String> {
+    line_within(resp, needle, Duration::from_secs(5)).await
+}
+
+/// The first line of a streaming response that holds `needle`, within `wait`.
+async fn line_within(
+    resp: reqwest::Response,
+    needle: &str,
+    wait: Duration,
+) -> anyhow::Result<String> {
     let mut resp = resp;
     let mut text = String::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + wait;
     loop {
         if let Some(line) = text.lines().find(|l| l.contains(needle)) {
             return Ok(line.to_string());
@@ -671,6 +680,16 @@ async fn every_transport_takes_the_cookie_to_the_connect_proxy() -> anyhow::Resu
         .await?;
     let line = first_line_with(refused, "\"disconnect\"").await?;
     assert!(line.contains("4501"), "{line}");
+    // The refresh proxy serves unidirectional clients too: carol's backend lets her
+    // session expire after two seconds (3005), with no client refresh involved.
+    let carol = http
+        .post(format!("{base}/connection/uni_http_stream"))
+        .header("Cookie", "session=carol")
+        .body("{}")
+        .send()
+        .await?;
+    let line = line_within(carol, "\"disconnect\"", Duration::from_secs(10)).await?;
+    assert!(line.contains("3005"), "{line}");
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let wanted = [

@@ -54,6 +54,9 @@ pub enum ProxyError {
     /// The answer is not the JSON the event expects.
     #[error("the backend's answer is not valid JSON for this event")]
     InvalidJson(#[source] serde_json::Error),
+    /// The request cannot be written as JSON: a Protobuf client's binary payload.
+    #[error("the request cannot be encoded as JSON (a binary payload)")]
+    Encode(#[source] serde_json::Error),
 }
 
 /// What the client gets instead of a result: an error reply or a disconnect.
@@ -170,15 +173,16 @@ impl Endpoint {
     /// POSTs `body` and decodes the answer.
     ///
     /// # Errors
-    /// [`ProxyError`] for a timeout, a failed request, a status other than 200,
-    /// an answer over `max_response_size` or one that does not decode.
+    /// [`ProxyError`] for a request that cannot be encoded, a timeout, a failed
+    /// request, a status other than 200, an answer over `max_response_size` or one
+    /// that does not decode.
     pub async fn call<Req: Serialize, Res: DeserializeOwned>(
         &self,
         body: &Req,
         conn_headers: &[(HeaderName, HeaderValue)],
         ctx: &ProxyContext,
     ) -> Result<wire::Response<Res>, ProxyError> {
-        let body = serde_json::to_vec(body).map_err(ProxyError::InvalidJson)?;
+        let body = serde_json::to_vec(body).map_err(ProxyError::Encode)?;
         let headers = self.headers(conn_headers, ctx);
         let timeout = self.config.timeout;
         let bytes = tokio::time::timeout(timeout, self.post(body, headers))
