@@ -500,6 +500,18 @@ async fn hostile_backends_get_their_documented_outcome_and_spare_others() -> any
         control.next_pub("plain:control").await?["data"]["n"],
         "last"
     );
+    // Every failed call is counted; the e403 transform counts as a failure too.
+    let (_, metrics) = server.http_get("/metrics").await?;
+    let failed = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("tidings_proxy_calls_total")
+                && l.contains(r#"event="subscribe""#)
+                && l.contains(r#"outcome="failed""#)
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert_eq!(failed, Some(12.0), "{metrics}");
     Ok(())
 }
 

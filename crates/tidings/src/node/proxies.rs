@@ -50,23 +50,33 @@ fn base(conn: &Connection) -> wire::Base<'_> {
 }
 
 /// Calls an endpoint; an `error` or `disconnect` answer and a failure become a
-/// [`Rejection`] (failures logged with what the event was).
+/// [`Rejection`] (failures logged with what the event was), and each call is
+/// counted (`tidings_proxy_calls_total`).
 async fn call<Req: serde::Serialize, Res: serde::de::DeserializeOwned>(
+    node: &Node,
     endpoint: &Endpoint,
     event: &'static str,
     conn: &Connection,
     ctx: &ProxyContext,
     req: &Req,
 ) -> Result<Option<Res>, Rejection> {
+    let metrics = node.metrics();
     match endpoint
         .call::<Req, Res>(req, conn.request_headers(), ctx)
         .await
     {
         Ok(resp) => match answered_rejection(&resp) {
-            Some(r) => Err(r),
-            None => Ok(resp.result),
+            Some(r) => {
+                metrics.proxy_call(event, "rejected");
+                Err(r)
+            }
+            None => {
+                metrics.proxy_call(event, "ok");
+                Ok(resp.result)
+            }
         },
         Err(e) => {
+            metrics.proxy_call(event, "failed");
             tracing::warn!(event, client = conn.client_id, error = %e, source = ?std::error::Error::source(&e), "proxy call failed");
             Err(endpoint.rejection_for(&e))
         }
@@ -129,7 +139,7 @@ impl Node {
             data: ev.data,
             channels: ev.channels,
         };
-        call(endpoint, "connect", conn, ctx, &req).await
+        call(self, endpoint, "connect", conn, ctx, &req).await
     }
 
     /// Asks the refresh proxy whether the connection lives on. Never fails: a
@@ -147,7 +157,7 @@ impl Node {
             };
         };
         let req = user_request(endpoint, conn, ctx);
-        refresh_outcome(call(endpoint, "refresh", conn, ctx, &req).await)
+        refresh_outcome(call(self, endpoint, "refresh", conn, ctx, &req).await)
     }
 
     /// Asks the channel's subscribe proxy whether the client may subscribe.
@@ -179,7 +189,7 @@ impl Node {
             data,
             ..user_request(endpoint, conn, ctx)
         };
-        Ok(call(endpoint, "subscribe", conn, ctx, &req)
+        Ok(call(self, endpoint, "subscribe", conn, ctx, &req)
             .await?
             .unwrap_or_default())
     }
@@ -213,7 +223,7 @@ impl Node {
             data: Some(data),
             ..user_request(endpoint, conn, ctx)
         };
-        Ok(call(endpoint, "publish", conn, ctx, &req)
+        Ok(call(self, endpoint, "publish", conn, ctx, &req)
             .await?
             .unwrap_or_default())
     }
@@ -245,7 +255,7 @@ impl Node {
             channel: Some(channel_name),
             ..user_request(endpoint, conn, ctx)
         };
-        refresh_outcome(call(endpoint, "sub_refresh", conn, ctx, &req).await)
+        refresh_outcome(call(self, endpoint, "sub_refresh", conn, ctx, &req).await)
     }
 
     /// Runs a client's `rpc`: the node's handler when it has one, else the RPC
@@ -281,7 +291,7 @@ impl Node {
             ..user_request(endpoint, conn, ctx)
         };
         Ok(
-            call::<_, wire::RpcResult>(endpoint, "rpc", conn, ctx, &wire_req)
+            call::<_, wire::RpcResult>(self, endpoint, "rpc", conn, ctx, &wire_req)
                 .await?
                 .and_then(|r| r.data),
         )
