@@ -10,6 +10,7 @@
 #   ONLY="fanout latency" bench/run.sh   # some scenarios
 #   RUNS=5 bench/run.sh
 #   SERVERS="tidings floor-fastws" ONLY=fanout RUNS=1 bench/run.sh   # some servers
+#   ONLY=proxy bench/run.sh      # connect and client fan-out through the backend proxies
 #
 # SERVERS lists the servers of the cases that compare servers (fanout, latency,
 # latency10k, idlepeers); the floor servers (bench/peers/floor) are
@@ -19,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 RUNS=${RUNS:-3}
-ONLY=${ONLY:-"fanout latency latency10k slow idle idlepeers connect sse"}
+ONLY=${ONLY:-"fanout latency latency10k slow idle idlepeers connect sse"}  # also: proxy
 SERVERS=${SERVERS:-"tidings axum node-ws socketio floor-axum floor-tokiows floor-fastws"}
 # This sandbox caps open files at 20,000 per process (no CAP_SYS_RESOURCE), so one
 # server process holds at most ~19,500 connections here; raise IDLE_N where the
@@ -54,6 +55,8 @@ start() { # start NAME: starts a fresh server on CPU $SERVER_CPU, sets SERVER_PI
   : >"$log"
   case $1 in
     tidings) taskset -c "$SERVER_CPU" "$TIDINGS" serve --config bench/tidings.json --address 127.0.0.1 --port 0 >"$log" 2>&1 & ;;
+    # Tidings with the connect and publish proxies on bench/proxy-backend.mjs.
+    tidings-proxy) taskset -c "$SERVER_CPU" "$TIDINGS" serve --config bench/tidings-proxy.json --address 127.0.0.1 --port 0 >"$log" 2>&1 & ;;
     axum) taskset -c "$SERVER_CPU" bench/peers/axum-broadcast/target/release/axum-broadcast 0 >"$log" 2>&1 & ;;
     node-ws) taskset -c "$SERVER_CPU" node bench/peers/node-ws/server.js 0 >"$log" 2>&1 & ;;
     socketio) taskset -c "$SERVER_CPU" node bench/peers/node-socketio/server.js 0 >"$log" 2>&1 & ;;
@@ -84,7 +87,7 @@ trap stop EXIT
 
 protocol() {
   case $1 in
-    tidings) echo "--protocol centrifugo --api-key bench-key" ;;
+    tidings|tidings-proxy) echo "--protocol centrifugo --api-key bench-key" ;;
     axum|node-ws|floor-*) echo "--protocol raw" ;;
     socketio) echo "--protocol engineio" ;;
   esac
@@ -145,6 +148,18 @@ for run in $(seq "$RUNS"); do
   fi
   if want sse && want_server tidings; then
     one sse tidings sse-fanout -n 1000 -m 3000
+  fi
+  if want proxy; then
+    # The backend shares the server's CPU (see docs/benchmarks.md); port 39081 is
+    # the one bench/tidings-proxy.json names.
+    taskset -c "$SERVER_CPU" node bench/proxy-backend.mjs 39081 >"$OUT/proxy-backend.log" 2>&1 &
+    BACKEND_PID=$!
+    for s in tidings tidings-proxy; do
+      one connect-proxy "$s" connect -n 5000 --concurrency 256
+      one fanout-proxy "$s" fanout -n 1000 -m 3000 --payload-size 100 --publish-via client
+    done
+    kill "$BACKEND_PID" 2>/dev/null || true
+    wait "$BACKEND_PID" 2>/dev/null || true
   fi
 done
 

@@ -31,7 +31,7 @@ LAYERS = [
      + FRONT_DOORS + TRANSPORTS + OUTER),
     ("cluster", ["node/cluster.rs"], FRONT_DOORS + TRANSPORTS + OUTER),
     ("core", ["node/", "hub.rs", "connection.rs", "outbox.rs", "channel.rs", "limit.rs",
-              "metrics.rs", "origin.rs", "request_body.rs"],
+              "metrics.rs", "origin.rs", "request_body.rs", "proxy/"],
      FRONT_DOORS + TRANSPORTS + OUTER),
     # Socket.IO's own endpoints are a transport of its front door.
     ("transports", ["transport/", "socketio/transport.rs"],

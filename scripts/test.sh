@@ -60,10 +60,13 @@ say "Node tests (@tidings/react with Vitest, centrifuge-js, Next.js example, hea
 export NEXT_TELEMETRY_DISABLED=1
 (cd clients/js && npm ci --no-audit --no-fund --loglevel=error)
 (cd examples/nextjs-chat && npm ci --no-audit --no-fund --loglevel=error)
+# The proxy backend example (better-sqlite3 builds with node-gyp when no prebuilt
+# binary can be fetched; build-essential and python3 are installed above).
+(cd examples/backend-node && npm ci --no-audit --no-fund --loglevel=error)
 (cd clients/js && npm test)
 
 # --- Python: cent and centrifuge-python ----------------------------------------------
-say "Python tests (cent, centrifuge-python, Go example)"
+say "Python tests (cent, centrifuge-python, python-socketio, the Go and proxy backend examples)"
 scripts/python-tests.sh
 
 say "all test suites passed"

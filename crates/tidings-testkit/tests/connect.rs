@@ -94,13 +94,13 @@ async fn refresh_with_new_token_extends_expiry() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn rpc_without_handler_returns_104() -> anyhow::Result<()> {
+async fn rpc_without_handler_or_proxy_returns_108() -> anyhow::Result<()> {
     let server = TidingsServer::start().await?;
     let mut client = server.connected_client().await?;
     let error = client
         .call_error(json!({ "rpc": { "method": "sum", "data": { "a": 1 } } }))
         .await?;
-    assert_eq!(error["code"], json!(104), "{error}");
+    assert_eq!(error["code"], json!(108), "{error}");
     // The connection survives the error.
     client.subscribe("still-here").await?;
     Ok(())

@@ -20,7 +20,7 @@ use tidings_protocol::codes;
 use tidings_protocol::{Disconnect, RawJson, StreamPosition};
 
 use crate::broker::HistoryFilter;
-use crate::connection::ServerSubscribe;
+use crate::connection::{ServerRefresh, ServerSubscribe};
 use crate::node::{Node, NodeError, PublishRequest};
 
 /// Why an API request was refused before any method ran.
@@ -243,6 +243,22 @@ struct DisconnectParams {
 }
 
 #[derive(Deserialize)]
+struct RefreshParams {
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    client: Option<String>,
+    #[serde(default)]
+    session: Option<String>,
+    #[serde(default)]
+    expired: bool,
+    #[serde(default)]
+    expire_at: i64,
+    #[serde(default)]
+    info: Option<RawJson>,
+}
+
+#[derive(Deserialize)]
 struct ChannelParams {
     #[serde(default)]
     channel: String,
@@ -397,6 +413,21 @@ async fn call(node: &Node, method: &str, params: Value) -> Result<Outcome, ApiEr
                 None => Disconnect::force_no_reconnect(),
             };
             node.disconnect(&p.user, p.client.as_deref(), &p.whitelist, d)
+                .await
+                .map(|()| json!({}))
+                .map_err(node_err)
+        }
+        "refresh" => {
+            let p: RefreshParams = parse(params)?;
+            if p.user.is_empty() {
+                return Ok(Err(bad_request("user is required")));
+            }
+            let refresh = ServerRefresh {
+                expired: p.expired,
+                expire_at: p.expire_at,
+                info: p.info,
+            };
+            node.refresh(&p.user, p.client.as_deref(), p.session.as_deref(), refresh)
                 .await
                 .map(|()| json!({}))
                 .map_err(node_err)

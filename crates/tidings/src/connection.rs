@@ -24,6 +24,9 @@ pub enum Control {
     Unsubscribe { channel: String },
     /// Disconnect the client (server API `disconnect`, shutdown).
     Disconnect(Disconnect),
+    /// Extend, end or update the connection (server API `refresh`). Boxed for the
+    /// same reason as `Subscribe`.
+    Refresh(Box<ServerRefresh>),
     /// The hub lost this client's place in a channel's stream: unsubscribe it with
     /// 2500 so it resubscribes with recovery (if that subscription is still the one
     /// that lost its place).
@@ -48,6 +51,20 @@ pub struct ServerSubscribe {
     pub channel: String,
     pub info: Option<tidings_protocol::RawJson>,
     pub data: Option<tidings_protocol::RawJson>,
+}
+
+/// A server-side refresh of a connection (server API `refresh`).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct ServerRefresh {
+    /// End the connection now (disconnect 3005).
+    #[serde(default)]
+    pub expired: bool,
+    /// New expiry, Unix seconds; 0 = never expires.
+    #[serde(default)]
+    pub expire_at: i64,
+    /// New connection info, when given.
+    #[serde(default)]
+    pub info: Option<tidings_protocol::RawJson>,
 }
 
 /// Bound of the control queue: API calls aimed at one connection. A connection
@@ -82,6 +99,9 @@ pub struct Connection {
     presence: parking_lot::Mutex<HashMap<String, ClientInfo>>,
     /// Channels the connection is in (see `Node::join`), for `client.channel_limit`.
     channels: AtomicUsize,
+    /// The headers of the client's connection request that a backend proxy
+    /// forwards (`http_headers`); unset when no proxy forwards any.
+    request_headers: OnceLock<crate::proxy::RequestHeaders>,
 }
 
 impl Connection {
@@ -110,6 +130,7 @@ impl Connection {
             control: ControlQueue::default(),
             presence: parking_lot::Mutex::new(HashMap::new()),
             channels: AtomicUsize::new(0),
+            request_headers: OnceLock::new(),
         };
         let conn = std::sync::Arc::new(conn);
         let rx = ControlReceiver { conn: conn.clone() };
@@ -123,6 +144,19 @@ impl Connection {
 
     pub(crate) fn set_user(&self, user: String) {
         let _ = self.user.set(user);
+    }
+
+    /// The kept headers of the client's connection request.
+    pub fn request_headers(
+        &self,
+    ) -> &[(reqwest::header::HeaderName, reqwest::header::HeaderValue)] {
+        self.request_headers.get().map_or(&[], |h| &h[..])
+    }
+
+    /// Keeps the headers a proxy forwards (see `Node::proxy_request_headers`);
+    /// the first call wins.
+    pub fn set_request_headers(&self, headers: crate::proxy::RequestHeaders) {
+        let _ = self.request_headers.set(headers);
     }
 
     /// Channels the connection is in.

@@ -10,6 +10,8 @@
 //!   (publish, history, delivery between nodes), [`presence`], [`config`], [`metrics`].
 //! - [`engine`] builds the broker and presence manager that `engine.type` names:
 //!   memory, Redis or NATS (the last two behind the `redis` and `nats` features).
+//! - [`proxy`] calls the application's backend (connect, refresh, subscribe,
+//!   publish, sub_refresh, RPC) with Centrifugo's proxy bodies, for every front door.
 //! - [`outbox`] bounds what a connection may have queued and batches its writes.
 //! - [`limit`] counts connections and holds the token buckets that bound how fast
 //!   connections arrive and how fast each one may send commands.
@@ -56,6 +58,7 @@ pub mod node;
 pub mod origin;
 pub mod outbox;
 pub mod presence;
+pub mod proxy;
 pub mod request_body;
 pub mod server;
 pub mod session;

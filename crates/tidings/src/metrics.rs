@@ -28,8 +28,9 @@ const METHODS: [Method; 12] = [
 ];
 
 /// The API methods, as metric labels.
-pub const API_METHODS: [&str; 12] = [
+pub const API_METHODS: [&str; 13] = [
     "publish",
+    "refresh",
     "broadcast",
     "subscribe",
     "unsubscribe",
@@ -203,6 +204,22 @@ impl Metrics {
     /// Counts one Socket.IO event by kind (`join`, `leave`, `publish`, `presence`,
     /// `unknown`, `refused`). The recorder finds the labelled counter itself, so
     /// nothing is kept here.
+    /// One backend proxy call, by event (`connect`, `refresh`, `subscribe`,
+    /// `publish`, `sub_refresh`, `rpc`) and outcome: `ok`, `rejected` (the backend
+    /// answered an error or a disconnect) or `failed` (timeout, HTTP status,
+    /// invalid or oversized answer, …).
+    pub fn proxy_call(&self, event: &'static str, outcome: &'static str) {
+        self.recorder
+            .register_counter(
+                &Key::from_parts(
+                    "tidings_proxy_calls_total",
+                    vec![Label::new("event", event), Label::new("outcome", outcome)],
+                ),
+                &meta(),
+            )
+            .increment(1);
+    }
+
     pub fn socketio_event(&self, event: &'static str) {
         self.recorder
             .register_counter(

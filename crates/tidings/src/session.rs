@@ -21,16 +21,17 @@ use tidings_protocol::{
 };
 use tokio::time::Instant;
 
-use crate::auth::{self, ConnectClaims, SubscribeClaims, SubscribeOverride, TokenError};
+use crate::auth::{self, ConnectClaims, SubClaim, SubscribeClaims, SubscribeOverride, TokenError};
 use crate::channel;
 use crate::connection::WireFormat;
-use crate::connection::{Connection, Control, ControlReceiver, ServerSubscribe};
+use crate::connection::{Connection, Control, ControlReceiver, ServerRefresh, ServerSubscribe};
 use crate::limit::{Budget, CommandBudget};
 use crate::node::centrifugo_pushes;
 use crate::node::{
-    HistoryFilter, JoinRequest, Member, Node, NodeError, Pending, PublishRequest, RpcRequest,
-    StreamAsk,
+    ConnectEvent, HistoryFilter, JoinRequest, Member, Node, NodeError, Pending, PublishRequest,
+    RpcRequest, StreamAsk,
 };
+use crate::proxy::{wire, ProxyContext, Rejection};
 
 /// What a transport hands the session.
 pub type Inbound = Result<ClientFrame, InboundError>;
@@ -95,12 +96,63 @@ struct ChannelSub {
     /// When a subscription token's validity runs out, grace included: past it the
     /// client is unsubscribed with 2501 unless `sub_refresh` moved it.
     expire_at: Option<Instant>,
+    /// The namespace's sub_refresh proxy extends this subscription when it
+    /// expires (no grace, and the client never sends `sub_refresh` for it).
+    server_refresh: bool,
 }
 
 /// When the connection's credentials expire; `expire_at` wins over `exp`, and 0
 /// means never.
 fn expiry(claims: &ConnectClaims) -> Option<u64> {
     claims.expire_at.or(claims.exp).filter(|t| *t > 0)
+}
+
+/// Seconds from now until a Unix time (never negative).
+fn secs_until(unix: i64) -> u64 {
+    (unix - auth::unix_now() as i64).max(0) as u64
+}
+
+/// The instant of a Unix expiry with no grace (capped at a year), for expiries the
+/// server itself acts on through a refresh proxy.
+fn server_deadline(unix: i64) -> Instant {
+    Instant::now() + Duration::from_secs(secs_until(unix).min(365 * 24 * 3600))
+}
+
+/// The token-shaped claims of a connect proxy's result, so that proxy and token
+/// connections share one path.
+fn claims_from_proxy(r: wire::ConnectResult) -> ConnectClaims {
+    ConnectClaims {
+        sub: r.user,
+        expire_at: (r.expire_at > 0).then_some(r.expire_at as u64),
+        info: r.info,
+        channels: r.channels,
+        subs: r
+            .subs
+            .into_iter()
+            .map(|(channel, o)| {
+                let claim = SubClaim {
+                    info: o.info,
+                    data: o.data,
+                    r#override: o.overrides.map(override_from_proxy),
+                    ..Default::default()
+                };
+                (channel, claim)
+            })
+            .collect(),
+        meta: r.meta,
+        ..Default::default()
+    }
+}
+
+fn override_from_proxy(o: wire::Override) -> SubscribeOverride {
+    let b = |v: Option<wire::BoolValue>| v.map(|v| auth::BoolValue { value: v.value });
+    SubscribeOverride {
+        presence: b(o.presence),
+        join_leave: b(o.join_leave),
+        force_push_join_leave: b(o.force_push_join_leave),
+        force_recovery: b(o.force_recovery),
+        force_positioning: b(o.force_positioning),
+    }
 }
 
 /// When a subscription expires, by the same rule.
@@ -144,6 +196,8 @@ struct SubscribeAsk {
     overrides: Option<SubscribeOverride>,
     /// The subscription's expiry deadline (subscription tokens only).
     expire_at: Option<Instant>,
+    /// Refreshed by the namespace's sub_refresh proxy.
+    server_refresh: bool,
 }
 
 /// The outcome of subscribing, before the reply is sent.
@@ -186,6 +240,12 @@ pub struct Session {
     stale_at: Instant,
     /// `None` when `client.command_rate_limit` is off.
     budget: Option<CommandBudget>,
+    /// What the backend proxies get besides the connection: the emulated headers
+    /// of the connect command and the connection's meta.
+    proxy_ctx: ProxyContext,
+    /// The refresh proxy, not the client, extends this connection when it
+    /// expires.
+    server_refresh: bool,
 }
 
 impl Session {
@@ -218,6 +278,8 @@ impl Session {
             next_ping: now,
             stale_at: now + stale,
             budget,
+            proxy_ctx: ProxyContext::default(),
+            server_refresh: false,
         }
     }
 
@@ -269,7 +331,14 @@ impl Session {
                     Some(Err(InboundError::Transport)) | None => break,
                 },
                 _ = tokio::time::sleep_until(deadline) => {
-                    if let Err(d) = self.handle_timer() {
+                    let refresh_due = self.server_refresh
+                        && self.connected
+                        && self.expire_at.is_some_and(|at| Instant::now() >= at);
+                    if refresh_due {
+                        if let Err(d) = Box::pin(self.refresh_by_proxy()).await {
+                            self.close(d);
+                        }
+                    } else if let Err(d) = self.handle_timer() {
                         self.close(d);
                     } else {
                         Box::pin(self.expire_subscriptions()).await;
@@ -302,18 +371,59 @@ impl Session {
         if self.sub_expire_at.is_none_or(|at| now < at) {
             return;
         }
-        let due: Vec<String> = self
+        let due: Vec<(String, bool)> = self
             .subs
             .iter()
             .filter(|(_, s)| s.expire_at.is_some_and(|at| now >= at))
-            .map(|(c, _)| c.clone())
+            .map(|(c, s)| (c.clone(), s.server_refresh))
             .collect();
-        for channel in due {
+        for (channel, server_refresh) in due {
+            if server_refresh {
+                let node = self.node.clone();
+                let r = node
+                    .proxy_sub_refresh(&self.conn, &self.proxy_ctx, &channel)
+                    .await;
+                if !r.expired && r.expire_at > auth::unix_now() as i64 {
+                    if let Some(sub) = self.subs.get_mut(&channel) {
+                        sub.expire_at = Some(server_deadline(r.expire_at));
+                        if r.info.is_some() {
+                            sub.member.set_chan_info(r.info);
+                        }
+                    }
+                    continue;
+                }
+            }
             let (code, reason) = codes::unsubscribe::EXPIRED;
             self.unsubscribe_channel(&channel, Some((code, reason)))
                 .await;
         }
         self.sub_expire_at = self.subs.values().filter_map(|s| s.expire_at).min();
+    }
+
+    /// Asks the refresh proxy to extend the connection, which expired just now.
+    async fn refresh_by_proxy(&mut self) -> Result<(), Disconnect> {
+        let node = self.node.clone();
+        let r = node.proxy_refresh(&self.conn, &self.proxy_ctx).await;
+        if r.expired || r.expire_at <= auth::unix_now() as i64 {
+            return Err(Disconnect::expired());
+        }
+        self.expire_at = Some(server_deadline(r.expire_at));
+        if r.meta.is_some() {
+            self.proxy_ctx.meta = r.meta;
+        }
+        if let Some(info) = r.info {
+            self.set_conn_info(info);
+        }
+        Ok(())
+    }
+
+    /// New connection info, for this connection's later presence entries and
+    /// publications.
+    fn set_conn_info(&mut self, info: RawJson) {
+        for sub in self.subs.values_mut() {
+            sub.member.set_conn_info(Some(info.clone()));
+        }
+        self.conn_info = Some(info);
     }
 
     fn handle_timer(&mut self) -> Result<(), Disconnect> {
@@ -505,11 +615,15 @@ impl Session {
             }
             Method::Publish => {
                 let req = cmd.publish.unwrap_or_default();
-                let result = self.on_publish(req).await.map(|()| Reply {
-                    publish: Some(Empty {}),
-                    ..Default::default()
-                });
-                self.answer(id, result);
+                match self.on_publish(req).await {
+                    Ok(()) => self.send_reply(&Reply {
+                        id,
+                        publish: Some(Empty {}),
+                        ..Default::default()
+                    }),
+                    Err(Rejection::Error(e)) => self.send_error(id, e),
+                    Err(Rejection::Disconnect(d)) => return Err(d),
+                }
             }
             Method::Presence => {
                 let channel = cmd.presence.unwrap_or_default().channel;
@@ -544,8 +658,12 @@ impl Session {
                 // Fire-and-forget messages have no handler in the server binary; the
                 // protocol defines no reply, so they are accepted and dropped.
             }
-            Method::Rpc => self.on_rpc(id, cmd.rpc.unwrap_or_default()).await,
+            Method::Rpc => self.on_rpc(id, cmd.rpc.unwrap_or_default()).await?,
             Method::Refresh => {
+                // The refresh proxy refreshes this connection; the client has no say.
+                if self.server_refresh {
+                    return Err(Disconnect::bad_request());
+                }
                 self.on_refresh(id, &cmd.refresh.unwrap_or_default().token)
                     .await?;
             }
@@ -563,6 +681,10 @@ impl Session {
         }
         let node = self.node.clone();
         let cfg = &node.config().client;
+        let mut proxied = false;
+        let mut connect_data = None;
+        // Every proxy may forward some of these (`emulated_headers`).
+        self.proxy_ctx.emulated_headers = req.headers.clone();
         let (user, claims) = if !req.token.is_empty() {
             match node.auth().connection().verify_connect(&req.token).await {
                 Ok(claims) => {
@@ -577,6 +699,29 @@ impl Session {
                 }
                 Err(TokenError::Invalid) => return Err(Disconnect::invalid_token()),
             }
+        } else if node.connect_proxy_enabled() {
+            let channels: Vec<String> = req.subs.keys().cloned().collect();
+            let ev = ConnectEvent {
+                name: &req.name,
+                version: &req.version,
+                data: req.data.as_ref(),
+                channels: &channels,
+            };
+            match node.proxy_connect(&self.conn, &self.proxy_ctx, ev).await {
+                Ok(Some(mut result)) => {
+                    proxied = true;
+                    connect_data = result.data.take();
+                    let claims = claims_from_proxy(result);
+                    (claims.sub.clone(), claims)
+                }
+                // No credentials from the backend: anonymous if allowed.
+                Ok(None) if cfg.allow_anonymous_connect_without_token || cfg.insecure => {
+                    (String::new(), ConnectClaims::default())
+                }
+                Ok(None) => return Err(Disconnect::bad_request()),
+                Err(Rejection::Disconnect(d)) => return Err(d),
+                Err(Rejection::Error(e)) => return self.refuse_connect(id, e),
+            }
         } else if cfg.allow_anonymous_connect_without_token || cfg.insecure {
             (String::new(), ConnectClaims::default())
         } else {
@@ -586,8 +731,11 @@ impl Session {
         if self.node.is_shutting_down() {
             return Err(Disconnect::shutdown());
         }
+        let personal = self.personal_channel(&user).await?;
         self.conn.set_user(user);
         self.conn_info = claims.info.clone();
+        self.proxy_ctx.meta = claims.meta.clone();
+        self.server_refresh = self.node.refresh_proxy_enabled();
         let expires_unix = expiry(&claims);
         let mut result = ConnectResult {
             client: self.conn.client_id.clone(),
@@ -595,16 +743,22 @@ impl Session {
             ping: self.node.config().client.ping_interval.as_secs().max(1) as u32,
             pong: self.mode != SessionMode::Unidirectional,
             node: self.node.uid().to_string(),
+            data: connect_data,
             ..Default::default()
         };
         if self.mode != SessionMode::Bidirectional {
             result.session = self.conn.session_id.clone();
         }
         if let Some(exp) = expires_unix {
-            let (ttl, at) = expiry_deadline(exp, self.node.config().client.expired_close_delay);
-            result.expires = true;
-            result.ttl = ttl;
-            self.expire_at = Some(at);
+            if self.server_refresh {
+                // The server refreshes through the proxy: the client is not told.
+                self.expire_at = Some(server_deadline(exp as i64));
+            } else {
+                let (ttl, at) = expiry_deadline(exp, self.node.config().client.expired_close_delay);
+                result.expires = true;
+                result.ttl = ttl;
+                self.expire_at = Some(at);
+            }
         }
         if !self.node.register(&self.conn) {
             return Err(Disconnect::connection_limit());
@@ -634,7 +788,13 @@ impl Session {
                 sub.r#override.clone(),
             ));
         }
-        if self.mode == SessionMode::Unidirectional {
+        if let Some(personal) = personal {
+            if !channels.iter().any(|(c, ..)| *c == personal) {
+                channels.push((personal, None, None, None));
+            }
+        }
+        // The connect proxy's answer decides the server-side channels alone.
+        if self.mode == SessionMode::Unidirectional && !proxied {
             // A unidirectional client cannot subscribe later, so the channels it names
             // in `subs` are subscribed now, each under the usual permission rules.
             for (channel, sub) in &req.subs {
@@ -701,6 +861,68 @@ impl Session {
         Ok(())
     }
 
+    /// Answers a connect the connect proxy refused with an error: a bidirectional
+    /// client gets the error reply (and retries on a temporary one); a
+    /// unidirectional client, which reads no replies, is disconnected with the
+    /// code `client.connect_code_to_unidirectional_disconnect` maps the error to,
+    /// or 3004.
+    fn refuse_connect(&mut self, id: u32, e: tidings_protocol::Error) -> Result<(), Disconnect> {
+        if self.mode != SessionMode::Unidirectional {
+            self.send_error(id, e);
+            return Ok(());
+        }
+        let map = &self
+            .node
+            .config()
+            .client
+            .connect_code_to_unidirectional_disconnect;
+        let mapped = map
+            .enabled
+            .then(|| map.transforms.iter().find(|t| t.code == e.code))
+            .flatten()
+            .map(|t| Disconnect::new(t.to.code, t.to.reason.clone()));
+        Err(mapped.unwrap_or_else(Disconnect::server_error))
+    }
+
+    /// The user's personal channel, when `client.subscribe_to_user_personal_channel`
+    /// is on and the user is not anonymous. With `single_connection`, the user's
+    /// other connections (found in the channel's presence) are disconnected with
+    /// 3504 first.
+    async fn personal_channel(&self, user: &str) -> Result<Option<String>, Disconnect> {
+        let config = self.node.config();
+        let personal = &config.client.subscribe_to_user_personal_channel;
+        if !personal.enabled || user.is_empty() {
+            return Ok(None);
+        }
+        let channel = if personal.personal_channel_namespace.is_empty() {
+            format!("{}{user}", config.channel.user_boundary)
+        } else {
+            format!(
+                "{}{}{}{user}",
+                personal.personal_channel_namespace,
+                config.channel.namespace_boundary,
+                config.channel.user_boundary
+            )
+        };
+        if personal.single_connection {
+            let stats = self.node.presence_stats(&channel).await.map_err(|e| {
+                tracing::warn!(channel, error = %e, "personal channel presence failed");
+                Disconnect::server_error()
+            })?;
+            if stats.num_clients >= 1 {
+                let keep = [self.conn.client_id.clone()];
+                self.node
+                    .disconnect(user, None, &keep, Disconnect::connection_limit())
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(user, error = %e, "single connection: disconnect failed");
+                        Disconnect::server_error()
+                    })?;
+            }
+        }
+        Ok(Some(channel))
+    }
+
     async fn on_refresh(&mut self, id: u32, token: &str) -> Result<(), Disconnect> {
         let node = self.node.clone();
         match node.auth().connection().verify_connect(token).await {
@@ -754,6 +976,14 @@ impl Session {
         if !self.subs.contains_key(&req.channel) {
             self.send_error(id, codes::ERROR_PERMISSION_DENIED);
             return Ok(());
+        }
+        if self
+            .subs
+            .get(&req.channel)
+            .is_some_and(|s| s.server_refresh)
+        {
+            // The sub_refresh proxy refreshes this subscription.
+            return Err(Disconnect::bad_request());
         }
         if req.token.is_empty() {
             self.send_error(id, codes::ERROR_BAD_REQUEST);
@@ -812,6 +1042,9 @@ impl Session {
     }
 
     async fn on_subscribe(&mut self, id: u32, req: SubscribeRequest) -> Result<(), Disconnect> {
+        if req.token.is_empty() && self.uses_subscribe_proxy(&req.channel) {
+            return self.subscribe_by_proxy(id, req).await;
+        }
         let granted = if req.token.is_empty() {
             self.check_subscribe(&req)
                 .map(|()| None)
@@ -843,12 +1076,17 @@ impl Session {
         let mut chan_info = None;
         let mut data = None;
         let mut ttl = None;
+        ask.server_refresh = self.sub_refresh_by_proxy(&req.channel);
         if let Some(claims) = token {
             if let Some(exp) = sub_expiry(&claims) {
-                let grace = self.node.config().client.expired_sub_close_delay;
-                let (secs, at) = expiry_deadline(exp, grace);
-                ttl = Some(secs);
-                ask.expire_at = Some(at);
+                if ask.server_refresh {
+                    ask.expire_at = Some(server_deadline(exp as i64));
+                } else {
+                    let grace = self.node.config().client.expired_sub_close_delay;
+                    let (secs, at) = expiry_deadline(exp, grace);
+                    ttl = Some(secs);
+                    ask.expire_at = Some(at);
+                }
             }
             ask.overrides = claims.r#override;
             chan_info = claims.info;
@@ -872,6 +1110,103 @@ impl Session {
                     Ok(reply) => self.go_live(&req.channel, sub.pending, Some(reply)).await,
                     Err(d) => return Err(d),
                 }
+            }
+            Err(e) => self.send_error(id, e.to_protocol()),
+        }
+        Ok(())
+    }
+
+    /// Whether a subscribe without a token goes to the subscribe proxy: the
+    /// namespace enables one and the name is not a user-limited one (whose user
+    /// list decides), as in Centrifugo.
+    fn uses_subscribe_proxy(&self, channel_name: &str) -> bool {
+        let config = self.node.config();
+        let Ok(ch) = channel::resolve(config, channel_name) else {
+            return false;
+        };
+        ch.options.subscribe_proxy_enabled
+            && !(ch.options.allow_user_limited_channels
+                && channel_name.contains(config.channel.user_boundary.as_str()))
+    }
+
+    /// Whether the namespace's sub_refresh proxy extends this channel's
+    /// subscriptions.
+    fn sub_refresh_by_proxy(&self, channel_name: &str) -> bool {
+        channel::resolve(self.node.config(), channel_name)
+            .is_ok_and(|ch| ch.options.sub_refresh_proxy_enabled)
+    }
+
+    /// A subscribe the subscribe proxy decides. Recovery, positioning and
+    /// join/leave pushes follow the namespace's `force_*` options and the
+    /// backend's `override`, not the client's flags (Centrifugo's rule).
+    async fn subscribe_by_proxy(
+        &mut self,
+        id: u32,
+        req: SubscribeRequest,
+    ) -> Result<(), Disconnect> {
+        if let Err(code) = self.check_subscribe_limits(&req) {
+            self.send_error(id, code);
+            return Ok(());
+        }
+        if channel::resolve(self.node.config(), &req.channel).is_ok_and(|ch| ch.is_private()) {
+            self.send_error(id, codes::ERROR_PERMISSION_DENIED);
+            return Ok(());
+        }
+        let node = self.node.clone();
+        let r = match node
+            .proxy_subscribe(&self.conn, &self.proxy_ctx, &req.channel, req.data.as_ref())
+            .await
+        {
+            Ok(r) => r,
+            Err(Rejection::Error(e)) => {
+                self.send_error(id, e);
+                return Ok(());
+            }
+            Err(Rejection::Disconnect(d)) => return Err(d),
+        };
+        // The client may have subscribed meanwhile (a second subscribe sent
+        // before this one was answered).
+        if self.subs.contains_key(&req.channel) {
+            self.send_error(id, codes::ERROR_ALREADY_SUBSCRIBED);
+            return Ok(());
+        }
+        let server_refresh = self.sub_refresh_by_proxy(&req.channel);
+        let mut ask = SubscribeAsk {
+            recover: req.recover.then(|| StreamPosition {
+                offset: req.offset,
+                epoch: req.epoch.clone(),
+            }),
+            overrides: r.overrides.map(override_from_proxy),
+            server_refresh,
+            ..Default::default()
+        };
+        let mut ttl = None;
+        if r.expire_at > 0 {
+            if server_refresh {
+                ask.expire_at = Some(server_deadline(r.expire_at));
+            } else {
+                let grace = self.node.config().client.expired_sub_close_delay;
+                let (secs, at) = expiry_deadline(r.expire_at as u64, grace);
+                ttl = Some(secs);
+                ask.expire_at = Some(at);
+            }
+        }
+        match self.subscribe_channel(&req.channel, ask, r.info).await {
+            Ok(mut sub) => {
+                if let Some(ttl) = ttl {
+                    sub.result.expires = true;
+                    sub.result.ttl = ttl;
+                }
+                sub.result.data = r.data;
+                let reply = Bytes::from(
+                    Reply {
+                        id,
+                        subscribe: Some(sub.result),
+                        ..Default::default()
+                    }
+                    .to_json(),
+                );
+                self.go_live(&req.channel, sub.pending, Some(reply)).await;
             }
             Err(e) => self.send_error(id, e.to_protocol()),
         }
@@ -1018,6 +1353,7 @@ impl Session {
             ChannelSub {
                 member: joined.member,
                 expire_at: ask.expire_at,
+                server_refresh: ask.server_refresh,
             },
         );
         if let Some(at) = ask.expire_at {
@@ -1057,10 +1393,31 @@ impl Session {
         }
     }
 
-    async fn on_publish(&mut self, req: tidings_protocol::PublishRequest) -> Result<(), NodeError> {
-        let config = self.node.config();
+    /// A client publication: the publish proxy decides (and may rewrite it) where
+    /// the namespace enables one; the namespace's permissions otherwise.
+    async fn on_publish(&mut self, req: tidings_protocol::PublishRequest) -> Result<(), Rejection> {
+        let node = self.node.clone();
+        let config = node.config();
         let ch = channel::resolve(config, &req.channel)?;
         let subscribed = self.subs.get(&req.channel);
+        if ch.options.publish_proxy_enabled {
+            let data = req.data.ok_or(codes::ERROR_BAD_REQUEST)?;
+            let r = node
+                .proxy_publish(&self.conn, &self.proxy_ctx, &req.channel, &data)
+                .await?;
+            let chan_info = subscribed.and_then(|s| s.member.info().chan_info.clone());
+            return node
+                .publish(PublishRequest {
+                    info: Some(self.client_info(chan_info)),
+                    skip_history: r.skip_history,
+                    tags: r.tags,
+                    idempotency_key: Some(r.idempotency_key).filter(|k| !k.is_empty()),
+                    ..PublishRequest::new(req.channel, r.data.unwrap_or(data))
+                })
+                .await
+                .map(|_| ())
+                .map_err(|e| Rejection::Error(e.to_protocol()));
+        }
         if !config.client.insecure
             && !channel::can_publish(ch.options, self.conn.user(), subscribed.is_some())
         {
@@ -1075,6 +1432,7 @@ impl Session {
             })
             .await
             .map(|_| ())
+            .map_err(|e| Rejection::Error(e.to_protocol()))
     }
 
     /// Presence queries: 108 where presence is off, then the permission (103).
@@ -1149,26 +1507,29 @@ impl Session {
         })
     }
 
-    async fn on_rpc(&self, id: u32, req: tidings_protocol::RpcRequest) {
+    async fn on_rpc(&self, id: u32, req: tidings_protocol::RpcRequest) -> Result<(), Disconnect> {
         let call = RpcRequest {
             client_id: self.conn.client_id.clone(),
             user: self.conn.user().to_string(),
             method: req.method,
             data: req.data,
         };
-        match self.node.call_rpc(call).await {
+        match self.node.rpc(&self.conn, &self.proxy_ctx, call).await {
             Ok(data) => self.send_reply(&Reply {
                 id,
-                rpc: Some(RpcResult { data: Some(data) }),
+                rpc: Some(RpcResult { data }),
                 ..Default::default()
             }),
-            Err(e) => self.send_error(id, e),
+            Err(Rejection::Error(e)) => self.send_error(id, e),
+            Err(Rejection::Disconnect(d)) => return Err(d),
         }
+        Ok(())
     }
 
     async fn handle_control(&mut self, ctrl: Control) -> Result<(), Disconnect> {
         match ctrl {
             Control::Disconnect(d) => return Err(d),
+            Control::Refresh(r) => self.on_server_refresh(*r)?,
             Control::Insufficient { channel } => {
                 let lost = self
                     .subs
@@ -1219,6 +1580,38 @@ impl Session {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Server API `refresh`: ends the connection, moves its expiry (grace
+    /// included) and tells the client with a refresh push, or updates its info.
+    fn on_server_refresh(&mut self, r: ServerRefresh) -> Result<(), Disconnect> {
+        if !self.connected {
+            return Ok(());
+        }
+        if r.expired {
+            return Err(Disconnect::expired());
+        }
+        let mut push = tidings_protocol::RefreshResult::default();
+        if r.expire_at > 0 {
+            if r.expire_at <= auth::unix_now() as i64 {
+                return Err(Disconnect::expired());
+            }
+            let grace = self.node.config().client.expired_close_delay;
+            let (ttl, at) = expiry_deadline(r.expire_at as u64, grace);
+            self.expire_at = Some(at);
+            push.expires = true;
+            push.ttl = ttl;
+        } else {
+            self.expire_at = None;
+        }
+        if let Some(info) = r.info {
+            self.set_conn_info(info);
+        }
+        self.send_reply(&Reply::push(Push {
+            refresh: Some(push),
+            ..Default::default()
+        }));
         Ok(())
     }
 

@@ -26,6 +26,8 @@ interface ChatProps {
   rooms: string[];
   me: Me;
   transports: TransportName[];
+  /** `token`: connect with a JWT from /api/token; `proxy`: connect with the cookie alone. */
+  auth: 'token' | 'proxy';
 }
 
 /** Asks this app's own route handler for a connection token (the secret stays on the server). */
@@ -39,7 +41,11 @@ async function fetchToken(): Promise<string> {
 export function Chat(props: ChatProps) {
   const getToken = useCallback(fetchToken, []);
   return (
-    <TidingsProvider url={props.url} getToken={getToken} transports={props.transports}>
+    <TidingsProvider
+      url={props.url}
+      getToken={props.auth === 'token' ? getToken : undefined}
+      transports={props.transports}
+    >
       <Room {...props} />
     </TidingsProvider>
   );

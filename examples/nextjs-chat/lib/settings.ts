@@ -14,6 +14,14 @@ export const settings = {
   apiKey: process.env.TIDINGS_API_KEY || 'nextjs-chat-example-api-key',
   /** Lifetime of a connection token in seconds; the client asks for a new one when it runs out. */
   tokenTtl: Number(process.env.TIDINGS_TOKEN_TTL || 600),
+  /**
+   * How browsers sign in to Tidings: `token` (the /api/token route mints a JWT) or
+   * `proxy` (no token: Tidings asks /api/tidings/connect with the browser's cookie;
+   * run Tidings with tidings.proxy.toml).
+   */
+  auth: (process.env.TIDINGS_AUTH === 'proxy' ? 'proxy' : 'token') as 'proxy' | 'token',
+  /** The header Tidings' connect proxy sends (http.static_headers in tidings.proxy.toml). */
+  proxySecret: process.env.TIDINGS_PROXY_SECRET || 'nextjs-chat-example-proxy-secret-change-me',
 };
 
 export const ROOMS = ['lobby', 'random', 'engineering'];

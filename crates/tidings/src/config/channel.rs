@@ -10,6 +10,8 @@ use super::Config;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ChannelConfig {
+    /// The unnamed subscribe, publish and sub_refresh proxies.
+    pub proxy: super::ChannelProxyConfig,
     /// Longest accepted channel name, in bytes. Default `255`.
     pub max_length: usize,
     /// Separates a namespace from the rest of a channel name. Default `:`.
@@ -31,6 +33,7 @@ pub struct ChannelConfig {
 impl Default for ChannelConfig {
     fn default() -> Self {
         Self {
+            proxy: Default::default(),
             max_length: 255,
             namespace_boundary: ":".into(),
             user_boundary: "#".into(),
@@ -97,6 +100,21 @@ pub struct ChannelOptions {
     pub allow_history_for_anonymous: bool,
     /// Channels with `#` admit only the users listed after it.
     pub allow_user_limited_channels: bool,
+    /// Subscribes without a token go to the subscribe proxy, which alone decides.
+    pub subscribe_proxy_enabled: bool,
+    /// The subscribe proxy: a name from `proxies`, or empty (or `default`) for
+    /// `channel.proxy.subscribe`.
+    pub subscribe_proxy_name: String,
+    /// Client publications go to the publish proxy, which alone decides and may
+    /// rewrite them.
+    pub publish_proxy_enabled: bool,
+    /// The publish proxy, named as above.
+    pub publish_proxy_name: String,
+    /// Subscriptions that expire are extended by the sub_refresh proxy (server-side)
+    /// instead of the client's `sub_refresh`.
+    pub sub_refresh_proxy_enabled: bool,
+    /// The sub_refresh proxy, named as above.
+    pub sub_refresh_proxy_name: String,
 }
 
 impl Config {

@@ -9,6 +9,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ClientConfig {
+    /// The connect and refresh proxies (see docs/proxy.md).
+    pub proxy: super::ClientProxyConfig,
+    /// Subscribe every authenticated user to a personal channel.
+    pub subscribe_to_user_personal_channel: super::PersonalChannelConfig,
+    /// The disconnect a unidirectional client gets for a connect error.
+    pub connect_code_to_unidirectional_disconnect: super::ConnectCodeToDisconnect,
     /// Origins allowed to open browser connections; `*` and `*.example.com`-style
     /// wildcards work. Same-origin requests and requests without `Origin` are allowed.
     /// Default: none.
@@ -110,6 +116,9 @@ impl Default for CommandRateLimitConfig {
 impl Default for ClientConfig {
     fn default() -> Self {
         Self {
+            proxy: Default::default(),
+            subscribe_to_user_personal_channel: Default::default(),
+            connect_code_to_unidirectional_disconnect: Default::default(),
             allowed_origins: Vec::new(),
             token: TokenConfig::default(),
             subscription_token: SubscriptionTokenConfig::default(),

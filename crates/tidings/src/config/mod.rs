@@ -19,6 +19,9 @@
 //! - `client.rs`: `client.*`: origins, tokens, timeouts, limits, the command budget.
 //! - `channel.rs`: `channel.*`: names, namespaces, [`ChannelOptions`].
 //! - `api.rs`: `http_api`.
+//! - `proxy.rs`: the backend proxies' shape ([`ProxyConfig`]), `client.proxy`,
+//!   `channel.proxy`, the `proxies` list, the personal channel.
+//! - `rpc.rs`: `rpc.*`: RPC namespaces and their proxy.
 //! - `engine.rs`: `engine.*`: the engine type ([`EngineKind`]), Redis and NATS.
 //! - `transports.rs`: `websocket`, `uni_*`, `sse`, `http_stream`, `emulation`,
 //!   `long_poll`.
@@ -47,6 +50,8 @@ mod engine;
 mod env;
 mod insecure;
 pub mod pem;
+mod proxy;
+mod rpc;
 mod server;
 mod socketio;
 mod transports;
@@ -61,6 +66,12 @@ pub use engine::{
 pub use env::ENV_PREFIX;
 use env::{env_overrides, unknown_keys};
 pub use insecure::{is_loopback, MIN_HMAC_SECRET_LEN};
+pub use proxy::{
+    ChannelProxyConfig, ClientProxyConfig, CodeToDisconnect, ConnectCodeToDisconnect, NamedProxy,
+    PersonalChannelConfig, ProxyConfig, ProxyHttpConfig, StatusToCodeTransform,
+    SwitchedProxyConfig, TransformDisconnect, TransformError, DEFAULT_PROXY_NAME,
+};
+pub use rpc::{RpcConfig, RpcNamespace, RpcOptions};
 pub use server::{
     HealthConfig, HttpServerConfig, LogConfig, NodeConfig, PrometheusConfig, ShutdownConfig,
     TlsConfig,
@@ -102,6 +113,10 @@ pub struct Config {
     /// Socket.IO front door (`/socket.io/`): Engine.IO v4 and Socket.IO v5 clients on
     /// the same channels. A Tidings section; Centrifugo has no such key.
     pub socketio: SocketIoConfig,
+    /// Client RPC calls: which go to a backend proxy.
+    pub rpc: RpcConfig,
+    /// Named backend proxies that namespaces pick with `*_proxy_name`.
+    pub proxies: Vec<NamedProxy>,
     /// Keys in the file that Tidings does not know (typos, or Centrifugo features it
     /// lacks). Not a configuration key: filled by [`Config::load`] for a warning.
     #[serde(skip)]

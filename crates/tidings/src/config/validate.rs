@@ -63,6 +63,9 @@ impl Config {
         if self.channel.namespace_boundary.is_empty() {
             return bad("channel.namespace_boundary must not be empty".into());
         }
+        if let Err(e) = self.validate_proxies() {
+            return bad(e);
+        }
         if self.client.queue_max_size < 1024 {
             return bad("client.queue_max_size must be at least 1024 bytes".into());
         }

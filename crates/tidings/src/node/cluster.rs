@@ -35,7 +35,7 @@ use tidings_protocol::{Disconnect, RawJson};
 use tokio::sync::{oneshot, Semaphore};
 
 use super::{Node, NodeInfo};
-use crate::connection::ServerSubscribe;
+use crate::connection::{ServerRefresh, ServerSubscribe};
 
 /// Version of the message format; messages of another version are ignored.
 /// Version 2 carries front-door requests by kind instead of one variant each.
@@ -95,6 +95,13 @@ pub(crate) enum Message {
         client: Option<String>,
         info: Option<RawJson>,
         data: Option<RawJson>,
+    },
+    /// Server API `refresh`.
+    Refresh {
+        user: String,
+        client: Option<String>,
+        session: Option<String>,
+        refresh: ServerRefresh,
     },
     /// Heartbeat: the sender is alive and these are its figures.
     Info(NodeInfo),
@@ -389,6 +396,14 @@ pub(crate) fn handle(node: &Node, data: &[u8]) {
             client,
         } => {
             node.unsubscribe_local(&user, &channel, client.as_deref());
+        }
+        Message::Refresh {
+            user,
+            client,
+            session,
+            refresh,
+        } => {
+            node.refresh_local(&user, client.as_deref(), session.as_deref(), &refresh);
         }
         Message::Subscribe {
             user,

@@ -10,11 +10,13 @@
 //! - [`users`]: the registry of clients and the server API's user operations;
 //! - [`upkeep`]: the node's timers (heartbeat, presence refresh, position check);
 //! - [`delivery`]: what the broker delivers, handed to the hub;
-//! - [`cluster`]: messages and requests between nodes.
+//! - [`cluster`]: messages and requests between nodes;
+//! - `proxies`: the calls to the backend proxies ([`crate::proxy`]).
 
 mod cluster;
 mod delivery;
 pub mod membership;
+mod proxies;
 mod upkeep;
 mod users;
 
@@ -43,6 +45,7 @@ use crate::presence::PresenceManager;
 pub use crate::presence::PresenceStats;
 pub use cluster::{ForwardError, RequestHandler, MAX_REPLY_BODY as MAX_FORWARDED_BODY};
 pub use membership::{JoinRequest, Joined, Member, Pending, StreamAsk};
+pub use proxies::ConnectEvent;
 
 /// Version reported to clients and in `/api/info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -185,6 +188,8 @@ struct NodeInner {
     auth: Arc<crate::auth::Auth>,
     /// Other nodes and requests to them (see [`cluster`]).
     cluster: cluster::Cluster,
+    /// The backend proxies the configuration uses.
+    proxies: crate::proxy::Proxies,
 }
 
 /// A Tidings node. See the module docs.
@@ -212,7 +217,8 @@ pub struct NodeBuilder {
 }
 
 impl NodeBuilder {
-    /// Handles `rpc` commands from clients; without one they get error 104.
+    /// Handles `rpc` commands from clients; without one they go to the RPC proxy,
+    /// or get error 108.
     pub fn rpc_handler(mut self, handler: RpcHandler) -> Self {
         self.rpc = Some(handler);
         self
@@ -253,6 +259,7 @@ impl NodeBuilder {
             tracing::error!(error = %e, "token configuration unusable: every token will be refused");
             crate::auth::Auth::reject_all()
         });
+        let proxies = crate::proxy::Proxies::from_config(&config);
         let inner = Arc::new(NodeInner {
             config,
             hub,
@@ -270,6 +277,7 @@ impl NodeBuilder {
             rpc: self.rpc,
             auth: Arc::new(auth),
             cluster: Default::default(),
+            proxies,
         });
         let _ = events.node.set(Arc::downgrade(&inner));
         inner.broker.run(&inner.uid, events);
@@ -627,11 +635,12 @@ impl Node {
     /// Runs the node's RPC handler.
     ///
     /// # Errors
-    /// The handler's error; 104 "method not found" without a handler.
+    /// The handler's error; 108 "not available" without a handler (the RPC proxy
+    /// is [`Node::rpc`]'s).
     pub async fn call_rpc(&self, req: RpcRequest) -> Result<RawJson, tidings_protocol::Error> {
         match self.inner.rpc.clone() {
             Some(handler) => handler(req).await,
-            None => Err(codes::ERROR_METHOD_NOT_FOUND.into()),
+            None => Err(codes::ERROR_NOT_AVAILABLE.into()),
         }
     }
 

@@ -1,5 +1,6 @@
 //! The node's clients by id and by user, and the server API's operations on a
-//! user's connections (disconnect, unsubscribe, subscribe), applied on every node.
+//! user's connections (disconnect, unsubscribe, subscribe, refresh), applied on every
+//! node.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use tidings_protocol::Disconnect;
 
 use super::{Node, NodeError};
 use crate::channel;
-use crate::connection::{Connection, Control, ServerSubscribe};
+use crate::connection::{Connection, Control, ServerRefresh, ServerSubscribe};
 
 /// Who is connected on this node, by client id and by user.
 #[derive(Default)]
@@ -227,6 +228,56 @@ impl Node {
             if conn
                 .control
                 .try_send(Control::Subscribe(Box::new(req.clone())))
+                .is_ok()
+            {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Refreshes a user's connections (or one, by client or session id) on every
+    /// node: ends them, moves their expiry, or updates their info, as Centrifugo's
+    /// `refresh` API method does.
+    ///
+    /// # Errors
+    /// A backend error when the broker could not carry the request to the other
+    /// nodes (this node's connections are refreshed anyway).
+    pub async fn refresh(
+        &self,
+        user: &str,
+        client: Option<&str>,
+        session: Option<&str>,
+        refresh: ServerRefresh,
+    ) -> Result<(), NodeError> {
+        let msg = super::cluster::Message::Refresh {
+            user: user.to_string(),
+            client: client.map(str::to_owned),
+            session: session.map(str::to_owned),
+            refresh: refresh.clone(),
+        };
+        self.broadcast(msg, || {
+            self.refresh_local(user, client, session, &refresh);
+        })
+        .await
+    }
+
+    /// Refreshes a user's connections on this node. Returns how many were asked.
+    pub fn refresh_local(
+        &self,
+        user: &str,
+        client: Option<&str>,
+        session: Option<&str>,
+        refresh: &ServerRefresh,
+    ) -> usize {
+        let mut n = 0;
+        for conn in self.targets(user, client) {
+            if session.is_some_and(|s| !s.is_empty() && s != conn.session_id) {
+                continue;
+            }
+            if conn
+                .control
+                .try_send(Control::Refresh(Box::new(refresh.clone())))
                 .is_ok()
             {
                 n += 1;

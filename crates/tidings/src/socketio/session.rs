@@ -32,7 +32,10 @@ use crate::auth::TokenError;
 use crate::channel;
 use crate::connection::{Control, ControlReceiver, ServerSubscribe};
 use crate::limit::{Budget, CommandBudget};
-use crate::node::{JoinRequest, Member, Node, NodeError, Pending, PublishRequest, StreamAsk};
+use crate::node::{
+    ConnectEvent, JoinRequest, Member, Node, NodeError, Pending, PublishRequest, StreamAsk,
+};
+use crate::proxy::{ProxyContext, Rejection};
 
 /// A connected Socket.IO namespace.
 struct Socket {
@@ -60,6 +63,8 @@ struct Sio {
     conn_info: Option<RawJson>,
     /// The channels this session is in, by name.
     subs: HashMap<String, Member>,
+    /// The connection's meta from the connect proxy, for the other proxies.
+    proxy_ctx: ProxyContext,
     partial: Option<Partial>,
 }
 
@@ -94,6 +99,7 @@ pub async fn run(
         user: None,
         conn_info: None,
         subs: HashMap::new(),
+        proxy_ctx: ProxyContext::default(),
         partial: None,
     };
     let closed = shared.conn.outbox.closed_token().clone();
@@ -282,7 +288,50 @@ impl Sio {
         let auth = auth.unwrap_or(Value::Null);
         let token = auth.get("token").and_then(Value::as_str).unwrap_or("");
         let cfg = &config.client;
-        let claims = if !token.is_empty() {
+        let claims = if token.is_empty() && node.connect_proxy_enabled() {
+            // The whole `auth` object goes to the connect proxy as its `data`; the
+            // backend also sees the handshake's forwarded headers (a cookie, say).
+            let data = (!auth.is_null()).then(|| RawJson::from_value(&auth));
+            let ev = ConnectEvent {
+                data: data.as_ref(),
+                ..Default::default()
+            };
+            match node
+                .proxy_connect(&self.shared.conn, &self.proxy_ctx, ev)
+                .await
+            {
+                Ok(Some(result)) => {
+                    let mut claims = crate::auth::ConnectClaims {
+                        sub: result.user,
+                        info: result.info,
+                        channels: result.channels,
+                        meta: result.meta,
+                        ..Default::default()
+                    };
+                    // Channel options of `subs` (info, data, override) do not
+                    // apply to Socket.IO rooms; the channels are joined.
+                    for channel in result.subs.into_keys() {
+                        claims.channels.push(channel);
+                    }
+                    claims
+                }
+                Ok(None) if cfg.allow_anonymous_connect_without_token || cfg.insecure => {
+                    crate::auth::ConnectClaims::default()
+                }
+                Ok(None) => {
+                    self.connect_error(nsp, "unauthorized", Some(3501));
+                    return Ok(());
+                }
+                Err(Rejection::Error(e)) => {
+                    self.connect_error(nsp, &e.message, Some(e.code));
+                    return Ok(());
+                }
+                Err(Rejection::Disconnect(d)) => {
+                    self.connect_error(nsp, &d.reason, Some(d.code));
+                    return Ok(());
+                }
+            }
+        } else if !token.is_empty() {
             match node.auth().connection().verify_connect(token).await {
                 Ok(claims) if claims.sub.is_empty() && cfg.disallow_anonymous_connection_tokens => {
                     self.connect_error(nsp, "permission denied", Some(3500));
@@ -318,6 +367,7 @@ impl Sio {
                 }
                 self.user = Some(claims.sub.clone());
                 self.conn_info = claims.info.clone();
+                self.proxy_ctx.meta = claims.meta.clone();
             }
         }
         self.sockets.insert(
@@ -331,11 +381,13 @@ impl Sio {
         // rooms of a recovered session, each in this namespace only.
         let mut wanted: Vec<(String, Option<StreamPosition>)> = Vec::new();
         let in_ns = |c: &String| super::room_of(config, &tidings_ns, c).is_some();
+        let personal = personal_channel(config, self.user());
         for c in claims
             .channels
             .iter()
             .chain(claims.subs.keys())
             .chain(config.socketio.subscriptions.iter())
+            .chain(personal.iter())
         {
             if in_ns(c) && !wanted.iter().any(|(w, _)| w == c) {
                 wanted.push((c.clone(), None));
@@ -446,6 +498,17 @@ impl Sio {
         nsp: &str,
         since: Option<StreamPosition>,
     ) -> Result<Option<Joined>, NodeError> {
+        self.join_with_info(channel_name, nsp, since, None).await
+    }
+
+    /// [`Sio::join`] with this member's channel info (from the subscribe proxy).
+    async fn join_with_info(
+        &mut self,
+        channel_name: &str,
+        nsp: &str,
+        since: Option<StreamPosition>,
+        chan_info: Option<RawJson>,
+    ) -> Result<Option<Joined>, NodeError> {
         let node = self.node.clone();
         let config = node.config();
         let ch = channel::resolve(config, channel_name)?;
@@ -477,7 +540,10 @@ impl Sio {
                 &self.shared.conn,
                 JoinRequest {
                     channel: channel_name.to_string(),
-                    info: self.client_info(),
+                    info: ClientInfo {
+                        chan_info,
+                        ..self.client_info()
+                    },
                     presence: ch.options.presence,
                     join_leave: ch.options.join_leave,
                     push_join_leave: false,
@@ -620,9 +686,46 @@ impl Sio {
         if self.in_room(nsp, &channel_name) {
             return Ok(json!({"room": room}));
         }
-        channel::check_client_subscribe(self.node.config(), &channel_name, self.user())
-            .map_err(err_text)?;
-        match self.join(&channel_name, nsp, None).await {
+        let config = self.node.config();
+        let by_proxy = channel::resolve(config, &channel_name).is_ok_and(|ch| {
+            ch.options.subscribe_proxy_enabled
+                && !ch.is_private()
+                && !(ch.options.allow_user_limited_channels
+                    && channel_name.contains(config.channel.user_boundary.as_str()))
+        });
+        let mut reply = json!({"room": room});
+        let mut chan_info = None;
+        if by_proxy {
+            // The subscribe proxy alone decides, as for a Centrifugo client; its
+            // `data` comes back in the ack.
+            let node = self.node.clone();
+            let data = arg.and_then(|a| a.get("data")).map(RawJson::from_value);
+            match node
+                .proxy_subscribe(
+                    &self.shared.conn,
+                    &self.proxy_ctx,
+                    &channel_name,
+                    data.as_ref(),
+                )
+                .await
+            {
+                Ok(r) => {
+                    chan_info = r.info;
+                    if let Some(data) = r.data {
+                        reply["data"] = serde_json::from_str(data.as_str()).unwrap_or(Value::Null);
+                    }
+                }
+                Err(Rejection::Error(e)) => return Err(e.message),
+                Err(Rejection::Disconnect(d)) => return Err(d.reason),
+            }
+        } else {
+            channel::check_client_subscribe(config, &channel_name, self.user())
+                .map_err(err_text)?;
+        }
+        match self
+            .join_with_info(&channel_name, nsp, None, chan_info)
+            .await
+        {
             Ok(Some(joined)) => self.go_live(&channel_name, joined).await,
             Ok(None) => {}
             Err(e) => return Err(e.to_protocol().message),
@@ -630,7 +733,7 @@ impl Sio {
         if self.shared.recovery {
             self.send_offset(nsp);
         }
-        Ok(json!({"room": room}))
+        Ok(reply)
     }
 
     async fn event_leave(&mut self, nsp: &str, arg: Option<&Value>) -> Result<Value, String> {
@@ -652,20 +755,37 @@ impl Sio {
             Some(Value::Array(a)) => a.clone(),
             Some(_) => return Err("args must be an array".into()),
         };
-        let config = self.node.config();
+        let node = self.node.clone();
+        let config = node.config();
         let ch = channel::resolve(config, &channel_name).map_err(err_text)?;
-        if !config.client.insecure
+        let data = RawJson::from_value(&json!({"event": event, "args": args}));
+        let mut req = PublishRequest {
+            info: Some(self.client_info()),
+            ..PublishRequest::new(channel_name.clone(), data)
+        };
+        if ch.options.publish_proxy_enabled {
+            // The publish proxy decides and may rewrite `{event, args}`.
+            let r = node
+                .proxy_publish(&self.shared.conn, &self.proxy_ctx, &channel_name, &req.data)
+                .await
+                .map_err(|r| match r {
+                    Rejection::Error(e) => e.message,
+                    Rejection::Disconnect(d) => d.reason,
+                })?;
+            if let Some(data) = r.data {
+                req.data = data;
+            }
+            req.skip_history = r.skip_history;
+            req.tags = r.tags;
+            req.idempotency_key = Some(r.idempotency_key).filter(|k| !k.is_empty());
+        } else if !config.client.insecure
             && !channel::can_publish(ch.options, self.user(), self.in_room(nsp, &channel_name))
         {
             return Err(err_text(codes::ERROR_PERMISSION_DENIED));
         }
-        let data = RawJson::from_value(&json!({"event": event, "args": args}));
         let position = self
             .node
-            .publish(PublishRequest {
-                info: Some(self.client_info()),
-                ..PublishRequest::new(channel_name, data)
-            })
+            .publish(req)
             .await
             .map_err(|e| e.to_protocol().message)?;
         Ok(json!({"offset": position.offset}))
@@ -696,6 +816,9 @@ impl Sio {
     async fn handle_control(&mut self, ctrl: Control) -> Result<(), Disconnect> {
         match ctrl {
             Control::Disconnect(d) => Err(d),
+            // Socket.IO sockets do not expire; only an explicit end applies.
+            Control::Refresh(r) if r.expired => Err(Disconnect::expired()),
+            Control::Refresh(_) => Ok(()),
             // This node missed part of a room's stream. Socket.IO has no
             // resubscribe, so the connection is closed with a reconnect: the client
             // comes back with its connection-state-recovery offsets and gets what it
@@ -769,6 +892,25 @@ impl Sio {
             .map_or(3000, |d| d.code);
         metrics.disconnect(code);
     }
+}
+
+/// The user's personal channel when `client.subscribe_to_user_personal_channel` is
+/// on (joined like the token's channels when it falls in the namespace).
+fn personal_channel(config: &crate::Config, user: &str) -> Option<String> {
+    let personal = &config.client.subscribe_to_user_personal_channel;
+    if !personal.enabled || user.is_empty() {
+        return None;
+    }
+    Some(if personal.personal_channel_namespace.is_empty() {
+        format!("{}{user}", config.channel.user_boundary)
+    } else {
+        format!(
+            "{}{}{}{user}",
+            personal.personal_channel_namespace,
+            config.channel.namespace_boundary,
+            config.channel.user_boundary
+        )
+    })
 }
 
 fn malformed() -> Disconnect {

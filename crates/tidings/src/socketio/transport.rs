@@ -334,7 +334,10 @@ async fn endpoint(State(node): State<Node>, req: Request) -> Response {
             return RequestError::BadRequest.into_response();
         };
         return match query.sid {
-            None => open_websocket(node, ws),
+            None => {
+                let kept = node.proxy_request_headers(&parts.headers);
+                open_websocket(node, ws, kept)
+            }
             Some(sid) => match registry.get(&sid) {
                 Some(shared) if *shared.phase.borrow() == Phase::Polling => {
                     upgrade_websocket(node, shared, ws)
@@ -350,7 +353,8 @@ async fn endpoint(State(node): State<Node>, req: Request) -> Response {
         if parts.method != Method::GET {
             return RequestError::BadHandshakeMethod.into_response();
         }
-        return open_polling(node);
+        let kept = node.proxy_request_headers(&parts.headers);
+        return open_polling(node, kept);
     };
     let binary = parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| {
         v.as_bytes()
@@ -484,8 +488,17 @@ fn handshake(node: &Node, sid: &str, upgrades: &[&str]) -> String {
 }
 
 /// Creates a session and starts its task.
-fn start(node: &Node, phase: Phase, permit: ConnectionPermit) -> Arc<Shared> {
+/// `kept`: the handshake request's headers a backend proxy forwards.
+fn start(
+    node: &Node,
+    phase: Phase,
+    permit: ConnectionPermit,
+    kept: Option<crate::proxy::RequestHeaders>,
+) -> Arc<Shared> {
     let (conn, control) = Connection::new("socketio", node.config().client.queue_max_size);
+    if let Some(kept) = kept {
+        conn.set_request_headers(kept);
+    }
     let (inbound, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
     let (phase, _) = watch::channel(phase);
     let shared = Arc::new(Shared {
@@ -528,12 +541,12 @@ fn text_response(body: String) -> Response {
         .into_response()
 }
 
-fn open_polling(node: Node) -> Response {
+fn open_polling(node: Node, kept: Option<crate::proxy::RequestHeaders>) -> Response {
     let permit = match admit(&node) {
         Ok(p) => p,
         Err(r) => return *r,
     };
-    let shared = start(&node, Phase::Polling, permit);
+    let shared = start(&node, Phase::Polling, permit, kept);
     text_response(handshake(&node, &shared.sid, &["websocket"]))
 }
 
@@ -648,7 +661,11 @@ async fn post_inner(node: &Node, shared: &Shared, body: axum::body::Body) -> Res
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/html")], "ok").into_response()
 }
 
-fn open_websocket(node: Node, ws: WebSocketUpgrade) -> Response {
+fn open_websocket(
+    node: Node,
+    ws: WebSocketUpgrade,
+    kept: Option<crate::proxy::RequestHeaders>,
+) -> Response {
     let permit = match admit(&node) {
         Ok(p) => p,
         Err(r) => return *r,
@@ -656,7 +673,7 @@ fn open_websocket(node: Node, ws: WebSocketUpgrade) -> Response {
     let max = node.config().socketio.max_payload;
     crate::transport::websocket::configure(ws, max)
         .on_upgrade(move |socket| async move {
-            let shared = start(&node, Phase::WebSocket, permit);
+            let shared = start(&node, Phase::WebSocket, permit, kept);
             shared.send_text(&handshake(&node, &shared.sid, &[]));
             pump(node, shared, socket).await;
         })

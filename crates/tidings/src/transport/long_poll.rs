@@ -281,6 +281,7 @@ pub async fn open(State(node): State<Node>, headers: HeaderMap, body: AxumBytes)
         (SessionMode::Emulated, WireFormat::Json),
         Some(first.into()),
         permit,
+        &headers,
     );
     let session = Arc::new(PollSession {
         conn: conn.clone(),

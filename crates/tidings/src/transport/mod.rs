@@ -170,7 +170,8 @@ pub fn opening_frame_is_json(frame: &str, uni: bool) -> bool {
 
 /// Starts a session on its own tracked task. `first` is the frame the client sent
 /// with the opening request (its connect command, or for unidirectional transports
-/// its connect request). Emulated sessions become reachable by their session id
+/// its connect request); `headers` those of the opening request, of which the
+/// connection keeps what a backend proxy forwards. Emulated sessions become reachable by their session id
 /// until they end. The task holds `permit` until the session ends.
 pub(crate) fn start_session(
     node: &Node,
@@ -178,9 +179,13 @@ pub(crate) fn start_session(
     (mode, format): (SessionMode, WireFormat),
     first: Option<ClientFrame>,
     permit: ConnectionPermit,
+    headers: &axum::http::HeaderMap,
 ) -> (Arc<Connection>, mpsc::Sender<Inbound>) {
     let queue = node.config().client.queue_max_size;
     let (conn, control) = Connection::with_format(transport, format, queue);
+    if let Some(kept) = node.proxy_request_headers(headers) {
+        conn.set_request_headers(kept);
+    }
     let (tx, rx) = mpsc::channel::<Inbound>(SESSION_INBOX);
     if let Some(frame) = first {
         // The channel is new and empty, so this cannot fail.

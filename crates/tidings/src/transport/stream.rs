@@ -196,6 +196,7 @@ pub async fn open(
             (SessionMode::Emulated, WireFormat::Protobuf),
             Some(first),
             permit,
+            &headers,
         );
         return streaming_response(conn, Framing::Delimited, false);
     }
@@ -253,6 +254,7 @@ pub async fn open(
         (mode, WireFormat::Json),
         Some(first.into()),
         permit,
+        &headers,
     );
     streaming_response(conn, framing, uni)
 }

@@ -97,10 +97,12 @@ fn upgrade(
     if !uni {
         ws = ws.protocols([PROTOBUF_SUBPROTOCOL]);
     }
+    // What a backend proxy forwards of the upgrade request (usually nothing).
+    let kept = node.proxy_request_headers(&headers);
     ws.on_upgrade(move |socket| {
         let task_node = node.clone();
         async move {
-            task_node.spawn_connection(serve(node, socket, uni, first, permit));
+            task_node.spawn_connection(serve(node, socket, uni, first, permit, kept));
         }
     })
     .into_response()
@@ -157,6 +159,7 @@ pub fn serve(
     uni: bool,
     first: Option<String>,
     permit: ConnectionPermit,
+    request_headers: Option<crate::proxy::RequestHeaders>,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let queue = node.config().client.queue_max_size;
     let write_timeout = node.config().websocket.write_timeout;
@@ -166,6 +169,9 @@ pub fn serve(
         _ => WireFormat::Json,
     };
     let (conn, control) = Connection::with_format(transport, format, queue);
+    if let Some(kept) = request_headers {
+        conn.set_request_headers(kept);
+    }
     let (mut sink, stream) = socket.split();
 
     let writer_conn: Arc<Connection> = conn.clone();

@@ -28,5 +28,14 @@ export default async function RoomPage({
   const forced = TRANSPORTS.find((t) => t === transport);
   const transports: Transport[] = forced ? [forced] : [...TRANSPORTS];
   const rooms = ROOMS.includes(room) ? ROOMS : [...ROOMS, room];
-  return <Chat url={settings.publicUrl} room={room} rooms={rooms} me={user} transports={transports} />;
+  return (
+    <Chat
+      url={settings.publicUrl}
+      room={room}
+      rooms={rooms}
+      me={user}
+      transports={transports}
+      auth={settings.auth}
+    />
+  );
 }
