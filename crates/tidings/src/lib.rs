@@ -4,10 +4,16 @@
 //!
 //! - [`transport`] adapts sockets: the WebSocket endpoint reads frames into a session
 //!   and writes what the connection's outbox holds.
-//! - [`session`] is the Centrifugo client protocol, once for every transport: connect,
-//!   subscribe with recovery, publish, presence, history, pings.
-//! - [`node`] owns everything shared: the [`hub`] (local fan-out), the [`broker`]
-//!   (publish, history, delivery between nodes), [`presence`], [`config`], [`metrics`].
+//! - [`session`] is the Centrifugo client protocol, once for every transport and in
+//!   both encodings (JSON and Protobuf): connect, subscribe with recovery, publish,
+//!   presence, history, pings.
+//! - [`node`] owns everything shared: the [`hub`] (local fan-out, each publication
+//!   encoded once per wire format), the [`broker`] (publish, history, delivery
+//!   between nodes), [`presence`], [`config`], [`metrics`]. Its methods are the only
+//!   way into the core: [`node::membership`] is where every front door joins and
+//!   leaves channels, and the cluster carries requests whose handlers the front
+//!   doors and transports register. The layers are in docs/architecture.md and
+//!   checked by `scripts/check-layers.py`.
 //! - [`engine`] builds the broker and presence manager that `engine.type` names:
 //!   memory, Redis or NATS (the last two behind the `redis` and `nats` features).
 //! - [`proxy`] calls the application's backend (connect, refresh, subscribe,
@@ -15,8 +21,8 @@
 //! - [`outbox`] bounds what a connection may have queued and batches its writes.
 //! - [`limit`] counts connections and holds the token buckets that bound how fast
 //!   connections arrive and how fast each one may send commands.
-//! - [`socketio`] is a second front door: Engine.IO v4 / Socket.IO v5 clients on the
-//!   same channels, as a session kind of its own.
+//! - [`socketio`] is a second front door (the `socketio` feature): Engine.IO v4 /
+//!   Socket.IO v5 clients on the same channels, as a session kind of its own.
 //! - [`config`] is data: the typed configuration with Centrifugo's key names, one
 //!   file per section, loaded from TOML, YAML or JSON and `TIDINGS_*` variables. It
 //!   uses no other module; [`auth`] checks its token keys and [`tls`] its certificates.
