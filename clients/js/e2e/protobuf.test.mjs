@@ -129,14 +129,19 @@ test('a binary payload round-trips exactly between Protobuf clients; a JSON subs
   assert.deepEqual(PROTOBUF_FORMAT.read(st.publications[1].data), { after: 'binary' });
 });
 
-test('bytes published through the server API with b64data reach a Protobuf subscriber as they are', { timeout: 15_000 }, async (t) => {
+test('bytes published through the server API with b64data reach a Protobuf subscriber as they are, and come back from API history as b64data', { timeout: 15_000 }, async (t) => {
   const server = await startServer({ t });
   const channel = uniqueChannel('b64');
   const bytes = Uint8Array.from([0x00, 0xc3, 0x28, 0xff, 0x10, 0x80]);
   const { client } = await connectClient(server.wsUrl, { t, format: PROTOBUF_FORMAT });
   const { publications } = await subscribe(client, channel);
 
-  await server.apiOk('publish', { channel, b64data: Buffer.from(bytes).toString('base64') });
+  const b64data = Buffer.from(bytes).toString('base64');
+  await server.apiOk('publish', { channel, b64data });
   await waitForCount(publications, 1, { message: 'the b64data publication' });
   assert.deepEqual(new Uint8Array(publications[0].data), bytes);
+
+  // The API's history answers in JSON, so it hands such bytes back as b64data.
+  const history = await server.apiOk('history', { channel, limit: -1 });
+  assert.deepEqual(history.publications, [{ b64data, offset: 1 }]);
 });

@@ -6,7 +6,8 @@
 //!   close that connection with 3501 "bad request", while a JSON and a Protobuf
 //!   control client on the same node go on receiving; unknown fields are skipped.
 //! - Through Redis and through NATS, a Protobuf client on one node receives, byte
-//!   for byte, binary publications made on another node, live and from history.
+//!   for byte, binary publications made on another node, live and from history;
+//!   the server API's history gives them back as `b64data`.
 //!
 //! Commands are encoded with `tidings_protocol::proto`, replies decoded with it,
 //! as an SDK does.
@@ -432,6 +433,21 @@ async fn binary_publications_cross_nodes_byte_for_byte(engine: Engine) -> anyhow
     ensure!(
         stored == [BINARY, &api_bytes[..]],
         "{engine:?}: history on A holds {stored:?}"
+    );
+
+    // The server API answers in JSON, so it gives such bytes back as b64data.
+    let api_history = cluster
+        .node(0)
+        .api_ok("history", json!({ "channel": channel, "limit": -1 }))
+        .await?;
+    let b64_of = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    ensure!(
+        api_history["publications"]
+            == json!([
+                { "b64data": b64_of(BINARY), "info": api_history["publications"][0]["info"], "offset": first.offset },
+                { "b64data": b64, "offset": second.offset },
+            ]),
+        "{engine:?}: API history {api_history}"
     );
     Ok(())
 }
