@@ -36,10 +36,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # Default deadline for "wait until X happens".
 WAIT_TIMEOUT = 5.0
 
-# The error code of an RPC the binary has no handler for. The JSON and Protobuf runs
-# assert this one value, so when the code changes it changes here (and in
-# crates/tidings-testkit/tests/connect.rs) only.
-RPC_NO_HANDLER_CODE = 104
+# The error code of an RPC the binary has neither a handler nor a proxy for: 108 "not
+# available" (docs/codes.md). The JSON and Protobuf runs assert this one value, so when
+# the code changes it changes here only (and in crates/tidings-testkit/tests/connect.rs,
+# rpc_without_handler_or_proxy_returns_108).
+RPC_NO_HANDLER_CODE = 108
 
 
 @dataclass(frozen=True)

@@ -50,11 +50,12 @@ export const JSON_FORMAT = FORMATS[0];
 export const PROTOBUF_FORMAT = FORMATS[1];
 
 /**
- * The error code of an RPC the binary has no handler for. The JSON and Protobuf runs
- * assert this one value, so when the code changes it changes here (and in
- * crates/tidings-testkit/tests/connect.rs) only.
+ * The error code of an RPC the binary has neither a handler nor a proxy for: 108 "not
+ * available" (docs/codes.md). The JSON and Protobuf runs assert this one value, so when
+ * the code changes it changes here only (and in crates/tidings-testkit/tests/connect.rs,
+ * rpc_without_handler_or_proxy_returns_108).
  */
-export const RPC_NO_HANDLER_CODE = 104;
+export const RPC_NO_HANDLER_CODE = 108;
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const REPO_ROOT = path.resolve(here, '..', '..', '..');
