@@ -26,7 +26,9 @@ import pytest
 
 from tidings_testlib import (
     REPO_ROOT,
+    WIRES,
     ServerHandle,
+    Wire,
     make_sync_api,
 )
 
@@ -210,6 +212,13 @@ def server(_server_manager: _ServerManager) -> ServerHandle:
     yield handle
     if not process.alive():
         pytest.fail("the tidings server died during this test\n" + process.describe(), pytrace=False)
+
+
+@pytest.fixture(params=WIRES, ids=str)
+def wire(request: pytest.FixtureRequest) -> Wire:
+    """The client protocol's encoding: a test that takes it runs with JSON clients
+    and again with Protobuf clients (centrifuge-python's `use_protobuf=True`)."""
+    return request.param
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ from cent import ChannelsRequest, ChannelsResult, InfoRequest, InfoResult
 from tidings_testlib import Clients, eventually, unique
 
 
-async def test_channels_lists_active_channels(server):
+async def test_channels_lists_active_channels(server, wire):
     prefix = unique("chans")
     first, second = f"{prefix}-one", f"{prefix}-two"
-    async with Clients(server) as clients:
+    async with Clients(server, wire) as clients:
         c1 = await clients.connect()
         c2 = await clients.connect()
         await c1.subscribe(first)
@@ -41,9 +41,9 @@ async def test_channels_lists_active_channels(server):
             await eventually(second_gone, what="channel list without the abandoned channel")
 
 
-async def test_info_describes_the_node(server):
+async def test_info_describes_the_node(server, wire):
     channel = unique("info")
-    async with Clients(server) as clients:
+    async with Clients(server, wire) as clients:
         conn = await clients.connect(unique("judy"))
         await conn.subscribe(channel)
         async with server.async_api() as api:

@@ -28,9 +28,9 @@ async def presence_clients(api, channel: str) -> set[str]:
     return set(result.presence)
 
 
-async def test_api_subscribe_creates_server_side_subscription(server):
+async def test_api_subscribe_creates_server_side_subscription(server, wire):
     user, channel = unique("alice"), unique("srvsub")
-    async with Clients(server) as clients:
+    async with Clients(server, wire) as clients:
         conn = await clients.connect(user)
         async with server.async_api() as api:
             result = await api.subscribe(
@@ -39,19 +39,19 @@ async def test_api_subscribe_creates_server_side_subscription(server):
             assert isinstance(result, SubscribeResult)
 
             ctx = await conn.wait("subscribed", lambda c: c.channel == channel)
-            assert ctx.data == {"welcome": True}
+            assert wire.read(ctx.data) == {"welcome": True}
 
             await api.publish(PublishRequest(channel=channel, data={"text": "server-side"}))
             pub = await conn.wait("publication", lambda c: c.channel == channel)
-            assert pub.pub.data == {"text": "server-side"}
+            assert wire.read(pub.pub.data) == {"text": "server-side"}
 
             # The server-side subscriber is present in the channel.
             assert await presence_clients(api, channel) == {conn.client_id}
 
 
-async def test_api_subscribe_targets_one_client(server):
+async def test_api_subscribe_targets_one_client(server, wire):
     user, channel = unique("multi"), unique("target")
-    async with Clients(server) as clients:
+    async with Clients(server, wire) as clients:
         first = await clients.connect(user)
         second = await clients.connect(user)
         async with server.async_api() as api:
@@ -63,9 +63,9 @@ async def test_api_subscribe_targets_one_client(server):
         await first.log.assert_none("publication", lambda c: c.channel == channel)
 
 
-async def test_api_unsubscribe_ends_client_subscription(server):
+async def test_api_unsubscribe_ends_client_subscription(server, wire):
     user, channel = unique("bob"), unique("unsub")
-    async with Clients(server) as clients:
+    async with Clients(server, wire) as clients:
         conn = await clients.connect(user)
         sub = await conn.subscribe(channel)
         bystander = await clients.connect(unique("carol"))
@@ -88,14 +88,14 @@ async def test_api_unsubscribe_ends_client_subscription(server):
 
             # Later publications reach the bystander but not the unsubscribed client.
             await api.publish(PublishRequest(channel=channel, data={"after": "unsubscribe"}))
-            await watch.wait("publication", lambda c: c.pub.data == {"after": "unsubscribe"})
+            await watch.wait("publication", lambda c: wire.read(c.pub.data) == {"after": "unsubscribe"})
         assert sub.log.all("publication") == []
         assert watch.state == SubscriptionState.SUBSCRIBED
 
 
-async def test_api_unsubscribe_server_side_subscription(server):
+async def test_api_unsubscribe_server_side_subscription(server, wire):
     user, channel = unique("dave"), unique("srvunsub")
-    async with Clients(server) as clients:
+    async with Clients(server, wire) as clients:
         conn = await clients.connect(user)
         async with server.async_api() as api:
             await api.subscribe(SubscribeRequest(user=user, channel=channel))
@@ -108,9 +108,9 @@ async def test_api_unsubscribe_server_side_subscription(server):
             await eventually(empty, what="empty presence after server-side unsubscribe")
 
 
-async def test_api_disconnect_closes_user_connections(server):
+async def test_api_disconnect_closes_user_connections(server, wire):
     user, other_user = unique("eve"), unique("frank")
-    async with Clients(server) as clients:
+    async with Clients(server, wire) as clients:
         conn = await clients.connect(user)
         other = await clients.connect(other_user)
         async with server.async_api() as api:
@@ -127,10 +127,10 @@ async def test_api_disconnect_closes_user_connections(server):
         assert other.log.all("disconnected") == []
 
 
-async def test_api_disconnect_custom_code_and_client_filters(server):
+async def test_api_disconnect_custom_code_and_client_filters(server, wire):
     user = unique("grace")
     channel = unique("kick")
-    async with Clients(server) as clients:
+    async with Clients(server, wire) as clients:
         a = await clients.connect(user)
         b = await clients.connect(user)
         c = await clients.connect(user)
@@ -161,10 +161,10 @@ async def test_api_disconnect_custom_code_and_client_filters(server):
         assert c.log.all("disconnected") == []
 
 
-async def test_api_disconnect_with_reconnect_code(server):
+async def test_api_disconnect_with_reconnect_code(server, wire):
     """A 3000-3499 code tells the client to reconnect, and it does."""
     user = unique("heidi")
-    async with Clients(server) as clients:
+    async with Clients(server, wire) as clients:
         conn = await clients.connect(user)
         first_id = conn.client_id
         async with server.async_api() as api:

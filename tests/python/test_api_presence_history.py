@@ -24,10 +24,10 @@ from tidings_testlib import Clients, eventually, unique
 UNRECOVERABLE_POSITION = 112
 
 
-async def test_presence_lists_subscribers(server):
+async def test_presence_lists_subscribers(server, wire):
     alice, bob = unique("alice"), unique("bob")
     channel = unique("room")
-    async with Clients(server) as clients:
+    async with Clients(server, wire) as clients:
         a1 = await clients.connect(alice)
         a2 = await clients.connect(alice)
         b = await clients.connect(bob)
@@ -60,11 +60,11 @@ async def test_presence_lists_subscribers(server):
             assert set(presence.presence) == {a1.client_id, a2.client_id}
 
 
-async def test_presence_carries_conn_info_and_chan_info(server):
+async def test_presence_carries_conn_info_and_chan_info(server, wire):
     """conn_info comes from the connection token's `info` claim, chan_info from the
     `info` of a server API subscribe."""
     user, channel = unique("kate"), unique("infos")
-    async with Clients(server) as clients:
+    async with Clients(server, wire) as clients:
         conn = await clients.connect(user, info={"name": "Kate"})
         async with server.async_api() as api:
             await api.subscribe(SubscribeRequest(user=user, channel=channel, info={"role": "admin"}))
@@ -77,10 +77,10 @@ async def test_presence_carries_conn_info_and_chan_info(server):
         assert info.chan_info == {"role": "admin"}
 
 
-async def test_join_and_leave_follow_api_actions(server):
+async def test_join_and_leave_follow_api_actions(server, wire):
     """Subscribers see join when a client subscribes and leave when the API disconnects it."""
     watcher_user, user, channel = unique("leo"), unique("mia"), unique("joinleave")
-    async with Clients(server) as clients:
+    async with Clients(server, wire) as clients:
         watcher = await clients.connect(watcher_user)
         watch = await watcher.subscribe(channel, join_leave=True)
         conn = await clients.connect(user)
@@ -93,10 +93,10 @@ async def test_join_and_leave_follow_api_actions(server):
             assert leave.info.client == conn.client_id
 
 
-async def test_presence_matches_client_side_presence(server):
+async def test_presence_matches_client_side_presence(server, wire):
     """The server API and the client protocol report the same presence."""
     channel = unique("both")
-    async with Clients(server) as clients:
+    async with Clients(server, wire) as clients:
         conn = await clients.connect(unique("ivan"))
         sub = await conn.subscribe(channel)
         client_side = await sub.sub.presence()
@@ -199,13 +199,13 @@ def test_history_keeps_tags(api):
     assert [(p.data, p.tags) for p in history.publications] == [({"v": 1}, {"kind": "price"})]
 
 
-async def test_history_has_publisher_info_for_client_publications(server):
+async def test_history_has_publisher_info_for_client_publications(server, wire):
     """A publication made by a client over the WebSocket carries that client's info in history."""
     user, channel = unique("nina"), unique("clientpub")
-    async with Clients(server) as clients:
+    async with Clients(server, wire) as clients:
         conn = await clients.connect(user)
         sub = await conn.subscribe(channel)
-        await sub.sub.publish({"from": "client"})
+        await sub.sub.publish(wire.data({"from": "client"}))
         await sub.wait("publication")
         async with server.async_api() as api:
             history = await api.history(HistoryRequest(channel=channel, limit=-1))
@@ -216,15 +216,15 @@ async def test_history_has_publisher_info_for_client_publications(server):
         assert (pub.info.client, pub.info.user) == (conn.client_id, user)
 
 
-async def test_history_seen_by_late_subscriber(server):
+async def test_history_seen_by_late_subscriber(server, wire):
     """What cent publishes is what a client reads through the client-protocol history call."""
     channel = unique("late")
     async with server.async_api() as api:
         for n in range(3):
             await api.publish(PublishRequest(channel=channel, data={"n": n}))
-    async with Clients(server) as clients:
+    async with Clients(server, wire) as clients:
         conn = await clients.connect()
         sub = await conn.subscribe(channel)
         result = await sub.sub.history(limit=-1)
-        assert [p.data for p in result.publications] == [{"n": 0}, {"n": 1}, {"n": 2}]
+        assert [wire.read(p.data) for p in result.publications] == [{"n": 0}, {"n": 1}, {"n": 2}]
         assert result.offset == 3

@@ -20,9 +20,9 @@ from cent import (
 from tidings_testlib import Clients, unique
 
 
-async def test_publish_is_delivered_to_subscriber(server):
+async def test_publish_is_delivered_to_subscriber(server, wire):
     channel = unique("pub")
-    async with Clients(server) as clients:
+    async with Clients(server, wire) as clients:
         conn = await clients.connect()
         sub = await conn.subscribe(channel)
         async with server.async_api() as api:
@@ -35,16 +35,16 @@ async def test_publish_is_delivered_to_subscriber(server):
         assert result.epoch
 
         ctx = await sub.wait("publication")
-        assert ctx.pub.data == {"text": "hello"}
+        assert wire.read(ctx.pub.data) == {"text": "hello"}
         assert ctx.pub.offset == 1
         assert ctx.pub.tags == {"kind": "greeting"}
         # Published by the server API, so there is no publisher client info.
         assert ctx.pub.info is None
 
 
-async def test_publish_offsets_increase_and_order_is_kept(server):
+async def test_publish_offsets_increase_and_order_is_kept(server, wire):
     channel = unique("order")
-    async with Clients(server) as clients:
+    async with Clients(server, wire) as clients:
         conn = await clients.connect()
         sub = await conn.subscribe(channel)
         async with server.async_api() as api:
@@ -53,21 +53,21 @@ async def test_publish_offsets_increase_and_order_is_kept(server):
         assert [r.offset for r in results] == [1, 2, 3, 4, 5]
         assert len({r.epoch for r in results}) == 1
         pubs = await sub.publications(5)
-        assert [p.data for p in pubs] == [{"n": n} for n in range(5)]
+        assert [wire.read(p.data) for p in pubs] == [{"n": n} for n in range(5)]
         assert [p.offset for p in pubs] == [1, 2, 3, 4, 5]
 
 
-async def test_publish_non_object_data(server):
+async def test_publish_non_object_data(server, wire):
     """`data` is any JSON value, not only an object."""
     channel = unique("scalar")
-    async with Clients(server) as clients:
+    async with Clients(server, wire) as clients:
         conn = await clients.connect()
         sub = await conn.subscribe(channel)
         async with server.async_api() as api:
             for value in ("plain string", 42, [1, "two", None], True):
                 await api.publish(PublishRequest(channel=channel, data=value))
         pubs = await sub.publications(4)
-        assert [p.data for p in pubs] == ["plain string", 42, [1, "two", None], True]
+        assert [wire.read(p.data) for p in pubs] == ["plain string", 42, [1, "two", None], True]
 
 
 def test_publish_idempotency_key(api):
@@ -81,9 +81,9 @@ def test_publish_idempotency_key(api):
     assert [p.data for p in history.publications] == [{"n": 1}]
 
 
-async def test_broadcast_reaches_every_channel(server):
+async def test_broadcast_reaches_every_channel(server, wire):
     first, second = unique("bc-a"), unique("bc-b")
-    async with Clients(server) as clients:
+    async with Clients(server, wire) as clients:
         conn_a = await clients.connect()
         sub_a = await conn_a.subscribe(first)
         conn_b = await clients.connect()
@@ -102,8 +102,8 @@ async def test_broadcast_reaches_every_channel(server):
 
         ctx_a = await sub_a.wait("publication")
         ctx_b = await sub_b.wait("publication")
-        assert ctx_a.pub.data == {"text": "to all"}
-        assert ctx_b.pub.data == {"text": "to all"}
+        assert wire.read(ctx_a.pub.data) == {"text": "to all"}
+        assert wire.read(ctx_b.pub.data) == {"text": "to all"}
 
 
 def test_broadcast_reports_errors_per_channel(api):
@@ -138,9 +138,9 @@ def test_broadcast_raw_shape(server):
     assert responses[1]["error"]["code"] == 102, body
 
 
-async def test_batch_publishes_in_order(server):
+async def test_batch_publishes_in_order(server, wire):
     first, second = unique("batch-a"), unique("batch-b")
-    async with Clients(server) as clients:
+    async with Clients(server, wire) as clients:
         conn = await clients.connect()
         sub_a = await conn.subscribe(first)
         sub_b = await conn.subscribe(second)
@@ -168,8 +168,8 @@ async def test_batch_publishes_in_order(server):
         assert isinstance(stats, PresenceStatsResult)
         assert stats.num_clients == 1
 
-        assert [p.data for p in await sub_a.publications(2)] == [{"n": 1}, {"n": 2}]
-        assert [p.data for p in await sub_b.publications(1)] == [{"n": 3}]
+        assert [wire.read(p.data) for p in await sub_a.publications(2)] == [{"n": 1}, {"n": 2}]
+        assert [wire.read(p.data) for p in await sub_b.publications(1)] == [{"n": 3}]
 
 
 def test_batch_parallel(api):

@@ -129,13 +129,13 @@ async def _request_when_ready(nc, body: dict) -> dict:
             await asyncio.sleep(0.1)
 
 
-async def test_a_backend_publishes_with_nats_py_and_a_subscriber_receives_it(nats_node):
+async def test_a_backend_publishes_with_nats_py_and_a_subscriber_receives_it(nats_node, wire):
     url, server = nats_node
     channel = unique("nats-py")
     nc = await nats.connect(url)
     try:
         await _request_when_ready(nc, {"channel": unique("warmup"), "data": {}})
-        async with Clients(server) as clients:
+        async with Clients(server, wire) as clients:
             conn = await clients.connect()
             sub = await conn.subscribe(channel)
             # The documented envelope, as docs/engines.md sends it.
@@ -144,7 +144,7 @@ async def test_a_backend_publishes_with_nats_py_and_a_subscriber_receives_it(nat
             assert reply["result"]["offset"] == 1, reply
             assert reply["result"]["epoch"]
             ctx = await sub.wait("publication")
-            assert ctx.pub.data == {"text": "hello"}
+            assert wire.read(ctx.pub.data) == {"text": "hello"}
             assert ctx.pub.offset == 1
             assert ctx.pub.tags == {"from": "python"}
 

@@ -2,7 +2,8 @@
 
 `Clients` opens real centrifuge-python WebSocket connections and records every
 event they report, so a test can wait (with a deadline) for the effect of a
-server API call.
+server API call. A `Wire` picks the encoding those connections speak: JSON, or
+Protobuf (`use_protobuf=True`); tests that take the `wire` fixture run in both.
 """
 
 from __future__ import annotations
@@ -34,6 +35,45 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Default deadline for "wait until X happens".
 WAIT_TIMEOUT = 5.0
+
+# The error code of an RPC the binary has neither a handler nor a proxy for: 108 "not
+# available" (docs/codes.md). The JSON and Protobuf runs assert this one value, so when
+# the code changes it changes here only (and in crates/tidings-testkit/tests/connect.rs,
+# rpc_without_handler_or_proxy_returns_108).
+RPC_NO_HANDLER_CODE = 108
+
+
+@dataclass(frozen=True)
+class Wire:
+    """One encoding of the client protocol, as centrifuge-python speaks it.
+
+    The JSON client takes and gives back JSON values as `data`; the Protobuf client
+    takes and gives back bytes. `data` and `read` convert, so one assertion serves
+    both.
+    """
+
+    name: str
+    use_protobuf: bool
+
+    def data(self, value: Any) -> Any:
+        """What to hand the client as `data` for the JSON value `value`."""
+        if self.use_protobuf:
+            return json.dumps(value, separators=(",", ":")).encode()
+        return value
+
+    def read(self, data: Any) -> Any:
+        """The JSON value carried by a received `data`."""
+        if self.use_protobuf:
+            return json.loads(bytes(data).decode("utf-8"))
+        return data
+
+    def __str__(self) -> str:
+        return self.name
+
+
+JSON_WIRE = Wire("json", use_protobuf=False)
+PROTOBUF_WIRE = Wire("protobuf", use_protobuf=True)
+WIRES = (JSON_WIRE, PROTOBUF_WIRE)
 
 
 def unique(prefix: str) -> str:
@@ -68,10 +108,16 @@ class ServerHandle:
     def ws_url(self) -> str:
         return "ws" + self.base_url[len("http"):] + "/connection/websocket"
 
-    def token(self, user: str, ttl: int = 3600, info: Any = None) -> str:
-        claims: dict = {"sub": user, "exp": int(time.time()) + ttl}
+    def token(self, user: str, ttl: int = 3600, info: Any = None, **claims: Any) -> str:
+        """A connection token for `user` (with `info` and any other `claims`)."""
+        claims.update({"sub": user, "exp": int(time.time()) + ttl})
         if info is not None:
             claims["info"] = info
+        return hs256_jwt(self.token_secret, claims)
+
+    def sub_token(self, user: str, channel: str, ttl: int = 3600) -> str:
+        """A subscription token for `user` in `channel`."""
+        claims = {"sub": user, "channel": channel, "exp": int(time.time()) + ttl}
         return hs256_jwt(self.token_secret, claims)
 
     def async_api(self, api_key: Optional[str] = None) -> AsyncClient:
@@ -222,10 +268,11 @@ class Sub:
 class Conn:
     """A connected centrifuge-python client and its events."""
 
-    def __init__(self, client: Client, log: EventLog, user: str) -> None:
+    def __init__(self, client: Client, log: EventLog, user: str, wire: Wire) -> None:
         self.client = client
         self.log = log
         self.user = user
+        self.wire = wire
         self.client_id = ""
 
     @property
@@ -246,10 +293,12 @@ class Conn:
 
 
 class Clients:
-    """Opens centrifuge-python connections and closes them all on exit."""
+    """Opens centrifuge-python connections speaking `wire` (JSON unless told) and
+    closes them all on exit."""
 
-    def __init__(self, server: ServerHandle) -> None:
+    def __init__(self, server: ServerHandle, wire: Wire = JSON_WIRE) -> None:
         self.server = server
+        self.wire = wire
         self.conns: list[Conn] = []
 
     async def __aenter__(self) -> "Clients":
@@ -262,22 +311,33 @@ class Clients:
             except Exception:
                 pass
 
-    async def connect(self, user: Optional[str] = None, info: Any = None) -> Conn:
+    async def connect(self, user: Optional[str] = None, info: Any = None, *,
+                      wire: Optional[Wire] = None, address: Optional[str] = None,
+                      token: Optional[str] = None, wait: bool = True, **options: Any) -> Conn:
         """Connect anonymously (user None) or with an HS256 token for `user`
-        (with `info` as the token's connection info)."""
+        (with `info` as the token's connection info), or with `token` as given.
+        `wire` overrides this set's encoding, `address` the server's WebSocket URL,
+        and `options` go to centrifuge-python's `Client` (`get_token`, ...). With
+        `wait=False` it returns without waiting for `connected`."""
         log = EventLog()
-        token = self.server.token(user, info=info) if user else ""
+        wire = wire or self.wire
+        if token is None:
+            token = self.server.token(user, info=info) if user else ""
+        options.setdefault("max_reconnect_delay", 1.0)
         client = Client(
-            self.server.ws_url,
+            address or self.server.ws_url,
             events=_ClientEvents(log),
             token=token,
+            use_protobuf=wire.use_protobuf,
             timeout=5.0,
             proxy=None,
-            max_reconnect_delay=1.0,
+            **options,
         )
-        conn = Conn(client, log, user or "")
+        conn = Conn(client, log, user or "", wire)
         self.conns.append(conn)
         await client.connect()
+        if not wait:
+            return conn
         ctx = await log.wait("connected")
         conn.client_id = ctx.client
         assert conn.client_id, "connect reply carried no client id"
@@ -310,3 +370,67 @@ def eventually_sync(check: Callable[[], Any], timeout: float = WAIT_TIMEOUT,
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout}s (last value: {last!r})")
         time.sleep(interval)
+
+
+class TcpProxy:
+    """A TCP proxy in front of the server that can cut every connection on demand and
+    refuse new ones until restored: a network outage without touching the server.
+    Runs in the test's event loop; `async with` closes it."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.blocked = False
+        self.accepted = 0
+        self.port = 0
+        self._server: Optional[asyncio.base_events.Server] = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def __aenter__(self) -> "TcpProxy":
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/connection/websocket"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.blocked:
+            writer.transport.abort()
+            return
+        self.accepted += 1
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.update((writer, up_writer))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                for w in (writer, up_writer):
+                    self._writers.discard(w)
+                    w.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def cut(self) -> None:
+        """Drops every proxied connection and refuses new ones."""
+        self.blocked = True
+        for w in list(self._writers):
+            w.transport.abort()
+        self._writers.clear()
+
+    def restore(self) -> None:
+        self.blocked = False

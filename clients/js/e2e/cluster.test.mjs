@@ -12,7 +12,7 @@ import { after, before, describe, test } from 'node:test';
 import { LongPollSocket } from '@tidings/long-poll';
 import { EventSource } from 'eventsource';
 
-import { newClient, startServer, subscribe, uniqueChannel, waitEvent, waitForCount } from './harness.mjs';
+import { JSON_FORMAT, PROTOBUF_FORMAT, newClient, startServer, subscribe, uniqueChannel, waitEvent, waitForCount } from './harness.mjs';
 
 const REDIS = ['/usr/bin/redis-server', '/usr/local/bin/redis-server'].find((p) => existsSync(p));
 
@@ -72,17 +72,17 @@ describe('two nodes on Redis, requests landing on the other node', () => {
     redis?.kill('SIGKILL');
   });
 
-  async function roundTrip(t, client) {
+  async function roundTrip(t, client, format = JSON_FORMAT) {
     const connected = waitEvent(client, 'connected', { message: 'connect' });
     client.connect();
     await connected;
     const channel = uniqueChannel('cluster');
     const { sub, publications } = await subscribe(client, channel);
-    await sub.publish({ from: 'the client' });
+    await sub.publish(format.data({ from: 'the client' }));
     await nodeB.apiOk('publish', { channel, data: { from: 'the API of node B' } });
     await waitForCount(publications, 2, { message: 'publications' });
     assert.deepEqual(
-      publications.map((p) => p.data.from),
+      publications.map((p) => format.read(p.data).from),
       ['the client', 'the API of node B'],
     );
     const presence = await sub.presence();
@@ -106,6 +106,15 @@ describe('two nodes on Redis, requests landing on the other node', () => {
       emulationEndpoint: `${nodeB.httpUrl}/emulation`,
     });
     await roundTrip(t, client);
+  });
+
+  test('HTTP streaming with the Protobuf build: stream on node A, commands posted to node B', async (t) => {
+    const client = newClient([{ transport: 'http_stream', endpoint: `${nodeA.httpUrl}/connection/http_stream` }], {
+      t,
+      format: PROTOBUF_FORMAT,
+      emulationEndpoint: `${nodeB.httpUrl}/emulation`,
+    });
+    await roundTrip(t, client, PROTOBUF_FORMAT);
   });
 
   test('long polling: session opened on node A, polls and commands through node B', async (t) => {

@@ -10,9 +10,52 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
 import { Centrifuge } from 'centrifuge';
+import { Centrifuge as ProtobufCentrifuge } from 'centrifuge/build/protobuf';
 import WebSocket from 'ws';
 
 export { Centrifuge, WebSocket };
+
+/**
+ * The two encodings of the client protocol, each as the matching build of centrifuge-js
+ * speaks it. Scenarios loop over `FORMATS` so each is written once and run in both.
+ *
+ * - `Centrifuge`: the SDK class of that build.
+ * - `data(value)`: what the scenario hands the SDK as `data` for a JSON value. The JSON
+ *   build takes the value; the Protobuf build takes bytes, here the value's JSON text.
+ * - `read(data)`: the JSON value back out of a received `data` (a publication, an RPC
+ *   result), so one assertion serves both.
+ * - `transports`: the bidirectional transports that carry it. The Protobuf protocol
+ *   runs over WebSocket and HTTP streaming; SSE and long polling are JSON only.
+ */
+export const FORMATS = [
+  {
+    name: 'json',
+    Centrifuge,
+    data: (value) => value,
+    read: (data) => data,
+    transports: ['websocket', 'sse', 'http_stream', 'long_poll'],
+  },
+  {
+    name: 'protobuf',
+    Centrifuge: ProtobufCentrifuge,
+    data: (value) => new TextEncoder().encode(JSON.stringify(value)),
+    read: (data) => JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(data)),
+    transports: ['websocket', 'http_stream'],
+  },
+];
+
+/** The JSON format, the default of every helper below. */
+export const JSON_FORMAT = FORMATS[0];
+/** The Protobuf format (`centrifuge/build/protobuf`). */
+export const PROTOBUF_FORMAT = FORMATS[1];
+
+/**
+ * The error code of an RPC the binary has neither a handler nor a proxy for: 108 "not
+ * available" (docs/codes.md). The JSON and Protobuf runs assert this one value, so when
+ * the code changes it changes here only (and in crates/tidings-testkit/tests/connect.rs,
+ * rpc_without_handler_or_proxy_returns_108).
+ */
+export const RPC_NO_HANDLER_CODE = 108;
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const REPO_ROOT = path.resolve(here, '..', '..', '..');
@@ -277,11 +320,12 @@ export function metricValue(text, name, labels = {}) {
 }
 
 /**
- * A centrifuge-js client pointed at `url` using `ws`. Disconnected in teardown when `t` is
- * given. Reconnect delays are short so reconnect tests stay fast.
+ * A centrifuge-js client pointed at `url` using `ws`, of the build `format` names (JSON by
+ * default). Disconnected in teardown when `t` is given. Reconnect delays are short so
+ * reconnect tests stay fast.
  */
-export function newClient(url, { t, ...options } = {}) {
-  const client = new Centrifuge(url, {
+export function newClient(url, { t, format = JSON_FORMAT, ...options } = {}) {
+  const client = new format.Centrifuge(url, {
     websocket: WebSocket,
     minReconnectDelay: 50,
     maxReconnectDelay: 400,

@@ -1,9 +1,11 @@
-// Recovery: a client whose TCP connection is cut gets exactly what it missed on reconnect.
+// Recovery: a client whose TCP connection is cut gets exactly what it missed on reconnect,
+// with the JSON and the Protobuf build of centrifuge-js.
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
 import {
+  FORMATS,
   TcpProxy,
   connectClient,
   startServer,
@@ -20,7 +22,7 @@ import {
  * centrifuge-js recovers exactly those 10, in order, with `recovered: true`.
  * `earlier` publications are made before the client subscribes (0 = a fresh channel).
  */
-async function cutAndRecover(t, { earlier }) {
+async function cutAndRecover(t, { earlier, format }) {
   const server = await startServer({ t });
   const proxy = await TcpProxy.start(server.port, { t });
   const channel = uniqueChannel('recover');
@@ -29,7 +31,7 @@ async function cutAndRecover(t, { earlier }) {
     await server.apiOk('publish', { channel, data: { n: `earlier-${i}` } });
   }
 
-  const { client } = await connectClient(`ws://127.0.0.1:${proxy.port}/connection/websocket`, { t });
+  const { client } = await connectClient(`ws://127.0.0.1:${proxy.port}/connection/websocket`, { t, format });
   const { sub, ctx: firstCtx, publications } = await subscribe(client, channel, { recoverable: true });
   assert.equal(firstCtx.recoverable, true, 'subscription is recoverable');
   assert.equal(firstCtx.wasRecovering, false);
@@ -69,24 +71,27 @@ async function cutAndRecover(t, { earlier }) {
 
   // A marker published after recovery proves no stragglers or duplicates follow.
   await server.apiOk('publish', { channel, data: { n: 'marker' } });
-  await waitFor(() => publications.some((p) => p.data.n === 'marker'), { message: 'marker publication' });
+  const n = (p) => format.read(p.data).n;
+  await waitFor(() => publications.some((p) => n(p) === 'marker'), { message: 'marker publication' });
 
   const missed = publications.slice(1, -1);
-  assert.deepEqual(missed.map((p) => p.data.n), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+  assert.deepEqual(missed.map(n), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
   assert.deepEqual(
     missed.map((p) => p.offset),
     Array.from({ length: 10 }, (_, i) => earlier + 2 + i),
   );
-  assert.equal(publications.length, 12, `all publications: ${JSON.stringify(publications.map((p) => p.data.n))}`);
+  assert.equal(publications.length, 12, `all publications: ${JSON.stringify(publications.map(n))}`);
   assert.equal(publications.at(-1).offset, earlier + 12);
   assert.equal(subscribedEvents.length, 1);
   assert.ok(proxy.accepted >= 2, 'the client reconnected through the proxy');
 }
 
-test('recovery after a cut TCP connection delivers exactly the missed publications in order with recovered: true', { timeout: 20_000 }, async (t) => {
-  await cutAndRecover(t, { earlier: 0 });
-});
+for (const format of FORMATS) {
+  test(`recovery after a cut TCP connection delivers exactly the missed publications in order with recovered: true [${format.name}]`, { timeout: 20_000 }, async (t) => {
+    await cutAndRecover(t, { earlier: 0, format });
+  });
 
-test('recovery after a cut TCP connection also works on a channel that had history before subscribing', { timeout: 20_000 }, async (t) => {
-  await cutAndRecover(t, { earlier: 3 });
-});
+  test(`recovery after a cut TCP connection also works on a channel that had history before subscribing [${format.name}]`, { timeout: 20_000 }, async (t) => {
+    await cutAndRecover(t, { earlier: 3, format });
+  });
+}

@@ -1,10 +1,13 @@
 // One behaviour, every transport: each scenario below is written once and run with the
 // real centrifuge-js client over WebSocket, SSE and HTTP streaming (bidirectional
-// emulation through /emulation) and Tidings' long polling (through @tidings/long-poll).
+// emulation through /emulation) and Tidings' long polling (through @tidings/long-poll),
+// with the JSON build, and again with the Protobuf build over the transports that carry
+// Protobuf (WebSocket and HTTP streaming).
 // Then the unidirectional endpoints with no SDK at all: a plain EventSource and curl.
 
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { createHmac } from 'node:crypto';
 import { createInterface } from 'node:readline';
 import { after, before, describe, test } from 'node:test';
 
@@ -12,6 +15,8 @@ import { LongPollSocket } from '@tidings/long-poll';
 import { EventSource } from 'eventsource';
 
 import {
+  FORMATS,
+  RPC_NO_HANDLER_CODE,
   TcpProxy,
   connectClient,
   newClient,
@@ -23,11 +28,24 @@ import {
   waitForCount,
 } from './harness.mjs';
 
-// Short long-poll timings so a vanished long-poll client is noticed within a test.
+const HMAC_SECRET = 'e2e-transports-secret-of-at-least-32-bytes';
+
+// Short long-poll timings so a vanished long-poll client is noticed within a test. Token
+// scenarios sign with HMAC_SECRET; clients without a token stay anonymous.
 const SERVER_ENV = {
   TIDINGS_LONG_POLL_HOLD: '1s',
   TIDINGS_LONG_POLL_SESSION_TIMEOUT: '2s',
+  TIDINGS_CLIENT_TOKEN_HMAC_SECRET_KEY: HMAC_SECRET,
 };
+
+/** An HS256 JWT with `claims`, signed the way an application backend would. */
+function jwt(claims) {
+  const part = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
+  const signed = `${part({ alg: 'HS256', typ: 'JWT' })}.${part(claims)}`;
+  return `${signed}.${createHmac('sha256', HMAC_SECRET).update(signed).digest('base64url')}`;
+}
+
+const now = () => Math.floor(Date.now() / 1000);
 
 // The shim gives up on a cut network after two quick retries, so centrifuge-js starts
 // reconnecting (and recovering) soon.
@@ -106,9 +124,12 @@ function waitingOnServer(client) {
   });
 }
 
-/** Connects a client over `transport` and resolves once it is connected. */
-async function connectOver(transport, hostPort, t) {
-  const client = transport.client(hostPort, { t });
+/**
+ * Connects a client of `format` over `transport` and resolves once it is connected;
+ * `options` go to the SDK (a token, getToken).
+ */
+async function connectOver(transport, format, hostPort, t, options = {}) {
+  const client = transport.client(hostPort, { t, format, ...options });
   const connected = waitEvent(client, 'connected', { message: `connect over ${transport.name}` });
   client.connect();
   const ctx = await connected;
@@ -121,27 +142,27 @@ function hostPortOf(server) {
 
 // --- the scenarios, each written once --------------------------------------------------
 
-async function connectScenario(t, transport, server) {
-  const { client, ctx } = await connectOver(transport, hostPortOf(server), t);
+async function connectScenario(t, transport, format, server) {
+  const { client, ctx } = await connectOver(transport, format, hostPortOf(server), t);
   assert.equal(client.state, 'connected');
   assert.match(ctx.client, /\S/, 'a client id');
   assert.equal(ctx.transport, transport.reported);
 }
 
-async function publishScenario(t, transport, server) {
+async function publishScenario(t, transport, format, server) {
   const channel = uniqueChannel(`pub-${transport.name}`);
-  const { client } = await connectOver(transport, hostPortOf(server), t);
+  const { client } = await connectOver(transport, format, hostPortOf(server), t);
   const { sub, publications } = await subscribe(client, channel);
 
   // From the client itself, over the transport's command path.
-  await sub.publish({ text: 'from the client' });
+  await sub.publish(format.data({ text: 'from the client' }));
   await waitForCount(publications, 1, { message: 'own publication' });
   // From the server API.
   await server.apiOk('publish', { channel, data: { text: 'from the API' } });
   await waitForCount(publications, 2, { message: 'API publication' });
 
   assert.deepEqual(
-    publications.map((p) => p.data.text),
+    publications.map((p) => format.read(p.data).text),
     ['from the client', 'from the API'],
   );
   assert.deepEqual(
@@ -150,13 +171,13 @@ async function publishScenario(t, transport, server) {
   );
 }
 
-async function presenceScenario(t, transport, server) {
+async function presenceScenario(t, transport, format, server) {
   const channel = uniqueChannel(`presence-${transport.name}`);
   const hostPort = hostPortOf(server);
-  const alice = await connectOver(transport, hostPort, t);
+  const alice = await connectOver(transport, format, hostPort, t);
   const a = await subscribe(alice.client, channel, { joinLeave: true });
 
-  const bob = await connectOver(transport, hostPort, t);
+  const bob = await connectOver(transport, format, hostPort, t);
   const joined = waitEvent(a.sub, 'join', {
     filter: (ctx) => ctx.info.client === bob.ctx.client,
     message: "bob's join at alice",
@@ -182,18 +203,18 @@ async function presenceScenario(t, transport, server) {
   });
 }
 
-async function historyScenario(t, transport, server) {
+async function historyScenario(t, transport, format, server) {
   const channel = uniqueChannel(`history-${transport.name}`);
   let epoch;
   for (let n = 1; n <= 3; n++) {
     ({ epoch } = await server.apiOk('publish', { channel, data: { n } }));
   }
-  const { client } = await connectOver(transport, hostPortOf(server), t);
+  const { client } = await connectOver(transport, format, hostPortOf(server), t);
   const { sub } = await subscribe(client, channel);
 
   const all = await sub.history({ limit: 10 });
   assert.deepEqual(
-    all.publications.map((p) => [p.offset, p.data.n]),
+    all.publications.map((p) => [p.offset, format.read(p.data).n]),
     [
       [1, 1],
       [2, 2],
@@ -205,17 +226,97 @@ async function historyScenario(t, transport, server) {
 
   const tail = await sub.history({ limit: 2, since: { offset: 1, epoch } });
   assert.deepEqual(
-    tail.publications.map((p) => p.data.n),
+    tail.publications.map((p) => format.read(p.data).n),
     [2, 3],
   );
 }
 
-async function recoveryScenario(t, transport) {
+async function tokenScenario(t, transport, format, server) {
+  const hostPort = hostPortOf(server);
+  const inbox = uniqueChannel(`inbox-${transport.name}`);
+  const room = uniqueChannel(`room-${transport.name}`);
+  // The token names the user and one channel the server subscribes the client to.
+  const client = transport.client(hostPort, {
+    t,
+    format,
+    token: jwt({ sub: 'carol', exp: now() + 600, channels: [inbox] }),
+  });
+  const serverSide = waitEvent(client, 'subscribed', {
+    filter: (ctx) => ctx.channel === inbox,
+    message: 'the server-side subscription',
+  });
+  const pushed = [];
+  client.on('publication', (ctx) => pushed.push(ctx));
+  const connected = waitEvent(client, 'connected', { message: `connect over ${transport.name}` });
+  client.connect();
+  const ctx = await connected;
+  await serverSide;
+  assert.equal(client.getSubscription(inbox), null, 'no client-side subscription was made');
+
+  await server.apiOk('publish', { channel: inbox, data: { note: 'for carol' } });
+  await waitForCount(pushed, 1, { message: 'publication of the server-side subscription' });
+  assert.equal(pushed[0].channel, inbox);
+  assert.deepEqual(format.read(pushed[0].data), { note: 'for carol' });
+
+  // The user is the one the token names, in presence as the server keeps it.
+  const { sub } = await subscribe(client, room);
+  const presence = await sub.presence();
+  assert.equal(presence.clients[ctx.client]?.user, 'carol');
+  const stats = await sub.presenceStats();
+  assert.deepEqual(stats, { numClients: 1, numUsers: 1 });
+}
+
+async function rpcScenario(t, transport, format, server) {
+  const { client } = await connectOver(transport, format, hostPortOf(server), t);
+  // The binary registers no RPC handler: the documented error, and the connection stays.
+  await assert.rejects(client.rpc('sum', format.data({ a: 1, b: 2 })), (err) => {
+    assert.equal(err.code, RPC_NO_HANDLER_CODE, `rpc error: ${JSON.stringify(err)}`);
+    return true;
+  });
+  assert.equal(client.state, 'connected');
+  const { sub, publications } = await subscribe(client, uniqueChannel(`after-rpc-${transport.name}`));
+  await sub.publish(format.data({ still: 'here' }));
+  await waitForCount(publications, 1, { message: 'publication after the RPC error' });
+}
+
+async function refreshScenario(t, transport, format, server) {
+  const channel = `$${uniqueChannel(`private-${transport.name}`)}`;
+  // Both tokens live about two seconds, so the SDK renews each once: the connection with
+  // `refresh`, the subscription with `sub_refresh`.
+  const renewed = { connection: 0, subscription: -1 }; // the first subscription token is no renewal
+  const { client } = await connectOver(transport, format, hostPortOf(server), t, {
+    token: jwt({ sub: 'erin', exp: now() + 2 }),
+    getToken: async () => {
+      renewed.connection += 1;
+      return jwt({ sub: 'erin', exp: now() + 2 });
+    },
+  });
+  const { sub, publications } = await subscribe(client, channel, {
+    getToken: async (ctx) => {
+      renewed.subscription += 1;
+      return jwt({ sub: 'erin', channel: ctx.channel, exp: now() + 2 });
+    },
+  });
+  const interruptions = [];
+  client.on('state', (ctx) => interruptions.push(`client ${ctx.newState}`));
+  sub.on('state', (ctx) => interruptions.push(`subscription ${ctx.newState}`));
+
+  await waitFor(() => renewed.connection >= 1 && renewed.subscription >= 1, {
+    timeout: 8_000,
+    message: `a refresh and a sub_refresh (so far ${JSON.stringify(renewed)})`,
+  });
+  await server.apiOk('publish', { channel, data: { after: 'refresh' } });
+  await waitForCount(publications, 1, { message: 'publication after the renewals' });
+  assert.deepEqual(format.read(publications[0].data), { after: 'refresh' });
+  assert.deepEqual(interruptions, [], 'neither the connection nor the subscription was interrupted');
+}
+
+async function recoveryScenario(t, transport, format) {
   const server = await startServer({ t, env: SERVER_ENV });
   const proxy = await TcpProxy.start(server.port, { t });
   const channel = uniqueChannel(`recover-${transport.name}`);
 
-  const { client } = await connectOver(transport, `127.0.0.1:${proxy.port}`, t);
+  const { client } = await connectOver(transport, format, `127.0.0.1:${proxy.port}`, t);
   const { sub, ctx: firstCtx, publications } = await subscribe(client, channel, { recoverable: true });
   assert.equal(firstCtx.recoverable, true);
 
@@ -248,10 +349,11 @@ async function recoveryScenario(t, transport) {
   assert.equal(ctx.streamPosition?.epoch, epoch);
 
   await server.apiOk('publish', { channel, data: { n: 'marker' } });
-  await waitFor(() => publications.some((p) => p.data.n === 'marker'), { message: 'marker after recovery' });
+  const n = (p) => format.read(p.data).n;
+  await waitFor(() => publications.some((p) => n(p) === 'marker'), { message: 'marker after recovery' });
 
   assert.deepEqual(
-    publications.map((p) => p.data.n),
+    publications.map(n),
     [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 'marker'],
   );
   assert.deepEqual(
@@ -262,12 +364,12 @@ async function recoveryScenario(t, transport) {
   assert.ok(proxy.accepted >= 2, 'the client reconnected through the proxy');
 }
 
-async function shutdownScenario(t, transport) {
+async function shutdownScenario(t, transport, format) {
   const server = await startServer({ t, env: { ...SERVER_ENV, TIDINGS_SHUTDOWN_TIMEOUT: '2s' } });
   // Through a proxy that outlives the server, to count the reconnect attempts.
   const proxy = await TcpProxy.start(server.port, { t });
   const channel = uniqueChannel(`bye-${transport.name}`);
-  const { client } = await connectOver(transport, `127.0.0.1:${proxy.port}`, t);
+  const { client } = await connectOver(transport, format, `127.0.0.1:${proxy.port}`, t);
   await subscribe(client, channel);
   // A long-poll client learns of the shutdown through a poll the server holds; see the
   // test at the end for a poll that arrives after SIGTERM.
@@ -293,29 +395,39 @@ async function shutdownScenario(t, transport) {
 
 // --- every scenario over every transport ----------------------------------------------
 
-for (const transport of TRANSPORTS) {
-  describe(`over ${transport.name}`, () => {
-    let server;
-    before(async () => {
-      server = await startServer({ env: SERVER_ENV });
-    });
-    after(() => server?.stop());
+for (const format of FORMATS) {
+  for (const transport of TRANSPORTS.filter((tr) => format.transports.includes(tr.name))) {
+    const tag = `${transport.name}, ${format.name}`;
+    describe(`over ${tag}`, () => {
+      let server;
+      before(async () => {
+        server = await startServer({ env: SERVER_ENV });
+      });
+      after(() => server?.stop());
 
-    test(`connect [${transport.name}]`, { timeout: 10_000 }, (t) => connectScenario(t, transport, server));
-    test(`subscribe and publish [${transport.name}]`, { timeout: 10_000 }, (t) =>
-      publishScenario(t, transport, server),
-    );
-    test(`presence with join and leave [${transport.name}]`, { timeout: 10_000 }, (t) =>
-      presenceScenario(t, transport, server),
-    );
-    test(`history [${transport.name}]`, { timeout: 10_000 }, (t) => historyScenario(t, transport, server));
-    test(`recovery after a cut connection [${transport.name}]`, { timeout: 20_000 }, (t) =>
-      recoveryScenario(t, transport),
-    );
-    test(`shutdown: 3001 then reconnect attempts [${transport.name}]`, { timeout: 15_000 }, (t) =>
-      shutdownScenario(t, transport),
-    );
-  });
+      test(`connect [${tag}]`, { timeout: 10_000 }, (t) => connectScenario(t, transport, format, server));
+      test(`subscribe and publish [${tag}]`, { timeout: 10_000 }, (t) =>
+        publishScenario(t, transport, format, server),
+      );
+      test(`presence with join and leave [${tag}]`, { timeout: 10_000 }, (t) =>
+        presenceScenario(t, transport, format, server),
+      );
+      test(`history [${tag}]`, { timeout: 10_000 }, (t) => historyScenario(t, transport, format, server));
+      test(`connect with a token, server-side subscription, presence stats [${tag}]`, { timeout: 10_000 }, (t) =>
+        tokenScenario(t, transport, format, server),
+      );
+      test(`RPC without a handler [${tag}]`, { timeout: 10_000 }, (t) => rpcScenario(t, transport, format, server));
+      test(`refresh and sub_refresh keep the connection and subscription [${tag}]`, { timeout: 15_000 }, (t) =>
+        refreshScenario(t, transport, format, server),
+      );
+      test(`recovery after a cut connection [${tag}]`, { timeout: 20_000 }, (t) =>
+        recoveryScenario(t, transport, format),
+      );
+      test(`shutdown: 3001 then reconnect attempts [${tag}]`, { timeout: 15_000 }, (t) =>
+        shutdownScenario(t, transport, format),
+      );
+    });
+  }
 }
 
 // --- unidirectional, no SDK --------------------------------------------------------------

@@ -3,11 +3,16 @@
 //! Built for load generation: one process holds thousands of connections, so a
 //! connection is a WebSocket stream with small buffers and nothing else (no task, no
 //! channel, no parsed pushes). The caller drives it: [`Client::recv`] returns the
-//! next text frame that carries data, and answers the protocol's pings on the way.
+//! next frame that carries data, and answers the protocol's pings on the way.
 //!
-//! Three protocols over WebSocket ([`Protocol`]):
+//! Four protocols over WebSocket ([`Protocol`]):
 //! - `Centrifugo`: the Centrifugo JSON protocol that Tidings speaks (connect,
 //!   subscribe, publish commands; newline-delimited replies and pushes; `{}` pings).
+//! - `CentrifugoProtobuf`: the same protocol in Protobuf (subprotocol
+//!   `centrifuge-protobuf`; binary frames of varint-length-delimited messages, encoded
+//!   and decoded with `tidings-protocol`; an empty message is a ping, answered by an
+//!   empty command). Received frames are not decoded: a publication's data bytes
+//!   appear in the frame as they are, so a load generator scans them like JSON text.
 //! - `Raw`: plain text frames, for broadcast servers that send every frame to all.
 //! - `EngineIo`: Engine.IO v4 / Socket.IO v5 (open packet, namespace connect,
 //!   `2`/`3` ping-pong, `42["event",payload]` events).
@@ -22,9 +27,12 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use tidings_protocol::proto;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
@@ -57,14 +65,26 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub enum Protocol {
     /// The Centrifugo JSON protocol (Tidings, Centrifugo).
     Centrifugo,
+    /// The Centrifugo Protobuf protocol (WebSocket subprotocol `centrifuge-protobuf`).
+    CentrifugoProtobuf,
     /// Raw text frames; publishing sends the payload as a frame.
     Raw,
     /// Engine.IO v4 with Socket.IO v5 packets on the default namespace.
     EngineIo,
 }
 
+impl Protocol {
+    /// One of the two encodings of the Centrifugo protocol.
+    pub fn is_centrifugo(self) -> bool {
+        matches!(self, Protocol::Centrifugo | Protocol::CentrifugoProtobuf)
+    }
+}
+
 /// Socket.IO event name used for publications.
 pub const EIO_EVENT: &str = "msg";
+
+/// The WebSocket subprotocol that selects the Centrifugo Protobuf protocol.
+pub const PROTOBUF_SUBPROTOCOL: &str = "centrifuge-protobuf";
 
 /// How to open a connection.
 #[derive(Debug, Clone)]
@@ -145,7 +165,13 @@ impl Client {
         opts: &ConnectOptions,
     ) -> Result<Client> {
         let stream = tcp_connect(addr, opts.bind).await?;
-        let request = url.into_client_request()?;
+        let mut request = url.into_client_request()?;
+        if protocol == Protocol::CentrifugoProtobuf {
+            request.headers_mut().insert(
+                "Sec-WebSocket-Protocol",
+                HeaderValue::from_static(PROTOBUF_SUBPROTOCOL),
+            );
+        }
         let config = WebSocketConfig::default()
             .read_buffer_size(opts.read_buffer)
             .write_buffer_size(0);
@@ -165,6 +191,18 @@ impl Client {
                 }
                 client
                     .command(serde_json::json!({ "connect": connect }))
+                    .await?;
+            }
+            Protocol::CentrifugoProtobuf => {
+                let connect = tidings_protocol::ConnectRequest {
+                    token: opts.token.clone().unwrap_or_default(),
+                    ..Default::default()
+                };
+                client
+                    .command_protobuf(tidings_protocol::Command {
+                        connect: Some(connect),
+                        ..Default::default()
+                    })
                     .await?;
             }
             Protocol::EngineIo => {
@@ -199,9 +237,22 @@ impl Client {
     /// Subscribes to `channel` and waits for the reply (Centrifugo only; the other
     /// protocols have one broadcast and this does nothing).
     pub async fn subscribe(&mut self, channel: &str) -> Result<()> {
-        if self.protocol == Protocol::Centrifugo {
-            self.command(serde_json::json!({ "subscribe": { "channel": channel } }))
+        match self.protocol {
+            Protocol::Centrifugo => {
+                self.command(serde_json::json!({ "subscribe": { "channel": channel } }))
+                    .await?;
+            }
+            Protocol::CentrifugoProtobuf => {
+                self.command_protobuf(tidings_protocol::Command {
+                    subscribe: Some(tidings_protocol::SubscribeRequest {
+                        channel: channel.to_owned(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
                 .await?;
+            }
+            Protocol::Raw | Protocol::EngineIo => {}
         }
         Ok(())
     }
@@ -219,6 +270,9 @@ impl Client {
             let Some(frame) = self.recv().await? else {
                 return Err(Error::Closed);
             };
+            let Ok(frame) = std::str::from_utf8(&frame) else {
+                continue;
+            };
             if let Some(ack) = frame.strip_prefix("431") {
                 if ack.contains("\"ok\":true") {
                     return Ok(());
@@ -230,22 +284,57 @@ impl Client {
 
     /// Sends a publication without waiting for anything: a `publish` command
     /// (its reply arrives later through [`Client::recv`]), a raw frame, or a
-    /// Socket.IO event. `data` must be JSON.
+    /// Socket.IO event. `data` must be JSON (the Protobuf protocol sends its bytes).
     pub async fn publish(&mut self, channel: &str, data: &str) -> Result<()> {
         let frame = self.publish_frame(channel, data);
-        self.send_text(&frame).await
+        self.ws.send(frame).await?;
+        Ok(())
     }
 
     /// The frame [`Client::publish`] would send.
-    pub fn publish_frame(&mut self, channel: &str, data: &str) -> String {
+    pub fn publish_frame(&mut self, channel: &str, data: &str) -> Message {
         match self.protocol {
             Protocol::Centrifugo => {
                 let id = self.take_id();
                 let channel = serde_json::to_string(channel).unwrap_or_default();
-                format!("{{\"id\":{id},\"publish\":{{\"channel\":{channel},\"data\":{data}}}}}")
+                Message::text(format!(
+                    "{{\"id\":{id},\"publish\":{{\"channel\":{channel},\"data\":{data}}}}}"
+                ))
             }
-            Protocol::Raw => data.to_string(),
-            Protocol::EngineIo => format!("42[\"{EIO_EVENT}\",{data}]"),
+            Protocol::CentrifugoProtobuf => {
+                let cmd = tidings_protocol::Command {
+                    id: self.take_id_u32(),
+                    publish: Some(tidings_protocol::PublishRequest {
+                        channel: channel.to_owned(),
+                        data: Some(tidings_protocol::Payload::from_bytes(
+                            data.as_bytes().to_vec(),
+                        )),
+                    }),
+                    ..Default::default()
+                };
+                let mut frame = Vec::new();
+                proto::encode_command(&cmd, &mut frame);
+                Message::binary(frame)
+            }
+            Protocol::Raw => Message::text(data),
+            Protocol::EngineIo => Message::text(format!("42[\"{EIO_EVENT}\",{data}]")),
+        }
+    }
+
+    /// How many error replies a frame this connection received holds (for a
+    /// publisher counting refused publications).
+    pub fn errors_in(&self, frame: &[u8]) -> u64 {
+        match self.protocol {
+            Protocol::CentrifugoProtobuf => {
+                let limits = proto::FrameLimits {
+                    max_messages: usize::MAX,
+                    max_message_len: frame.len(),
+                };
+                proto::replies(frame, limits)
+                    .filter(|r| r.as_ref().map_or(true, |r| r.error.is_some()))
+                    .count() as u64
+            }
+            _ => frame.windows(8).filter(|w| w == b"\"error\":").count() as u64,
         }
     }
 
@@ -255,51 +344,60 @@ impl Client {
         Ok(())
     }
 
-    /// The next text frame that may carry data. Pings of the protocol are answered
-    /// (the pong goes out before the next read) and not returned. `Ok(None)` when the
-    /// server closed the connection.
+    /// The next frame that may carry data (text for the text protocols, binary for
+    /// Protobuf). Pings of the protocol are answered (the pong goes out before the
+    /// next read) and not returned. `Ok(None)` when the server closed the connection.
     ///
     /// Cancel-safe: dropping the future loses no frame (a pong may be sent twice).
-    pub async fn recv(&mut self) -> Result<Option<Utf8Bytes>> {
+    pub async fn recv(&mut self) -> Result<Option<Bytes>> {
         loop {
             if self.pending_pong {
                 let pong = match self.protocol {
-                    Protocol::EngineIo => "3",
-                    _ => "{}",
+                    Protocol::EngineIo => Message::text("3"),
+                    Protocol::CentrifugoProtobuf => {
+                        Message::binary(Bytes::from_static(proto::PING_FRAME))
+                    }
+                    Protocol::Centrifugo | Protocol::Raw => Message::text("{}"),
                 };
-                self.ws.send(Message::text(pong)).await?;
+                self.ws.send(pong).await?;
                 self.pending_pong = false;
             }
             let Some(msg) = self.ws.next().await else {
                 return Ok(None);
             };
-            let text = match msg? {
-                Message::Text(t) => t,
-                Message::Binary(b) => match Utf8Bytes::try_from(b) {
-                    Ok(t) => t,
-                    Err(_) => continue,
-                },
+            let frame = match msg? {
+                Message::Text(t) => Bytes::from(t),
+                Message::Binary(b) => b,
                 Message::Close(_) => return Ok(None),
                 _ => continue,
             };
             match self.protocol {
                 Protocol::Centrifugo => {
-                    if has_empty_line(text.as_bytes()) {
+                    if has_empty_line(&frame) {
                         self.pending_pong = true;
-                        if text.len() == 2 {
+                        if frame.len() == 2 {
+                            continue;
+                        }
+                    }
+                }
+                Protocol::CentrifugoProtobuf => {
+                    let (pings, others) = count_delimited(&frame);
+                    if pings > 0 {
+                        self.pending_pong = true;
+                        if others == 0 {
                             continue;
                         }
                     }
                 }
                 Protocol::EngineIo => {
-                    if text.as_str() == "2" {
+                    if frame.as_ref() == b"2" {
                         self.pending_pong = true;
                         continue;
                     }
                 }
                 Protocol::Raw => {}
             }
-            return Ok(Some(text));
+            return Ok(Some(frame));
         }
     }
 
@@ -312,6 +410,12 @@ impl Client {
         let id = self.next_id;
         self.next_id += 1;
         id
+    }
+
+    /// The next command id as the Protobuf protocol carries it (`uint32`).
+    fn take_id_u32(&mut self) -> u32 {
+        // Ids wrap past u32::MAX; a load run never gets near.
+        self.take_id() as u32
     }
 
     async fn next_frame(&mut self) -> Result<Utf8Bytes> {
@@ -351,6 +455,82 @@ impl Client {
             }
         }
     }
+
+    /// Sends a Protobuf command and waits for its reply, skipping pushes.
+    async fn command_protobuf(
+        &mut self,
+        mut cmd: tidings_protocol::Command,
+    ) -> Result<tidings_protocol::Reply> {
+        cmd.id = self.take_id_u32();
+        let mut frame = Vec::new();
+        proto::encode_command(&cmd, &mut frame);
+        self.ws.send(Message::binary(frame)).await?;
+        loop {
+            let frame = match self.ws.next().await {
+                None => return Err(Error::Closed),
+                Some(Ok(Message::Binary(b))) => b,
+                Some(Ok(Message::Close(_))) => return Err(Error::Closed),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e.into()),
+            };
+            let limits = proto::FrameLimits {
+                max_messages: usize::MAX,
+                max_message_len: frame.len(),
+            };
+            for reply in proto::replies(&frame, limits) {
+                let reply = reply.map_err(|e| Error::Protocol(e.to_string()))?;
+                if reply.id != cmd.id {
+                    // A ping is an empty reply; anything else here is a push.
+                    if reply.id == 0 && reply.push.is_none() {
+                        self.pending_pong = true;
+                    }
+                    continue;
+                }
+                if let Some(err) = reply.error {
+                    return Err(Error::Refused(format!("{} {}", err.code, err.message)));
+                }
+                return Ok(reply);
+            }
+        }
+    }
+}
+
+/// Counts the messages of a Protobuf frame: (empty ones, i.e. pings; the others).
+/// Only the length prefixes are read. A frame that does not parse counts as one
+/// message that is not a ping, so its bytes still reach the caller.
+fn count_delimited(frame: &[u8]) -> (usize, usize) {
+    let (mut pings, mut others) = (0, 0);
+    let mut rest = frame;
+    while !rest.is_empty() {
+        let mut len: u64 = 0;
+        let mut used = 0;
+        loop {
+            let Some(&b) = rest.get(used) else {
+                return (pings, others + 1);
+            };
+            len |= u64::from(b & 0x7f) << (7 * used);
+            used += 1;
+            if b & 0x80 == 0 {
+                break;
+            }
+            if used == 10 {
+                return (pings, others + 1);
+            }
+        }
+        let Some(end) = usize::try_from(len).ok().and_then(|l| used.checked_add(l)) else {
+            return (pings, others + 1);
+        };
+        if end > rest.len() {
+            return (pings, others + 1);
+        }
+        if len == 0 {
+            pings += 1;
+        } else {
+            others += 1;
+        }
+        rest = &rest[end..];
+    }
+    (pings, others)
 }
 
 /// Whether a newline-delimited frame holds an empty JSON object line (a ping).
@@ -419,6 +599,29 @@ mod tests {
         assert_eq!(seen, vec![12, 345]);
         assert!(has_empty_line(frame));
         assert!(!has_empty_line(br#"{"a":{}}"#));
+    }
+
+    #[test]
+    fn protobuf_pings_are_found_among_delimited_replies() {
+        let publication = tidings_protocol::Publication {
+            data: Some(tidings_protocol::Payload::from_bytes(&b"{\"bt\":42}"[..])),
+            offset: 1,
+            ..Default::default()
+        };
+        let push = proto::publication_push("b", &publication);
+        let mut frame = push.to_vec();
+        frame.extend_from_slice(proto::PING_FRAME);
+        frame.extend_from_slice(&push);
+        assert_eq!(count_delimited(&frame), (1, 2));
+        assert_eq!(count_delimited(proto::PING_FRAME), (1, 0));
+        assert_eq!(count_delimited(&push), (0, 1));
+        // A cut frame still reaches the caller.
+        assert_eq!(count_delimited(&push[..push.len() - 1]), (0, 1));
+        assert_eq!(count_delimited(&[0x80]), (0, 1));
+        // The stamps are in the data bytes as they are.
+        let mut seen = Vec::new();
+        for_each_stamp(&frame, b"\"bt\":", |v| seen.push(v));
+        assert_eq!(seen, vec![42, 42]);
     }
 
     #[test]

@@ -65,6 +65,37 @@ fn fanout_through_a_client() {
 }
 
 #[test]
+fn fanout_to_protobuf_subscribers() {
+    let v = bench(&[
+        "fanout",
+        "-n",
+        "10",
+        "-m",
+        "50",
+        "--protocol",
+        "centrifugo-protobuf",
+    ]);
+    check_fanout(&v, "fanout", 10, 50);
+    assert_eq!(v["server"], "tidings-protobuf");
+}
+
+#[test]
+fn fanout_to_protobuf_subscribers_through_a_protobuf_client() {
+    let v = bench(&[
+        "fanout",
+        "-n",
+        "10",
+        "-m",
+        "50",
+        "--protocol",
+        "centrifugo-protobuf",
+        "--publish-via",
+        "client",
+    ]);
+    check_fanout(&v, "fanout", 10, 50);
+}
+
+#[test]
 fn fanout_through_api_batches() {
     // 50 is not a multiple of 8: the last batch is shorter.
     let v = bench(&[

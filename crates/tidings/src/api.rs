@@ -298,6 +298,31 @@ fn payload(data: Option<RawJson>, b64: Option<String>) -> Result<RawJson, tiding
     }
 }
 
+/// A publication as the API answers it: `data` when the payload is JSON, else the
+/// bytes in `b64data`, as `publish` takes them (a JSON answer cannot hold bytes a
+/// Protobuf client or `b64data` published; `json!` would panic on them).
+fn publication_json(p: &tidings_protocol::Publication) -> Value {
+    use base64::Engine as _;
+    if let Ok(v) = serde_json::to_value(p) {
+        return v;
+    }
+    let bytes = p.data.as_ref().map(|d| d.as_bytes().clone());
+    let without_data = tidings_protocol::Publication {
+        data: None,
+        ..p.clone()
+    };
+    let mut v = serde_json::to_value(without_data).unwrap_or_else(|_| json!({}));
+    if let (Some(bytes), Some(map)) = (bytes, v.as_object_mut()) {
+        map.insert(
+            "b64data".to_owned(),
+            base64::engine::general_purpose::STANDARD
+                .encode(bytes)
+                .into(),
+        );
+    }
+    v
+}
+
 async fn publish_one(node: &Node, req: PublishRequest) -> Outcome {
     if req.channel.is_empty() {
         return Err(bad_request("channel is required"));
@@ -463,8 +488,10 @@ async fn call(node: &Node, method: &str, params: Value) -> Result<Outcome, ApiEr
             )
             .await
             .map(|page| {
+                let publications: Vec<Value> =
+                    page.publications.iter().map(publication_json).collect();
                 json!({
-                    "publications": page.publications,
+                    "publications": publications,
                     "offset": page.position.offset,
                     "epoch": page.position.epoch,
                 })

@@ -13,6 +13,7 @@
 //! as a gap too. The channel's subscribers are then told to resubscribe and recover
 //! (unsubscribe push 2500), and get nothing more on the old subscription, so a
 //! client's stream never has a silent hole.
+use std::any::TypeId;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,6 +43,14 @@ pub trait PushEncoder: Send + Sync + 'static {
     fn join(&self, channel: &str, info: &ClientInfo) -> Option<Bytes>;
     /// A client left `channel`.
     fn leave(&self, channel: &str, info: &ClientInfo) -> Option<Bytes>;
+
+    /// Tells encoders apart when a fan-out keeps one encoding per encoder. Not their
+    /// address: the encoders are zero-sized statics, and two of those may share one
+    /// (`JSON_PUSHES` and `PROTOBUF_PUSHES` did, and JSON subscribers were handed
+    /// Protobuf bytes).
+    fn kind(&self) -> TypeId {
+        TypeId::of::<Self>()
+    }
 }
 
 fn publication_push(channel: &str, publication: &Publication) -> tidings_protocol::Reply {
@@ -127,21 +136,16 @@ pub fn centrifugo_pushes(format: crate::connection::WireFormat) -> &'static dyn 
     }
 }
 
-/// The identity of an encoder: its address.
-fn encoder_key(encoder: &'static dyn PushEncoder) -> usize {
-    encoder as *const dyn PushEncoder as *const () as usize
-}
-
 /// What one fan-out hands out: encoded lazily, once per encoder. A channel's
 /// subscribers nearly always share one encoder, so [`Encodings::deliver`] keeps
-/// the encoding of the previous subscriber at hand and compares one address per
-/// subscriber; other encoders' encodings (a channel with JSON, Protobuf and
-/// Socket.IO subscribers) wait in a short list.
+/// the encoding of the previous subscriber at hand and compares one encoder key
+/// ([`PushEncoder::kind`]) per subscriber; other encoders' encodings (a channel
+/// with JSON, Protobuf and Socket.IO subscribers) wait in a short list.
 struct Encodings<'a> {
     encode: &'a dyn Fn(&dyn PushEncoder) -> Option<Bytes>,
-    done: Vec<(usize, Option<Bytes>)>,
-    /// The encoder of the previous subscriber and its encoding.
-    last_key: usize,
+    done: Vec<(TypeId, Option<Bytes>)>,
+    /// The encoder of the previous subscriber (none yet) and its encoding.
+    last_key: Option<TypeId>,
     last: Option<Bytes>,
 }
 
@@ -150,7 +154,7 @@ impl<'a> Encodings<'a> {
         Self {
             encode,
             done: Vec::new(),
-            last_key: 0,
+            last_key: None,
             last: None,
         }
     }
@@ -158,7 +162,7 @@ impl<'a> Encodings<'a> {
     /// Delivers the push to `sub` in its encoder's encoding.
     #[inline]
     fn deliver(&mut self, sub: &Subscriber, offset: u64) {
-        if sub.encoder_key != self.last_key {
+        if self.last_key != Some(sub.encoder_key) {
             self.switch(sub);
         }
         match &self.last {
@@ -178,7 +182,7 @@ impl<'a> Encodings<'a> {
                 bytes
             }
         };
-        self.last_key = key;
+        self.last_key = Some(key);
         self.last = bytes;
     }
 }
@@ -190,8 +194,8 @@ pub struct Subscriber {
     pub join_leave: bool,
     /// How its pushes are encoded.
     encoder: &'static dyn PushEncoder,
-    /// [`encoder_key`] of `encoder`, compared once per delivery.
-    encoder_key: usize,
+    /// [`PushEncoder::kind`] of `encoder`, compared once per delivery.
+    encoder_key: TypeId,
     /// Fast path: once live, deliveries go straight to the outbox without the lock.
     live: AtomicBool,
     /// Set when this subscription lost its place in the stream; nothing more is
@@ -224,7 +228,7 @@ impl Subscriber {
             conn,
             join_leave,
             encoder,
-            encoder_key: encoder_key(encoder),
+            encoder_key: encoder.kind(),
             live: AtomicBool::new(false),
             insufficient: AtomicBool::new(false),
             floor: AtomicU64::new(0),
@@ -691,6 +695,29 @@ mod tests {
 
     fn b(s: &'static str) -> Bytes {
         Bytes::from_static(s.as_bytes())
+    }
+
+    #[tokio::test]
+    async fn json_and_protobuf_subscribers_of_one_channel_each_get_their_encoding() {
+        let hub = Hub::new();
+        let (conn, _c1) = Connection::new("json", 1 << 20);
+        let json = Subscriber::new(conn, false, &JSON_PUSHES);
+        let (conn, _c2) = Connection::new("protobuf", 1 << 20);
+        let protobuf = Subscriber::new(conn, false, &PROTOBUF_PUSHES);
+        for sub in [&json, &protobuf] {
+            hub.add("c", sub.clone());
+            sub.go_live(None, 0);
+        }
+        let publication = p(1);
+        assert_eq!(
+            hub.publish("c", Some("e"), &publication),
+            Delivery::Delivered(2)
+        );
+        let want_json = JSON_PUSHES.publication("c", &publication).unwrap();
+        let want_protobuf = PROTOBUF_PUSHES.publication("c", &publication).unwrap();
+        assert_ne!(want_json, want_protobuf);
+        assert_eq!(sent(&json).await, vec![want_json]);
+        assert_eq!(sent(&protobuf).await, vec![want_protobuf]);
     }
 
     #[tokio::test]

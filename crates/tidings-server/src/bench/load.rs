@@ -172,12 +172,13 @@ impl Env {
     async fn new(args: &LoadArgs, nodes: usize, engine: Option<EngineArg>) -> anyhow::Result<Env> {
         let protocol = match args.protocol {
             ProtocolArg::Centrifugo => Protocol::Centrifugo,
+            ProtocolArg::CentrifugoProtobuf => Protocol::CentrifugoProtobuf,
             ProtocolArg::Raw => Protocol::Raw,
             ProtocolArg::Engineio => Protocol::EngineIo,
         };
         let ws_path = args.ws_path.clone().unwrap_or_else(|| {
             match protocol {
-                Protocol::Centrifugo => "/connection/websocket",
+                Protocol::Centrifugo | Protocol::CentrifugoProtobuf => "/connection/websocket",
                 Protocol::Raw => "/ws",
                 Protocol::EngineIo => "/socket.io/?EIO=4&transport=websocket",
             }
@@ -195,6 +196,7 @@ impl Env {
             .build()?;
         let label = args.label.clone().unwrap_or_else(|| {
             match (args.spawn.is_some(), protocol) {
+                (_, Protocol::CentrifugoProtobuf) => "tidings-protobuf",
                 (true, _) | (_, Protocol::Centrifugo) => "tidings",
                 (_, Protocol::Raw) => "raw",
                 (_, Protocol::EngineIo) => "engineio",
@@ -494,16 +496,16 @@ async fn fanout(
 
 async fn fanout_on(name: &str, args: &LoadArgs, sse: bool, env: &Env) -> anyhow::Result<Report> {
     let via = args.publish_via.unwrap_or(match env.protocol {
-        Protocol::Centrifugo => PublishVia::Api,
+        Protocol::Centrifugo | Protocol::CentrifugoProtobuf => PublishVia::Api,
         _ if env.rooms => PublishVia::Api,
         _ => PublishVia::Client,
     });
     anyhow::ensure!(
-        !(sse && env.protocol != Protocol::Centrifugo),
+        !sse || env.protocol.is_centrifugo(),
         "sse-fanout needs a Tidings server"
     );
     anyhow::ensure!(
-        via == PublishVia::Client || env.protocol == Protocol::Centrifugo || env.rooms,
+        via == PublishVia::Client || env.protocol.is_centrifugo() || env.rooms,
         "--publish-via api and api-batch need a Tidings server"
     );
     // Publications per request (1 unless batching).
@@ -668,7 +670,7 @@ async fn fanout_on(name: &str, args: &LoadArgs, sse: bool, env: &Env) -> anyhow:
             }
             r = recv_publisher(&mut publisher) => {
                 match r {
-                    Some(frame) => publish_errors += count_errors(&frame),
+                    Some(errors) => publish_errors += errors,
                     None => bail!("the publisher's connection was closed"),
                 }
             }
@@ -730,8 +732,8 @@ async fn fanout_on(name: &str, args: &LoadArgs, sse: bool, env: &Env) -> anyhow:
             () = shared.wait_delivered(expected) => break,
             () = &mut drain => break,
             r = recv_publisher(&mut publisher) => {
-                if let Some(frame) = r {
-                    publish_errors += count_errors(&frame);
+                if let Some(errors) = r {
+                    publish_errors += errors;
                 }
             }
         }
@@ -806,19 +808,17 @@ enum Either {
 
 async fn recv(sub: &mut Sub) -> Option<bytes::Bytes> {
     match sub {
-        Sub::Ws(c) => match c.recv().await {
-            Ok(Some(t)) => Some(bytes::Bytes::from(t)),
-            _ => None,
-        },
+        Sub::Ws(c) => c.recv().await.ok().flatten(),
         Sub::Sse(s) => s.recv().await.ok().flatten(),
     }
 }
 
-/// The next frame of the publisher's connection; pending forever without one.
-async fn recv_publisher(publisher: &mut Option<Client>) -> Option<bytes::Bytes> {
+/// The error replies in the next frame of the publisher's connection (`None` when
+/// it closed); pending forever without a publisher.
+async fn recv_publisher(publisher: &mut Option<Client>) -> Option<u64> {
     match publisher {
         Some(p) => match p.recv().await {
-            Ok(Some(t)) => Some(bytes::Bytes::from(t)),
+            Ok(Some(frame)) => Some(p.errors_in(&frame)),
             _ => None,
         },
         None => std::future::pending().await,

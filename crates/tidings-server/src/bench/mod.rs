@@ -66,6 +66,11 @@ pub enum PublishVia {
 pub enum ProtocolArg {
     /// The Centrifugo JSON protocol (Tidings); path /connection/websocket.
     Centrifugo,
+    /// The Centrifugo Protobuf protocol (Tidings; WebSocket subprotocol
+    /// centrifuge-protobuf, binary frames); path /connection/websocket. Publications
+    /// through the API carry the same JSON payload, which Protobuf subscribers
+    /// receive as bytes.
+    CentrifugoProtobuf,
     /// Raw text frames broadcast to all (the axum and Node ws peers); path /ws.
     Raw,
     /// Engine.IO v4 / Socket.IO v5; path /socket.io/. Against a peer, a client's
