@@ -24,22 +24,25 @@ TRANSPORTS = ["transport"]
 OUTER = ["api", "server"]
 LAYERS = [
     ("config", ["config.rs", "config/", "tls.rs"],
-     ["auth", "node", "hub", "connection", "outbox", "engine", "broker", "presence"]
+     ["auth", "node", "hub", "connection", "outbox", "engine", "broker", "presence", "occupancy",
+      "webhook"]
      + FRONT_DOORS + TRANSPORTS + OUTER),
-    ("engines", ["broker.rs", "broker/", "presence.rs", "presence/", "engine.rs", "engine/"],
-     ["node", "hub", "connection", "outbox", "auth", "limit", "metrics"]
+    ("engines", ["broker.rs", "broker/", "presence.rs", "presence/", "occupancy.rs", "engine.rs",
+                 "engine/"],
+     ["node", "hub", "connection", "outbox", "auth", "limit", "metrics", "webhook"]
      + FRONT_DOORS + TRANSPORTS + OUTER),
     ("cluster", ["node/cluster.rs"], FRONT_DOORS + TRANSPORTS + OUTER),
     ("core", ["node/", "hub.rs", "connection.rs", "outbox.rs", "channel.rs", "limit.rs",
-              "metrics.rs", "origin.rs", "request_body.rs", "proxy/"],
+              "metrics.rs", "origin.rs", "request_body.rs", "proxy/", "webhook/"],
      FRONT_DOORS + TRANSPORTS + OUTER),
     # Socket.IO's own endpoints are a transport of its front door.
     ("transports", ["transport/", "socketio/transport.rs"],
-     ["hub", "broker", "presence", "engine"] + OUTER),
+     ["hub", "broker", "presence", "occupancy", "engine", "webhook"] + OUTER),
     ("front door: session", ["session.rs"],
-     ["hub", "broker", "presence", "engine", "socketio", "transport"] + OUTER),
+     ["hub", "broker", "presence", "occupancy", "engine", "webhook", "socketio", "transport"]
+     + OUTER),
     ("front door: socketio", ["socketio/"],
-     ["hub", "broker", "presence", "engine", "session"] + OUTER),
+     ["hub", "broker", "presence", "occupancy", "engine", "webhook", "session"] + OUTER),
     ("auth", ["auth.rs", "auth/"],
      ["node", "hub", "connection", "engine", "broker", "presence"]
      + FRONT_DOORS + TRANSPORTS + OUTER),

@@ -11,6 +11,9 @@ Tidings calls it instead of asking clients for tokens:
   publishes the stored copy (with its row id and author) instead of what the
   client sent.
 - POST /tidings/rpc: `history` returns the last messages of a room from SQLite.
+- POST /tidings/webhooks: Tidings' webhooks (Pusher's envelope), verified with
+  Pusher's own Python library; every event is stored once (by its `id`, since a
+  retried batch may come again) and `online` keeps who is in which room.
 
 The request and answer bodies are Centrifugo's proxy protocol (see docs/proxy.md).
 
@@ -20,11 +23,20 @@ The request and answer bodies are Centrifugo's proxy protocol (see docs/proxy.md
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sqlite3
 import time
 from http.cookies import SimpleCookie
 
+import pusher
 from aiohttp import web
+
+log = logging.getLogger("backend")
+
+# The `key` and `secret` of the webhook in tidings.toml.
+WEBHOOK_KEY = os.environ.get("WEBHOOK_KEY", "example-webhook-key")
+WEBHOOK_SECRET = os.environ.get("WEBHOOK_SECRET", "example-webhook-secret-change-me")
 
 MAX_TEXT = 1000
 SESSION_SECONDS = 600
@@ -49,6 +61,15 @@ def open_db(path: str) -> sqlite3.Connection:
         "CREATE TABLE IF NOT EXISTS messages ("
         " id INTEGER PRIMARY KEY AUTOINCREMENT, room TEXT NOT NULL,"
         " author TEXT NOT NULL, text TEXT NOT NULL, at INTEGER NOT NULL)"
+    )
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS webhook_events ("
+        " id TEXT PRIMARY KEY, name TEXT NOT NULL, channel TEXT, user_id TEXT,"
+        " event TEXT, data TEXT, at INTEGER NOT NULL)"
+    )
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS online ("
+        " channel TEXT NOT NULL, user_id TEXT NOT NULL, PRIMARY KEY (channel, user_id))"
     )
     return db
 
@@ -121,15 +142,51 @@ async def rpc(request: web.Request) -> web.Response:
     return web.json_response({"result": {"data": {"messages": messages}}})
 
 
+async def webhooks(request: web.Request) -> web.Response:
+    body = await request.text()
+    checker: pusher.Pusher = request.app["pusher"]
+    # Checks X-Pusher-Key, the HMAC-SHA256 signature of the exact body and that
+    # time_ms is recent; returns the parsed body, or None.
+    hook = checker.validate_webhook(
+        key=request.headers.get("X-Pusher-Key", ""),
+        signature=request.headers.get("X-Pusher-Signature", ""),
+        body=body,
+    )
+    if hook is None:
+        log.warning("webhook refused: bad key, signature or time")
+        return web.Response(status=401)
+    db: sqlite3.Connection = request.app["db"]
+    for event in hook["events"]:
+        cur = db.execute(
+            "INSERT OR IGNORE INTO webhook_events (id, name, channel, user_id, event, data, at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (event["id"], event["name"], event.get("channel"), event.get("user_id"),
+             event.get("event"), event.get("data"), hook["time_ms"]),
+        )
+        if cur.rowcount == 0:
+            continue  # a repeat of a batch already stored
+        name, channel, user = event["name"], event.get("channel"), event.get("user_id")
+        if name == "member_added":
+            db.execute("INSERT OR IGNORE INTO online VALUES (?, ?)", (channel, user))
+        elif name == "member_removed":
+            db.execute("DELETE FROM online WHERE channel = ? AND user_id = ?", (channel, user))
+        log.info("webhook %s %s %s", name, channel or "", user or "")
+    return web.Response(status=200)
+
+
 def app(db_path: str) -> web.Application:
     application = web.Application()
     application["db"] = open_db(db_path)
+    application["pusher"] = pusher.Pusher(
+        app_id="1", key=WEBHOOK_KEY, secret=WEBHOOK_SECRET
+    )  # app_id is not used to verify webhooks
     application.add_routes([
         web.post("/tidings/connect", connect),
         web.post("/tidings/refresh", refresh),
         web.post("/tidings/subscribe", subscribe),
         web.post("/tidings/publish", publish),
         web.post("/tidings/rpc", rpc),
+        web.post("/tidings/webhooks", webhooks),
     ])
     return application
 
@@ -140,6 +197,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=3001)
     parser.add_argument("--db", default="chat.sqlite3")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     web.run_app(app(args.db), host=args.host, port=args.port, print=None)
 
 

@@ -195,3 +195,71 @@ async def test_python_socketio_connects_and_joins_through_the_proxies(proxied):
     finally:
         await sio.disconnect()
         await listener.disconnect()
+
+
+def _stored_webhooks(db_path: Path) -> list[tuple]:
+    import sqlite3
+
+    if not db_path.exists():
+        return []
+    db = sqlite3.connect(db_path)
+    try:
+        return db.execute("SELECT name, channel, user_id, event, data FROM webhook_events").fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        db.close()
+
+
+async def _wait_stored(db_path: Path, wanted: tuple, timeout: float = 15.0) -> list[tuple]:
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = _stored_webhooks(db_path)
+        if any(row[: len(wanted)] == wanted for row in rows):
+            return rows
+        if time.monotonic() > deadline:
+            pytest.fail(f"webhook event {wanted} not stored; stored: {rows}", pytrace=False)
+        await asyncio.sleep(0.05)
+
+
+async def test_webhooks_are_verified_by_pushers_own_library_in_the_example(proxied, tmp_path: Path):
+    """The example backend checks every webhook with the `pusher` package's
+    validate_webhook (key, HMAC-SHA256 signature, time_ms) and stores its events."""
+    db_path = tmp_path / "chat.sqlite3"
+    log = EventLog()
+    alice = _client(proxied, log, "session=alice")
+    try:
+        await alice.connect()
+        await log.wait("connected")
+        sub_log = EventLog()
+        room = alice.new_subscription("chat:hooks", events=_SubEvents(sub_log))
+        await room.subscribe()
+        await sub_log.wait("subscribed")
+        await room.publish({"text": "hello hooks"})
+        await sub_log.wait("publication")
+        await _wait_stored(db_path, ("channel_occupied", "chat:hooks", None))
+        await _wait_stored(db_path, ("member_added", "chat:hooks", "alice"))
+        rows = await _wait_stored(db_path, ("client_event", "chat:hooks", "alice", "publication"))
+        event = next(r for r in rows if r[0] == "client_event")
+        assert '"hello hooks"' in event[4], event
+    finally:
+        await alice.disconnect()
+    await _wait_stored(db_path, ("member_removed", "chat:hooks", "alice"))
+    await _wait_stored(db_path, ("channel_vacated", "chat:hooks", None))
+
+    # A forged webhook is refused by the library's check.
+    import urllib.error
+    import urllib.request
+
+    config = (tmp_path / "tidings.toml").read_text()
+    backend = config.split('endpoint = "http://')[1].split("/")[0]
+    forged = urllib.request.Request(
+        f"http://{backend}/tidings/webhooks",
+        data=b'{"time_ms": 1, "events": []}',
+        headers={"Content-Type": "application/json", "X-Pusher-Key": "example-webhook-key",
+                 "X-Pusher-Signature": "0" * 64},
+        method="POST",
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(forged, timeout=5)
+    assert refused.value.code == 401

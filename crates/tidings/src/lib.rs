@@ -18,6 +18,10 @@
 //!   memory, Redis or NATS (the last two behind the `redis` and `nats` features).
 //! - [`proxy`] calls the application's backend (connect, refresh, subscribe,
 //!   publish, sub_refresh, RPC) with Centrifugo's proxy bodies, for every front door.
+//! - [`webhook`] tells the application's backend what happened (channels occupied
+//!   and vacated, members added and removed, client publications) in Pusher's
+//!   signed envelope; [`occupancy`] is the engine trait that makes the first/last
+//!   events cluster-wide.
 //! - [`outbox`] bounds what a connection may have queued and batches its writes.
 //! - [`limit`] counts connections and holds the token buckets that bound how fast
 //!   connections arrive and how fast each one may send commands.
@@ -61,6 +65,7 @@ pub mod hub;
 pub mod limit;
 pub mod metrics;
 pub mod node;
+pub mod occupancy;
 pub mod origin;
 pub mod outbox;
 pub mod presence;
@@ -72,6 +77,7 @@ pub mod session;
 pub mod socketio;
 pub mod tls;
 pub mod transport;
+pub mod webhook;
 
 pub use config::Config;
 pub use node::{Node, NodeError, PublishRequest};

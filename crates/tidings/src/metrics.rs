@@ -220,6 +220,38 @@ impl Metrics {
             .increment(1);
     }
 
+    /// `tidings_webhook_events_total{webhook, outcome}`: events `queued`,
+    /// `delivered`, `dropped_queue_full` (the oldest of a full queue) or
+    /// `dropped_retries` (still failing after `retry_max_duration`).
+    pub fn webhook_events(&self, webhook: &str, outcome: &'static str, n: u64) {
+        self.recorder
+            .register_counter(
+                &Key::from_parts(
+                    "tidings_webhook_events_total",
+                    vec![
+                        Label::new("webhook", webhook.to_owned()),
+                        Label::new("outcome", outcome),
+                    ],
+                ),
+                &meta(),
+            )
+            .increment(n);
+    }
+
+    /// `tidings_webhook_failed_requests_total{webhook}`: POSTs that got no 2xx
+    /// answer in time (each is retried).
+    pub fn webhook_request_failed(&self, webhook: &str) {
+        self.recorder
+            .register_counter(
+                &Key::from_parts(
+                    "tidings_webhook_failed_requests_total",
+                    vec![Label::new("webhook", webhook.to_owned())],
+                ),
+                &meta(),
+            )
+            .increment(1);
+    }
+
     pub fn socketio_event(&self, event: &'static str) {
         self.recorder
             .register_counter(

@@ -207,6 +207,10 @@ struct Subscribed {
     pending: Pending,
 }
 
+/// The `event` of a Centrifugo client's publication in `client_event` webhooks
+/// (Centrifugo publications have no event name of their own).
+const CLIENT_EVENT: &str = "publication";
+
 /// How a connection speaks the protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionMode {
@@ -1407,13 +1411,17 @@ impl Session {
                 .await?;
             let chan_info = subscribed.and_then(|s| s.member.info().chan_info.clone());
             return node
-                .publish(PublishRequest {
-                    info: Some(self.client_info(chan_info)),
-                    skip_history: r.skip_history,
-                    tags: r.tags,
-                    idempotency_key: Some(r.idempotency_key).filter(|k| !k.is_empty()),
-                    ..PublishRequest::new(req.channel, r.data.unwrap_or(data))
-                })
+                .publish_from_client(
+                    &self.conn,
+                    CLIENT_EVENT,
+                    PublishRequest {
+                        info: Some(self.client_info(chan_info)),
+                        skip_history: r.skip_history,
+                        tags: r.tags,
+                        idempotency_key: Some(r.idempotency_key).filter(|k| !k.is_empty()),
+                        ..PublishRequest::new(req.channel, r.data.unwrap_or(data))
+                    },
+                )
                 .await
                 .map(|_| ())
                 .map_err(|e| Rejection::Error(e.to_protocol()));
@@ -1426,10 +1434,14 @@ impl Session {
         let data = req.data.ok_or(codes::ERROR_BAD_REQUEST)?;
         let chan_info = subscribed.and_then(|s| s.member.info().chan_info.clone());
         self.node
-            .publish(PublishRequest {
-                info: Some(self.client_info(chan_info)),
-                ..PublishRequest::new(req.channel, data)
-            })
+            .publish_from_client(
+                &self.conn,
+                CLIENT_EVENT,
+                PublishRequest {
+                    info: Some(self.client_info(chan_info)),
+                    ..PublishRequest::new(req.channel, data)
+                },
+            )
             .await
             .map(|_| ())
             .map_err(|e| Rejection::Error(e.to_protocol()))

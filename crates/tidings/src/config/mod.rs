@@ -26,6 +26,7 @@
 //! - `transports.rs`: `websocket`, `uni_*`, `sse`, `http_stream`, `emulation`,
 //!   `long_poll`.
 //! - `socketio.rs`: `socketio`.
+//! - `webhooks.rs`: the `webhooks` list ([`WebhookConfig`]).
 //! - `dev.rs`: [`Config::development`], the profile used without a file.
 //! - `env.rs`: `TIDINGS_*` overrides ([`ENV_PREFIX`]) and the unknown-key report.
 //! - `validate.rs`: [`Config::validate`].
@@ -56,6 +57,7 @@ mod server;
 mod socketio;
 mod transports;
 mod validate;
+mod webhooks;
 
 pub use api::HttpApiConfig;
 pub use channel::{ChannelConfig, ChannelOptions, Namespace};
@@ -80,6 +82,7 @@ pub use socketio::SocketIoConfig;
 pub use transports::{
     EmulationConfig, LongPollConfig, StreamTransportConfig, UniWebsocketConfig, WebsocketConfig,
 };
+pub use webhooks::{WebhookConfig, WEBHOOK_EVENTS};
 
 /// Everything a node is configured with.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -117,6 +120,10 @@ pub struct Config {
     pub rpc: RpcConfig,
     /// Named backend proxies that namespaces pick with `*_proxy_name`.
     pub proxies: Vec<NamedProxy>,
+    /// Where to POST what happened (channels occupied and vacated, members added
+    /// and removed, client publications), in Pusher's signed envelope. A Tidings
+    /// key.
+    pub webhooks: Vec<WebhookConfig>,
     /// Keys in the file that Tidings does not know (typos, or Centrifugo features it
     /// lacks). Not a configuration key: filled by [`Config::load`] for a warning.
     #[serde(skip)]

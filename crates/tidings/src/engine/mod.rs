@@ -1,5 +1,5 @@
-//! The engine a node runs on: the [`Broker`] and [`PresenceManager`] that
-//! `engine.type` names, and their background jobs.
+//! The engine a node runs on: the [`Broker`], [`PresenceManager`] and
+//! [`OccupancyTracker`] that `engine.type` names, and their background jobs.
 //!
 //! `memory` keeps everything in this process (one node). `redis` and `nats` join
 //! nodes through a shared server. Each engine has its folder here; the traits they
@@ -26,9 +26,10 @@ use parking_lot::Mutex;
 use tidings_protocol::{RawJson, StreamPosition};
 use tokio_util::sync::CancellationToken;
 
-use self::memory::{MemoryBroker, MemoryPresenceManager};
+use self::memory::{MemoryBroker, MemoryOccupancy, MemoryPresenceManager};
 use crate::broker::Broker;
 use crate::config::{Config, EngineKind};
+use crate::occupancy::OccupancyTracker;
 use crate::presence::PresenceManager;
 
 /// A publication a backend handed to the engine rather than to the HTTP API. Its
@@ -81,6 +82,9 @@ pub struct EngineHooks {
 pub struct Engine {
     pub broker: Arc<dyn Broker>,
     pub presence: Arc<dyn PresenceManager>,
+    /// Cluster-wide holders of keys (channel occupancy, presence members), for
+    /// the webhooks' first/last events.
+    pub occupancy: Arc<dyn OccupancyTracker>,
     /// Starts the engine's own background jobs (sweeps, consumers); taken by the
     /// first [`Engine::start`]. A plain mutex: taken once, never held across an
     /// await.
@@ -91,10 +95,16 @@ pub struct Engine {
 type Jobs = Box<dyn FnOnce(EngineHooks) + Send>;
 
 impl Engine {
-    fn new(broker: Arc<dyn Broker>, presence: Arc<dyn PresenceManager>, jobs: Jobs) -> Self {
+    fn new(
+        broker: Arc<dyn Broker>,
+        presence: Arc<dyn PresenceManager>,
+        occupancy: Arc<dyn OccupancyTracker>,
+        jobs: Jobs,
+    ) -> Self {
         Self {
             broker,
             presence,
+            occupancy,
             jobs: Mutex::new(Some(jobs)),
         }
     }
@@ -148,6 +158,7 @@ fn build_memory(config: &Config) -> Engine {
     Engine::new(
         broker,
         Arc::new(MemoryPresenceManager::new()),
+        Arc::new(MemoryOccupancy::new()),
         Box::new(move |hooks| sweeper.start_sweeper(hooks.has_local_subscribers, hooks.shutdown)),
     )
 }
@@ -155,7 +166,7 @@ fn build_memory(config: &Config) -> Engine {
 #[cfg(feature = "redis")]
 fn build_redis(config: &Config) -> Result<Engine, BuildError> {
     use self::redis::conn::RedisConn;
-    use self::redis::{RedisBroker, RedisPresenceManager};
+    use self::redis::{RedisBroker, RedisOccupancy, RedisPresenceManager};
 
     let cfg = &config.engine.redis;
     // Broker and presence share one multiplexed command connection.
@@ -168,14 +179,15 @@ fn build_redis(config: &Config) -> Result<Engine, BuildError> {
     let consumer = broker.clone();
     Ok(Engine::new(
         broker,
-        Arc::new(RedisPresenceManager::with_conn(cfg, conn)),
+        Arc::new(RedisPresenceManager::with_conn(cfg, conn.clone())),
+        Arc::new(RedisOccupancy::with_conn(cfg, conn)),
         Box::new(move |hooks| consumer.start_ingest(hooks.ingest, hooks.shutdown)),
     ))
 }
 
 #[cfg(feature = "nats")]
 fn build_nats(config: &Config) -> Result<Engine, BuildError> {
-    use self::nats::{NatsBroker, NatsConnection, NatsPresenceManager};
+    use self::nats::{NatsBroker, NatsConnection, NatsOccupancy, NatsPresenceManager};
 
     let conn = NatsConnection::start(&config.engine.nats).map_err(BuildError::Settings)?;
     let broker =
@@ -183,7 +195,8 @@ fn build_nats(config: &Config) -> Result<Engine, BuildError> {
     let jobs = broker.clone();
     Ok(Engine::new(
         broker,
-        Arc::new(NatsPresenceManager::new(conn)),
+        Arc::new(NatsPresenceManager::new(conn.clone())),
+        Arc::new(NatsOccupancy::new(conn)),
         Box::new(move |hooks| {
             jobs.set_ingest(hooks.ingest);
             jobs.start_sweeper(hooks.shutdown);

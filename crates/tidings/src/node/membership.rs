@@ -146,6 +146,7 @@ impl Node {
         let subscriber = Subscriber::new(conn.clone(), req.push_join_leave, req.encoder);
         if inner.hub.add(channel, subscriber.clone()) {
             inner.metrics.channels.increment(1.0);
+            self.channel_occupancy_changed(channel);
             if let Err(e) = inner.broker.subscribe(channel).await {
                 self.remove_from_hub(channel, conn);
                 return Err(e.into());
@@ -196,6 +197,7 @@ impl Node {
                 });
                 return Err(e.into());
             }
+            self.member_changed(channel, &req.info.user, true);
         }
         conn.channel_joined();
         inner.metrics.subscription_added();
@@ -245,6 +247,7 @@ impl Node {
         inner.metrics.subscription_removed();
         if member.presence {
             conn.drop_presence(channel);
+            self.member_changed(channel, &member.info.user, false);
             let _ = inner.presence.remove(channel, &conn.client_id).await;
         }
         if member.join_leave {
@@ -256,6 +259,7 @@ impl Node {
         let inner = &self.inner;
         if inner.hub.remove(channel, conn.serial) {
             inner.metrics.channels.decrement(1.0);
+            self.channel_occupancy_changed(channel);
             let broker = inner.broker.clone();
             let channel = channel.to_string();
             // Dropping node-level interest is best effort and must not delay the

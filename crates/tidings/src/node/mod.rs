@@ -11,7 +11,9 @@
 //! - [`upkeep`]: the node's timers (heartbeat, presence refresh, position check);
 //! - [`delivery`]: what the broker delivers, handed to the hub;
 //! - [`cluster`]: messages and requests between nodes;
-//! - `proxies`: the calls to the backend proxies ([`crate::proxy`]).
+//! - `proxies`: the calls to the backend proxies ([`crate::proxy`]);
+//! - `webhooks`: the events the webhooks get ([`crate::webhook`]), and the
+//!   cluster-wide occupancy behind the first/last ones.
 
 mod cluster;
 mod delivery;
@@ -19,6 +21,7 @@ pub mod membership;
 mod proxies;
 mod upkeep;
 mod users;
+mod webhooks;
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
@@ -190,6 +193,13 @@ struct NodeInner {
     cluster: cluster::Cluster,
     /// The backend proxies the configuration uses.
     proxies: crate::proxy::Proxies,
+    /// Cluster-wide holders of channels and presence members (the engine's).
+    occupancy: Arc<dyn crate::occupancy::OccupancyTracker>,
+    /// The configured webhooks; `None` without any.
+    webhooks: Option<Arc<crate::webhook::Webhooks>>,
+    /// What the node tracks for the webhooks' first/last events; `None` when no
+    /// webhook wants them.
+    tracking: Option<webhooks::Tracking>,
 }
 
 /// A Tidings node. See the module docs.
@@ -260,6 +270,10 @@ impl NodeBuilder {
             crate::auth::Auth::reject_all()
         });
         let proxies = crate::proxy::Proxies::from_config(&config);
+        let uid = uuid::Uuid::new_v4().to_string();
+        let webhooks =
+            crate::webhook::Webhooks::from_config(&config.webhooks, &uid, metrics.clone());
+        let tracking = webhooks.as_deref().and_then(webhooks::Tracking::new);
         let inner = Arc::new(NodeInner {
             config,
             hub,
@@ -268,7 +282,7 @@ impl NodeBuilder {
             metrics,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
-            uid: uuid::Uuid::new_v4().to_string(),
+            uid,
             name,
             started: Instant::now(),
             clients: Mutex::new(users::Clients::default()),
@@ -278,6 +292,9 @@ impl NodeBuilder {
             auth: Arc::new(auth),
             cluster: Default::default(),
             proxies,
+            occupancy: engine.occupancy.clone(),
+            webhooks,
+            tracking,
         });
         let _ = events.node.set(Arc::downgrade(&inner));
         inner.broker.run(&inner.uid, events);
@@ -311,6 +328,10 @@ impl NodeBuilder {
             inner: inner.clone(),
         };
         node.start_timers();
+        if let Some(hooks) = &node.inner.webhooks {
+            hooks.start();
+        }
+        node.start_tracking();
         node
     }
 }
@@ -660,6 +681,9 @@ impl Node {
             self.inner.tracker.wait(),
         )
         .await;
+        // The leaves of the drained connections, then one more try to deliver.
+        self.finish_webhooks(self.inner.config.shutdown.timeout)
+            .await;
     }
 
     /// Tracks a connection task so shutdown waits for it.

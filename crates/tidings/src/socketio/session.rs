@@ -785,7 +785,7 @@ impl Sio {
         }
         let position = self
             .node
-            .publish(req)
+            .publish_from_client(&self.shared.conn, event, req)
             .await
             .map_err(|e| e.to_protocol().message)?;
         Ok(json!({"offset": position.offset}))

@@ -66,6 +66,7 @@
 //!   `delivery` and `reorder` hold the rest of it, one concern each.
 //! - `ingest`: publishes from backends on `<prefix>.publish`.
 //! - [`presence`]: the presence manager, [`NatsPresenceManager`].
+//! - [`occupancy`]: cluster-wide holders of keys, [`NatsOccupancy`].
 
 pub mod broker;
 pub mod connection;
@@ -74,6 +75,7 @@ mod epochs;
 mod history;
 mod idempotency;
 mod ingest;
+pub mod occupancy;
 pub mod presence;
 mod publish;
 mod reorder;
@@ -84,6 +86,7 @@ use crate::broker::EngineError;
 
 pub use broker::NatsBroker;
 pub use connection::NatsConnection;
+pub use occupancy::NatsOccupancy;
 pub use presence::NatsPresenceManager;
 pub use streams::SWEEP_INTERVAL;
 

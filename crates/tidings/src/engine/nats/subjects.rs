@@ -125,6 +125,11 @@ impl Subjects {
         format!("{}_idempotency", self.prefix)
     }
 
+    /// KV bucket of occupancy (key: the occupancy key's token).
+    pub fn occupancy_bucket(&self) -> String {
+        format!("{}_occupancy", self.prefix)
+    }
+
     /// KV bucket of presence.
     pub fn presence_bucket(&self) -> String {
         format!("{}_presence", self.prefix)

@@ -30,6 +30,19 @@ impl Keys {
     pub(crate) fn presence_expiry(&self, channel: &str) -> String {
         format!("{}.presence.expiry.{{{channel}}}", self.prefix)
     }
+    /// The holders of an occupancy key: a sorted set, node uid → expiry (ms).
+    pub(crate) fn occupancy(&self, key: &str) -> String {
+        format!("{}{{{key}}}", self.occupancy_prefix())
+    }
+    /// What [`Keys::occupancy`] puts before the hash tag (the reap script builds
+    /// the key names it finds in the index).
+    pub(crate) fn occupancy_prefix(&self) -> String {
+        format!("{}.occupancy.", self.prefix)
+    }
+    /// Every occupancy entry: a sorted set, `<node uid>|<key>` → expiry (ms).
+    pub(crate) fn occupancy_index(&self) -> String {
+        format!("{}.occupancy_index", self.prefix)
+    }
     pub(crate) fn client_channel_prefix(&self) -> String {
         format!("{}.client.", self.prefix)
     }

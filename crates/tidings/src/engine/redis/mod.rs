@@ -9,6 +9,7 @@
 //! - `pubsub`: the pub/sub connection that delivers to this node.
 //! - `ingest`: the consumer of the direct-publish stream.
 //! - [`presence`]: the presence manager, [`RedisPresenceManager`].
+//! - [`occupancy`]: cluster-wide holders of keys, [`RedisOccupancy`].
 //!
 //! The key layout and the envelopes are documented in docs/engines.md.
 
@@ -17,12 +18,14 @@ pub mod broker;
 pub(crate) mod conn;
 mod ingest;
 pub(crate) mod keys;
+pub mod occupancy;
 pub mod presence;
 mod pubsub;
 mod scripts;
 
 pub use broker::RedisBroker;
 pub use ingest::INGEST_GROUP;
+pub use occupancy::RedisOccupancy;
 pub use presence::RedisPresenceManager;
 
 /// The engine's name in its errors.

@@ -1,0 +1,414 @@
+//! The node's side of the webhooks: which events happen, decided once for every
+//! front door.
+//!
+//! - **Channel occupancy** (`channel_occupied`, `channel_vacated`): the hub tells
+//!   when a channel gets its first local subscriber and loses its last.
+//! - **Members** (`member_added`, `member_removed`): the connections of a user in
+//!   a channel with presence, counted here as membership adds and drops presence
+//!   entries.
+//!
+//! A local change only marks its key dirty. One task per node, the reconciler,
+//! compares each dirty key's local state with what it told the engine's
+//! [`OccupancyTracker`](crate::occupancy::OccupancyTracker) and calls `enter` or
+//! `leave`; the engine answers whether the change was the cluster-wide first or
+//! last, and only then is an event emitted. The same task refreshes this node's
+//! entries (the timer of `client.presence_update_interval`) and reaps keys whose
+//! every holder expired (a node killed with -9), so all calls for one key are
+//! made in order, one at a time, and a quick join and leave costs no call at all
+//! when both happen before the task runs. Nothing here makes a client wait.
+//!
+//! - **Client events** (`client_event`): [`Node::publish_from_client`], which
+//!   both front doors use for a client's publication.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use parking_lot::Mutex;
+use tidings_protocol::StreamPosition;
+use tokio::sync::Notify;
+
+use super::{Node, NodeError, PublishRequest};
+use crate::connection::Connection;
+use crate::occupancy::Change;
+use crate::webhook::WebhookEvent;
+
+/// Keys reaped per engine call.
+const REAP_BATCH: usize = 100;
+/// Engine calls in flight at once during a reconcile or refresh pass.
+const CONCURRENCY: usize = 16;
+/// Wait before a key whose engine call failed is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// What the node tracks cluster-wide for the webhooks.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Channel(String),
+    Member { channel: String, user: String },
+}
+
+impl Key {
+    /// The engine's key: `c:<channel>` or `m:<user length>:<user><channel>`.
+    fn encode(&self) -> String {
+        match self {
+            Key::Channel(c) => format!("c:{c}"),
+            Key::Member { channel, user } => format!("m:{}:{user}{channel}", user.len()),
+        }
+    }
+
+    fn decode(key: &str) -> Option<Key> {
+        if let Some(channel) = key.strip_prefix("c:") {
+            return Some(Key::Channel(channel.to_owned()));
+        }
+        let rest = key.strip_prefix("m:")?;
+        let (len, rest) = rest.split_once(':')?;
+        let len: usize = len.parse().ok()?;
+        if !rest.is_char_boundary(len) {
+            return None;
+        }
+        let (user, channel) = rest.split_at(len);
+        Some(Key::Member {
+            channel: channel.to_owned(),
+            user: user.to_owned(),
+        })
+    }
+
+    /// The event of this key's first holder (`true`) or of its last leaving.
+    fn event(&self, up: bool) -> WebhookEvent {
+        match self {
+            Key::Channel(c) => WebhookEvent::channel(
+                if up {
+                    "channel_occupied"
+                } else {
+                    "channel_vacated"
+                },
+                c,
+                None,
+            ),
+            Key::Member { channel, user } => WebhookEvent::channel(
+                if up { "member_added" } else { "member_removed" },
+                channel,
+                Some(user),
+            ),
+        }
+    }
+}
+
+/// The node's tracking state; see the module docs.
+pub(super) struct Tracking {
+    /// Some webhook gets channel events / member events.
+    channels: bool,
+    members: bool,
+    /// Connections per (channel, user) on this node. A plain mutex: counts only.
+    counts: Mutex<HashMap<(String, String), usize>>,
+    /// Keys whose local state changed since the reconciler last looked.
+    dirty: Mutex<HashSet<Key>>,
+    /// Keys the engine holds an entry of this node for. Only the reconciler
+    /// changes it.
+    held: Mutex<HashSet<Key>>,
+    wake: Notify,
+    /// One pass at a time (the task's, or the last one at shutdown). An async
+    /// mutex: held across the engine calls of a pass.
+    pass: tokio::sync::Mutex<()>,
+}
+
+impl Tracking {
+    /// Tracking for the events the webhooks want; `None` when they want none of
+    /// the tracked ones.
+    pub(super) fn new(webhooks: &crate::webhook::Webhooks) -> Option<Self> {
+        let channels = webhooks.wants("channel_occupied") || webhooks.wants("channel_vacated");
+        let members = webhooks.wants("member_added") || webhooks.wants("member_removed");
+        (channels || members).then(|| Self {
+            channels,
+            members,
+            counts: Mutex::default(),
+            dirty: Mutex::default(),
+            held: Mutex::default(),
+            wake: Notify::new(),
+            pass: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn mark(&self, key: Key) {
+        self.dirty.lock().insert(key);
+        self.wake.notify_one();
+    }
+}
+
+impl Node {
+    /// The hub got its first or lost its last subscriber of `channel`.
+    pub(super) fn channel_occupancy_changed(&self, channel: &str) {
+        if let Some(t) = self.inner.tracking.as_ref().filter(|t| t.channels) {
+            t.mark(Key::Channel(channel.to_owned()));
+        }
+    }
+
+    /// A connection of `user` entered (`true`) or left presence of `channel`.
+    pub(super) fn member_changed(&self, channel: &str, user: &str, entered: bool) {
+        let Some(t) = self.inner.tracking.as_ref().filter(|t| t.members) else {
+            return;
+        };
+        // Anonymous connections have no user to report.
+        if user.is_empty() {
+            return;
+        }
+        let edge = {
+            let mut counts = t.counts.lock();
+            let id = (channel.to_owned(), user.to_owned());
+            if entered {
+                let n = counts.entry(id).or_default();
+                *n += 1;
+                *n == 1
+            } else {
+                match counts.get_mut(&id) {
+                    Some(n) if *n > 1 => {
+                        *n -= 1;
+                        false
+                    }
+                    Some(_) => {
+                        counts.remove(&id);
+                        true
+                    }
+                    None => false,
+                }
+            }
+        };
+        if edge {
+            t.mark(Key::Member {
+                channel: channel.to_owned(),
+                user: user.to_owned(),
+            });
+        }
+    }
+
+    /// Publishes a client's publication and, once it is out, tells the webhooks
+    /// that want `client_event`. `event` is the client event's name.
+    ///
+    /// # Errors
+    /// [`Node::publish`]'s.
+    pub async fn publish_from_client(
+        &self,
+        conn: &Connection,
+        event: &str,
+        req: PublishRequest,
+    ) -> Result<StreamPosition, NodeError> {
+        let hooks = self
+            .inner
+            .webhooks
+            .as_ref()
+            .filter(|w| w.wants("client_event"));
+        let Some(hooks) = hooks else {
+            return self.publish(req).await;
+        };
+        let (channel, data) = (req.channel.clone(), req.data.clone());
+        let position = self.publish(req).await?;
+        let (data, b64data) = match data.to_json_text() {
+            Ok(text) => (Some(text.into_owned()), None),
+            Err(_) => {
+                use base64::Engine as _;
+                let b64 = base64::engine::general_purpose::STANDARD.encode(data.as_bytes());
+                (None, Some(b64))
+            }
+        };
+        let user = conn.user();
+        hooks.emit(WebhookEvent {
+            name: "client_event",
+            channel: Some(channel),
+            user_id: (!user.is_empty()).then(|| user.to_owned()),
+            event: Some(event.to_owned()),
+            data,
+            b64data,
+            socket_id: Some(conn.client_id.clone()),
+        });
+        Ok(position)
+    }
+
+    /// Starts the reconciler when some webhook wants channel or member events.
+    /// It stops at shutdown; [`Node::finish_webhooks`] makes the last pass.
+    pub(super) fn start_tracking(&self) {
+        if self.inner.tracking.is_none() {
+            return;
+        }
+        let node = self.clone();
+        let token = self.inner.shutdown.clone();
+        let period = self.inner.config.client.presence_update_interval;
+        tokio::spawn(async move {
+            let Some(t) = node.inner.tracking.as_ref() else {
+                return;
+            };
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let upkeep = tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = t.wake.notified() => false,
+                    _ = tick.tick() => true,
+                };
+                let retry = node.reconcile().await;
+                if upkeep {
+                    node.refresh_held().await;
+                    node.reap_expired().await;
+                }
+                if retry {
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        _ = tokio::time::sleep(RETRY_AFTER) => {}
+                    }
+                    t.wake.notify_one();
+                }
+            }
+        });
+    }
+
+    /// Tells the engine what changed locally since the last pass; `true` when
+    /// some key failed and must be tried again.
+    async fn reconcile(&self) -> bool {
+        let Some(t) = self.inner.tracking.as_ref() else {
+            return false;
+        };
+        let _pass = t.pass.lock().await;
+        let keys: Vec<Key> = t.dirty.lock().drain().collect();
+        let failed = futures_util::stream::iter(keys)
+            .map(|key| async move {
+                let wanted = self.holds_locally(&key);
+                let held = t.held.lock().contains(&key);
+                if wanted == held {
+                    return None;
+                }
+                let engine_key = key.encode();
+                let uid = self.uid();
+                let result = if wanted {
+                    self.inner.occupancy.enter(&engine_key, uid).await
+                } else {
+                    self.inner.occupancy.leave(&engine_key, uid).await
+                };
+                match result {
+                    Ok(change) => {
+                        if wanted {
+                            t.held.lock().insert(key.clone());
+                        } else {
+                            t.held.lock().remove(&key);
+                        }
+                        self.emit_change(&key, change, wanted);
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!(key = engine_key, error = %e, "occupancy change failed: trying again");
+                        Some(key)
+                    }
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .filter_map(std::future::ready)
+            .collect::<Vec<Key>>()
+            .await;
+        let retry = !failed.is_empty();
+        t.dirty.lock().extend(failed);
+        retry
+    }
+
+    /// Whether this node has what `key` stands for: a subscriber of the channel,
+    /// a connection of the user in the channel's presence.
+    fn holds_locally(&self, key: &Key) -> bool {
+        match key {
+            Key::Channel(c) => self.inner.hub.num_subscribers(c) > 0,
+            Key::Member { channel, user } => self.inner.tracking.as_ref().is_some_and(|t| {
+                t.counts
+                    .lock()
+                    .contains_key(&(channel.clone(), user.clone()))
+            }),
+        }
+    }
+
+    /// Emits what an engine call reported: the key emptied by expiry before the
+    /// call, then this node's own edge.
+    fn emit_change(&self, key: &Key, change: Change, entered: bool) {
+        let Some(hooks) = self.inner.webhooks.as_ref() else {
+            return;
+        };
+        if change.expired {
+            hooks.emit(key.event(false));
+        }
+        if change.edge {
+            hooks.emit(key.event(entered));
+        }
+    }
+
+    /// Moves the expiry of every entry this node holds forward (and learns of
+    /// those that expired meanwhile and were reaped: they are first again).
+    async fn refresh_held(&self) {
+        let Some(t) = self.inner.tracking.as_ref() else {
+            return;
+        };
+        let _pass = t.pass.lock().await;
+        let keys: Vec<Key> = t.held.lock().iter().cloned().collect();
+        futures_util::stream::iter(keys)
+            .for_each_concurrent(CONCURRENCY, |key| async move {
+                match self.inner.occupancy.enter(&key.encode(), self.uid()).await {
+                    Ok(change) => self.emit_change(&key, change, true),
+                    Err(e) => tracing::debug!(error = %e, "occupancy refresh failed"),
+                }
+            })
+            .await;
+    }
+
+    /// Tells of the keys whose every holder expired (their nodes died), each
+    /// reported to exactly one live node by the engine.
+    async fn reap_expired(&self) {
+        let Some(hooks) = self.inner.webhooks.as_ref() else {
+            return;
+        };
+        loop {
+            let keys = match self.inner.occupancy.reap(REAP_BATCH).await {
+                Ok(keys) => keys,
+                Err(e) => {
+                    tracing::debug!(error = %e, "occupancy reap failed");
+                    return;
+                }
+            };
+            for key in &keys {
+                match Key::decode(key) {
+                    Some(k) => hooks.emit(k.event(false)),
+                    None => tracing::warn!(key, "occupancy: unreadable key reaped"),
+                }
+            }
+            if keys.len() < REAP_BATCH {
+                return;
+            }
+        }
+    }
+
+    /// At shutdown, after the connections left: the last changes go to the
+    /// engine, then the webhooks get one more try within `within`.
+    pub(super) async fn finish_webhooks(&self, within: Duration) {
+        let Some(hooks) = self.inner.webhooks.clone() else {
+            return;
+        };
+        let _ = tokio::time::timeout(within, self.reconcile()).await;
+        hooks.close(within).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_survive_the_engine_round_trip() {
+        for key in [
+            Key::Channel("chat:room-1".into()),
+            Key::Channel(String::new()),
+            Key::Member {
+                channel: "chat:1".into(),
+                user: "42:x".into(),
+            },
+            Key::Member {
+                channel: "m:3:abc".into(),
+                user: "é".into(),
+            },
+        ] {
+            assert_eq!(Key::decode(&key.encode()), Some(key));
+        }
+        assert_eq!(Key::decode("x:1"), None);
+    }
+}
