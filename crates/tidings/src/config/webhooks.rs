@@ -174,10 +174,13 @@ mod tests {
         }
     }
 
+    /// Breaks one setting of a complete webhook.
+    type Edit = fn(&mut WebhookConfig);
+
     #[test]
     fn a_complete_webhook_passes_and_each_gap_is_named() {
         assert_eq!(validate_webhooks(&[hook()]), Ok(()));
-        let cases: [(fn(&mut WebhookConfig), &str); 7] = [
+        let cases: [(Edit, &str); 7] = [
             (|h| h.endpoint = "ftp://x".into(), "webhooks[0].endpoint"),
             (|h| h.key.clear(), "webhooks[0].key"),
             (|h| h.secret.clear(), "webhooks[0].secret"),
