@@ -28,20 +28,25 @@ pub const CLUSTER_SECRET: &str = "cluster-secret";
 /// Makes prefixes unique within one test process.
 static NEXT_PREFIX: AtomicU64 = AtomicU64::new(0);
 
-/// Which engine joins the nodes.
+/// Which engine joins the nodes, and for Redis, in which topology.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
+    /// One `redis-server`.
     Redis,
+    /// Two `redis-server`s as two shards (`engine.redis.address` lists both).
+    RedisShards,
     Nats,
 }
 
 /// One `#[tokio::test]` per engine for each scenario of the calling test file: a
 /// scenario is `async fn name(engine: Engine) -> anyhow::Result<()>`, and the tests
-/// are `redis::name` and `nats::name`, so `cargo test redis::` picks one engine.
+/// are `redis::name`, `redis_shards::name` and `nats::name`, so `cargo test
+/// redis::` picks one engine.
 #[macro_export]
 macro_rules! per_engine_tests {
     ($($scenario:ident),* $(,)?) => {
         $crate::per_engine_tests!(@engine redis, Redis: $($scenario),*);
+        $crate::per_engine_tests!(@engine redis_shards, RedisShards: $($scenario),*);
         $crate::per_engine_tests!(@engine nats, Nats: $($scenario),*);
     };
     (@engine $module:ident, $variant:ident: $($scenario:ident),*) => {
@@ -60,16 +65,23 @@ impl Engine {
     /// The `engine.type` value.
     pub fn name(self) -> &'static str {
         match self {
-            Engine::Redis => "redis",
+            Engine::Redis | Engine::RedisShards => "redis",
             Engine::Nats => "nats",
         }
     }
+
+    /// A Redis engine, in any topology.
+    pub fn is_redis(self) -> bool {
+        self.name() == "redis"
+    }
 }
 
-/// The broker process of a cluster.
+/// The broker processes of a cluster.
 pub enum BrokerProcess {
-    Redis(RedisServer),
-    Nats(NatsServer),
+    /// The Redis servers, one per shard (one for [`Engine::Redis`]).
+    Redis(Vec<RedisServer>),
+    /// Boxed: much larger than the list of Redis servers.
+    Nats(Box<NatsServer>),
 }
 
 /// Options of a [`Cluster`]; see [`Cluster::builder`].
@@ -105,14 +117,21 @@ impl ClusterBuilder {
             NEXT_PREFIX.fetch_add(1, Ordering::Relaxed)
         );
         let broker = match self.engine {
-            Engine::Redis => BrokerProcess::Redis(RedisServer::start().await?),
-            Engine::Nats => BrokerProcess::Nats(NatsServer::start().await?),
+            Engine::Redis => BrokerProcess::Redis(vec![RedisServer::start().await?]),
+            Engine::RedisShards => BrokerProcess::Redis(vec![
+                RedisServer::start().await?,
+                RedisServer::start().await?,
+            ]),
+            Engine::Nats => BrokerProcess::Nats(Box::new(NatsServer::start().await?)),
         };
         let mut config = self.config;
         let engine = match &broker {
-            BrokerProcess::Redis(r) => json!({
+            BrokerProcess::Redis(shards) => json!({
                 "type": "redis",
-                "redis": { "address": [r.url()], "prefix": prefix },
+                "redis": {
+                    "address": shards.iter().map(RedisServer::url).collect::<Vec<_>>(),
+                    "prefix": prefix,
+                },
             }),
             BrokerProcess::Nats(n) => json!({
                 "type": "nats",
@@ -259,7 +278,7 @@ impl Cluster {
         Ok(())
     }
 
-    /// SIGKILL for the broker. A restarted Redis has lost everything; a
+    /// SIGKILL for the broker (every shard). A restarted Redis has lost everything; a
     /// restarted NATS keeps JetStream data unless `wipe`.
     ///
     /// # Errors
@@ -267,7 +286,12 @@ impl Cluster {
     /// Fails when the process cannot be killed.
     pub async fn kill9_broker(&mut self) -> anyhow::Result<()> {
         match &mut self.broker {
-            BrokerProcess::Redis(r) => r.kill9().await,
+            BrokerProcess::Redis(shards) => {
+                for r in shards {
+                    r.kill9().await?;
+                }
+                Ok(())
+            }
             BrokerProcess::Nats(n) => n.kill9().await,
         }
     }
@@ -279,7 +303,12 @@ impl Cluster {
     /// Fails when it does not start.
     pub async fn restart_broker(&mut self) -> anyhow::Result<()> {
         match &mut self.broker {
-            BrokerProcess::Redis(r) => r.restart().await,
+            BrokerProcess::Redis(shards) => {
+                for r in shards {
+                    r.restart().await?;
+                }
+                Ok(())
+            }
             BrokerProcess::Nats(n) => n.restart(true).await,
         }
     }
@@ -292,7 +321,12 @@ impl Cluster {
     /// Fails when the broker does not confirm.
     pub async fn lose_history(&mut self) -> anyhow::Result<()> {
         match &mut self.broker {
-            BrokerProcess::Redis(r) => redis_command(r.addr(), &["FLUSHALL"]).await.map(drop),
+            BrokerProcess::Redis(shards) => {
+                for r in shards {
+                    redis_command(r.addr(), &["FLUSHALL"]).await?;
+                }
+                Ok(())
+            }
             BrokerProcess::Nats(n) => n.restart(true).await,
         }
     }

@@ -28,7 +28,9 @@ const PRESENCE_TTL: Duration = Duration::from_secs(3);
 fn short_presence_ttl(engine: Engine, config: &mut Value) {
     let ttl = format!("{}s", PRESENCE_TTL.as_secs());
     let patch = match engine {
-        Engine::Redis => json!({"engine": {"redis": {"presence_ttl": ttl, "io_timeout": "2s"}}}),
+        Engine::Redis | Engine::RedisShards => {
+            json!({"engine": {"redis": {"presence_ttl": ttl, "io_timeout": "2s"}}})
+        }
         Engine::Nats => json!({"engine": {"nats": {
             "presence_ttl": ttl, "request_timeout": "2s", "write_timeout": "1s"
         }}}),

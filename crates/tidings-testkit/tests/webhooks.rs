@@ -188,7 +188,9 @@ async fn two_nodes(engine: Engine, receiver: &Receiver) -> anyhow::Result<Cluste
         .nodes(2)
         .config(|c| {
             let engine_patch = match engine {
-                Engine::Redis => json!({"engine": {"redis": {"presence_ttl": ttl}}}),
+                Engine::Redis | Engine::RedisShards => {
+                    json!({"engine": {"redis": {"presence_ttl": ttl}}})
+                }
                 Engine::Nats => json!({"engine": {"nats": {"presence_ttl": ttl}}}),
             };
             merge(c, &engine_patch);

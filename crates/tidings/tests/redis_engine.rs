@@ -1183,3 +1183,127 @@ async fn tls_to_redis_with_a_private_ca_works_and_an_unknown_ca_is_refused() {
         .unwrap();
     assert_eq!(pos.offset, 2);
 }
+
+#[tokio::test]
+async fn two_shards_each_keep_whole_channels_and_deliver_them() {
+    use tidings_testkit::cluster::redis_command;
+    let shards = [
+        RedisServer::start().await.unwrap(),
+        RedisServer::start().await.unwrap(),
+    ];
+    let mut cfg = cfg(&shards[0]);
+    cfg.address = shards.iter().map(RedisServer::url).collect();
+    let (a, _rec_a, _) = node(&cfg).await;
+    let (b, rec_b, _) = node(&cfg).await;
+    let channels: Vec<String> = (0..40).map(|i| format!("c{i}")).collect();
+    for ch in &channels {
+        b.subscribe(ch).await.unwrap();
+    }
+    // One publication each, then a batch of two more each, spread over both shards.
+    for ch in &channels {
+        let pos = a.publish(ch, publication(1), opts(10)).await.unwrap();
+        assert_eq!(pos.offset, 1);
+    }
+    let items = channels
+        .iter()
+        .flat_map(|ch| [item(ch, 2, opts(10)), item(ch, 3, opts(10))])
+        .collect();
+    let results = a.publish_batch(items, true).await;
+    for (k, r) in results.into_iter().enumerate() {
+        assert_eq!(r.unwrap().offset, 2 + (k % 2) as u64, "item {k}");
+    }
+    for ch in &channels {
+        rec_b
+            .wait_for("every publication on B", |_| {
+                rec_b.publications(ch).iter().map(value).collect::<Vec<_>>() == [1, 2, 3]
+            })
+            .await;
+        let page = a.history(ch, HistoryFilter::default()).await.unwrap();
+        assert_eq!(
+            page.publications.iter().map(value).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+    }
+    // Each channel's stream and meta hash live on exactly one shard, and both
+    // shards got channels.
+    let mut per_shard = [0usize; 2];
+    for ch in &channels {
+        let mut holders = Vec::new();
+        for (i, shard) in shards.iter().enumerate() {
+            let meta = format!("{}.meta.{{{ch}}}", cfg.prefix);
+            let stream = format!("{}.stream.{{{ch}}}", cfg.prefix);
+            let n = redis_command(shard.addr(), &["EXISTS", &meta, &stream])
+                .await
+                .unwrap();
+            match n.as_str() {
+                ":2" => holders.push(i),
+                ":0" => {}
+                other => panic!("{ch} half on shard {i}: {other}"),
+            }
+        }
+        assert_eq!(holders.len(), 1, "{ch} on shards {holders:?}");
+        per_shard[holders[0]] += 1;
+    }
+    assert!(per_shard.iter().all(|&n| n > 0), "{per_shard:?}");
+    // Presence follows the channel too.
+    let presence = RedisPresenceManager::new(&cfg).unwrap();
+    for ch in &channels {
+        presence
+            .add(ch, info("u", &format!("{ch}-client")))
+            .await
+            .unwrap();
+    }
+    for ch in &channels {
+        let all = presence.presence(ch).await.unwrap();
+        assert_eq!(all.len(), 1, "{ch}");
+    }
+}
+
+#[tokio::test]
+async fn a_shard_that_restarts_resubscribes_and_gives_its_channels_a_new_epoch() {
+    let mut shards = [
+        RedisServer::start().await.unwrap(),
+        RedisServer::start().await.unwrap(),
+    ];
+    let mut cfg = cfg(&shards[0]);
+    cfg.address = shards.iter().map(RedisServer::url).collect();
+    let (a, _rec_a, _) = node(&cfg).await;
+    let (b, rec_b, _) = node(&cfg).await;
+    let channels: Vec<String> = (0..20).map(|i| format!("r{i}")).collect();
+    let mut epochs = HashMap::new();
+    for ch in &channels {
+        b.subscribe(ch).await.unwrap();
+        let pos = a.publish(ch, publication(1), opts(10)).await.unwrap();
+        epochs.insert(ch.clone(), pos.epoch);
+    }
+    // The second shard dies and comes back empty.
+    shards[1].restart().await.unwrap();
+    rec_b
+        .wait_for("a reconnect on B", |e| e.contains(&Event::Reconnect))
+        .await;
+    let deadline = Instant::now() + DEADLINE;
+    let mut changed = 0;
+    for ch in &channels {
+        // Publishing works again on every channel, and delivers.
+        let pos = loop {
+            match a.publish(ch, publication(2), opts(10)).await {
+                Ok(pos) => break pos,
+                Err(e) => assert!(Instant::now() < deadline, "{ch}: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        if pos.epoch != epochs[ch] {
+            changed += 1;
+            assert_eq!(pos.offset, 1, "{ch} starts over in its new epoch");
+        } else {
+            assert_eq!(pos.offset, 2, "{ch} kept its stream");
+        }
+        rec_b
+            .wait_for("the publication after the restart", |_| {
+                rec_b.publications(ch).iter().any(|p| value(p) == 2)
+            })
+            .await;
+    }
+    // The channels of the restarted shard got new epochs, the others did not.
+    assert!(changed > 0 && changed < channels.len(), "{changed} changed");
+}

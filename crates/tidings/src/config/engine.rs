@@ -59,14 +59,20 @@ impl TryFrom<String> for EngineKind {
     }
 }
 
+/// Most shards `engine.redis.address` may list: each costs every node two
+/// connections (commands and pub/sub) and a task.
+pub const MAX_REDIS_SHARDS: usize = 64;
+
 /// `engine.redis.*`, with Centrifugo v6's key names.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RedisEngineConfig {
-    /// The Redis server: `redis://[user:password@]host:port[/db]`, `rediss://` for
-    /// TLS. A list, as in Centrifugo, of exactly one address (sharding over several
-    /// servers is not supported); a single string is accepted too. Default
-    /// `["redis://127.0.0.1:6379"]`.
+    /// The Redis servers: `redis://[user:password@]host:port[/db]`, `rediss://`
+    /// for TLS. A list, as in Centrifugo: each address is one shard, and channels
+    /// spread over the shards by a consistent hash of their name (the first shard
+    /// also carries control messages, occupancy and direct publish). A single
+    /// string is accepted too (whitespace separates several). At most
+    /// [`MAX_REDIS_SHARDS`]. Default `["redis://127.0.0.1:6379"]`.
     #[serde(deserialize_with = "string_or_list")]
     pub address: Vec<String>,
     /// Prefix of every key, stream and pub/sub channel. Must not contain `{` or `}`
@@ -111,23 +117,29 @@ impl Default for RedisEngineConfig {
 impl RedisEngineConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         let bad = |msg: String| Err(ConfigError::Invalid(msg));
-        match self.address.as_slice() {
-            [one] if one.starts_with("redis://") || one.starts_with("rediss://") => {
-                #[cfg(feature = "redis")]
-                if let Err(e) = redis::IntoConnectionInfo::into_connection_info(one.as_str()) {
-                    return bad(format!("engine.redis.address {one:?}: {e}"));
-                }
-            }
-            [one] => {
+        if self.address.is_empty() {
+            return bad("engine.redis.address is empty".into());
+        }
+        if self.address.len() > MAX_REDIS_SHARDS {
+            return bad(format!(
+                "engine.redis.address: {} shards, at most {MAX_REDIS_SHARDS}",
+                self.address.len()
+            ));
+        }
+        for (i, one) in self.address.iter().enumerate() {
+            if !(one.starts_with("redis://") || one.starts_with("rediss://")) {
                 return bad(format!(
                     "engine.redis.address {one:?} must start with redis:// or rediss://"
-                ))
+                ));
             }
-            [] => return bad("engine.redis.address is empty".into()),
-            _ => {
-                return bad(
-                    "engine.redis.address: only one Redis server is supported (no sharding)".into(),
-                )
+            #[cfg(feature = "redis")]
+            if let Err(e) = redis::IntoConnectionInfo::into_connection_info(one.as_str()) {
+                return bad(format!("engine.redis.address {one:?}: {e}"));
+            }
+            if self.address[..i].contains(one) {
+                return bad(format!(
+                    "engine.redis.address {one:?} is listed twice (each address is one shard)"
+                ));
             }
         }
         if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {
@@ -313,9 +325,17 @@ mod tests {
             Config::load(None, env(&all)).unwrap_err().to_string()
         };
         assert!(refused(&[("TIDINGS_ENGINE_REDIS_ADDRESS", "http://x")]).contains("redis://"));
+        let two = env(&[
+            ("TIDINGS_ENGINE_TYPE", "redis"),
+            ("TIDINGS_ENGINE_REDIS_ADDRESS", "redis://a:1 redis://b:2"),
+        ]);
+        assert_eq!(
+            Config::load(None, two).unwrap().engine.redis.address,
+            vec!["redis://a:1", "redis://b:2"]
+        );
         assert!(
-            refused(&[("TIDINGS_ENGINE_REDIS_ADDRESS", "redis://a:1 redis://b:2")])
-                .contains("only one")
+            refused(&[("TIDINGS_ENGINE_REDIS_ADDRESS", "redis://a:1 redis://a:1")])
+                .contains("listed twice")
         );
         assert!(
             refused(&[("TIDINGS_ENGINE_REDIS_ADDRESS", "redis://h:notaport")])

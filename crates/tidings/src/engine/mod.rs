@@ -165,22 +165,23 @@ fn build_memory(config: &Config) -> Engine {
 
 #[cfg(feature = "redis")]
 fn build_redis(config: &Config) -> Result<Engine, BuildError> {
-    use self::redis::conn::RedisConn;
+    use self::redis::shards::Shards;
     use self::redis::{RedisBroker, RedisOccupancy, RedisPresenceManager};
 
     let cfg = &config.engine.redis;
-    // Broker and presence share one multiplexed command connection.
-    let conn = Arc::new(RedisConn::new(cfg, cfg.io_timeout).map_err(BuildError::Settings)?);
-    let broker = Arc::new(RedisBroker::with_conn(
+    // Broker, presence and occupancy share one multiplexed command connection per
+    // shard.
+    let conns = Shards::connect(cfg, cfg.io_timeout).map_err(BuildError::Settings)?;
+    let broker = Arc::new(RedisBroker::with_conns(
         cfg,
         config.channel.history_meta_ttl,
-        conn.clone(),
+        conns.clone(),
     ));
     let consumer = broker.clone();
     Ok(Engine::new(
         broker,
-        Arc::new(RedisPresenceManager::with_conn(cfg, conn.clone())),
-        Arc::new(RedisOccupancy::with_conn(cfg, conn)),
+        Arc::new(RedisPresenceManager::with_conns(cfg, conns.clone())),
+        Arc::new(RedisOccupancy::with_conn(cfg, conns.first().clone())),
         Box::new(move |hooks| consumer.start_ingest(hooks.ingest, hooks.shutdown)),
     ))
 }

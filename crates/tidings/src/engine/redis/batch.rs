@@ -1,6 +1,6 @@
-//! Batch publishing on Redis: a batch becomes one pipeline on the shared
-//! connection (one round trip), with one script call per run of publications to
-//! the same channel.
+//! Batch publishing on Redis: a batch becomes one pipeline per shard on the
+//! shared connections (one round trip each, the shards in parallel), with one
+//! script call per run of publications to the same channel.
 
 use std::sync::atomic::Ordering;
 
@@ -39,14 +39,58 @@ impl RedisBroker {
         cmd
     }
 
-    /// Publishes a batch as one pipeline on the shared connection, so the whole
-    /// batch costs one round trip. Runs of publications to the same channel with
+    /// Publishes a batch as one pipeline per shard (see [`Self::publish_on_shard`]).
+    /// A channel lives on one shard, so each channel's publications keep their
+    /// order; publications to channels of different shards are not ordered
+    /// against each other.
+    pub(super) async fn publish_many(
+        &self,
+        items: Vec<BatchPublish>,
+    ) -> Vec<Result<StreamPosition, BrokerError>> {
+        let shards = self.inner.shards.len();
+        if shards == 1 {
+            return self.publish_on_shard(0, items).await;
+        }
+        let n = items.len();
+        let mut per_shard: Vec<(Vec<usize>, Vec<BatchPublish>)> =
+            (0..shards).map(|_| (Vec::new(), Vec::new())).collect();
+        for (i, item) in items.into_iter().enumerate() {
+            let (at, batch) = &mut per_shard[self.inner.shard_of(&item.channel)];
+            at.push(i);
+            batch.push(item);
+        }
+        let runs =
+            per_shard
+                .into_iter()
+                .enumerate()
+                .filter(|(_, (at, _))| !at.is_empty())
+                .map(|(shard, (at, batch))| async move {
+                    (at, self.publish_on_shard(shard, batch).await)
+                });
+        let mut results: Vec<Option<Result<StreamPosition, BrokerError>>> =
+            (0..n).map(|_| None).collect();
+        for (at, shard_results) in futures_util::future::join_all(runs).await {
+            for (i, r) in at.into_iter().zip(shard_results) {
+                results[i] = Some(r);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| Err(EngineError::failed(ENGINE, "publish", "no reply").into()))
+            })
+            .collect()
+    }
+
+    /// Publishes the publications of one shard as one pipeline on its shared
+    /// connection, so they cost one round trip. Runs of publications to the same channel with
     /// the same history settings (and no idempotency key) become one call of
     /// [`PUBLISH_MANY_LUA`] each, at most [`BATCH_RUN_MAX`] long; the others one
     /// call of [`PUBLISH_LUA`] or one PUBLISH each. Redis runs a pipeline in order,
     /// so the publications take effect in the order given.
-    pub(super) async fn publish_many(
+    async fn publish_on_shard(
         &self,
+        shard: usize,
         mut items: Vec<BatchPublish>,
     ) -> Vec<Result<StreamPosition, BrokerError>> {
         let n = items.len();
@@ -130,11 +174,12 @@ impl RedisBroker {
                 (&self.inner.publish_script, PUBLISH_LUA),
                 (&self.inner.publish_many_script, PUBLISH_MANY_LUA),
             ];
-            let loaded_on = &self.inner.scripts_loaded_on;
+            let loaded_on = &self.inner.shards[shard].scripts_loaded_on;
             let pipe = &pipe;
             let replies = self
                 .inner
-                .conn
+                .conns
+                .get(shard)
                 .call_on("publish", |generation, mut c| async move {
                     // On a connection where the scripts were not loaded yet, load
                     // them at the head of the same pipeline: an EVALSHA that failed

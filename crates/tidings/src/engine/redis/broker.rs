@@ -1,7 +1,8 @@
-//! The Redis broker: nodes joined through one Redis (6.2+, or Valkey).
+//! The Redis broker: nodes joined through Redis (6.2+, or Valkey), one server or
+//! several shards (each channel on the shard `shards` picks for it).
 //!
 //! - Fan-out: Redis pub/sub, one subscription per channel per node on a dedicated
-//!   connection. The subscription task owns that connection: it reconnects with
+//!   connection per shard. The subscription task owns that connection: it reconnects with
 //!   backoff, resubscribes every channel in batches, and only then tells the node
 //!   ([`BrokerEventHandler::handle_reconnect`]).
 //! - History: one Redis Stream per channel plus a meta hash (top offset, epoch). One
@@ -10,7 +11,7 @@
 //! - Commands share one multiplexed connection, which pipelines concurrent requests
 //!   on one socket, so publish throughput is not bound by round trips.
 //! - Control messages: `PUBLISH <prefix>.control` (every node) or
-//!   `<prefix>.node.<uid>` (one node).
+//!   `<prefix>.node.<uid>` (one node), on the first shard.
 //! - Direct publish: backends `XADD <prefix>.publish * payload <json>`; one node of
 //!   the consumer group publishes each entry (see [`RedisBroker::start_ingest`]).
 //!
@@ -30,6 +31,7 @@ use super::conn::RedisConn;
 use super::keys::Keys;
 use super::pubsub::{subscription_task, SubState};
 use super::scripts::{HISTORY_LUA, PUBLISH_LUA, PUBLISH_MANY_LUA};
+use super::shards::Shards;
 use super::ENGINE;
 use crate::broker::{
     BatchPublish, Broker, BrokerError, BrokerEventHandler, EngineError, HistoryFilter, HistoryPage,
@@ -46,32 +48,47 @@ pub struct RedisBroker {
 /// What the broker and its background tasks share.
 pub(super) struct Inner {
     /// The engine settings (timeouts, prefix; the ingest consumer opens its own
-    /// connection with them).
+    /// connections with them).
     pub(super) cfg: RedisEngineConfig,
     /// Key and channel names under the prefix.
     pub(super) keys: Keys,
-    /// The command connection, shared with the presence manager.
-    pub(super) conn: Arc<RedisConn>,
+    /// The command connections, one per shard, shared with the presence manager
+    /// and occupancy.
+    pub(super) conns: Shards,
+    /// What the broker keeps per shard, in the order of `conns`.
+    pub(super) shards: Vec<ShardState>,
     /// How long a channel's meta hash outlives its last publish
     /// (`channel.history_meta_ttl`).
     pub(super) meta_ttl: Duration,
     /// The scripts, with their SHA1 computed once.
     pub(super) publish_script: redis::Script,
     pub(super) publish_many_script: redis::Script,
-    /// The connection generation on which the batch pipelines last loaded their
-    /// scripts (0: not loaded, or lost).
-    pub(super) scripts_loaded_on: AtomicU64,
     pub(super) history_script: redis::Script,
     /// The node's handler and uid, set once by [`Broker::run`].
     pub(super) handler: OnceLock<Arc<dyn BrokerEventHandler>>,
     pub(super) node_uid: OnceLock<String>,
-    /// Wanted channel subscriptions; a plain mutex, nothing awaits while it is
-    /// held.
-    pub(super) subs: Mutex<SubState>,
-    /// Wakes the subscription task when `subs` changed.
-    pub(super) sub_notify: Notify,
     /// Cancelled when the broker is dropped: stops the background tasks.
     pub(super) stop: CancellationToken,
+}
+
+/// The broker's state for one shard.
+#[derive(Default)]
+pub(super) struct ShardState {
+    /// The connection generation on which the batch pipelines last loaded their
+    /// scripts (0: not loaded, or lost).
+    pub(super) scripts_loaded_on: AtomicU64,
+    /// Wanted channel subscriptions on this shard; a plain mutex, nothing awaits
+    /// while it is held.
+    pub(super) subs: Mutex<SubState>,
+    /// Wakes the shard's subscription task when `subs` changed.
+    pub(super) sub_notify: Notify,
+}
+
+impl Inner {
+    /// The index of the shard that keeps `channel`.
+    pub(super) fn shard_of(&self, channel: &str) -> usize {
+        self.conns.index_of(channel)
+    }
 }
 
 impl Drop for RedisBroker {
@@ -87,30 +104,28 @@ impl RedisBroker {
     /// # Errors
     /// A message when the address or TLS settings cannot be used.
     pub fn new(cfg: &RedisEngineConfig, meta_ttl: Duration) -> Result<Self, String> {
-        let conn = Arc::new(RedisConn::new(cfg, cfg.io_timeout)?);
-        Ok(Self::with_conn(cfg, meta_ttl, conn))
+        Ok(Self::with_conns(
+            cfg,
+            meta_ttl,
+            Shards::connect(cfg, cfg.io_timeout)?,
+        ))
     }
 
-    /// A broker that shares its command connection (with the presence manager).
-    pub(crate) fn with_conn(
-        cfg: &RedisEngineConfig,
-        meta_ttl: Duration,
-        conn: Arc<RedisConn>,
-    ) -> Self {
+    /// A broker that shares its command connections (with the presence manager
+    /// and occupancy).
+    pub(crate) fn with_conns(cfg: &RedisEngineConfig, meta_ttl: Duration, conns: Shards) -> Self {
         Self {
             inner: Arc::new(Inner {
                 cfg: cfg.clone(),
                 keys: Keys::new(&cfg.prefix),
-                conn,
+                shards: (0..conns.len()).map(|_| ShardState::default()).collect(),
+                conns,
                 meta_ttl,
                 publish_script: redis::Script::new(PUBLISH_LUA),
                 publish_many_script: redis::Script::new(PUBLISH_MANY_LUA),
-                scripts_loaded_on: AtomicU64::new(0),
                 history_script: redis::Script::new(HISTORY_LUA),
                 handler: OnceLock::new(),
                 node_uid: OnceLock::new(),
-                subs: Mutex::new(SubState::default()),
-                sub_notify: Notify::new(),
                 stop: CancellationToken::new(),
             }),
         }
@@ -135,7 +150,8 @@ impl RedisBroker {
         let epoch = new_epoch();
         let position = self
             .inner
-            .conn
+            .conns
+            .of(channel)
             .call("publish", |mut c| async move {
                 script
                     .key(&script_keys[0])
@@ -160,23 +176,22 @@ impl RedisBroker {
         Ok(position)
     }
 
-    /// A PUBLISH of `payload` to `channel`; `operation` names it in an error.
+    /// A PUBLISH of `payload` to the pub/sub `channel` on `conn`; `operation`
+    /// names it in an error.
     async fn plain_publish(
-        &self,
+        conn: &RedisConn,
         operation: &'static str,
         channel: String,
         payload: Vec<u8>,
     ) -> Result<(), BrokerError> {
-        self.inner
-            .conn
-            .call(operation, |mut c| async move {
-                redis::cmd("PUBLISH")
-                    .arg(channel)
-                    .arg(payload)
-                    .query_async::<i64>(&mut c)
-                    .await
-            })
-            .await?;
+        conn.call(operation, |mut c| async move {
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(payload)
+                .query_async::<i64>(&mut c)
+                .await
+        })
+        .await?;
         Ok(())
     }
 }
@@ -222,14 +237,16 @@ impl Broker for RedisBroker {
             return;
         }
         let _ = self.inner.handler.set(handler);
-        let inner = self.inner.clone();
-        tokio::spawn(async move {
-            let stop = inner.stop.clone();
-            tokio::select! {
-                _ = stop.cancelled() => {}
-                _ = subscription_task(inner) => {}
-            }
-        });
+        for shard in 0..self.inner.shards.len() {
+            let inner = self.inner.clone();
+            tokio::spawn(async move {
+                let stop = inner.stop.clone();
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = subscription_task(inner, shard) => {}
+                }
+            });
+        }
     }
 
     async fn publish_control(
@@ -241,7 +258,7 @@ impl Broker for RedisBroker {
             None => self.inner.keys.control(),
             Some(uid) => self.inner.keys.node(uid),
         };
-        self.plain_publish("control", channel, data.to_vec()).await
+        Self::plain_publish(self.inner.conns.first(), "control", channel, data.to_vec()).await
     }
 
     async fn publish(
@@ -257,8 +274,13 @@ impl Broker for RedisBroker {
             let mut payload = Vec::with_capacity(json.len() + 3);
             payload.extend_from_slice(b"P0::");
             payload.extend_from_slice(&json);
-            self.plain_publish("publish", self.inner.keys.client_channel(channel), payload)
-                .await?;
+            Self::plain_publish(
+                self.inner.conns.of(channel),
+                "publish",
+                self.inner.keys.client_channel(channel),
+                payload,
+            )
+            .await?;
             return Ok(StreamPosition::default());
         }
         let result = self.publish_script(channel, &json, &opts).await?;
@@ -278,16 +300,26 @@ impl Broker for RedisBroker {
         let mut payload = b"J".to_vec();
         serde_json::to_writer(&mut payload, &info)
             .map_err(|e| EngineError::failed(ENGINE, "join", e))?;
-        self.plain_publish("join", self.inner.keys.client_channel(channel), payload)
-            .await
+        Self::plain_publish(
+            self.inner.conns.of(channel),
+            "join",
+            self.inner.keys.client_channel(channel),
+            payload,
+        )
+        .await
     }
 
     async fn publish_leave(&self, channel: &str, info: ClientInfo) -> Result<(), BrokerError> {
         let mut payload = b"L".to_vec();
         serde_json::to_writer(&mut payload, &info)
             .map_err(|e| EngineError::failed(ENGINE, "leave", e))?;
-        self.plain_publish("leave", self.inner.keys.client_channel(channel), payload)
-            .await
+        Self::plain_publish(
+            self.inner.conns.of(channel),
+            "leave",
+            self.inner.keys.client_channel(channel),
+            payload,
+        )
+        .await
     }
 
     async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
@@ -321,7 +353,8 @@ impl Broker for RedisBroker {
         let epoch = new_epoch();
         let (epoch, top, entries): (String, u64, Vec<RawEntry>) = self
             .inner
-            .conn
+            .conns
+            .of(channel)
             .call("history", |mut c| async move {
                 script
                     .key(&script_keys[0])
@@ -370,7 +403,8 @@ impl Broker for RedisBroker {
     async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
         let key = self.inner.keys.stream(channel);
         self.inner
-            .conn
+            .conns
+            .of(channel)
             .call("remove history", |mut c| async move {
                 redis::cmd("DEL").arg(key).query_async::<i64>(&mut c).await
             })

@@ -23,13 +23,10 @@ pub(super) const RECONNECT_MAX: Duration = Duration::from_secs(1);
 /// trying (and waiting) again.
 const CONNECT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Builds the `redis::Client` from the engine settings.
-fn client(cfg: &RedisEngineConfig) -> Result<redis::Client, String> {
-    let address = cfg
-        .address
-        .first()
-        .ok_or_else(|| "engine.redis.address is empty".to_string())?;
-    let mut url = address.clone();
+/// Builds the `redis::Client` of one server `address` from the engine settings
+/// (database, credentials and TLS when the address names none).
+fn client(cfg: &RedisEngineConfig, address: &str) -> Result<redis::Client, String> {
+    let mut url = address.to_string();
     if cfg.tls.enabled {
         if let Some(rest) = url.strip_prefix("redis://") {
             url = format!("rediss://{rest}");
@@ -106,11 +103,16 @@ struct Slot {
 }
 
 impl RedisConn {
-    /// A command connection with the engine's timeouts. `response_timeout` bounds
-    /// one command (longer for the blocking reads of the direct-publish consumer).
-    pub fn new(cfg: &RedisEngineConfig, response_timeout: Duration) -> Result<Self, String> {
+    /// A command connection to the server at `address` with the engine's
+    /// timeouts. `response_timeout` bounds one command (longer for the blocking
+    /// reads of the direct-publish consumer).
+    pub fn new(
+        cfg: &RedisEngineConfig,
+        address: &str,
+        response_timeout: Duration,
+    ) -> Result<Self, String> {
         Ok(Self {
-            client: client(cfg)?,
+            client: client(cfg, address)?,
             config: AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(cfg.connect_timeout))
                 .set_response_timeout(Some(response_timeout)),

@@ -3,6 +3,7 @@
 //! exactly one node (see [`RedisBroker::start_ingest`]).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::Value;
@@ -10,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::broker::RedisBroker;
 use super::conn::{RedisConn, RECONNECT_MAX, RECONNECT_MIN};
+use super::shards::Shards;
 use super::ENGINE;
 use crate::broker::EngineError;
 use crate::engine::{Ingest, IngestError, IngestPublish};
@@ -43,34 +45,39 @@ impl RedisBroker {
             .cloned()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let read_timeout = INGEST_BLOCK + self.inner.cfg.io_timeout;
-        let conn = match RedisConn::new(&self.inner.cfg, read_timeout) {
+        // One consumer per shard: a backend may XADD to the stream of any shard.
+        let conns = match Shards::connect(&self.inner.cfg, read_timeout) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "direct publish: no Redis connection");
                 return;
             }
         };
-        let ingest = IngestConsumer {
-            conn,
-            stream: self.inner.keys.ingest(),
-            consumer,
-            ingest,
-            forget_idle: INGEST_FORGET_IDLE,
-        };
-        let broker_stop = self.inner.stop.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = stop.cancelled() => {}
-                _ = broker_stop.cancelled() => {}
-                _ = ingest.run() => {}
-            }
-        });
+        for conn in conns.iter() {
+            let ingest = IngestConsumer {
+                conn: conn.clone(),
+                stream: self.inner.keys.ingest(),
+                consumer: consumer.clone(),
+                ingest: ingest.clone(),
+                forget_idle: INGEST_FORGET_IDLE,
+            };
+            let broker_stop = self.inner.stop.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = broker_stop.cancelled() => {}
+                    _ = ingest.run() => {}
+                }
+            });
+        }
     }
 }
 
 /// The direct-publish consumer of one node.
 struct IngestConsumer {
-    conn: RedisConn,
+    /// The connection of the consumer's shard.
+    conn: Arc<RedisConn>,
     stream: String,
     consumer: String,
     /// The node's publish path.
@@ -337,7 +344,7 @@ mod tests {
             ..Default::default()
         };
         let ingest = IngestConsumer {
-            conn: RedisConn::new(&cfg, Duration::from_secs(2)).unwrap(),
+            conn: Arc::new(RedisConn::new(&cfg, &redis.url(), Duration::from_secs(2)).unwrap()),
             stream: Keys::new("t").ingest(),
             consumer: "me".into(),
             ingest: Arc::new(|_| Box::pin(async { Ok(Default::default()) })),

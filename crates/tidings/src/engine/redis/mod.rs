@@ -1,7 +1,9 @@
-//! The Redis engine: nodes joined through one Redis (6.2+) or Valkey server.
+//! The Redis engine: nodes joined through Redis (6.2+) or Valkey: one server, or
+//! several shards.
 //!
 //! - `conn`: the shared command connection (reconnects, timeouts) and the client
 //!   built from the settings.
+//! - `shards`: one connection per shard, and which shard keeps a channel.
 //! - `keys`: the name of every key and pub/sub channel under the prefix.
 //! - `scripts`: the Lua scripts that publish and read history atomically.
 //! - [`broker`]: [`RedisBroker`], publish, history, join/leave, control.
@@ -22,6 +24,7 @@ pub mod occupancy;
 pub mod presence;
 mod pubsub;
 mod scripts;
+pub(crate) mod shards;
 
 pub use broker::RedisBroker;
 pub use ingest::INGEST_GROUP;

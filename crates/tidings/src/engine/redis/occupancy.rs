@@ -7,7 +7,8 @@
 //! first, or both the last.
 //!
 //! The reap script builds key names from the index, so it needs every key on one
-//! server: fine for the single Redis the engine supports (see docs/engines.md).
+//! server: with several shards, occupancy lives on the first one (see
+//! docs/engines.md).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,8 +103,8 @@ pub struct RedisOccupancy {
 }
 
 impl RedisOccupancy {
-    /// Occupancy sharing the broker's command connection; entries live
-    /// `engine.redis.presence_ttl` unless refreshed.
+    /// Occupancy sharing the broker's command connection (of the first shard);
+    /// entries live `engine.redis.presence_ttl` unless refreshed.
     pub(crate) fn with_conn(cfg: &RedisEngineConfig, conn: Arc<RedisConn>) -> Self {
         Self {
             conn,

@@ -9,14 +9,13 @@
 //! `<prefix>.presence.expiry.{<channel>}` (same hash tag, same Cluster slot).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tidings_protocol::ClientInfo;
 
-use super::conn::RedisConn;
 use super::keys::Keys;
+use super::shards::Shards;
 use super::ENGINE;
 use crate::broker::EngineError;
 use crate::config::RedisEngineConfig;
@@ -63,7 +62,8 @@ return redis.call('HVALS', KEYS[1])
 
 /// Presence of the Redis engine.
 pub struct RedisPresenceManager {
-    conn: Arc<RedisConn>,
+    /// A channel's entries live on the channel's shard.
+    conns: Shards,
     keys: Keys,
     ttl: Duration,
     add: redis::Script,
@@ -72,21 +72,18 @@ pub struct RedisPresenceManager {
 }
 
 impl RedisPresenceManager {
-    /// A presence manager with its own connection.
+    /// A presence manager with its own connections.
     ///
     /// # Errors
     /// A message when the address or TLS settings cannot be used.
     pub fn new(cfg: &RedisEngineConfig) -> Result<Self, String> {
-        Ok(Self::with_conn(
-            cfg,
-            Arc::new(RedisConn::new(cfg, cfg.io_timeout)?),
-        ))
+        Ok(Self::with_conns(cfg, Shards::connect(cfg, cfg.io_timeout)?))
     }
 
-    /// A presence manager sharing the broker's command connection.
-    pub(crate) fn with_conn(cfg: &RedisEngineConfig, conn: Arc<RedisConn>) -> Self {
+    /// A presence manager sharing the broker's command connections.
+    pub(crate) fn with_conns(cfg: &RedisEngineConfig, conns: Shards) -> Self {
         Self {
-            conn,
+            conns,
             keys: Keys::new(&cfg.prefix),
             ttl: cfg.presence_ttl,
             add: redis::Script::new(ADD_LUA),
@@ -102,7 +99,8 @@ impl RedisPresenceManager {
         ];
         let script = &self.read;
         let values = self
-            .conn
+            .conns
+            .of(channel)
             .call("presence read", |mut c| async move {
                 script
                     .key(&keys[0])
@@ -128,7 +126,8 @@ impl PresenceManager for RedisPresenceManager {
         let ttl_ms = self.ttl.as_millis().max(1) as u64;
         let script = &self.add;
         let client = info.client;
-        self.conn
+        self.conns
+            .of(channel)
             .call("presence add", |mut c| async move {
                 script
                     .key(&keys[0])
@@ -149,7 +148,8 @@ impl PresenceManager for RedisPresenceManager {
             self.keys.presence_expiry(channel),
         ];
         let script = &self.remove;
-        self.conn
+        self.conns
+            .of(channel)
             .call("presence remove", |mut c| async move {
                 script
                     .key(&keys[0])

@@ -12,7 +12,7 @@ use redis::Value;
 use tidings_protocol::{ClientInfo, Publication};
 use tokio::sync::oneshot;
 
-use super::broker::{Inner, RedisBroker};
+use super::broker::{Inner, RedisBroker, ShardState};
 use super::conn::{RECONNECT_MAX, RECONNECT_MIN};
 use super::ENGINE;
 use crate::broker::{BrokerError, BrokerEventHandler, EngineError};
@@ -49,21 +49,23 @@ impl RedisBroker {
     /// connection when it is the first, and waits until the connection is in sync.
     pub(super) async fn want(&self, channel: &str) -> Result<(), BrokerError> {
         let name = self.inner.keys.client_channel(channel);
+        let shard = self.inner.shard_of(channel);
         {
-            let mut s = self.inner.subs.lock();
+            let mut s = self.inner.shards[shard].subs.lock();
             let n = s.wanted.entry(name.clone()).or_insert(0);
             *n += 1;
             s.changed.insert(name);
         }
-        self.sync_subscriptions().await
+        self.sync_subscriptions(shard).await
     }
 
     /// One subscriber of `channel` fewer: unsubscribes the connection (in the
     /// background) when it was the last.
     pub(super) fn unwant(&self, channel: &str) {
         let name = self.inner.keys.client_channel(channel);
+        let state = &self.inner.shards[self.inner.shard_of(channel)];
         {
-            let mut s = self.inner.subs.lock();
+            let mut s = state.subs.lock();
             if let Some(n) = s.wanted.get_mut(&name) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
@@ -76,20 +78,22 @@ impl RedisBroker {
                 return;
             }
         }
-        self.inner.sub_notify.notify_one();
+        state.sub_notify.notify_one();
     }
 
-    /// Waits until the pub/sub connection has caught up with the wanted channels.
-    async fn sync_subscriptions(&self) -> Result<(), BrokerError> {
+    /// Waits until the pub/sub connection of `shard` has caught up with the
+    /// wanted channels.
+    async fn sync_subscriptions(&self, shard: usize) -> Result<(), BrokerError> {
         let (tx, rx) = oneshot::channel();
+        let state = &self.inner.shards[shard];
         {
-            let mut s = self.inner.subs.lock();
+            let mut s = state.subs.lock();
             if !s.connected && s.tried {
                 return Err(EngineError::NotConnected { engine: ENGINE }.into());
             }
             s.waiters.push(tx);
         }
-        self.inner.sub_notify.notify_one();
+        state.sub_notify.notify_one();
         match tokio::time::timeout(self.inner.cfg.io_timeout, rx).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(e))) => Err(e.into()),
@@ -105,34 +109,39 @@ impl RedisBroker {
     }
 }
 
-/// Owns the pub/sub connection for the broker's life: connect, subscribe the
-/// control channels and every wanted channel in batches, deliver messages in order,
-/// apply subscription changes, and start over when the connection fails.
-pub(super) async fn subscription_task(inner: Arc<Inner>) {
+/// Owns the pub/sub connection of one shard for the broker's life: connect,
+/// subscribe the control channels (first shard only) and every wanted channel in
+/// batches, deliver messages in order, apply subscription changes, and start over
+/// when the connection fails.
+pub(super) async fn subscription_task(inner: Arc<Inner>, shard: usize) {
     let Some(handler) = inner.handler.get().cloned() else {
         return;
     };
     let uid = inner.node_uid.get().cloned().unwrap_or_default();
-    let fixed = [inner.keys.control(), inner.keys.node(&uid)];
+    let fixed: Vec<String> = if shard == 0 {
+        vec![inner.keys.control(), inner.keys.node(&uid)]
+    } else {
+        Vec::new()
+    };
+    let state = &inner.shards[shard];
+    let conn = inner.conns.get(shard);
     let client_prefix = inner.keys.client_channel_prefix();
     let mut backoff = RECONNECT_MIN;
     let mut connected_before = false;
     loop {
-        let pubsub = tokio::time::timeout(
-            inner.cfg.connect_timeout,
-            inner.conn.client.get_async_pubsub(),
-        )
-        .await
-        .map_err(|_| EngineError::Timeout {
-            engine: ENGINE,
-            operation: "pub/sub connect",
-        })
-        .and_then(|r| r.map_err(|e| EngineError::failed(ENGINE, "pub/sub connect", e)));
+        let pubsub =
+            tokio::time::timeout(inner.cfg.connect_timeout, conn.client.get_async_pubsub())
+                .await
+                .map_err(|_| EngineError::Timeout {
+                    engine: ENGINE,
+                    operation: "pub/sub connect",
+                })
+                .and_then(|r| r.map_err(|e| EngineError::failed(ENGINE, "pub/sub connect", e)));
         let pubsub = match pubsub {
             Ok(p) => p,
             Err(e) => {
                 tracing::debug!(error = %e, "redis pub/sub: connect failed");
-                fail_waiters(&inner, &e);
+                fail_waiters(state, &e);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(RECONNECT_MAX);
                 continue;
@@ -142,7 +151,7 @@ pub(super) async fn subscription_task(inner: Arc<Inner>) {
         // Everything wanted now; changes made from here on are marked `changed`
         // and applied by the loop below.
         let (all, waiters) = {
-            let mut s = inner.subs.lock();
+            let mut s = state.subs.lock();
             s.changed.clear();
             let all: Vec<String> = s.wanted.keys().cloned().collect();
             (all, std::mem::take(&mut s.waiters))
@@ -157,14 +166,14 @@ pub(super) async fn subscription_task(inner: Arc<Inner>) {
             for w in waiters {
                 let _ = w.send(Err(e.clone()));
             }
-            fail_waiters(&inner, &e);
+            fail_waiters(state, &e);
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(RECONNECT_MAX);
             continue;
         }
         subscribed.extend(all);
         {
-            let mut s = inner.subs.lock();
+            let mut s = state.subs.lock();
             s.connected = true;
             s.tried = true;
         }
@@ -181,7 +190,7 @@ pub(super) async fn subscription_task(inner: Arc<Inner>) {
         }
         connected_before = true;
         // Changes that arrived while subscribing.
-        inner.sub_notify.notify_one();
+        state.sub_notify.notify_one();
 
         let mut ping = tokio::time::interval(PUBSUB_PING);
         ping.tick().await;
@@ -193,8 +202,8 @@ pub(super) async fn subscription_task(inner: Arc<Inner>) {
                     };
                     deliver(&*handler, &client_prefix, &fixed, msg.get_channel_name(), msg.get_payload_bytes());
                 }
-                _ = inner.sub_notify.notified() => {
-                    if let Err(e) = apply_changes(&inner, &mut sink, &mut subscribed).await {
+                _ = state.sub_notify.notified() => {
+                    if let Err(e) = apply_changes(&inner, state, &mut sink, &mut subscribed).await {
                         break e;
                     }
                 }
@@ -208,15 +217,15 @@ pub(super) async fn subscription_task(inner: Arc<Inner>) {
             }
         };
         tracing::warn!(reason = %why, "redis pub/sub: connection lost");
-        inner.subs.lock().connected = false;
-        fail_waiters(&inner, &why);
+        state.subs.lock().connected = false;
+        fail_waiters(state, &why);
     }
 }
 
 /// Fails every waiting subscribe (and marks the connection down).
-fn fail_waiters(inner: &Inner, why: &EngineError) {
+fn fail_waiters(state: &ShardState, why: &EngineError) {
     let waiters = {
-        let mut s = inner.subs.lock();
+        let mut s = state.subs.lock();
         s.connected = false;
         s.tried = true;
         std::mem::take(&mut s.waiters)
@@ -264,11 +273,12 @@ async fn send_batched(
 /// the callers that were waiting.
 async fn apply_changes(
     inner: &Inner,
+    state: &ShardState,
     sink: &mut redis::aio::PubSubSink,
     subscribed: &mut HashSet<String>,
 ) -> Result<(), EngineError> {
     let (add, remove, waiters) = {
-        let mut s = inner.subs.lock();
+        let mut s = state.subs.lock();
         let changed = std::mem::take(&mut s.changed);
         let mut add = Vec::new();
         let mut remove = Vec::new();
@@ -303,7 +313,7 @@ async fn apply_changes(
 fn deliver(
     handler: &dyn BrokerEventHandler,
     client_prefix: &str,
-    fixed: &[String; 2],
+    fixed: &[String],
     channel: &str,
     payload: &[u8],
 ) {
