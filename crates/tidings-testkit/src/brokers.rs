@@ -66,11 +66,15 @@ struct Broker {
     /// What the process is, for errors.
     what: &'static str,
     /// Builds the command line for `port` and `dir`.
-    command: fn(u16, &Path) -> Command,
+    command: CommandLine,
 }
 
 impl Broker {
-    async fn start(what: &'static str, command: fn(u16, &Path) -> Command) -> anyhow::Result<Self> {
+    async fn start(
+        what: &'static str,
+        command: impl Fn(u16, &Path) -> Command + Send + Sync + 'static,
+    ) -> anyhow::Result<Self> {
+        let command: CommandLine = Box::new(command);
         let mut broker = Self {
             child: None,
             port: free_port()?,
@@ -121,6 +125,9 @@ impl Drop for Broker {
     }
 }
 
+/// Builds a broker's command line for its port and directory.
+type CommandLine = Box<dyn Fn(u16, &Path) -> Command + Send + Sync>;
+
 /// A `redis-server` child on a free port, without persistence.
 pub struct RedisServer(Broker);
 
@@ -128,6 +135,54 @@ impl RedisServer {
     /// Starts `redis-server` on a free port of 127.0.0.1.
     pub async fn start() -> anyhow::Result<Self> {
         Ok(Self(Broker::start("redis-server", redis_command).await?))
+    }
+
+    /// Starts `redis-server` as a replica of the server on `master_port`
+    /// (`--replicaof`), on a free port of 127.0.0.1.
+    pub async fn start_replica_of(master_port: u16) -> anyhow::Result<Self> {
+        let command = move |port: u16, dir: &Path| {
+            let mut c = redis_command(port, dir);
+            c.args(["--replicaof", "127.0.0.1", &master_port.to_string()]);
+            c
+        };
+        Ok(Self(Broker::start("redis-server", command).await?))
+    }
+
+    /// Starts `redis-server --sentinel` on a free port of 127.0.0.1, watching the
+    /// master on `master_port` as `name` with a quorum of 2, declaring it down
+    /// after `down_after` without an answer.
+    pub async fn start_sentinel(
+        name: &str,
+        master_port: u16,
+        down_after: Duration,
+    ) -> anyhow::Result<Self> {
+        let name = name.to_string();
+        let command = move |port: u16, dir: &Path| {
+            // Sentinel rewrites its config file: it lives in the private folder,
+            // written once (a restarted sentinel keeps what it learnt).
+            let conf = dir.join("sentinel.conf");
+            if !conf.exists() {
+                let text = format!(
+                    "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                     sentinel monitor {name} 127.0.0.1 {master_port} 2\n\
+                     sentinel down-after-milliseconds {name} {down}\n\
+                     sentinel failover-timeout {name} 10000\n\
+                     sentinel parallel-syncs {name} 1\n",
+                    dir = dir.display(),
+                    down = down_after.as_millis(),
+                );
+                let _ = std::fs::write(&conf, text);
+            }
+            let mut c = Command::new(redis_binary());
+            c.arg(&conf).arg("--sentinel");
+            c
+        };
+        Ok(Self(Broker::start("redis-sentinel", command).await?))
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.0.port
     }
 
     pub fn addr(&self) -> SocketAddr {

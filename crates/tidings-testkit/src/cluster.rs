@@ -17,6 +17,7 @@ use tokio::time::{sleep, Instant};
 
 use crate::brokers::{NatsServer, RedisServer};
 use crate::profile::open_config;
+use crate::sentinel::{RedisSentinelSet, SENTINEL_MASTER_NAME};
 use crate::server::TidingsServer;
 
 /// The API key every node of a test cluster uses.
@@ -35,18 +36,22 @@ pub enum Engine {
     Redis,
     /// Two `redis-server`s as two shards (`engine.redis.address` lists both).
     RedisShards,
+    /// One master, one replica and three sentinels ([`RedisSentinelSet`]); the
+    /// nodes find the master through `engine.redis.sentinel_address`.
+    RedisSentinel,
     Nats,
 }
 
 /// One `#[tokio::test]` per engine for each scenario of the calling test file: a
 /// scenario is `async fn name(engine: Engine) -> anyhow::Result<()>`, and the tests
-/// are `redis::name`, `redis_shards::name` and `nats::name`, so `cargo test
-/// redis::` picks one engine.
+/// are `redis::name`, `redis_shards::name`, `redis_sentinel::name` and
+/// `nats::name`, so `cargo test redis::` picks one engine.
 #[macro_export]
 macro_rules! per_engine_tests {
     ($($scenario:ident),* $(,)?) => {
         $crate::per_engine_tests!(@engine redis, Redis: $($scenario),*);
         $crate::per_engine_tests!(@engine redis_shards, RedisShards: $($scenario),*);
+        $crate::per_engine_tests!(@engine redis_sentinel, RedisSentinel: $($scenario),*);
         $crate::per_engine_tests!(@engine nats, Nats: $($scenario),*);
     };
     (@engine $module:ident, $variant:ident: $($scenario:ident),*) => {
@@ -65,7 +70,7 @@ impl Engine {
     /// The `engine.type` value.
     pub fn name(self) -> &'static str {
         match self {
-            Engine::Redis | Engine::RedisShards => "redis",
+            Engine::Redis | Engine::RedisShards | Engine::RedisSentinel => "redis",
             Engine::Nats => "nats",
         }
     }
@@ -80,6 +85,8 @@ impl Engine {
 pub enum BrokerProcess {
     /// The Redis servers, one per shard (one for [`Engine::Redis`]).
     Redis(Vec<RedisServer>),
+    /// Boxed: larger than the other variants.
+    RedisSentinel(Box<RedisSentinelSet>),
     /// Boxed: much larger than the list of Redis servers.
     Nats(Box<NatsServer>),
 }
@@ -122,6 +129,9 @@ impl ClusterBuilder {
                 RedisServer::start().await?,
                 RedisServer::start().await?,
             ]),
+            Engine::RedisSentinel => {
+                BrokerProcess::RedisSentinel(Box::new(RedisSentinelSet::start().await?))
+            }
             Engine::Nats => BrokerProcess::Nats(Box::new(NatsServer::start().await?)),
         };
         let mut config = self.config;
@@ -130,6 +140,14 @@ impl ClusterBuilder {
                 "type": "redis",
                 "redis": {
                     "address": shards.iter().map(RedisServer::url).collect::<Vec<_>>(),
+                    "prefix": prefix,
+                },
+            }),
+            BrokerProcess::RedisSentinel(set) => json!({
+                "type": "redis",
+                "redis": {
+                    "sentinel_address": [set.sentinel_address()],
+                    "sentinel_master_name": SENTINEL_MASTER_NAME,
                     "prefix": prefix,
                 },
             }),
@@ -278,7 +296,8 @@ impl Cluster {
         Ok(())
     }
 
-    /// SIGKILL for the broker (every shard). A restarted Redis has lost everything; a
+    /// SIGKILL for the broker (every shard; both data servers of a Sentinel
+    /// set, so no failover helps). A restarted Redis has lost everything; a
     /// restarted NATS keeps JetStream data unless `wipe`.
     ///
     /// # Errors
@@ -292,6 +311,7 @@ impl Cluster {
                 }
                 Ok(())
             }
+            BrokerProcess::RedisSentinel(set) => set.kill9_servers().await,
             BrokerProcess::Nats(n) => n.kill9().await,
         }
     }
@@ -309,6 +329,7 @@ impl Cluster {
                 }
                 Ok(())
             }
+            BrokerProcess::RedisSentinel(set) => set.restart_servers().await,
             BrokerProcess::Nats(n) => n.restart(true).await,
         }
     }
@@ -327,6 +348,7 @@ impl Cluster {
                 }
                 Ok(())
             }
+            BrokerProcess::RedisSentinel(set) => set.flushall().await,
             BrokerProcess::Nats(n) => n.restart(true).await,
         }
     }

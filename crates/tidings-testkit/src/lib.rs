@@ -29,6 +29,8 @@
 //!   engine, with SIGKILL and restart for the broker and each node.
 //! - [`follower`]: [`Follower`], a subscriber that resubscribes and reconnects
 //!   like an SDK and checks that it never misses a publication silently.
+//! - [`sentinel`]: [`sentinel::RedisSentinelSet`], a Redis master, its replica
+//!   and three sentinels, with a kill of the master for failover tests.
 //! - [`profile`]: config documents for `--config` that tests start from.
 //! - [`metrics`]: reads values out of Prometheus text.
 //!
@@ -47,6 +49,7 @@ pub mod profile;
 pub mod proto_client;
 pub mod raw_http;
 pub mod raw_ws;
+pub mod sentinel;
 pub mod server;
 pub mod sse;
 pub mod stub;

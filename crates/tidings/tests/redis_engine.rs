@@ -1307,3 +1307,68 @@ async fn a_shard_that_restarts_resubscribes_and_gives_its_channels_a_new_epoch()
     // The channels of the restarted shard got new epochs, the others did not.
     assert!(changed > 0 && changed < channels.len(), "{changed} changed");
 }
+
+/// A broker on a Sentinel shard of its own: master, replica, three sentinels.
+fn sentinel_cfg(set: &tidings_testkit::sentinel::RedisSentinelSet) -> RedisEngineConfig {
+    RedisEngineConfig {
+        sentinel_address: vec![set.sentinel_address()],
+        sentinel_master_name: tidings_testkit::sentinel::SENTINEL_MASTER_NAME.into(),
+        ..cfg(set.server(0))
+    }
+}
+
+#[tokio::test]
+async fn a_sentinel_failover_is_followed_and_starts_channels_on_a_new_epoch() {
+    let mut set = tidings_testkit::sentinel::RedisSentinelSet::start()
+        .await
+        .unwrap();
+    let cfg = sentinel_cfg(&set);
+    let (a, _rec_a, _) = node(&cfg).await;
+    let (b, rec_b, _) = node(&cfg).await;
+    b.subscribe("f").await.unwrap();
+    let before = a.publish("f", publication(1), opts(10)).await.unwrap();
+    a.publish("f", publication(2), opts(10)).await.unwrap();
+    rec_b
+        .wait_for("both publications on B", |_| {
+            rec_b.publications("f").len() == 2
+        })
+        .await;
+    let old = set.kill9_master().await.unwrap();
+    // Calls fail while the sentinels decide, then succeed on the promoted replica.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        match a.publish("f", publication(3), opts(10)).await {
+            Ok(pos) => break pos,
+            Err(e) => assert!(Instant::now() < deadline, "no failover: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_ne!(set.master().await.unwrap(), old);
+    // The promoted replica cannot vouch for what the old master had: a new epoch,
+    // and recovery from the old one is refused rather than silently short.
+    assert_ne!(after.epoch, before.epoch);
+    assert_eq!(after.offset, 1);
+    let gone = a.history("f", since(2, &before.epoch)).await;
+    assert!(
+        matches!(gone, Err(BrokerError::UnrecoverablePosition)),
+        "{gone:?}"
+    );
+    // B's pub/sub connection followed the master: it resubscribed, and gets what
+    // is published from then on, on the new epoch.
+    rec_b
+        .wait_for("a reconnect on B", |e| e.contains(&Event::Reconnect))
+        .await;
+    let next = a.publish("f", publication(4), opts(10)).await.unwrap();
+    assert_eq!((next.offset, &next.epoch), (2, &after.epoch));
+    rec_b
+        .wait_for("the publication after the failover on B", |_| {
+            rec_b.publications("f").iter().any(|p| value(p) == 4)
+        })
+        .await;
+    // The pub/sub connection stays on the new master: its health checks (every
+    // 3 s) find the master the sentinels name and keep it.
+    let reconnects = |e: &[Event]| e.iter().filter(|e| **e == Event::Reconnect).count();
+    let settled = reconnects(&rec_b.events());
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(reconnects(&rec_b.events()), settled, "B kept reconnecting");
+}

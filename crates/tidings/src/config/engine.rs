@@ -63,6 +63,10 @@ impl TryFrom<String> for EngineKind {
 /// connections (commands and pub/sub) and a task.
 pub const MAX_REDIS_SHARDS: usize = 64;
 
+/// Most sentinels one `engine.redis.sentinel_address` entry may list (each is
+/// asked in turn when a connection is opened).
+pub const MAX_SENTINELS: usize = 16;
+
 /// `engine.redis.*`, with Centrifugo v6's key names.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -94,8 +98,25 @@ pub struct RedisEngineConfig {
     /// How long a presence entry lives unless the node refreshes it. Default `60s`.
     #[serde(with = "humantime_serde")]
     pub presence_ttl: Duration,
-    /// TLS to Redis.
+    /// TLS to Redis (to the masters, for a Sentinel setup).
     pub tls: RedisTlsConfig,
+    /// Redis Sentinel, as in Centrifugo: each entry is one shard, given as the
+    /// comma-separated `host:port` addresses of its sentinels; the shard's
+    /// server is the master they name `sentinel_master_name`, followed through
+    /// failovers. When set, `address` is ignored. Default: none.
+    #[serde(deserialize_with = "string_or_list")]
+    pub sentinel_address: Vec<String>,
+    /// The master name the sentinels watch (`sentinel monitor <name> …`).
+    /// Required with `sentinel_address`. Default: none.
+    pub sentinel_master_name: String,
+    /// ACL user for the sentinels. Default: none.
+    pub sentinel_user: String,
+    /// Password for the sentinels. Default: none.
+    pub sentinel_password: String,
+    /// Redis Cluster seed addresses. Not supported yet: validation refuses a
+    /// non-empty list rather than ignoring it. Default: none.
+    #[serde(deserialize_with = "string_or_list")]
+    pub cluster_address: Vec<String>,
 }
 
 impl Default for RedisEngineConfig {
@@ -110,12 +131,75 @@ impl Default for RedisEngineConfig {
             io_timeout: Duration::from_secs(4),
             presence_ttl: Duration::from_secs(60),
             tls: RedisTlsConfig::default(),
+            sentinel_address: Vec::new(),
+            sentinel_master_name: String::new(),
+            sentinel_user: String::new(),
+            sentinel_password: String::new(),
+            cluster_address: Vec::new(),
         }
     }
 }
 
 impl RedisEngineConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |msg: String| Err(ConfigError::Invalid(msg));
+        if !self.cluster_address.is_empty() {
+            return bad(
+                "engine.redis.cluster_address: Redis Cluster is not supported yet (use address \
+                 for one server or shards, or sentinel_address)"
+                    .into(),
+            );
+        }
+        if !self.sentinel_address.is_empty() {
+            self.validate_sentinel()?;
+        } else {
+            self.validate_address()?;
+        }
+        self.validate_common()
+    }
+
+    /// `sentinel_address` and `sentinel_master_name`.
+    fn validate_sentinel(&self) -> Result<(), ConfigError> {
+        let bad = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.sentinel_master_name.is_empty() {
+            return bad(
+                "engine.redis.sentinel_master_name must be set with sentinel_address".into(),
+            );
+        }
+        if self.sentinel_address.len() > MAX_REDIS_SHARDS {
+            return bad(format!(
+                "engine.redis.sentinel_address: {} shards, at most {MAX_REDIS_SHARDS}",
+                self.sentinel_address.len()
+            ));
+        }
+        for (i, shard) in self.sentinel_address.iter().enumerate() {
+            let addrs: Vec<&str> = shard.split(',').map(str::trim).collect();
+            if addrs.len() > MAX_SENTINELS {
+                return bad(format!(
+                    "engine.redis.sentinel_address {shard:?}: at most {MAX_SENTINELS} sentinels per shard"
+                ));
+            }
+            for addr in addrs {
+                let ok = addr.rsplit_once(':').is_some_and(|(host, port)| {
+                    !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok()
+                });
+                if !ok {
+                    return bad(format!(
+                        "engine.redis.sentinel_address {addr:?} must be host:port (sentinels of one shard are separated by commas)"
+                    ));
+                }
+            }
+            if self.sentinel_address[..i].contains(shard) {
+                return bad(format!(
+                    "engine.redis.sentinel_address {shard:?} is listed twice (each entry is one shard)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `address`: one server, or several shards.
+    fn validate_address(&self) -> Result<(), ConfigError> {
         let bad = |msg: String| Err(ConfigError::Invalid(msg));
         if self.address.is_empty() {
             return bad("engine.redis.address is empty".into());
@@ -142,6 +226,12 @@ impl RedisEngineConfig {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// The keys every topology shares.
+    fn validate_common(&self) -> Result<(), ConfigError> {
+        let bad = |msg: String| Err(ConfigError::Invalid(msg));
         if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {
             return bad("engine.redis.prefix must be non-empty and contain no { or }".into());
         }
@@ -342,6 +432,35 @@ mod tests {
                 .contains("engine.redis.address")
         );
         assert!(refused(&[("TIDINGS_ENGINE_REDIS_PREFIX", "a{b")]).contains("prefix"));
+        // Sentinel: one shard of two sentinels, with its master name.
+        let sentinel = env(&[
+            ("TIDINGS_ENGINE_TYPE", "redis"),
+            ("TIDINGS_ENGINE_REDIS_SENTINEL_ADDRESS", "127.0.0.1:1,h:2"),
+            ("TIDINGS_ENGINE_REDIS_SENTINEL_MASTER_NAME", "m"),
+        ]);
+        let loaded = Config::load(None, sentinel).unwrap();
+        assert_eq!(
+            loaded.engine.redis.sentinel_address,
+            vec!["127.0.0.1:1,h:2"]
+        );
+        assert!(
+            refused(&[("TIDINGS_ENGINE_REDIS_SENTINEL_ADDRESS", "127.0.0.1:1")])
+                .contains("sentinel_master_name")
+        );
+        assert!(refused(&[
+            ("TIDINGS_ENGINE_REDIS_SENTINEL_ADDRESS", "redis://h:1"),
+            ("TIDINGS_ENGINE_REDIS_SENTINEL_MASTER_NAME", "m"),
+        ])
+        .contains("host:port"));
+        assert!(refused(&[
+            ("TIDINGS_ENGINE_REDIS_SENTINEL_ADDRESS", "h:1,h:2 h:1,h:2"),
+            ("TIDINGS_ENGINE_REDIS_SENTINEL_MASTER_NAME", "m"),
+        ])
+        .contains("listed twice"));
+        assert!(
+            refused(&[("TIDINGS_ENGINE_REDIS_CLUSTER_ADDRESS", "127.0.0.1:7000")])
+                .contains("not supported")
+        );
         assert!(refused(&[("TIDINGS_ENGINE_REDIS_PRESENCE_TTL", "10ms")]).contains("presence_ttl"));
         assert!(
             refused(&[("TIDINGS_ENGINE_REDIS_TLS_SERVER_CA_PEM", "/no/such/file")])

@@ -15,7 +15,13 @@ use crate::engine::epoch::new_epoch;
 
 impl RedisBroker {
     /// The EVALSHA of [`PUBLISH_LUA`] for one publication (see `publish_script`).
-    fn single_cmd(&self, channel: &str, json: &[u8], opts: &PublishOptions) -> redis::Cmd {
+    fn single_cmd(
+        &self,
+        channel: &str,
+        json: &[u8],
+        opts: &PublishOptions,
+        server: &str,
+    ) -> redis::Cmd {
         let keys = &self.inner.keys;
         let idem_key = opts.idempotency_key.as_deref().unwrap_or("");
         let mut cmd = redis::cmd("EVALSHA");
@@ -35,7 +41,8 @@ impl RedisBroker {
             } else {
                 "0"
             })
-            .arg(IDEMPOTENCY_WINDOW.as_secs());
+            .arg(IDEMPOTENCY_WINDOW.as_secs())
+            .arg(server);
         cmd
     }
 
@@ -107,80 +114,26 @@ impl RedisBroker {
                 }
             }
         }
-        let keys = &self.inner.keys;
-        // What each command of the pipeline answers for: its first item, how many
-        // items, and how to read its reply.
-        let mut steps: Vec<(usize, usize, StepKind)> = Vec::new();
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        let mut i = 0;
-        while i < n {
-            let Some(json) = &encoded[i] else {
-                i += 1;
-                continue;
-            };
-            let item = &items[i];
-            let opts = &item.opts;
-            if opts.history_size == 0 && opts.idempotency_key.is_none() {
-                let mut payload = Vec::with_capacity(json.len() + 4);
-                payload.extend_from_slice(b"P0::");
-                payload.extend_from_slice(json);
-                pipe.cmd("PUBLISH")
-                    .arg(keys.client_channel(&item.channel))
-                    .arg(payload);
-                steps.push((i, 1, StepKind::Plain));
-                i += 1;
-                continue;
-            }
-            // The run of publications that can share one script call.
-            let groupable = |j: usize| {
-                let other = &items[j];
-                encoded[j].is_some()
-                    && other.channel == item.channel
-                    && other.opts.idempotency_key.is_none()
-                    && other.opts.history_size == opts.history_size
-                    && other.opts.history_ttl == opts.history_ttl
-            };
-            let mut end = i + 1;
-            if opts.idempotency_key.is_none() {
-                while end < n && end - i < BATCH_RUN_MAX && groupable(end) {
-                    end += 1;
-                }
-            }
-            if end - i == 1 {
-                pipe.add_command(self.single_cmd(&item.channel, json, opts));
-                steps.push((i, 1, StepKind::Script));
-            } else {
-                let mut cmd = redis::cmd("EVALSHA");
-                cmd.arg(self.inner.publish_many_script.get_hash())
-                    .arg(2)
-                    .arg(keys.stream(&item.channel))
-                    .arg(keys.meta(&item.channel))
-                    .arg(keys.client_channel(&item.channel))
-                    .arg(opts.history_size)
-                    .arg(opts.history_ttl.as_millis().max(1) as u64)
-                    .arg(self.inner.meta_ttl.as_secs())
-                    .arg(new_epoch());
-                for json in encoded[i..end].iter().flatten() {
-                    cmd.arg(json.as_slice());
-                }
-                pipe.add_command(cmd);
-                steps.push((i, end - i, StepKind::Script));
-            }
-            i = end;
-        }
-        if !steps.is_empty() {
+        if encoded.iter().any(Option::is_some) {
             let scripts = [
                 (&self.inner.publish_script, PUBLISH_LUA),
                 (&self.inner.publish_many_script, PUBLISH_MANY_LUA),
             ];
             let loaded_on = &self.inner.shards[shard].scripts_loaded_on;
-            let pipe = &pipe;
+            let (items, encoded) = (&items, &encoded);
             let replies = self
                 .inner
                 .conns
                 .get(shard)
-                .call_on("publish", |generation, mut c| async move {
+                .call_on("publish", |link, mut c| async move {
+                    let generation = link.generation;
+                    // Built here: the scripts take the run id of the server the
+                    // pipeline goes to.
+                    let (pipe, steps) = self.plan(items, encoded, &link.server);
+                    let pipe = &pipe;
+                    if steps.is_empty() {
+                        return Ok((steps, Vec::new()));
+                    }
                     // On a connection where the scripts were not loaded yet, load
                     // them at the head of the same pipeline: an EVALSHA that failed
                     // with NOSCRIPT while the commands after it succeeded would
@@ -232,11 +185,11 @@ impl RedisBroker {
                             replies[k] = r;
                         }
                     }
-                    Ok(replies)
+                    Ok((steps, replies))
                 })
                 .await;
             match replies {
-                Ok(replies) if replies.len() == steps.len() => {
+                Ok((steps, replies)) if replies.len() == steps.len() => {
                     for ((first, count, kind), reply) in steps.into_iter().zip(replies) {
                         let positions = read_step(kind, count, reply);
                         for (k, r) in positions.into_iter().enumerate() {
@@ -244,7 +197,7 @@ impl RedisBroker {
                         }
                     }
                 }
-                Ok(replies) => {
+                Ok((steps, replies)) => {
                     let why = format!("{} replies to a pipeline of {}", replies.len(), steps.len());
                     fill_errors(&mut results, &EngineError::failed(ENGINE, "publish", why));
                 }
@@ -257,6 +210,80 @@ impl RedisBroker {
                 r.unwrap_or_else(|| Err(EngineError::failed(ENGINE, "publish", "no reply").into()))
             })
             .collect()
+    }
+
+    /// The pipeline of one shard's publications and what each of its commands
+    /// answers for: its first item, how many items, and how to read its reply.
+    /// `server` is the run id the scripts get (see `conn::Link`).
+    fn plan(
+        &self,
+        items: &[BatchPublish],
+        encoded: &[Option<Vec<u8>>],
+        server: &str,
+    ) -> (redis::Pipeline, Vec<(usize, usize, StepKind)>) {
+        let n = items.len();
+        let keys = &self.inner.keys;
+        let mut steps: Vec<(usize, usize, StepKind)> = Vec::new();
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        let mut i = 0;
+        while i < n {
+            let Some(json) = &encoded[i] else {
+                i += 1;
+                continue;
+            };
+            let item = &items[i];
+            let opts = &item.opts;
+            if opts.history_size == 0 && opts.idempotency_key.is_none() {
+                let mut payload = Vec::with_capacity(json.len() + 4);
+                payload.extend_from_slice(b"P0::");
+                payload.extend_from_slice(json);
+                pipe.cmd("PUBLISH")
+                    .arg(keys.client_channel(&item.channel))
+                    .arg(payload);
+                steps.push((i, 1, StepKind::Plain));
+                i += 1;
+                continue;
+            }
+            // The run of publications that can share one script call.
+            let groupable = |j: usize| {
+                let other = &items[j];
+                encoded[j].is_some()
+                    && other.channel == item.channel
+                    && other.opts.idempotency_key.is_none()
+                    && other.opts.history_size == opts.history_size
+                    && other.opts.history_ttl == opts.history_ttl
+            };
+            let mut end = i + 1;
+            if opts.idempotency_key.is_none() {
+                while end < n && end - i < BATCH_RUN_MAX && groupable(end) {
+                    end += 1;
+                }
+            }
+            if end - i == 1 {
+                pipe.add_command(self.single_cmd(&item.channel, json, opts, server));
+                steps.push((i, 1, StepKind::Script));
+            } else {
+                let mut cmd = redis::cmd("EVALSHA");
+                cmd.arg(self.inner.publish_many_script.get_hash())
+                    .arg(2)
+                    .arg(keys.stream(&item.channel))
+                    .arg(keys.meta(&item.channel))
+                    .arg(keys.client_channel(&item.channel))
+                    .arg(opts.history_size)
+                    .arg(opts.history_ttl.as_millis().max(1) as u64)
+                    .arg(self.inner.meta_ttl.as_secs())
+                    .arg(new_epoch())
+                    .arg(server);
+                for json in encoded[i..end].iter().flatten() {
+                    cmd.arg(json.as_slice());
+                }
+                pipe.add_command(cmd);
+                steps.push((i, end - i, StepKind::Script));
+            }
+            i = end;
+        }
+        (pipe, steps)
     }
 }
 

@@ -152,7 +152,7 @@ impl RedisBroker {
             .inner
             .conns
             .of(channel)
-            .call("publish", |mut c| async move {
+            .call_on("publish", |link, mut c| async move {
                 script
                     .key(&script_keys[0])
                     .key(&script_keys[1])
@@ -169,6 +169,7 @@ impl RedisBroker {
                         "0"
                     })
                     .arg(IDEMPOTENCY_WINDOW.as_secs())
+                    .arg(link.server)
                     .invoke_async::<String>(&mut c)
                     .await
             })
@@ -355,7 +356,7 @@ impl Broker for RedisBroker {
             .inner
             .conns
             .of(channel)
-            .call("history", |mut c| async move {
+            .call_on("history", |link, mut c| async move {
                 script
                     .key(&script_keys[0])
                     .key(&script_keys[1])
@@ -365,6 +366,7 @@ impl Broker for RedisBroker {
                     .arg(start)
                     .arg(end)
                     .arg(limit)
+                    .arg(link.server)
                     .invoke_async(&mut c)
                     .await
             })

@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError};
 
+use super::sentinel::SentinelTarget;
 use super::ENGINE;
 use crate::broker::EngineError;
 use crate::config::RedisEngineConfig;
@@ -25,7 +26,7 @@ const CONNECT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Builds the `redis::Client` of one server `address` from the engine settings
 /// (database, credentials and TLS when the address names none).
-fn client(cfg: &RedisEngineConfig, address: &str) -> Result<redis::Client, String> {
+pub(super) fn client(cfg: &RedisEngineConfig, address: &str) -> Result<redis::Client, String> {
     let mut url = address.to_string();
     if cfg.tls.enabled {
         if let Some(rest) = url.strip_prefix("redis://") {
@@ -76,6 +77,27 @@ fn client(cfg: &RedisEngineConfig, address: &str) -> Result<redis::Client, Strin
     redis::Client::open(info).map_err(|e| format!("engine.redis.address {address:?}: {e}"))
 }
 
+/// Where a shard's connections go.
+pub(super) enum Target {
+    /// One server at a fixed address.
+    Server(redis::Client),
+    /// The server the sentinels name as the master (see `sentinel`).
+    Sentinel(SentinelTarget),
+}
+
+/// Which connection a call runs on, for what a caller sets up per connection or
+/// per server.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Link {
+    /// Changes whenever a new connection replaces a failed one (what a caller
+    /// set up on one connection, like loaded scripts, may be gone on the next).
+    pub(crate) generation: u64,
+    /// The run id of the master behind a Sentinel shard ("" for a fixed
+    /// server): the scripts start a channel on a new epoch when its meta hash
+    /// was written by another server (a failover happened since).
+    pub(crate) server: String,
+}
+
 /// One multiplexed command connection, opened on first use and replaced after it
 /// fails. Every call is bounded by the I/O timeout, so a call made while Redis is
 /// down fails promptly instead of waiting for it to come back.
@@ -84,7 +106,7 @@ fn client(cfg: &RedisEngineConfig, address: &str) -> Result<redis::Client, Strin
 /// makes callers wait through its whole reconnect backoff and stays on a failed
 /// connection future after connect errors that are not I/O errors.
 pub(crate) struct RedisConn {
-    pub(super) client: redis::Client,
+    target: Target,
     config: AsyncConnectionConfig,
     connect_timeout: Duration,
     /// Bound on one call, connecting included.
@@ -97,7 +119,7 @@ pub(crate) struct RedisConn {
 
 #[derive(Default)]
 struct Slot {
-    conn: Option<(u64, MultiplexedConnection)>,
+    conn: Option<(Link, MultiplexedConnection)>,
     /// When the last connect failed, and why.
     failed: Option<(Instant, EngineError)>,
 }
@@ -111,8 +133,21 @@ impl RedisConn {
         address: &str,
         response_timeout: Duration,
     ) -> Result<Self, String> {
-        Ok(Self {
-            client: client(cfg, address)?,
+        Ok(Self::with_target(
+            cfg,
+            Target::Server(client(cfg, address)?),
+            response_timeout,
+        ))
+    }
+
+    /// A command connection to `target`.
+    pub(super) fn with_target(
+        cfg: &RedisEngineConfig,
+        target: Target,
+        response_timeout: Duration,
+    ) -> Self {
+        Self {
+            target,
             config: AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(cfg.connect_timeout))
                 .set_response_timeout(Some(response_timeout)),
@@ -121,10 +156,69 @@ impl RedisConn {
             slot: Mutex::new(Slot::default()),
             connecting: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(0),
-        })
+        }
     }
 
-    async fn get(&self) -> Result<(u64, MultiplexedConnection), EngineError> {
+    /// The client of the server to connect to now, and its `host:port` for a
+    /// Sentinel shard.
+    async fn resolve(&self) -> Result<(redis::Client, String), EngineError> {
+        match &self.target {
+            Target::Server(client) => Ok((client.clone(), String::new())),
+            Target::Sentinel(s) => s.master().await.map(|m| (m.client, m.addr)),
+        }
+    }
+
+    /// Connects: to the fixed server, or to the master the sentinels name (and
+    /// checks that it is one).
+    async fn open(&self) -> Result<(Link, MultiplexedConnection), EngineError> {
+        let (client, _) = self.resolve().await?;
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await
+            .map_err(|e| EngineError::failed(ENGINE, "connect", e))?;
+        let server = match &self.target {
+            Target::Server(_) => String::new(),
+            Target::Sentinel(_) => super::sentinel::master_run_id(&mut conn).await?,
+        };
+        Ok((
+            Link {
+                generation: 0,
+                server,
+            },
+            conn,
+        ))
+    }
+
+    /// A new pub/sub connection to the shard's server (the master the
+    /// sentinels name now, for a Sentinel shard), bounded by the connect
+    /// timeout; also the master's `host:port` ("" for a fixed server).
+    pub(super) async fn pubsub(&self) -> Result<(redis::aio::PubSub, String), EngineError> {
+        let open = async {
+            let (client, addr) = self.resolve().await?;
+            let pubsub = client
+                .get_async_pubsub()
+                .await
+                .map_err(|e| EngineError::failed(ENGINE, "pub/sub connect", e))?;
+            Ok((pubsub, addr))
+        };
+        tokio::time::timeout(self.connect_timeout * 2, open)
+            .await
+            .unwrap_or(Err(EngineError::Timeout {
+                engine: ENGINE,
+                operation: "pub/sub connect",
+            }))
+    }
+
+    /// For a Sentinel shard, the `host:port` the sentinels name as the master
+    /// now (`None` for a fixed server, or when no sentinel answers).
+    pub(super) async fn named_master(&self) -> Option<String> {
+        match &self.target {
+            Target::Server(_) => None,
+            Target::Sentinel(s) => s.master().await.ok().map(|m| m.addr),
+        }
+    }
+
+    async fn get(&self) -> Result<(Link, MultiplexedConnection), EngineError> {
         if let Some(c) = self.current()? {
             return Ok(c);
         }
@@ -132,22 +226,17 @@ impl RedisConn {
         if let Some(c) = self.current()? {
             return Ok(c);
         }
-        let result = tokio::time::timeout(
-            self.connect_timeout,
-            self.client
-                .get_multiplexed_async_connection_with_config(&self.config),
-        )
-        .await;
+        // Asking the sentinels and checking the master take round trips too.
+        let result = tokio::time::timeout(self.connect_timeout * 2, self.open()).await;
         let mut slot = self.slot.lock();
         match result {
-            Ok(Ok(conn)) => {
-                let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-                slot.conn = Some((generation, conn.clone()));
+            Ok(Ok((mut link, conn))) => {
+                link.generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+                slot.conn = Some((link.clone(), conn.clone()));
                 slot.failed = None;
-                Ok((generation, conn))
+                Ok((link, conn))
             }
             Ok(Err(e)) => {
-                let e = EngineError::failed(ENGINE, "connect", e);
                 slot.failed = Some((Instant::now(), e.clone()));
                 Err(e)
             }
@@ -163,7 +252,7 @@ impl RedisConn {
     }
 
     /// The open connection, or the recent connect failure, or `None` (connect now).
-    fn current(&self) -> Result<Option<(u64, MultiplexedConnection)>, EngineError> {
+    fn current(&self) -> Result<Option<(Link, MultiplexedConnection)>, EngineError> {
         let slot = self.slot.lock();
         if let Some(c) = &slot.conn {
             return Ok(Some(c.clone()));
@@ -177,7 +266,11 @@ impl RedisConn {
     /// Forgets connection `generation` after an error that may have broken it.
     fn forget(&self, generation: u64) {
         let mut slot = self.slot.lock();
-        if slot.conn.as_ref().is_some_and(|(g, _)| *g == generation) {
+        if slot
+            .conn
+            .as_ref()
+            .is_some_and(|(l, _)| l.generation == generation)
+        {
             slot.conn = None;
         }
     }
@@ -192,19 +285,19 @@ impl RedisConn {
         self.call_on(operation, |_, conn| f(conn)).await
     }
 
-    /// [`Self::call`], also telling `f` which connection it runs on: a number that
-    /// changes whenever a new connection replaces a failed one (what a caller
-    /// set up on one connection, like loaded scripts, may be gone on the next).
+    /// [`Self::call`], also telling `f` which connection it runs on (see
+    /// [`Link`]).
     pub async fn call_on<T, F, Fut>(&self, operation: &'static str, f: F) -> Result<T, EngineError>
     where
-        F: FnOnce(u64, MultiplexedConnection) -> Fut,
+        F: FnOnce(Link, MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = Result<T, RedisError>>,
     {
         let mut used = None;
         let run = async {
-            let (generation, conn) = self.get().await?;
+            let (link, conn) = self.get().await?;
+            let generation = link.generation;
             used = Some(generation);
-            match f(generation, conn).await {
+            match f(link, conn).await {
                 Ok(v) => Ok(v),
                 Err(e) => {
                     if breaks_connection(&e) {
@@ -231,8 +324,11 @@ impl RedisConn {
 
 /// Errors after which the connection cannot be trusted (as opposed to an error
 /// reply from the server, which leaves it usable).
+/// A `READONLY` reply means the server was demoted to a replica (a Sentinel
+/// failover): connect again, to the new master.
 fn breaks_connection(e: &RedisError) -> bool {
-    e.is_io_error()
+    e.code() == Some("READONLY")
+        || e.is_io_error()
         || e.is_timeout()
         || e.is_connection_dropped()
         || e.is_connection_refusal()

@@ -4,6 +4,8 @@
 //! - `conn`: the shared command connection (reconnects, timeouts) and the client
 //!   built from the settings.
 //! - `shards`: one connection per shard, and which shard keeps a channel.
+//! - `sentinel`: finding a shard's master through Redis Sentinel, and what a
+//!   failover costs.
 //! - `keys`: the name of every key and pub/sub channel under the prefix.
 //! - `scripts`: the Lua scripts that publish and read history atomically.
 //! - [`broker`]: [`RedisBroker`], publish, history, join/leave, control.
@@ -24,6 +26,7 @@ pub mod occupancy;
 pub mod presence;
 mod pubsub;
 mod scripts;
+mod sentinel;
 pub(crate) mod shards;
 
 pub use broker::RedisBroker;

@@ -129,15 +129,8 @@ pub(super) async fn subscription_task(inner: Arc<Inner>, shard: usize) {
     let mut backoff = RECONNECT_MIN;
     let mut connected_before = false;
     loop {
-        let pubsub =
-            tokio::time::timeout(inner.cfg.connect_timeout, conn.client.get_async_pubsub())
-                .await
-                .map_err(|_| EngineError::Timeout {
-                    engine: ENGINE,
-                    operation: "pub/sub connect",
-                })
-                .and_then(|r| r.map_err(|e| EngineError::failed(ENGINE, "pub/sub connect", e)));
-        let pubsub = match pubsub {
+        let pubsub = conn.pubsub().await;
+        let (pubsub, master) = match pubsub {
             Ok(p) => p,
             Err(e) => {
                 tracing::debug!(error = %e, "redis pub/sub: connect failed");
@@ -212,6 +205,13 @@ pub(super) async fn subscription_task(inner: Arc<Inner>, shard: usize) {
                         Ok(Ok(_)) => {}
                         Ok(Err(e)) => break EngineError::failed(ENGINE, "pub/sub ping", e),
                         Err(_) => break EngineError::Timeout { engine: ENGINE, operation: "pub/sub ping" },
+                    }
+                    // A Sentinel shard whose master changed while this connection
+                    // stayed open (a failover that did not kill the old master).
+                    if let Some(now) = conn.named_master().await {
+                        if now != master {
+                            break EngineError::failed(ENGINE, "pub/sub", format!("the sentinels name {now} as the master, not {master}"));
+                        }
                     }
                 }
             }

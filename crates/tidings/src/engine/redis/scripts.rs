@@ -1,5 +1,11 @@
 //! The Lua scripts of the Redis broker. Each runs atomically in Redis, which is
 //! what makes publish and history-append one step.
+//!
+//! The meta hash of a channel holds `e` (epoch), `s` (top offset) and, behind a
+//! Sentinel shard, `r`: the run id of the master that wrote it. A master that
+//! finds another server's run id there (a failover happened; the stream may lack
+//! what the old master had not replicated yet) starts the channel on a new epoch,
+//! so recovery across the failover reports the loss instead of hiding it.
 
 /// Publish with history, atomically: idempotency check, epoch (created when the
 /// meta hash is missing, which also drops a stream left from an older epoch),
@@ -8,7 +14,8 @@
 ///
 /// KEYS: stream, meta, idempotency key. ARGV: pub/sub channel, publication JSON
 /// (without offset), history size, history TTL (ms), meta TTL (s, 0 = none), a
-/// fresh epoch, "1" when the idempotency key is used, its TTL (s).
+/// fresh epoch, "1" when the idempotency key is used, its TTL (s), the server's
+/// run id ("" for a fixed server; see the `sentinel` module).
 /// Returns "offset:epoch" ("0:" without history).
 pub(super) const PUBLISH_LUA: &str = r"
 if ARGV[7] == '1' then
@@ -18,11 +25,14 @@ end
 local size = tonumber(ARGV[3])
 local result
 if size > 0 then
-  local epoch = redis.call('HGET', KEYS[2], 'e')
+  local m = redis.call('HMGET', KEYS[2], 'e', 'r')
+  local epoch = m[1]
+  if epoch and ARGV[9] ~= '' and m[2] ~= ARGV[9] then epoch = false end
   if not epoch then
     epoch = ARGV[6]
+    redis.call('DEL', KEYS[2], KEYS[1])
     redis.call('HSET', KEYS[2], 'e', epoch)
-    redis.call('DEL', KEYS[1])
+    if ARGV[9] ~= '' then redis.call('HSET', KEYS[2], 'r', ARGV[9]) end
   end
   local offset = redis.call('HINCRBY', KEYS[2], 's', 1)
   local t = redis.call('TIME')
@@ -47,15 +57,19 @@ return result
 /// Publications with an idempotency key go through [`PUBLISH_LUA`] instead.
 ///
 /// KEYS: stream, meta. ARGV: pub/sub channel, history size, history TTL (ms), meta
-/// TTL (s, 0 = none), a fresh epoch, then the publications' JSON (without offset).
+/// TTL (s, 0 = none), a fresh epoch, the server's run id (as in [`PUBLISH_LUA`]),
+/// then the publications' JSON (without offset).
 /// Returns "first offset:epoch"; the others follow one by one.
 pub(super) const PUBLISH_MANY_LUA: &str = r"
-local n = #ARGV - 5
-local epoch = redis.call('HGET', KEYS[2], 'e')
+local n = #ARGV - 6
+local m = redis.call('HMGET', KEYS[2], 'e', 'r')
+local epoch = m[1]
+if epoch and ARGV[6] ~= '' and m[2] ~= ARGV[6] then epoch = false end
 if not epoch then
   epoch = ARGV[5]
+  redis.call('DEL', KEYS[2], KEYS[1])
   redis.call('HSET', KEYS[2], 'e', epoch)
-  redis.call('DEL', KEYS[1])
+  if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'r', ARGV[6]) end
 end
 local first = redis.call('HINCRBY', KEYS[2], 's', n) - n + 1
 local t = redis.call('TIME')
@@ -65,8 +79,8 @@ local expires = tostring(now + ttl)
 local head = ':' .. epoch .. ':'
 for i = 1, n do
   local offset = first + i - 1
-  redis.call('XADD', KEYS[1], offset .. '-0', 'd', ARGV[5 + i], 'x', expires)
-  redis.call('PUBLISH', ARGV[1], 'P' .. offset .. head .. ARGV[5 + i])
+  redis.call('XADD', KEYS[1], offset .. '-0', 'd', ARGV[6 + i], 'x', expires)
+  redis.call('PUBLISH', ARGV[1], 'P' .. offset .. head .. ARGV[6 + i])
 end
 redis.call('XTRIM', KEYS[1], 'MAXLEN', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ttl)
@@ -78,18 +92,22 @@ return first .. ':' .. epoch
 /// stream after dropping expired entries from its front.
 ///
 /// KEYS: stream, meta. ARGV: a fresh epoch, meta TTL (s), mode ("none", "fwd",
-/// "rev"), range start, range end, count (-1 = all).
+/// "rev"), range start, range end, count (-1 = all), the server's run id (as in
+/// [`PUBLISH_LUA`]).
 /// Returns {epoch, top, entries}.
 pub(super) const HISTORY_LUA: &str = r"
-local epoch = redis.call('HGET', KEYS[2], 'e')
+local m = redis.call('HMGET', KEYS[2], 'e', 's', 'r')
+local epoch = m[1]
 local top = 0
+if epoch and ARGV[7] ~= '' and m[3] ~= ARGV[7] then epoch = false end
 if not epoch then
   epoch = ARGV[1]
+  redis.call('DEL', KEYS[2], KEYS[1])
   redis.call('HSET', KEYS[2], 'e', epoch)
-  redis.call('DEL', KEYS[1])
+  if ARGV[7] ~= '' then redis.call('HSET', KEYS[2], 'r', ARGV[7]) end
   if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
 else
-  top = tonumber(redis.call('HGET', KEYS[2], 's') or '0')
+  top = tonumber(m[2] or '0')
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

@@ -1,5 +1,5 @@
-//! Several Redis shards: each address of `engine.redis.address` is a separate
-//! Redis, and every channel lives on exactly one of them, chosen from the
+//! Several Redis shards: each address of `engine.redis.address` (or each entry
+//! of `sentinel_address`) is a separate Redis, and every channel lives on exactly one of them, chosen from the
 //! channel's name by a consistent hash, so every node picks the same shard for a
 //! channel with no coordination. The first shard also carries what belongs to no
 //! channel: control messages, occupancy, the direct-publish stream.
@@ -7,7 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::conn::RedisConn;
+use super::conn::{RedisConn, Target};
+use super::sentinel::SentinelTarget;
 use crate::config::RedisEngineConfig;
 
 /// The command connections of the shards, in the order of the addresses.
@@ -26,14 +27,27 @@ impl Shards {
         cfg: &RedisEngineConfig,
         response_timeout: Duration,
     ) -> Result<Self, String> {
-        if cfg.address.is_empty() {
+        let conns = if cfg.sentinel_address.is_empty() {
+            cfg.address
+                .iter()
+                .map(|address| RedisConn::new(cfg, address, response_timeout).map(Arc::new))
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            cfg.sentinel_address
+                .iter()
+                .map(|sentinels| {
+                    let target = Target::Sentinel(SentinelTarget::new(cfg, sentinels)?);
+                    Ok(Arc::new(RedisConn::with_target(
+                        cfg,
+                        target,
+                        response_timeout,
+                    )))
+                })
+                .collect::<Result<Vec<_>, String>>()?
+        };
+        if conns.is_empty() {
             return Err("engine.redis.address is empty".into());
         }
-        let conns = cfg
-            .address
-            .iter()
-            .map(|address| RedisConn::new(cfg, address, response_timeout).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self { conns })
     }
 
