@@ -180,6 +180,25 @@ impl RedisServer {
         Ok(Self(Broker::start("redis-sentinel", command).await?))
     }
 
+    /// Starts `redis-server --cluster-enabled yes` on a free port of 127.0.0.1,
+    /// its cluster state in its private folder (kept across a restart), with a
+    /// node timeout of `node_timeout` (how soon a dead master's replica takes
+    /// over).
+    pub async fn start_cluster_node(node_timeout: Duration) -> anyhow::Result<Self> {
+        let command = move |port: u16, dir: &Path| {
+            let mut c = redis_command(port, dir);
+            c.args(["--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", "nodes.conf"])
+                .args([
+                    "--cluster-node-timeout",
+                    &node_timeout.as_millis().to_string(),
+                ])
+                .current_dir(dir);
+            c
+        };
+        Ok(Self(Broker::start("redis-server", command).await?))
+    }
+
     /// The port it listens on.
     pub fn port(&self) -> u16 {
         self.0.port

@@ -17,6 +17,7 @@ use tokio::time::{sleep, Instant};
 
 use crate::brokers::{NatsServer, RedisServer};
 use crate::profile::open_config;
+use crate::redis_cluster::RedisClusterSet;
 use crate::sentinel::{RedisSentinelSet, SENTINEL_MASTER_NAME};
 use crate::server::TidingsServer;
 
@@ -39,19 +40,23 @@ pub enum Engine {
     /// One master, one replica and three sentinels ([`RedisSentinelSet`]); the
     /// nodes find the master through `engine.redis.sentinel_address`.
     RedisSentinel,
+    /// A Redis Cluster of three masters ([`RedisClusterSet`]); the nodes join it
+    /// through `engine.redis.cluster_address`.
+    RedisCluster,
     Nats,
 }
 
 /// One `#[tokio::test]` per engine for each scenario of the calling test file: a
 /// scenario is `async fn name(engine: Engine) -> anyhow::Result<()>`, and the tests
-/// are `redis::name`, `redis_shards::name`, `redis_sentinel::name` and
-/// `nats::name`, so `cargo test redis::` picks one engine.
+/// are `redis::name`, `redis_shards::name`, `redis_sentinel::name`,
+/// `redis_cluster::name` and `nats::name`, so `cargo test redis::` picks one engine.
 #[macro_export]
 macro_rules! per_engine_tests {
     ($($scenario:ident),* $(,)?) => {
         $crate::per_engine_tests!(@engine redis, Redis: $($scenario),*);
         $crate::per_engine_tests!(@engine redis_shards, RedisShards: $($scenario),*);
         $crate::per_engine_tests!(@engine redis_sentinel, RedisSentinel: $($scenario),*);
+        $crate::per_engine_tests!(@engine redis_cluster, RedisCluster: $($scenario),*);
         $crate::per_engine_tests!(@engine nats, Nats: $($scenario),*);
     };
     (@engine $module:ident, $variant:ident: $($scenario:ident),*) => {
@@ -70,7 +75,9 @@ impl Engine {
     /// The `engine.type` value.
     pub fn name(self) -> &'static str {
         match self {
-            Engine::Redis | Engine::RedisShards | Engine::RedisSentinel => "redis",
+            Engine::Redis | Engine::RedisShards | Engine::RedisSentinel | Engine::RedisCluster => {
+                "redis"
+            }
             Engine::Nats => "nats",
         }
     }
@@ -87,6 +94,7 @@ pub enum BrokerProcess {
     Redis(Vec<RedisServer>),
     /// Boxed: larger than the other variants.
     RedisSentinel(Box<RedisSentinelSet>),
+    RedisCluster(RedisClusterSet),
     /// Boxed: much larger than the list of Redis servers.
     Nats(Box<NatsServer>),
 }
@@ -132,6 +140,7 @@ impl ClusterBuilder {
             Engine::RedisSentinel => {
                 BrokerProcess::RedisSentinel(Box::new(RedisSentinelSet::start().await?))
             }
+            Engine::RedisCluster => BrokerProcess::RedisCluster(RedisClusterSet::start().await?),
             Engine::Nats => BrokerProcess::Nats(Box::new(NatsServer::start().await?)),
         };
         let mut config = self.config;
@@ -148,6 +157,13 @@ impl ClusterBuilder {
                 "redis": {
                     "sentinel_address": [set.sentinel_address()],
                     "sentinel_master_name": SENTINEL_MASTER_NAME,
+                    "prefix": prefix,
+                },
+            }),
+            BrokerProcess::RedisCluster(set) => json!({
+                "type": "redis",
+                "redis": {
+                    "cluster_address": [set.cluster_address()],
                     "prefix": prefix,
                 },
             }),
@@ -312,6 +328,7 @@ impl Cluster {
                 Ok(())
             }
             BrokerProcess::RedisSentinel(set) => set.kill9_servers().await,
+            BrokerProcess::RedisCluster(set) => set.kill9_all().await,
             BrokerProcess::Nats(n) => n.kill9().await,
         }
     }
@@ -330,6 +347,7 @@ impl Cluster {
                 Ok(())
             }
             BrokerProcess::RedisSentinel(set) => set.restart_servers().await,
+            BrokerProcess::RedisCluster(set) => set.restart_killed().await,
             BrokerProcess::Nats(n) => n.restart(true).await,
         }
     }
@@ -349,6 +367,7 @@ impl Cluster {
                 Ok(())
             }
             BrokerProcess::RedisSentinel(set) => set.flushall().await,
+            BrokerProcess::RedisCluster(set) => set.flushall().await,
             BrokerProcess::Nats(n) => n.restart(true).await,
         }
     }

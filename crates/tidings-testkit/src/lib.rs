@@ -31,6 +31,8 @@
 //!   like an SDK and checks that it never misses a publication silently.
 //! - [`sentinel`]: [`sentinel::RedisSentinelSet`], a Redis master, its replica
 //!   and three sentinels, with a kill of the master for failover tests.
+//! - [`redis_cluster`]: [`redis_cluster::RedisClusterSet`], a Redis Cluster of
+//!   three masters (with replicas for failover tests).
 //! - [`profile`]: config documents for `--config` that tests start from.
 //! - [`metrics`]: reads values out of Prometheus text.
 //!
@@ -49,6 +51,7 @@ pub mod profile;
 pub mod proto_client;
 pub mod raw_http;
 pub mod raw_ws;
+pub mod redis_cluster;
 pub mod sentinel;
 pub mod server;
 pub mod sse;

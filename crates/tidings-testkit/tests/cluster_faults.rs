@@ -28,7 +28,7 @@ const PRESENCE_TTL: Duration = Duration::from_secs(3);
 fn short_presence_ttl(engine: Engine, config: &mut Value) {
     let ttl = format!("{}s", PRESENCE_TTL.as_secs());
     let patch = match engine {
-        Engine::Redis | Engine::RedisShards | Engine::RedisSentinel => {
+        Engine::Redis | Engine::RedisShards | Engine::RedisSentinel | Engine::RedisCluster => {
             json!({"engine": {"redis": {"presence_ttl": ttl, "io_timeout": "2s"}}})
         }
         Engine::Nats => json!({"engine": {"nats": {

@@ -23,7 +23,7 @@ type Ws =
 fn short_ttl(engine: Engine, config: &mut Value) {
     let ttl = format!("{}s", PRESENCE_TTL.as_secs());
     let patch = match engine {
-        Engine::Redis | Engine::RedisShards | Engine::RedisSentinel => {
+        Engine::Redis | Engine::RedisShards | Engine::RedisSentinel | Engine::RedisCluster => {
             json!({"engine": {"redis": {"presence_ttl": ttl}}})
         }
         Engine::Nats => json!({"engine": {"nats": {"presence_ttl": ttl}}}),

@@ -188,7 +188,10 @@ async fn two_nodes(engine: Engine, receiver: &Receiver) -> anyhow::Result<Cluste
         .nodes(2)
         .config(|c| {
             let engine_patch = match engine {
-                Engine::Redis | Engine::RedisShards | Engine::RedisSentinel => {
+                Engine::Redis
+                | Engine::RedisShards
+                | Engine::RedisSentinel
+                | Engine::RedisCluster => {
                     json!({"engine": {"redis": {"presence_ttl": ttl}}})
                 }
                 Engine::Nats => json!({"engine": {"nats": {"presence_ttl": ttl}}}),

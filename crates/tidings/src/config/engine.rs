@@ -113,8 +113,10 @@ pub struct RedisEngineConfig {
     pub sentinel_user: String,
     /// Password for the sentinels. Default: none.
     pub sentinel_password: String,
-    /// Redis Cluster seed addresses. Not supported yet: validation refuses a
-    /// non-empty list rather than ignoring it. Default: none.
+    /// Redis Cluster, as in Centrifugo: each entry is one cluster (a shard),
+    /// given as comma-separated seed addresses (`host:port` or `redis://`
+    /// URLs). Channels use sharded pub/sub (Redis 7). When set, `address` and
+    /// `sentinel_address` are ignored. Default: none.
     #[serde(deserialize_with = "string_or_list")]
     pub cluster_address: Vec<String>,
 }
@@ -142,20 +144,49 @@ impl Default for RedisEngineConfig {
 
 impl RedisEngineConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |msg: String| Err(ConfigError::Invalid(msg));
         if !self.cluster_address.is_empty() {
-            return bad(
-                "engine.redis.cluster_address: Redis Cluster is not supported yet (use address \
-                 for one server or shards, or sentinel_address)"
-                    .into(),
-            );
-        }
-        if !self.sentinel_address.is_empty() {
+            self.validate_cluster()?;
+        } else if !self.sentinel_address.is_empty() {
             self.validate_sentinel()?;
         } else {
             self.validate_address()?;
         }
         self.validate_common()
+    }
+
+    /// `cluster_address`: one Redis Cluster per entry, seeds separated by commas.
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let bad = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.cluster_address.len() > MAX_REDIS_SHARDS {
+            return bad(format!(
+                "engine.redis.cluster_address: {} shards, at most {MAX_REDIS_SHARDS}",
+                self.cluster_address.len()
+            ));
+        }
+        for (i, shard) in self.cluster_address.iter().enumerate() {
+            for addr in shard.split(',').map(str::trim) {
+                let url = if addr.contains("://") {
+                    addr.to_string()
+                } else {
+                    format!("redis://{addr}")
+                };
+                let ok = (url.starts_with("redis://") || url.starts_with("rediss://"))
+                    && url
+                        .rsplit_once(':')
+                        .is_some_and(|(_, port)| port.trim_end_matches('/').parse::<u16>().is_ok());
+                if !ok {
+                    return bad(format!(
+                        "engine.redis.cluster_address {addr:?} must be host:port or a redis:// URL with a port (seeds of one cluster are separated by commas)"
+                    ));
+                }
+            }
+            if self.cluster_address[..i].contains(shard) {
+                return bad(format!(
+                    "engine.redis.cluster_address {shard:?} is listed twice (each entry is one cluster)"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// `sentinel_address` and `sentinel_master_name`.
@@ -457,9 +488,20 @@ mod tests {
             ("TIDINGS_ENGINE_REDIS_SENTINEL_MASTER_NAME", "m"),
         ])
         .contains("listed twice"));
+        let cluster = env(&[
+            ("TIDINGS_ENGINE_TYPE", "redis"),
+            (
+                "TIDINGS_ENGINE_REDIS_CLUSTER_ADDRESS",
+                "127.0.0.1:7000,h:7001",
+            ),
+        ]);
+        let loaded = Config::load(None, cluster).unwrap();
+        assert_eq!(
+            loaded.engine.redis.cluster_address,
+            vec!["127.0.0.1:7000,h:7001"]
+        );
         assert!(
-            refused(&[("TIDINGS_ENGINE_REDIS_CLUSTER_ADDRESS", "127.0.0.1:7000")])
-                .contains("not supported")
+            refused(&[("TIDINGS_ENGINE_REDIS_CLUSTER_ADDRESS", "127.0.0.1")]).contains("host:port")
         );
         assert!(refused(&[("TIDINGS_ENGINE_REDIS_PRESENCE_TTL", "10ms")]).contains("presence_ttl"));
         assert!(

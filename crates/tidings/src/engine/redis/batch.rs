@@ -2,19 +2,19 @@
 //! shared connections (one round trip each, the shards in parallel), with one
 //! script call per run of publications to the same channel.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use redis::{RedisError, Value};
 use tidings_protocol::StreamPosition;
 
 use super::broker::{parse_position, RedisBroker};
-use super::scripts::{PUBLISH_LUA, PUBLISH_MANY_LUA};
 use super::ENGINE;
 use crate::broker::{BatchPublish, BrokerError, EngineError, PublishOptions, IDEMPOTENCY_WINDOW};
 use crate::engine::epoch::new_epoch;
 
 impl RedisBroker {
-    /// The EVALSHA of [`PUBLISH_LUA`] for one publication (see `publish_script`).
+    /// The EVALSHA of `PUBLISH_LUA` for one publication (see `publish_script`).
     fn single_cmd(
         &self,
         channel: &str,
@@ -54,26 +54,30 @@ impl RedisBroker {
         &self,
         items: Vec<BatchPublish>,
     ) -> Vec<Result<StreamPosition, BrokerError>> {
-        let shards = self.inner.shards.len();
-        if shards == 1 {
+        let cluster = self.inner.conns.first().cluster().is_some();
+        if self.inner.shards.len() == 1 && !cluster {
             return self.publish_on_shard(0, items).await;
         }
+        // One pipeline per shard; on a Redis Cluster one per channel (a pipeline
+        // goes to one slot).
         let n = items.len();
-        let mut per_shard: Vec<(Vec<usize>, Vec<BatchPublish>)> =
-            (0..shards).map(|_| (Vec::new(), Vec::new())).collect();
+        let mut groups: HashMap<(usize, String), (Vec<usize>, Vec<BatchPublish>)> = HashMap::new();
         for (i, item) in items.into_iter().enumerate() {
-            let (at, batch) = &mut per_shard[self.inner.shard_of(&item.channel)];
+            let shard = self.inner.shard_of(&item.channel);
+            let group = if cluster {
+                item.channel.clone()
+            } else {
+                String::new()
+            };
+            let (at, batch) = groups.entry((shard, group)).or_default();
             at.push(i);
             batch.push(item);
         }
-        let runs =
-            per_shard
-                .into_iter()
-                .enumerate()
-                .filter(|(_, (at, _))| !at.is_empty())
-                .map(|(shard, (at, batch))| async move {
-                    (at, self.publish_on_shard(shard, batch).await)
-                });
+        let runs = groups
+            .into_iter()
+            .map(|((shard, _), (at, batch))| async move {
+                (at, self.publish_on_shard(shard, batch).await)
+            });
         let mut results: Vec<Option<Result<StreamPosition, BrokerError>>> =
             (0..n).map(|_| None).collect();
         for (at, shard_results) in futures_util::future::join_all(runs).await {
@@ -92,8 +96,8 @@ impl RedisBroker {
     /// Publishes the publications of one shard as one pipeline on its shared
     /// connection, so they cost one round trip. Runs of publications to the same channel with
     /// the same history settings (and no idempotency key) become one call of
-    /// [`PUBLISH_MANY_LUA`] each, at most [`BATCH_RUN_MAX`] long; the others one
-    /// call of [`PUBLISH_LUA`] or one PUBLISH each. Redis runs a pipeline in order,
+    /// `PUBLISH_MANY_LUA` each, at most [`BATCH_RUN_MAX`] long; the others one
+    /// call of `PUBLISH_LUA` or one PUBLISH each. Redis runs a pipeline in order,
     /// so the publications take effect in the order given.
     async fn publish_on_shard(
         &self,
@@ -116,8 +120,11 @@ impl RedisBroker {
         }
         if encoded.iter().any(Option::is_some) {
             let scripts = [
-                (&self.inner.publish_script, PUBLISH_LUA),
-                (&self.inner.publish_many_script, PUBLISH_MANY_LUA),
+                (&self.inner.publish_script, self.inner.publish_text.as_str()),
+                (
+                    &self.inner.publish_many_script,
+                    self.inner.publish_many_text.as_str(),
+                ),
             ];
             let loaded_on = &self.inner.shards[shard].scripts_loaded_on;
             let (items, encoded) = (&items, &encoded);
@@ -238,7 +245,7 @@ impl RedisBroker {
                 let mut payload = Vec::with_capacity(json.len() + 4);
                 payload.extend_from_slice(b"P0::");
                 payload.extend_from_slice(json);
-                pipe.cmd("PUBLISH")
+                pipe.cmd(self.inner.keys.publish_command())
                     .arg(keys.client_channel(&item.channel))
                     .arg(payload);
                 steps.push((i, 1, StepKind::Plain));
@@ -287,7 +294,7 @@ impl RedisBroker {
     }
 }
 
-/// Most publications one call of [`PUBLISH_MANY_LUA`] carries, so one script never
+/// Most publications one call of `PUBLISH_MANY_LUA` carries, so one script never
 /// holds Redis for long (a few µs per publication).
 const BATCH_RUN_MAX: usize = 128;
 

@@ -27,10 +27,11 @@ use tidings_protocol::{ClientInfo, Publication, StreamPosition};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::cluster_pubsub::cluster_subscription_task;
 use super::conn::RedisConn;
 use super::keys::Keys;
 use super::pubsub::{subscription_task, SubState};
-use super::scripts::{HISTORY_LUA, PUBLISH_LUA, PUBLISH_MANY_LUA};
+use super::scripts::{for_keys, HISTORY_LUA, PUBLISH_LUA, PUBLISH_MANY_LUA};
 use super::shards::Shards;
 use super::ENGINE;
 use crate::broker::{
@@ -60,9 +61,12 @@ pub(super) struct Inner {
     /// How long a channel's meta hash outlives its last publish
     /// (`channel.history_meta_ttl`).
     pub(super) meta_ttl: Duration,
-    /// The scripts, with their SHA1 computed once.
+    /// The scripts, with their SHA1 computed once, and the publish scripts'
+    /// text (as `scripts::for_keys` made it), which batches load themselves.
     pub(super) publish_script: redis::Script,
     pub(super) publish_many_script: redis::Script,
+    pub(super) publish_text: String,
+    pub(super) publish_many_text: String,
     pub(super) history_script: redis::Script,
     /// The node's handler and uid, set once by [`Broker::run`].
     pub(super) handler: OnceLock<Arc<dyn BrokerEventHandler>>,
@@ -114,15 +118,20 @@ impl RedisBroker {
     /// A broker that shares its command connections (with the presence manager
     /// and occupancy).
     pub(crate) fn with_conns(cfg: &RedisEngineConfig, meta_ttl: Duration, conns: Shards) -> Self {
+        let keys = Keys::of(cfg);
+        let publish_text = for_keys(PUBLISH_LUA, &keys);
+        let publish_many_text = for_keys(PUBLISH_MANY_LUA, &keys);
         Self {
             inner: Arc::new(Inner {
                 cfg: cfg.clone(),
-                keys: Keys::new(&cfg.prefix),
+                keys,
                 shards: (0..conns.len()).map(|_| ShardState::default()).collect(),
                 conns,
                 meta_ttl,
-                publish_script: redis::Script::new(PUBLISH_LUA),
-                publish_many_script: redis::Script::new(PUBLISH_MANY_LUA),
+                publish_script: redis::Script::new(&publish_text),
+                publish_many_script: redis::Script::new(&publish_many_text),
+                publish_text,
+                publish_many_text,
                 history_script: redis::Script::new(HISTORY_LUA),
                 handler: OnceLock::new(),
                 node_uid: OnceLock::new(),
@@ -177,16 +186,18 @@ impl RedisBroker {
         Ok(position)
     }
 
-    /// A PUBLISH of `payload` to the pub/sub `channel` on `conn`; `operation`
-    /// names it in an error.
+    /// A PUBLISH (SPUBLISH on a Redis Cluster) of `payload` to the pub/sub
+    /// `channel` on `conn`; `operation` names it in an error.
     async fn plain_publish(
+        &self,
         conn: &RedisConn,
         operation: &'static str,
         channel: String,
         payload: Vec<u8>,
     ) -> Result<(), BrokerError> {
+        let command = self.inner.keys.publish_command();
         conn.call(operation, |mut c| async move {
-            redis::cmd("PUBLISH")
+            redis::cmd(command)
                 .arg(channel)
                 .arg(payload)
                 .query_async::<i64>(&mut c)
@@ -242,9 +253,16 @@ impl Broker for RedisBroker {
             let inner = self.inner.clone();
             tokio::spawn(async move {
                 let stop = inner.stop.clone();
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    _ = subscription_task(inner, shard) => {}
+                if inner.conns.get(shard).cluster().is_some() {
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = cluster_subscription_task(inner, shard) => {}
+                    }
+                } else {
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = subscription_task(inner, shard) => {}
+                    }
                 }
             });
         }
@@ -259,7 +277,8 @@ impl Broker for RedisBroker {
             None => self.inner.keys.control(),
             Some(uid) => self.inner.keys.node(uid),
         };
-        Self::plain_publish(self.inner.conns.first(), "control", channel, data.to_vec()).await
+        self.plain_publish(self.inner.conns.first(), "control", channel, data.to_vec())
+            .await
     }
 
     async fn publish(
@@ -275,7 +294,7 @@ impl Broker for RedisBroker {
             let mut payload = Vec::with_capacity(json.len() + 3);
             payload.extend_from_slice(b"P0::");
             payload.extend_from_slice(&json);
-            Self::plain_publish(
+            self.plain_publish(
                 self.inner.conns.of(channel),
                 "publish",
                 self.inner.keys.client_channel(channel),
@@ -301,7 +320,7 @@ impl Broker for RedisBroker {
         let mut payload = b"J".to_vec();
         serde_json::to_writer(&mut payload, &info)
             .map_err(|e| EngineError::failed(ENGINE, "join", e))?;
-        Self::plain_publish(
+        self.plain_publish(
             self.inner.conns.of(channel),
             "join",
             self.inner.keys.client_channel(channel),
@@ -314,7 +333,7 @@ impl Broker for RedisBroker {
         let mut payload = b"L".to_vec();
         serde_json::to_writer(&mut payload, &info)
             .map_err(|e| EngineError::failed(ENGINE, "leave", e))?;
-        Self::plain_publish(
+        self.plain_publish(
             self.inner.conns.of(channel),
             "leave",
             self.inner.keys.client_channel(channel),

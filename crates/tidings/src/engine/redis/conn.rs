@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, RedisError};
+use redis::{AsyncConnectionConfig, RedisError, Value};
 
+use super::cluster::{ClusterTarget, CLUSTER_NODE_ID};
 use super::sentinel::SentinelTarget;
 use super::ENGINE;
 use crate::broker::EngineError;
@@ -83,6 +84,44 @@ pub(super) enum Target {
     Server(redis::Client),
     /// The server the sentinels name as the master (see `sentinel`).
     Sentinel(SentinelTarget),
+    /// A Redis Cluster (see `cluster`).
+    Cluster(ClusterTarget),
+}
+
+/// A command connection: to one server, or to a whole Redis Cluster (which
+/// routes each command to the node that owns its key's slot).
+#[derive(Clone)]
+pub(crate) enum AnyConn {
+    Single(MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for AnyConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            AnyConn::Single(c) => c.req_packed_command(cmd),
+            AnyConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            AnyConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            AnyConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            AnyConn::Single(c) => c.get_db(),
+            AnyConn::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 /// Which connection a call runs on, for what a caller sets up per connection or
@@ -109,6 +148,8 @@ pub(crate) struct RedisConn {
     target: Target,
     config: AsyncConnectionConfig,
     connect_timeout: Duration,
+    /// Bound on one command.
+    response_timeout: Duration,
     /// Bound on one call, connecting included.
     call_timeout: Duration,
     slot: Mutex<Slot>,
@@ -119,7 +160,7 @@ pub(crate) struct RedisConn {
 
 #[derive(Default)]
 struct Slot {
-    conn: Option<(Link, MultiplexedConnection)>,
+    conn: Option<(Link, AnyConn)>,
     /// When the last connect failed, and why.
     failed: Option<(Instant, EngineError)>,
 }
@@ -152,6 +193,7 @@ impl RedisConn {
                 .set_connection_timeout(Some(cfg.connect_timeout))
                 .set_response_timeout(Some(response_timeout)),
             connect_timeout: cfg.connect_timeout,
+            response_timeout,
             call_timeout: response_timeout + cfg.connect_timeout,
             slot: Mutex::new(Slot::default()),
             connecting: tokio::sync::Mutex::new(()),
@@ -165,27 +207,54 @@ impl RedisConn {
         match &self.target {
             Target::Server(client) => Ok((client.clone(), String::new())),
             Target::Sentinel(s) => s.master().await.map(|m| (m.client, m.addr)),
+            Target::Cluster(_) => Err(EngineError::failed(
+                ENGINE,
+                "connect",
+                "a Redis Cluster has no single server",
+            )),
         }
     }
 
-    /// Connects: to the fixed server, or to the master the sentinels name (and
-    /// checks that it is one).
-    async fn open(&self) -> Result<(Link, MultiplexedConnection), EngineError> {
+    /// The cluster behind this connection, for a Redis Cluster shard.
+    pub(super) fn cluster(&self) -> Option<&ClusterTarget> {
+        match &self.target {
+            Target::Cluster(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Connects: to the fixed server, to the master the sentinels name (and
+    /// checks that it is one), or to the cluster.
+    async fn open(&self) -> Result<(Link, AnyConn), EngineError> {
+        if let Target::Cluster(c) = &self.target {
+            let client = c
+                .command_client(self.response_timeout)
+                .map_err(|e| EngineError::failed(ENGINE, "connect", e))?;
+            let conn = client
+                .get_async_connection()
+                .await
+                .map_err(|e| EngineError::failed(ENGINE, "connect", e))?;
+            let link = Link {
+                generation: 0,
+                server: CLUSTER_NODE_ID.to_string(),
+            };
+            return Ok((link, AnyConn::Cluster(conn)));
+        }
         let (client, _) = self.resolve().await?;
         let mut conn = client
             .get_multiplexed_async_connection_with_config(&self.config)
             .await
             .map_err(|e| EngineError::failed(ENGINE, "connect", e))?;
         let server = match &self.target {
-            Target::Server(_) => String::new(),
             Target::Sentinel(_) => super::sentinel::master_run_id(&mut conn).await?,
+            _ => String::new(),
         };
         Ok((
             Link {
                 generation: 0,
                 server,
             },
-            conn,
+            AnyConn::Single(conn),
         ))
     }
 
@@ -213,12 +282,12 @@ impl RedisConn {
     /// now (`None` for a fixed server, or when no sentinel answers).
     pub(super) async fn named_master(&self) -> Option<String> {
         match &self.target {
-            Target::Server(_) => None,
             Target::Sentinel(s) => s.master().await.ok().map(|m| m.addr),
+            _ => None,
         }
     }
 
-    async fn get(&self) -> Result<(Link, MultiplexedConnection), EngineError> {
+    async fn get(&self) -> Result<(Link, AnyConn), EngineError> {
         if let Some(c) = self.current()? {
             return Ok(c);
         }
@@ -252,7 +321,7 @@ impl RedisConn {
     }
 
     /// The open connection, or the recent connect failure, or `None` (connect now).
-    fn current(&self) -> Result<Option<(Link, MultiplexedConnection)>, EngineError> {
+    fn current(&self) -> Result<Option<(Link, AnyConn)>, EngineError> {
         let slot = self.slot.lock();
         if let Some(c) = &slot.conn {
             return Ok(Some(c.clone()));
@@ -279,7 +348,7 @@ impl RedisConn {
     /// `operation` names it in the error.
     pub async fn call<T, F, Fut>(&self, operation: &'static str, f: F) -> Result<T, EngineError>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(AnyConn) -> Fut,
         Fut: std::future::Future<Output = Result<T, RedisError>>,
     {
         self.call_on(operation, |_, conn| f(conn)).await
@@ -289,7 +358,7 @@ impl RedisConn {
     /// [`Link`]).
     pub async fn call_on<T, F, Fut>(&self, operation: &'static str, f: F) -> Result<T, EngineError>
     where
-        F: FnOnce(Link, MultiplexedConnection) -> Fut,
+        F: FnOnce(Link, AnyConn) -> Fut,
         Fut: std::future::Future<Output = Result<T, RedisError>>,
     {
         let mut used = None;

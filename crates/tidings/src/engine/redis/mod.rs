@@ -6,6 +6,8 @@
 //! - `shards`: one connection per shard, and which shard keeps a channel.
 //! - `sentinel`: finding a shard's master through Redis Sentinel, and what a
 //!   failover costs.
+//! - `cluster`: a shard that is a Redis Cluster (hash tags, sharded pub/sub).
+//! - `cluster_pubsub`: the sharded pub/sub connection of a Redis Cluster shard.
 //! - `keys`: the name of every key and pub/sub channel under the prefix.
 //! - `scripts`: the Lua scripts that publish and read history atomically.
 //! - [`broker`]: [`RedisBroker`], publish, history, join/leave, control.
@@ -19,6 +21,8 @@
 
 mod batch;
 pub mod broker;
+mod cluster;
+mod cluster_pubsub;
 pub(crate) mod conn;
 mod ingest;
 pub(crate) mod keys;

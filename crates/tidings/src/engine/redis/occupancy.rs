@@ -7,8 +7,9 @@
 //! first, or both the last.
 //!
 //! The reap script builds key names from the index, so it needs every key on one
-//! server: with several shards, occupancy lives on the first one (see
-//! docs/engines.md).
+//! server: with several shards, occupancy lives on the first one; on a Redis
+//! Cluster every occupancy key shares the hash tag `{<prefix>.occupancy}`, one
+//! slot (see docs/engines.md).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,8 +59,9 @@ if removed == 1 and redis.call('ZCARD', KEYS[1]) == 0 then last = 1 end
 return {vacated, last}
 ";
 
-/// KEYS: index. ARGV: holder-key prefix, limit. Returns the keys that expiry
-/// emptied, each once: the script removes what it reports.
+/// KEYS: index. ARGV: what comes before the key in a holder key's name, limit,
+/// what comes after it. Returns the keys that expiry emptied, each once: the
+/// script removes what it reports.
 const REAP_LUA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -71,7 +73,7 @@ for _, entry in ipairs(due) do
     redis.call('ZREM', KEYS[1], entry)
   else
     local key = string.sub(entry, sep + 1)
-    local holders = ARGV[1] .. '{' .. key .. '}'
+    local holders = ARGV[1] .. key .. ARGV[3]
     local gone = redis.call('ZRANGEBYSCORE', holders, '-inf', now)
     for _, n in ipairs(gone) do
       redis.call('ZREM', holders, n)
@@ -108,7 +110,7 @@ impl RedisOccupancy {
     pub(crate) fn with_conn(cfg: &RedisEngineConfig, conn: Arc<RedisConn>) -> Self {
         Self {
             conn,
-            keys: Keys::new(&cfg.prefix),
+            keys: Keys::of(cfg),
             ttl: cfg.presence_ttl,
             enter: redis::Script::new(&format!("{PURGE_LUA}{ENTER_LUA}")),
             leave: redis::Script::new(&format!("{PURGE_LUA}{LEAVE_LUA}")),
@@ -159,15 +161,16 @@ impl OccupancyTracker for RedisOccupancy {
 
     async fn reap(&self, limit: usize) -> Result<Vec<String>, OccupancyError> {
         let index = self.keys.occupancy_index();
-        let prefix = self.keys.occupancy_prefix();
+        let (before, after) = self.keys.occupancy_affixes();
         let script = &self.reap;
         let keys: Vec<String> = self
             .conn
             .call("occupancy reap", |mut c| async move {
                 script
                     .key(&index)
-                    .arg(prefix)
+                    .arg(before)
                     .arg(limit.max(1))
+                    .arg(after)
                     .invoke_async(&mut c)
                     .await
             })

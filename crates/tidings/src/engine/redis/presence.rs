@@ -84,7 +84,7 @@ impl RedisPresenceManager {
     pub(crate) fn with_conns(cfg: &RedisEngineConfig, conns: Shards) -> Self {
         Self {
             conns,
-            keys: Keys::new(&cfg.prefix),
+            keys: Keys::of(cfg),
             ttl: cfg.presence_ttl,
             add: redis::Script::new(ADD_LUA),
             remove: redis::Script::new(REMOVE_LUA),

@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 
 use super::broker::{Inner, RedisBroker, ShardState};
 use super::conn::{RECONNECT_MAX, RECONNECT_MIN};
+use super::keys::Keys;
 use super::ENGINE;
 use crate::broker::{BrokerError, BrokerEventHandler, EngineError};
 
@@ -23,7 +24,7 @@ const SUBSCRIBE_BATCH: usize = 512;
 
 /// How often the pub/sub connection is checked with a PING (a connection that dies
 /// without a FIN is otherwise noticed only by the kernel, much later).
-const PUBSUB_PING: Duration = Duration::from_secs(3);
+pub(super) const PUBSUB_PING: Duration = Duration::from_secs(3);
 
 /// What the subscription task must do, shared with the callers of
 /// subscribe/unsubscribe.
@@ -32,16 +33,16 @@ pub(super) struct SubState {
     /// Pub/sub channel → how many subscribe calls are not yet matched by an
     /// unsubscribe. Counting (rather than a set) keeps a late unsubscribe of an
     /// earlier subscriber from cancelling a newer subscription.
-    wanted: HashMap<String, u32>,
+    pub(super) wanted: HashMap<String, u32>,
     /// Channels whose wanted state may differ from the connection's.
-    changed: HashSet<String>,
+    pub(super) changed: HashSet<String>,
     /// Callers waiting for the next sync of the connection.
-    waiters: Vec<oneshot::Sender<Result<(), EngineError>>>,
+    pub(super) waiters: Vec<oneshot::Sender<Result<(), EngineError>>>,
     /// The pub/sub connection is up and in sync (apart from `changed`).
-    connected: bool,
+    pub(super) connected: bool,
     /// The first connection attempt has ended. Before that, subscribe calls wait
     /// for it (a node that just started is not "down").
-    tried: bool,
+    pub(super) tried: bool,
 }
 
 impl RedisBroker {
@@ -125,7 +126,6 @@ pub(super) async fn subscription_task(inner: Arc<Inner>, shard: usize) {
     };
     let state = &inner.shards[shard];
     let conn = inner.conns.get(shard);
-    let client_prefix = inner.keys.client_channel_prefix();
     let mut backoff = RECONNECT_MIN;
     let mut connected_before = false;
     loop {
@@ -193,7 +193,7 @@ pub(super) async fn subscription_task(inner: Arc<Inner>, shard: usize) {
                     let Some(msg) = msg else {
                         break EngineError::failed(ENGINE, "pub/sub", "connection closed");
                     };
-                    deliver(&*handler, &client_prefix, &fixed, msg.get_channel_name(), msg.get_payload_bytes());
+                    deliver(&*handler, &inner.keys, &fixed, msg.get_channel_name(), msg.get_payload_bytes());
                 }
                 _ = state.sub_notify.notified() => {
                     if let Err(e) = apply_changes(&inner, state, &mut sink, &mut subscribed).await {
@@ -223,7 +223,7 @@ pub(super) async fn subscription_task(inner: Arc<Inner>, shard: usize) {
 }
 
 /// Fails every waiting subscribe (and marks the connection down).
-fn fail_waiters(state: &ShardState, why: &EngineError) {
+pub(super) fn fail_waiters(state: &ShardState, why: &EngineError) {
     let waiters = {
         let mut s = state.subs.lock();
         s.connected = false;
@@ -310,14 +310,14 @@ async fn apply_changes(
 }
 
 /// Hands one pub/sub message to the node.
-fn deliver(
+pub(super) fn deliver(
     handler: &dyn BrokerEventHandler,
-    client_prefix: &str,
+    keys: &Keys,
     fixed: &[String],
     channel: &str,
     payload: &[u8],
 ) {
-    if let Some(ch) = channel.strip_prefix(client_prefix) {
+    if let Some(ch) = keys.channel_of(channel) {
         match payload.split_first() {
             Some((b'P', rest)) => match parse_publication(rest) {
                 Some((p, epoch)) if p.offset > 0 && !epoch.is_empty() => {

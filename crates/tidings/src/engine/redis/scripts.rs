@@ -1,6 +1,9 @@
 //! The Lua scripts of the Redis broker. Each runs atomically in Redis, which is
 //! what makes publish and history-append one step.
 //!
+//! On a Redis Cluster the scripts publish with `SPUBLISH` ([`for_keys`]) and
+//! the server id argument is `@`: the script asks its node (`CLUSTER MYID`).
+//!
 //! The meta hash of a channel holds `e` (epoch), `s` (top offset) and, behind a
 //! Sentinel shard, `r`: the run id of the master that wrote it. A master that
 //! finds another server's run id there (a failover happened; the stream may lack
@@ -25,14 +28,16 @@ end
 local size = tonumber(ARGV[3])
 local result
 if size > 0 then
+  local sid = ARGV[9]
+  if sid == '@' then sid = redis.call('CLUSTER', 'MYID') end
   local m = redis.call('HMGET', KEYS[2], 'e', 'r')
   local epoch = m[1]
-  if epoch and ARGV[9] ~= '' and m[2] ~= ARGV[9] then epoch = false end
+  if epoch and sid ~= '' and m[2] ~= sid then epoch = false end
   if not epoch then
     epoch = ARGV[6]
     redis.call('DEL', KEYS[2], KEYS[1])
     redis.call('HSET', KEYS[2], 'e', epoch)
-    if ARGV[9] ~= '' then redis.call('HSET', KEYS[2], 'r', ARGV[9]) end
+    if sid ~= '' then redis.call('HSET', KEYS[2], 'r', sid) end
   end
   local offset = redis.call('HINCRBY', KEYS[2], 's', 1)
   local t = redis.call('TIME')
@@ -62,14 +67,16 @@ return result
 /// Returns "first offset:epoch"; the others follow one by one.
 pub(super) const PUBLISH_MANY_LUA: &str = r"
 local n = #ARGV - 6
+local sid = ARGV[6]
+if sid == '@' then sid = redis.call('CLUSTER', 'MYID') end
 local m = redis.call('HMGET', KEYS[2], 'e', 'r')
 local epoch = m[1]
-if epoch and ARGV[6] ~= '' and m[2] ~= ARGV[6] then epoch = false end
+if epoch and sid ~= '' and m[2] ~= sid then epoch = false end
 if not epoch then
   epoch = ARGV[5]
   redis.call('DEL', KEYS[2], KEYS[1])
   redis.call('HSET', KEYS[2], 'e', epoch)
-  if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'r', ARGV[6]) end
+  if sid ~= '' then redis.call('HSET', KEYS[2], 'r', sid) end
 end
 local first = redis.call('HINCRBY', KEYS[2], 's', n) - n + 1
 local t = redis.call('TIME')
@@ -96,15 +103,17 @@ return first .. ':' .. epoch
 /// [`PUBLISH_LUA`]).
 /// Returns {epoch, top, entries}.
 pub(super) const HISTORY_LUA: &str = r"
+local sid = ARGV[7]
+if sid == '@' then sid = redis.call('CLUSTER', 'MYID') end
 local m = redis.call('HMGET', KEYS[2], 'e', 's', 'r')
 local epoch = m[1]
 local top = 0
-if epoch and ARGV[7] ~= '' and m[3] ~= ARGV[7] then epoch = false end
+if epoch and sid ~= '' and m[3] ~= sid then epoch = false end
 if not epoch then
   epoch = ARGV[1]
   redis.call('DEL', KEYS[2], KEYS[1])
   redis.call('HSET', KEYS[2], 'e', epoch)
-  if ARGV[7] ~= '' then redis.call('HSET', KEYS[2], 'r', ARGV[7]) end
+  if sid ~= '' then redis.call('HSET', KEYS[2], 'r', sid) end
   if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
 else
   top = tonumber(m[2] or '0')
@@ -152,3 +161,12 @@ elseif ARGV[3] == 'rev' then
 end
 return {epoch, top, entries}
 ";
+
+/// The text of `script` for the key names in use: on a Redis Cluster its
+/// publications go out by sharded pub/sub.
+pub(super) fn for_keys(script: &str, keys: &super::keys::Keys) -> String {
+    script.replace(
+        "redis.call('PUBLISH'",
+        &format!("redis.call('{}'", keys.publish_command()),
+    )
+}

@@ -1,5 +1,5 @@
 //! Several Redis shards: each address of `engine.redis.address` (or each entry
-//! of `sentinel_address`) is a separate Redis, and every channel lives on exactly one of them, chosen from the
+//! of `sentinel_address` or `cluster_address`) is a separate Redis, and every channel lives on exactly one of them, chosen from the
 //! channel's name by a consistent hash, so every node picks the same shard for a
 //! channel with no coordination. The first shard also carries what belongs to no
 //! channel: control messages, occupancy, the direct-publish stream.
@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::cluster::ClusterTarget;
 use super::conn::{RedisConn, Target};
 use super::sentinel::SentinelTarget;
 use crate::config::RedisEngineConfig;
@@ -27,7 +28,19 @@ impl Shards {
         cfg: &RedisEngineConfig,
         response_timeout: Duration,
     ) -> Result<Self, String> {
-        let conns = if cfg.sentinel_address.is_empty() {
+        let conns = if !cfg.cluster_address.is_empty() {
+            cfg.cluster_address
+                .iter()
+                .map(|seeds| {
+                    let target = Target::Cluster(ClusterTarget::new(cfg, seeds)?);
+                    Ok(Arc::new(RedisConn::with_target(
+                        cfg,
+                        target,
+                        response_timeout,
+                    )))
+                })
+                .collect::<Result<Vec<_>, String>>()?
+        } else if cfg.sentinel_address.is_empty() {
             cfg.address
                 .iter()
                 .map(|address| RedisConn::new(cfg, address, response_timeout).map(Arc::new))
