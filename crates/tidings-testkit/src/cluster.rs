@@ -104,12 +104,22 @@ pub struct ClusterBuilder {
     engine: Engine,
     nodes: usize,
     config: Value,
+    /// [`Engine::RedisCluster`] with a replica per master (a failover can
+    /// happen).
+    redis_replicas: bool,
 }
 
 impl ClusterBuilder {
     /// How many nodes (default 3).
     pub fn nodes(mut self, n: usize) -> Self {
         self.nodes = n;
+        self
+    }
+
+    /// For [`Engine::RedisCluster`]: give each of the three masters a replica,
+    /// so killing a master makes the cluster fail over.
+    pub fn redis_replicas(mut self) -> Self {
+        self.redis_replicas = true;
         self
     }
 
@@ -139,6 +149,9 @@ impl ClusterBuilder {
             ]),
             Engine::RedisSentinel => {
                 BrokerProcess::RedisSentinel(Box::new(RedisSentinelSet::start().await?))
+            }
+            Engine::RedisCluster if self.redis_replicas => {
+                BrokerProcess::RedisCluster(RedisClusterSet::start_with_replicas().await?)
             }
             Engine::RedisCluster => BrokerProcess::RedisCluster(RedisClusterSet::start().await?),
             Engine::Nats => BrokerProcess::Nats(Box::new(NatsServer::start().await?)),
@@ -246,6 +259,7 @@ impl Cluster {
             engine,
             nodes: 3,
             config: cluster_config(),
+            redis_replicas: false,
         }
     }
 
