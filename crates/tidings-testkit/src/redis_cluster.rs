@@ -68,7 +68,32 @@ impl RedisClusterSet {
         }
         let set = Self { nodes };
         set.wait_ok(SETTLE).await?;
+        set.wait_replicas_synced(replicas * 3, SETTLE).await?;
         Ok(set)
+    }
+
+    /// Waits until `n` nodes are replicas in sync with their master (a replica
+    /// that never synced does not take over).
+    async fn wait_replicas_synced(&self, n: usize, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let mut synced = 0;
+            for node in &self.nodes {
+                let info = redis_command(node.addr(), &["INFO", "replication"])
+                    .await
+                    .unwrap_or_default();
+                if info.contains("role:slave") && info.contains("master_link_status:up") {
+                    synced += 1;
+                }
+            }
+            if synced >= n {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{synced} of {n} replicas in sync after {limit:?}");
+            }
+            sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Waits until every running node reports `cluster_state:ok`.

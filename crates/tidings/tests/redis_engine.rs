@@ -1372,3 +1372,143 @@ async fn a_sentinel_failover_is_followed_and_starts_channels_on_a_new_epoch() {
     tokio::time::sleep(Duration::from_secs(7)).await;
     assert_eq!(reconnects(&rec_b.events()), settled, "B kept reconnecting");
 }
+
+/// A broker on a Redis Cluster.
+fn cluster_cfg(set: &tidings_testkit::redis_cluster::RedisClusterSet) -> RedisEngineConfig {
+    RedisEngineConfig {
+        address: Vec::new(),
+        cluster_address: vec![set.cluster_address()],
+        prefix: format!("t{}", PREFIX.fetch_add(1, Ordering::Relaxed)),
+        io_timeout: Duration::from_secs(1),
+        connect_timeout: Duration::from_millis(500),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_redis_cluster_keeps_each_channel_in_its_slot_and_publishes_it_sharded() {
+    use tidings_testkit::cluster::redis_command;
+    let set = tidings_testkit::redis_cluster::RedisClusterSet::start()
+        .await
+        .unwrap();
+    let cfg = cluster_cfg(&set);
+    let (a, _rec_a, _) = node(&cfg).await;
+    let (b, rec_b, _) = node(&cfg).await;
+    let channels: Vec<String> = (0..12).map(|i| format!("k{i}")).collect();
+    for ch in &channels {
+        b.subscribe(ch).await.unwrap();
+        a.publish(ch, publication(1), opts(10)).await.unwrap();
+    }
+    // A batch over every channel (one pipeline per channel: one slot each).
+    let items = channels.iter().map(|ch| item(ch, 2, opts(10))).collect();
+    for r in a.publish_batch(items, true).await {
+        assert_eq!(r.unwrap().offset, 2);
+    }
+    let masters = set.masters().await.unwrap();
+    let addr = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut owners = BTreeSet::new();
+    for ch in &channels {
+        rec_b
+            .wait_for("both publications on B", |_| {
+                rec_b.publications(ch).iter().map(value).collect::<Vec<_>>() == [1, 2]
+            })
+            .await;
+        let page = a.history(ch, HistoryFilter::default()).await.unwrap();
+        assert_eq!(page.publications.len(), 2);
+        // The channel's meta hash, stream and sharded pub/sub channel are all on
+        // the one master that owns the slot of {ch}; classic pub/sub is unused.
+        let meta = format!("{}.meta.{{{ch}}}", cfg.prefix);
+        let pubsub = format!("{}.client.{{{ch}}}", cfg.prefix);
+        let mut holders = Vec::new();
+        for &port in &masters {
+            if let Ok(n) = redis_command(addr(port), &["EXISTS", &meta]).await {
+                assert_eq!(n, ":1", "{ch} on its owner {port}");
+                let sharded = redis_command(addr(port), &["PUBSUB", "SHARDNUMSUB", &pubsub])
+                    .await
+                    .unwrap();
+                assert!(
+                    sharded.ends_with(":1"),
+                    "B SSUBSCRIBEd {pubsub}: {sharded:?}"
+                );
+                holders.push(port);
+            }
+        }
+        assert_eq!(holders.len(), 1, "{ch}: owners {holders:?}");
+        owners.insert(holders[0]);
+        let classic = redis_command(addr(holders[0]), &["PUBSUB", "NUMSUB", &pubsub])
+            .await
+            .unwrap();
+        assert!(
+            classic.ends_with(":0"),
+            "classic SUBSCRIBE of {pubsub}: {classic:?}"
+        );
+    }
+    assert!(owners.len() > 1, "all channels on one master: {owners:?}");
+    // Presence works per slot too.
+    let presence = RedisPresenceManager::new(&cfg).unwrap();
+    for ch in &channels {
+        presence.add(ch, info("u", "c1")).await.unwrap();
+        assert_eq!(presence.presence(ch).await.unwrap().len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn a_redis_cluster_failover_starts_the_channel_on_a_new_epoch() {
+    let mut set = tidings_testkit::redis_cluster::RedisClusterSet::start_with_replicas()
+        .await
+        .unwrap();
+    let cfg = cluster_cfg(&set);
+    let (a, _rec_a, _) = node(&cfg).await;
+    let (b, rec_b, _) = node(&cfg).await;
+    b.subscribe("f").await.unwrap();
+    let before = a.publish("f", publication(1), opts(10)).await.unwrap();
+    rec_b
+        .wait_for("the publication on B", |_| {
+            rec_b.publications("f").len() == 1
+        })
+        .await;
+    set.kill9_master_of("{f}").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        match a.publish("f", publication(2), opts(10)).await {
+            Ok(pos) => break pos,
+            Err(e) => assert!(Instant::now() < deadline, "no failover: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_ne!(
+        after.epoch, before.epoch,
+        "the promoted replica kept the epoch"
+    );
+    assert_eq!(after.offset, 1);
+    let gone = a.history("f", since(1, &before.epoch)).await;
+    assert!(
+        matches!(gone, Err(BrokerError::UnrecoverablePosition)),
+        "{gone:?}"
+    );
+    // B's sharded subscription followed the slot to the promoted replica.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut n = 2;
+    loop {
+        n += 1;
+        a.publish("f", publication(n), opts(10)).await.unwrap();
+        if wait_briefly_for(&rec_b, "f", n).await {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B never got a publication after the failover"
+        );
+    }
+    assert!(rec_b.events().contains(&Event::Reconnect), "B was not told");
+}
+
+async fn wait_briefly_for(rec: &Recorder, channel: &str, v: u32) -> bool {
+    for _ in 0..50 {
+        if rec.publications(channel).iter().any(|p| value(p) == v) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}

@@ -4,10 +4,13 @@
 //! disconnection or a failover), owned by [`cluster_subscription_task`] as
 //! `pubsub::subscription_task` owns a plain one.
 //!
-//! A disconnection from any node of the cluster may have cost messages, so once
-//! the client has subscribed again (or after [`RESUBSCRIBE_WAIT`]) the node is
-//! told ([`crate::broker::BrokerEventHandler::handle_reconnect`]): it checks its
-//! channels' positions and makes the clients in doubt recover.
+//! A disconnection from any node of the cluster may have cost messages, and
+//! redis-rs moves subscriptions to a promoted replica only once something makes
+//! it reload the slot map. So the task starts over on a disconnection: a new
+//! client reads the slot map from the seeds, subscribes every channel again
+//! (retrying with backoff until the cluster has failed over), and only then
+//! tells the node ([`crate::broker::BrokerEventHandler::handle_reconnect`]),
+//! which checks its channels' positions and makes the clients in doubt recover.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +19,6 @@ use std::time::Duration;
 
 use redis::cluster_async::ClusterConnection;
 use redis::{PushKind, Value};
-use tokio::time::Instant;
 
 use super::broker::Inner;
 use super::cluster::{PushQueue, PUSH_QUEUE};
@@ -24,10 +26,6 @@ use super::conn::{RECONNECT_MAX, RECONNECT_MIN};
 use super::pubsub::{deliver, fail_waiters, PUBSUB_PING};
 use super::ENGINE;
 use crate::broker::EngineError;
-
-/// After a disconnection, how long to wait for the client's resubscription
-/// before telling the node anyway.
-const RESUBSCRIBE_WAIT: Duration = Duration::from_secs(3);
 
 /// `SSUBSCRIBE` takes channels of one slot only: one command per channel, this
 /// many at a time.
@@ -120,8 +118,6 @@ pub(super) async fn cluster_subscription_task(inner: Arc<Inner>, shard: usize) {
         connected_before = true;
         state.sub_notify.notify_one();
 
-        // When a node's connection was lost and not yet resubscribed.
-        let mut lost: Option<Instant> = None;
         let mut ping = tokio::time::interval(PUBSUB_PING);
         ping.tick().await;
         let why = loop {
@@ -139,13 +135,7 @@ pub(super) async fn cluster_subscription_task(inner: Arc<Inner>, shard: usize) {
                             }
                         }
                         PushKind::Disconnection => {
-                            tracing::warn!("redis cluster pub/sub: a node connection was lost");
-                            lost.get_or_insert_with(Instant::now);
-                        }
-                        PushKind::SSubscribe if lost.is_some() => {
-                            lost = None;
-                            tracing::info!("redis cluster pub/sub: resubscribed");
-                            handler.handle_reconnect();
+                            break EngineError::failed(ENGINE, "pub/sub", "a cluster node's connection was lost");
                         }
                         _ => {}
                     }
@@ -169,10 +159,6 @@ pub(super) async fn cluster_subscription_task(inner: Arc<Inner>, shard: usize) {
                         Ok(Ok(_)) => {}
                         Ok(Err(e)) => break EngineError::failed(ENGINE, "pub/sub ping", e),
                         Err(_) => break EngineError::Timeout { engine: ENGINE, operation: "pub/sub ping" },
-                    }
-                    if lost.is_some_and(|at| at.elapsed() >= RESUBSCRIBE_WAIT) {
-                        lost = None;
-                        handler.handle_reconnect();
                     }
                 }
             }
