@@ -307,6 +307,13 @@ fn engine_config(engine: EngineArg, url: Option<&str>) -> serde_json::Value {
             "type": "redis",
             "redis": { "address": [url.unwrap_or("redis://127.0.0.1:6379")], "prefix": prefix }
         }),
+        EngineArg::RedisCluster => serde_json::json!({
+            "type": "redis",
+            "redis": {
+                "cluster_address": [url.unwrap_or("127.0.0.1:7000")],
+                "prefix": prefix,
+            }
+        }),
         EngineArg::Nats => serde_json::json!({
             "type": "nats",
             "nats": { "url": url.unwrap_or("nats://127.0.0.1:4222"), "prefix": prefix }

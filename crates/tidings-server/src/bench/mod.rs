@@ -84,6 +84,8 @@ pub enum ProtocolArg {
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EngineArg {
     Redis,
+    /// A Redis Cluster: --engine-url is its comma-separated seed addresses.
+    RedisCluster,
     Nats,
 }
 
@@ -186,7 +188,8 @@ pub struct LoadArgs {
     #[arg(long, value_enum, default_value = "redis")]
     pub engine: EngineArg,
     /// Address of the engine's server for the cluster scenario (default
-    /// redis://127.0.0.1:6379 or nats://127.0.0.1:4222).
+    /// redis://127.0.0.1:6379, 127.0.0.1:7000 for redis-cluster (seeds,
+    /// comma-separated), or nats://127.0.0.1:4222).
     #[arg(long)]
     pub engine_url: Option<String>,
     /// Process id of the engine's server (redis-server or nats-server) of the
