@@ -1512,3 +1512,94 @@ async fn wait_briefly_for(rec: &Recorder, channel: &str, v: u32) -> bool {
     }
     false
 }
+
+/// Direct publish with `cfg`: nodes A and B consume the direct-publish stream,
+/// `xadd` adds entries the way a backend does; B must get every one, once.
+async fn direct_publish_reaches_b<F, Fut>(cfg: &RedisEngineConfig, entries: u32, xadd: F)
+where
+    F: Fn(u32, String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (a, _rec_a, _) = node(cfg).await;
+    let (b, rec_b, _) = node(cfg).await;
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let stop = CancellationToken::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    a.start_ingest(publisher(a.clone(), calls.clone()), stop.clone());
+    b.start_ingest(publisher(b.clone(), calls.clone()), stop.clone());
+    b.subscribe("feed").await.unwrap();
+    for n in 0..entries {
+        xadd(n, format!(r#"{{"channel":"feed","data":{n}}}"#)).await;
+    }
+    rec_b
+        .wait_for("every direct publication", |_| {
+            let mut got: Vec<u32> = rec_b.publications("feed").iter().map(value).collect();
+            got.sort_unstable();
+            got == (0..entries).collect::<Vec<_>>()
+        })
+        .await;
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn direct_publish_is_consumed_on_every_shard() {
+    let shards = [
+        RedisServer::start().await.unwrap(),
+        RedisServer::start().await.unwrap(),
+    ];
+    let mut cfg = cfg(&shards[0]);
+    cfg.address = shards.iter().map(RedisServer::url).collect();
+    let stream = format!("{}.publish", cfg.prefix);
+    let mut conns = Vec::new();
+    for s in &shards {
+        let client = redis::Client::open(s.url()).unwrap();
+        conns.push(client.get_multiplexed_async_connection().await.unwrap());
+    }
+    // Entries alternate between the two shards' streams.
+    direct_publish_reaches_b(&cfg, 10, |n, payload| {
+        let mut conn = conns[n as usize % 2].clone();
+        let stream = stream.clone();
+        async move {
+            redis::cmd("XADD")
+                .arg(&stream)
+                .arg("*")
+                .arg("payload")
+                .arg(payload)
+                .query_async::<String>(&mut conn)
+                .await
+                .unwrap();
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn direct_publish_works_on_a_redis_cluster() {
+    let set = tidings_testkit::redis_cluster::RedisClusterSet::start()
+        .await
+        .unwrap();
+    let cfg = cluster_cfg(&set);
+    let stream = format!("{}.publish", cfg.prefix);
+    let seeds: Vec<String> = set
+        .cluster_address()
+        .split(',')
+        .map(|a| format!("redis://{a}"))
+        .collect();
+    let client = redis::cluster::ClusterClient::new(seeds).unwrap();
+    let conn = client.get_async_connection().await.unwrap();
+    direct_publish_reaches_b(&cfg, 10, |_, payload| {
+        let mut conn = conn.clone();
+        let stream = stream.clone();
+        async move {
+            redis::cmd("XADD")
+                .arg(&stream)
+                .arg("*")
+                .arg("payload")
+                .arg(payload)
+                .query_async::<String>(&mut conn)
+                .await
+                .unwrap();
+        }
+    })
+    .await;
+}
