@@ -1,7 +1,9 @@
 //! The command connection the Redis broker, its presence manager and the ingest
-//! consumer call through: one multiplexed connection, opened on first use,
-//! replaced after it fails, every call bounded by a timeout. Also builds the
-//! `redis::Client` (address, database, credentials, TLS) from the settings.
+//! consumer call through, one per shard: one multiplexed connection (to a fixed
+//! server, to the master the sentinels name, or a cluster connection that
+//! routes by slot), opened on first use, replaced after it fails, every call
+//! bounded by a timeout. Also builds the `redis::Client` (address, database,
+//! credentials, TLS) from the settings.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
