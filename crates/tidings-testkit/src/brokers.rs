@@ -34,6 +34,18 @@ fn temp_dir(kind: &str) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// A free port for a Redis Cluster node: at most 55535, with the cluster bus
+/// port (10000 higher) free too; redis-server refuses higher ports.
+pub fn free_cluster_port() -> anyhow::Result<u16> {
+    for _ in 0..200 {
+        let port = free_port()?;
+        if port <= 55_535 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port at most 55535 with a free bus port in 200 tries")
+}
+
 /// A free TCP port on 127.0.0.1 (bound, read back, released).
 pub fn free_port() -> anyhow::Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
@@ -74,10 +86,18 @@ impl Broker {
         what: &'static str,
         command: impl Fn(u16, &Path) -> Command + Send + Sync + 'static,
     ) -> anyhow::Result<Self> {
+        Self::start_on(what, free_port()?, command).await
+    }
+
+    async fn start_on(
+        what: &'static str,
+        port: u16,
+        command: impl Fn(u16, &Path) -> Command + Send + Sync + 'static,
+    ) -> anyhow::Result<Self> {
         let command: CommandLine = Box::new(command);
         let mut broker = Self {
             child: None,
-            port: free_port()?,
+            port,
             dir: temp_dir(what)?,
             what,
             command,
@@ -196,7 +216,9 @@ impl RedisServer {
                 .current_dir(dir);
             c
         };
-        Ok(Self(Broker::start("redis-server", command).await?))
+        Ok(Self(
+            Broker::start_on("redis-server", free_cluster_port()?, command).await?,
+        ))
     }
 
     /// The port it listens on.

@@ -27,6 +27,8 @@ use crate::config::RedisEngineConfig;
 pub(super) struct ClusterTarget {
     seeds: Vec<redis::ConnectionInfo>,
     cfg: RedisEngineConfig,
+    /// `engine.redis.tls`'s private CA and client certificate, if any.
+    certs: Option<redis::TlsCertificates>,
 }
 
 /// What the server-id argument of the scripts is in a cluster: the script asks
@@ -56,6 +58,7 @@ impl ClusterTarget {
         Ok(Self {
             seeds,
             cfg: cfg.clone(),
+            certs: super::conn::tls_certificates(cfg)?,
         })
     }
 
@@ -74,10 +77,18 @@ impl ClusterTarget {
         if !self.cfg.password.is_empty() {
             b = b.password(&self.cfg.password);
         }
-        if self.cfg.tls.insecure_skip_verify {
+        let tls = self.cfg.tls.enabled
+            || self
+                .seeds
+                .iter()
+                .any(|s| matches!(s.addr(), redis::ConnectionAddr::TcpTls { .. }));
+        if tls && self.cfg.tls.insecure_skip_verify {
             b = b.tls(redis::TlsMode::Insecure);
-        } else if self.cfg.tls.enabled {
+        } else if tls {
             b = b.tls(redis::TlsMode::Secure);
+        }
+        if let (true, Some(certs)) = (tls, &self.certs) {
+            b = b.certs(certs.clone());
         }
         b
     }

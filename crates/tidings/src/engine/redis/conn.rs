@@ -52,32 +52,44 @@ pub(super) fn client(cfg: &RedisEngineConfig, address: &str) -> Result<redis::Cl
         settings = settings.set_password(&cfg.password);
     }
     info = info.set_redis_settings(settings);
-    let tls = &cfg.tls;
-    if url.starts_with("rediss://") && (!tls.server_ca_pem.is_empty() || !tls.cert_pem.is_empty()) {
-        let pem = |field: &'static str, value: &str| {
-            crate::config::pem::pem_bytes(field, value).map_err(|e| e.to_string())
-        };
-        let client_tls = if tls.cert_pem.is_empty() {
-            None
-        } else {
-            Some(redis::ClientTlsConfig {
-                client_cert: pem("engine.redis.tls.cert_pem", &tls.cert_pem)?,
-                client_key: pem("engine.redis.tls.key_pem", &tls.key_pem)?,
-            })
-        };
-        let root_cert = if tls.server_ca_pem.is_empty() {
-            None
-        } else {
-            Some(pem("engine.redis.tls.server_ca_pem", &tls.server_ca_pem)?)
-        };
-        let certs = redis::TlsCertificates {
-            client_tls,
-            root_cert,
-        };
-        return redis::Client::build_with_tls(info, certs)
-            .map_err(|e| format!("engine.redis.tls: {e}"));
+    if url.starts_with("rediss://") {
+        if let Some(certs) = tls_certificates(cfg)? {
+            return redis::Client::build_with_tls(info, certs)
+                .map_err(|e| format!("engine.redis.tls: {e}"));
+        }
     }
     redis::Client::open(info).map_err(|e| format!("engine.redis.address {address:?}: {e}"))
+}
+
+/// The private CA and client certificate of `engine.redis.tls`, when either is
+/// set.
+pub(super) fn tls_certificates(
+    cfg: &RedisEngineConfig,
+) -> Result<Option<redis::TlsCertificates>, String> {
+    let tls = &cfg.tls;
+    if tls.server_ca_pem.is_empty() && tls.cert_pem.is_empty() {
+        return Ok(None);
+    }
+    let pem = |field: &'static str, value: &str| {
+        crate::config::pem::pem_bytes(field, value).map_err(|e| e.to_string())
+    };
+    let client_tls = if tls.cert_pem.is_empty() {
+        None
+    } else {
+        Some(redis::ClientTlsConfig {
+            client_cert: pem("engine.redis.tls.cert_pem", &tls.cert_pem)?,
+            client_key: pem("engine.redis.tls.key_pem", &tls.key_pem)?,
+        })
+    };
+    let root_cert = if tls.server_ca_pem.is_empty() {
+        None
+    } else {
+        Some(pem("engine.redis.tls.server_ca_pem", &tls.server_ca_pem)?)
+    };
+    Ok(Some(redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
 }
 
 /// Where a shard's connections go.
