@@ -108,7 +108,10 @@ pub async fn handler(
         // Parsed straight from the bytes: a batch of publishes is the fast path,
         // and building a `Value` tree of every command costs more than the rest.
         node.metrics().api_command(&method);
-        return Ok(axum::Json(batch(&node, &body).await?).into_response());
+        let started = std::time::Instant::now();
+        let answer = batch(&node, &body).await;
+        node.metrics().api_duration(&method, started.elapsed());
+        return Ok(axum::Json(answer?).into_response());
     }
     let params: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
@@ -122,7 +125,10 @@ pub async fn handler(
         return Err(ApiError::UnknownMethod(method));
     }
     node.metrics().api_command(&method);
-    let outcome = call(&node, &method, params).await?;
+    let started = std::time::Instant::now();
+    let outcome = call(&node, &method, params).await;
+    node.metrics().api_duration(&method, started.elapsed());
+    let outcome = outcome?;
     Ok(match outcome {
         Ok(result) => axum::Json(json!({ "result": result })).into_response(),
         Err(err) => {
@@ -516,8 +522,21 @@ async fn call(node: &Node, method: &str, params: Value) -> Result<Outcome, ApiEr
             Ok(json!({ "channels": channels }))
         }
         "info" => Ok(json!({ "nodes": node.nodes() })),
+        "user_status" => {
+            let p: UserStatusParams = parse(params)?;
+            node.user_status(&p.users)
+                .await
+                .map(|statuses| json!({ "statuses": statuses }))
+                .map_err(node_err)
+        }
         other => return Err(ApiError::UnknownMethod(other.to_string())),
     })
+}
+
+/// `user_status` (a Tidings method): the online status of these users.
+#[derive(Deserialize)]
+struct UserStatusParams {
+    users: Vec<String>,
 }
 
 #[derive(Deserialize)]

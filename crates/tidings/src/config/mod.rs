@@ -27,6 +27,7 @@
 //!   `long_poll`.
 //! - `socketio.rs`: `socketio`.
 //! - `webhooks.rs`: the `webhooks` list ([`WebhookConfig`]).
+//! - `online_status.rs`: the `online_status` section ([`OnlineStatusConfig`]).
 //! - `dev.rs`: [`Config::development`], the profile used without a file.
 //! - `env.rs`: `TIDINGS_*` overrides ([`ENV_PREFIX`]) and the unknown-key report.
 //! - `validate.rs`: [`Config::validate`].
@@ -50,6 +51,7 @@ mod doc_keys;
 mod engine;
 mod env;
 mod insecure;
+mod online_status;
 pub mod pem;
 mod proxy;
 mod rpc;
@@ -68,6 +70,7 @@ pub use engine::{
 pub use env::ENV_PREFIX;
 use env::{env_overrides, unknown_keys};
 pub use insecure::{is_loopback, MIN_HMAC_SECRET_LEN};
+pub use online_status::OnlineStatusConfig;
 pub use proxy::{
     ChannelProxyConfig, ClientProxyConfig, CodeToDisconnect, ConnectCodeToDisconnect, NamedProxy,
     PersonalChannelConfig, ProxyConfig, ProxyHttpConfig, StatusToCodeTransform,
@@ -124,6 +127,9 @@ pub struct Config {
     /// and removed, client publications), in Pusher's signed envelope. A Tidings
     /// key.
     pub webhooks: Vec<WebhookConfig>,
+    /// Users' online status across the cluster and when they were last seen. A
+    /// Tidings section.
+    pub online_status: OnlineStatusConfig,
     /// Keys in the file that Tidings does not know (typos, or Centrifugo features it
     /// lacks). Not a configuration key: filled by [`Config::load`] for a warning.
     #[serde(skip)]

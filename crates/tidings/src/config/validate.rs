@@ -69,6 +69,9 @@ impl Config {
         if let Err(e) = super::webhooks::validate_webhooks(&self.webhooks) {
             return bad(e);
         }
+        if let Err(e) = super::online_status::validate_online_status(self) {
+            return bad(e);
+        }
         if self.client.queue_max_size < 1024 {
             return bad("client.queue_max_size must be at least 1024 bytes".into());
         }

@@ -61,10 +61,12 @@ async fn call<Req: serde::Serialize, Res: serde::de::DeserializeOwned>(
     req: &Req,
 ) -> Result<Option<Res>, Rejection> {
     let metrics = node.metrics();
-    match endpoint
+    let started = std::time::Instant::now();
+    let answer = endpoint
         .call::<Req, Res>(req, conn.request_headers(), ctx)
-        .await
-    {
+        .await;
+    metrics.proxy_duration(event, started.elapsed());
+    match answer {
         Ok(resp) => match answered_rejection(&resp) {
             Some(r) => {
                 metrics.proxy_call(event, "rejected");
