@@ -99,7 +99,7 @@ async fn online_while_any_connection_lives_on_any_node(engine: Engine) -> anyhow
     let mut watcher = user_client(b, "watcher").await?;
     watcher.subscribe("status:alice").await?;
 
-    let mut alice_a = user_client(a, "alice").await?;
+    let alice_a = user_client(a, "alice").await?;
     let online = wait_status(b, "alice", true, WAIT).await?;
     let since = online["at"].as_u64().context("online without a time")?;
     let pushed = watcher.next_pub("status:alice").await?;

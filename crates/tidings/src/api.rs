@@ -126,7 +126,34 @@ pub async fn handler(
     }
     node.metrics().api_command(&method);
     let started = std::time::Instant::now();
-    let outcome = call(&node, &method, params).await;
+    let outcome = if node.config().opentelemetry.traces_api() {
+        // A span for OpenTelemetry (the `tidings::otel` target; see
+        // config/opentelemetry.rs): named after the method, failed on any error.
+        let span = tracing::info_span!(
+            target: "tidings::otel",
+            "api",
+            otel.name = format!("api.{method}").as_str(),
+            otel.kind = "server",
+            api.method = method.as_str(),
+            otel.status_code = tracing::field::Empty,
+            error.code = tracing::field::Empty,
+        );
+        let outcome =
+            tracing::Instrument::instrument(call(&node, &method, params), span.clone()).await;
+        match &outcome {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                span.record("otel.status_code", "ERROR");
+                span.record("error.code", e.code);
+            }
+            Err(_) => {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        outcome
+    } else {
+        call(&node, &method, params).await
+    };
     node.metrics().api_duration(&method, started.elapsed());
     let outcome = outcome?;
     Ok(match outcome {

@@ -28,6 +28,7 @@
 //! - `socketio.rs`: `socketio`.
 //! - `webhooks.rs`: the `webhooks` list ([`WebhookConfig`]).
 //! - `online_status.rs`: the `online_status` section ([`OnlineStatusConfig`]).
+//! - `opentelemetry.rs`: the `opentelemetry` section ([`OpenTelemetryConfig`]).
 //! - `dev.rs`: [`Config::development`], the profile used without a file.
 //! - `env.rs`: `TIDINGS_*` overrides ([`ENV_PREFIX`]) and the unknown-key report.
 //! - `validate.rs`: [`Config::validate`].
@@ -52,6 +53,7 @@ mod engine;
 mod env;
 mod insecure;
 mod online_status;
+mod opentelemetry;
 pub mod pem;
 mod proxy;
 mod rpc;
@@ -71,6 +73,7 @@ pub use env::ENV_PREFIX;
 use env::{env_overrides, unknown_keys};
 pub use insecure::{is_loopback, MIN_HMAC_SECRET_LEN};
 pub use online_status::OnlineStatusConfig;
+pub use opentelemetry::{OpenTelemetryConfig, OTEL_TARGET};
 pub use proxy::{
     ChannelProxyConfig, ClientProxyConfig, CodeToDisconnect, ConnectCodeToDisconnect, NamedProxy,
     PersonalChannelConfig, ProxyConfig, ProxyHttpConfig, StatusToCodeTransform,
@@ -130,6 +133,8 @@ pub struct Config {
     /// Users' online status across the cluster and when they were last seen. A
     /// Tidings section.
     pub online_status: OnlineStatusConfig,
+    /// OTLP traces of server API and proxy calls.
+    pub opentelemetry: OpenTelemetryConfig,
     /// Keys in the file that Tidings does not know (typos, or Centrifugo features it
     /// lacks). Not a configuration key: filled by [`Config::load`] for a warning.
     #[serde(skip)]
