@@ -326,7 +326,15 @@ async fn run(config: Config, development: bool) -> anyhow::Result<()> {
         Some(_) => tidings::server::client_router(&node),
         None => tidings::server::router(&node),
     };
-    let public_app = public_app.merge(web::demo_routes());
+    // The admin UI at the root of the public listener takes `/` from the demo.
+    let admin_at_root = node.config().admin.enabled
+        && node.config().admin.prefix().is_empty()
+        && internal.is_none();
+    let public_app = if admin_at_root {
+        public_app
+    } else {
+        public_app.merge(web::demo_routes())
+    };
     #[cfg(feature = "autobahn-echo")]
     let public_app = {
         tracing::warn!(

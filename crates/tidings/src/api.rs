@@ -141,6 +141,25 @@ pub async fn handler(
     })
 }
 
+/// Runs one API method for another caller of the node (the admin UI), which has
+/// done its own authentication: the answer is the body `/api/<method>` would
+/// send, `{"result": …}` or `{"error": …}`. `batch` is not offered here.
+///
+/// # Errors
+/// [`ApiError::UnknownMethod`] and [`ApiError::BadBody`], as the API answers them.
+pub async fn execute(node: &Node, method: &str, params: Value) -> Result<Value, ApiError> {
+    if !params.is_object() {
+        return Err(ApiError::BadBody("params must be a JSON object".into()));
+    }
+    if method == "batch" || !crate::metrics::API_METHODS.contains(&method) {
+        return Err(ApiError::UnknownMethod(method.to_owned()));
+    }
+    Ok(match call(node, method, params).await? {
+        Ok(result) => json!({ "result": result }),
+        Err(error) => json!({ "error": error }),
+    })
+}
+
 fn http_status(code: u32) -> StatusCode {
     match code {
         102 | 104 => StatusCode::NOT_FOUND,

@@ -69,6 +69,24 @@ impl Config {
         if let Err(e) = super::webhooks::validate_webhooks(&self.webhooks) {
             return bad(e);
         }
+        let admin = &self.admin;
+        if admin.enabled
+            && !admin.insecure
+            && (admin.password.is_empty() || admin.secret.is_empty())
+        {
+            return bad(
+                "admin.enabled needs admin.password and admin.secret (or admin.insecure)".into(),
+            );
+        }
+        let prefix = admin.prefix();
+        if !prefix.is_empty()
+            && (!prefix.starts_with('/') || prefix.contains(['{', '}', '*', '?', '#', '%', ' ']))
+        {
+            return bad(format!(
+                "admin.handler_prefix {:?} must be empty or a path starting with /",
+                admin.handler_prefix
+            ));
+        }
         if self.client.queue_max_size < 1024 {
             return bad("client.queue_max_size must be at least 1024 bytes".into());
         }
