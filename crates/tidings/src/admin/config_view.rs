@@ -106,20 +106,20 @@ mod tests {
     #[test]
     fn secrets_are_masked_and_the_rest_is_kept() {
         let mut cfg = Config::default();
-        cfg.http_api.key = "api-key".into();
-        cfg.client.token.hmac_secret_key = "hmac".into();
-        cfg.admin.password = "pw".into();
-        cfg.admin.secret = "admin-secret".into();
+        cfg.http_api.key = "k3y-of-the-api".into();
+        cfg.client.token.hmac_secret_key = "h0ac-secret".into();
+        cfg.admin.password = "pa55word".into();
+        cfg.admin.secret = "adm1n-s3cret".into();
         cfg.engine.redis.password = "redis-pw".into();
         cfg.engine.redis.address = vec!["redis://user:hunter2@10.0.0.1:6379/0".into()];
         cfg.engine.nats.url = "nats://tok@127.0.0.1:4222,nats://a:b2b2@127.0.0.2:4222".into();
         cfg.http_server.port = 8123;
         let shown = masked(&cfg).to_string();
         for secret in [
-            "api-key",
-            "hmac",
-            "\"pw\"",
-            "admin-secret",
+            "k3y-of-the-api",
+            "h0ac-secret",
+            "pa55word",
+            "adm1n-s3cret",
             "redis-pw",
             "hunter2",
             "tok@",
