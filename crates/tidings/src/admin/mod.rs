@@ -69,8 +69,9 @@ pub enum AdminError {
     /// A request from another site.
     #[error("cross-origin request refused")]
     CrossOrigin,
-    /// A body that is not JSON of the right shape.
-    #[error("bad request: {0}")]
+    /// A body that is not JSON of the right shape, an unknown method, a bad
+    /// channel: the message says which.
+    #[error("{0}")]
     BadRequest(String),
     /// A `POST` body that is not `application/json`.
     #[error("the body must be application/json")]

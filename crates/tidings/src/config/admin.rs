@@ -68,7 +68,14 @@ mod tests {
             cfg.validate().unwrap();
         }
         assert_eq!(cfg.admin.prefix(), "/ops/admin");
-        for bad in ["admin", "/ad{min}", "/a*"] {
+        for bad in [
+            "admin",
+            "/ad{min}",
+            "/a*",
+            "/metrics",
+            "/connection/websocket",
+            "/api",
+        ] {
             cfg.admin.handler_prefix = bad.into();
             assert!(cfg.validate().is_err(), "{bad}");
         }

@@ -87,6 +87,29 @@ impl Config {
                 admin.handler_prefix
             ));
         }
+        if admin.enabled && !prefix.is_empty() {
+            // The UI's bare prefix redirects to `<prefix>/`; it must not be a path
+            // another endpoint already answers.
+            let taken = [
+                self.websocket.handler_prefix.as_str(),
+                self.uni_websocket.handler_prefix.as_str(),
+                self.long_poll.handler_prefix.as_str(),
+                self.emulation.handler_prefix.as_str(),
+                self.sse.path("/connection/sse"),
+                self.http_stream.path("/connection/http_stream"),
+                self.uni_sse.path("/connection/uni_sse"),
+                self.uni_http_stream.path("/connection/uni_http_stream"),
+                self.http_api.handler_prefix.trim_end_matches('/'),
+                self.socketio.path.trim_end_matches('/'),
+                "/health",
+                "/metrics",
+            ];
+            if taken.contains(&prefix) {
+                return bad(format!(
+                    "admin.handler_prefix {prefix:?} is the path of another endpoint"
+                ));
+            }
+        }
         if self.client.queue_max_size < 1024 {
             return bad("client.queue_max_size must be at least 1024 bytes".into());
         }
