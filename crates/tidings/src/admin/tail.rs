@@ -16,6 +16,7 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt as _;
 use tidings_protocol::ClientInfo;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -107,8 +108,6 @@ pub async fn open(node: &Node, channel: &str) -> Result<Response, AdminError> {
         .into_response())
 }
 
-use futures_util::StreamExt as _;
-
 /// One open tail; dropping it (the browser went away) leaves the channel.
 struct Tail {
     node: Node,
@@ -123,9 +122,8 @@ struct Tail {
 impl Tail {
     /// The next piece of the stream, `None` when it ends.
     async fn next_chunk(&mut self) -> Option<Bytes> {
-        if self.member.is_none() {
-            return None;
-        }
+        // Closed already: the stream ends.
+        self.member.as_ref()?;
         let drained = tokio::select! {
             drained = self.conn.outbox.drain() => drained,
             _ = tokio::time::sleep(KEEPALIVE) => return Some(Bytes::from_static(b": keepalive\n\n")),
