@@ -184,6 +184,9 @@ test('the admin UI: login, nodes, channel, presence, publish, tail, disconnect',
   await page.click('#history-reload');
   await waitInPage(page, () => document.querySelectorAll('#history-log li').length === 2, null, { message: 'two publications in history' });
   await page.screenshot({ path: path.join(shots, '3-channel.png') });
+  await page.emulateMedia({ colorScheme: 'dark' });
+  await page.screenshot({ path: path.join(shots, '3-channel-dark.png') });
+  await page.emulateMedia({ colorScheme: 'light' });
 
   // Disconnect alice from her presence row; her client hears it.
   const disconnected = waitEvent(alice, 'disconnected', { message: 'alice is disconnected' });
