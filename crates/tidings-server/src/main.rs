@@ -40,8 +40,8 @@ enum Command {
     /// Load and validate a configuration, then print it as JSON. Unknown keys are
     /// listed on stderr. Exits with status 2, naming each, when settings are insecure:
     /// client.insecure, skipped token signature checks, an HMAC secret under 32
-    /// bytes, JWKS over plain http to another host, or http_api.insecure on a
-    /// non-loopback address.
+    /// bytes, JWKS over plain http to another host, http_api.insecure or
+    /// admin.insecure on a non-loopback address, or an admin.secret under 32 bytes.
     CheckConfig {
         /// Config file (.json, .toml, .yaml).
         #[arg(long, short)]
