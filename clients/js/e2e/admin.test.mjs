@@ -205,8 +205,29 @@ test('the admin UI: login, nodes, channel, presence, publish, tail, disconnect',
   assert.match(shown, /"secret": "••••••"/);
   await page.screenshot({ path: path.join(shots, '4-config.png') });
 
+  // The Actions tab: publish to bob's channel, then unsubscribe him from it.
+  const bobChannel = uniqueChannel('admin-bob');
+  const bob = newClient(nodeA.wsUrl, { t, token: jwt(HMAC_SECRET, { sub: 'bob', exp: now() + 600 }) });
+  const bobConnected = waitEvent(bob, 'connected', { message: 'bob connects' });
+  bob.connect();
+  await bobConnected;
+  const { sub: bobSub, publications: bobGot } = await subscribe(bob, bobChannel);
   await page.click('#tabs button[data-tab=actions]');
+  await page.fill('#publish-channel', bobChannel);
+  await page.fill('#publish-data', '{"text": "from the actions tab"}');
+  await page.click('#publish-form button[type=submit]');
+  await waitForCount(bobGot, 1, { message: 'the publication at bob' });
+  assert.deepEqual(bobGot[0].data, { text: 'from the actions tab' });
+  const unsubscribed = waitEvent(bobSub, 'unsubscribed', { message: 'bob is unsubscribed' });
+  await page.fill('#unsubscribe-user', 'bob');
+  await page.fill('#unsubscribe-channel', bobChannel);
+  await page.click('#unsubscribe-form button[type=submit]');
+  await unsubscribed;
   await page.screenshot({ path: path.join(shots, '5-actions.png') });
+  // A bad payload is refused in the page with a clear message.
+  await page.fill('#publish-data', '{not json');
+  await page.click('#publish-form button[type=submit]');
+  await waitInPage(page, () => /Data must be JSON/.test(document.getElementById('toast').textContent), null, { message: 'the JSON error' });
 
   // A forged token in the page's storage sends it back to the login form.
   await page.evaluate(() => sessionStorage.setItem('tidings-admin-token', 'eyJhbGciOiJIUzI1NiJ9.e30.forged'));
