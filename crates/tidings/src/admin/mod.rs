@@ -303,8 +303,7 @@ async fn login(State(node): State<Node>, request: Request) -> Result<Response, A
     if !failures.allowed(ip, now) {
         return Err(AdminError::Throttled);
     }
-    let right = !cfg.password.is_empty()
-        && bool::from(login.password.as_bytes().ct_eq(cfg.password.as_bytes()));
+    let right = !cfg.password.is_empty() && same_password(&login.password, &cfg.password);
     if !right {
         failures.failed(ip, now);
         tracing::warn!(%ip, "admin login with a wrong password");
@@ -316,6 +315,16 @@ async fn login(State(node): State<Node>, request: Request) -> Result<Response, A
         "token": token,
         "expires_in": token::SESSION_TTL.as_secs(),
     })))
+}
+
+/// Compares two passwords in constant time, their lengths included: the
+/// SHA-256 digests are compared, which always have the same length, so the time
+/// taken says nothing of how long the password is or how much of a guess matched.
+fn same_password(given: &str, expected: &str) -> bool {
+    use ring::digest::{digest, SHA256};
+    let given = digest(&SHA256, given.as_bytes());
+    let expected = digest(&SHA256, expected.as_bytes());
+    bool::from(given.as_ref().ct_eq(expected.as_ref()))
 }
 
 #[derive(Deserialize)]
@@ -420,6 +429,14 @@ mod tests {
             ("sec-fetch-site", "cross-site")
         ]))
         .is_err());
+    }
+
+    #[test]
+    fn passwords_compare_whole() {
+        assert!(same_password("correct horse", "correct horse"));
+        assert!(!same_password("correct hors", "correct horse"));
+        assert!(!same_password("correct horsE", "correct horse"));
+        assert!(!same_password("", "correct horse"));
     }
 
     #[test]
