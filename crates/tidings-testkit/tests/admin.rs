@@ -385,3 +385,42 @@ async fn the_tail_works_on_every_engine() -> anyhow::Result<()> {
     tail_sees_publications(&server).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn an_open_tail_ends_when_the_node_shuts_down() -> anyhow::Result<()> {
+    let mut server = TidingsServer::builder()
+        .config_json(config(secured()))
+        .start()
+        .await?;
+    let base = format!("{}/admin/admin", server.http_url());
+    let token = login(&base).await?;
+    let mut response = reqwest::Client::new()
+        .get(format!("{base}/tail?channel=shutdown"))
+        .header("Authorization", format!("token {token}"))
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 200);
+    server.sigterm()?;
+    let mut parser = SseParser::new();
+    let deadline = Instant::now() + WAIT;
+    let end = loop {
+        if let Some(event) = std::iter::from_fn(|| parser.pop()).find(|e| e.event_type == "end") {
+            break event;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, response.chunk()).await {
+            Ok(Ok(Some(bytes))) => parser.feed(&bytes),
+            Ok(Ok(None)) => anyhow::bail!("the tail closed without an end event"),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => anyhow::bail!("the tail did not end within {WAIT:?}"),
+        }
+    };
+    assert_eq!(
+        serde_json::from_str::<Value>(&end.data)?["reason"],
+        "shutdown"
+    );
+    // The open tail does not hold the shutdown up.
+    let status = server.wait_exit(WAIT).await?;
+    assert!(status.success(), "{status:?}");
+    Ok(())
+}
