@@ -424,3 +424,47 @@ async fn an_open_tail_ends_when_the_node_shuts_down() -> anyhow::Result<()> {
     assert!(status.success(), "{status:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_node_serves_at_most_sixteen_tails() -> anyhow::Result<()> {
+    let server = TidingsServer::builder()
+        .config_json(config(secured()))
+        .start()
+        .await?;
+    let base = format!("{}/admin/admin", server.http_url());
+    let bearer = format!("token {}", login(&base).await?);
+    let http = reqwest::Client::new();
+    let open = |n: usize| {
+        http.get(format!("{base}/tail?channel=busy-{n}"))
+            .header("Authorization", &bearer)
+            .timeout(WAIT)
+            .send()
+    };
+    let mut tails = Vec::new();
+    for n in 0..16 {
+        let response = open(n).await?;
+        assert_eq!(response.status().as_u16(), 200, "tail {n}");
+        tails.push(response);
+    }
+    let response = open(16).await?;
+    assert_eq!(response.status().as_u16(), 503);
+    assert_eq!(
+        response.text().await?,
+        "too many live tails are open on this node"
+    );
+    // A closed tail frees its place.
+    drop(tails.pop());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let response = open(17).await?;
+        if response.status().as_u16() == 200 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the closed tail's place never came free"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
