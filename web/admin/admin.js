@@ -4,6 +4,10 @@
 // never as HTML, so a channel name or a payload cannot run script here.
 
 const TOKEN_KEY = 'tidings-admin-token';
+// Rows the page draws at most, so a channel with a crowd or a node with many
+// channels does not stall the browser; a note says how many were left out.
+const MAX_CHANNEL_ROWS = 1000;
+const MAX_PRESENCE_ROWS = 500;
 const $ = (id) => document.getElementById(id);
 
 const state = {
@@ -213,7 +217,7 @@ async function loadChannels() {
   const names = Object.keys(channels).sort();
   const body = $('channels-table').tBodies[0];
   body.replaceChildren();
-  for (const name of names) {
+  for (const name of names.slice(0, MAX_CHANNEL_ROWS)) {
     const row = document.createElement('tr');
     row.dataset.channel = name;
     row.classList.toggle('selected', name === state.channel);
@@ -222,7 +226,13 @@ async function loadChannels() {
     row.addEventListener('click', () => openChannel(name));
     body.append(row);
   }
-  $('channels-empty').hidden = names.length > 0;
+  const empty = $('channels-empty');
+  if (names.length > MAX_CHANNEL_ROWS) {
+    empty.textContent = `Showing ${MAX_CHANNEL_ROWS} of ${names.length} channels: narrow them with a pattern.`;
+  } else {
+    empty.textContent = 'No channel has subscribers.';
+  }
+  empty.hidden = names.length > 0 && names.length <= MAX_CHANNEL_ROWS;
 }
 
 $('channel-filter').addEventListener('submit', (event) => {
@@ -264,7 +274,7 @@ async function loadPresence(name) {
   const users = new Set(clients.map((c) => c.user));
   $('detail-stats').textContent = `${clients.length} client${clients.length === 1 ? '' : 's'}, ${users.size} user${users.size === 1 ? '' : 's'}`;
   body.replaceChildren();
-  for (const client of clients) {
+  for (const client of clients.slice(0, MAX_PRESENCE_ROWS)) {
     const row = document.createElement('tr');
     row.dataset.user = client.user;
     row.dataset.client = client.client;
@@ -288,6 +298,9 @@ async function loadPresence(name) {
   }
   if (clients.length === 0) {
     note.textContent = 'Nobody is present.';
+    note.hidden = false;
+  } else if (clients.length > MAX_PRESENCE_ROWS) {
+    note.textContent = `Showing ${MAX_PRESENCE_ROWS} of ${clients.length} clients.`;
     note.hidden = false;
   }
 }
