@@ -41,8 +41,8 @@ enum Command {
     /// Load and validate a configuration, then print it as JSON. Unknown keys are
     /// listed on stderr. Exits with status 2, naming each, when settings are insecure:
     /// client.insecure, skipped token signature checks, an HMAC secret under 32
-    /// bytes, JWKS over plain http to another host, or http_api.insecure on a
-    /// non-loopback address.
+    /// bytes, JWKS over plain http to another host, http_api.insecure or
+    /// admin.insecure on a non-loopback address, or an admin.secret under 32 bytes.
     CheckConfig {
         /// Config file (.json, .toml, .yaml).
         #[arg(long, short)]
@@ -337,7 +337,15 @@ async fn run(config: Config, development: bool) -> anyhow::Result<()> {
         Some(_) => tidings::server::client_router(&node),
         None => tidings::server::router(&node),
     };
-    let public_app = public_app.merge(web::demo_routes());
+    // The admin UI at the root of the public listener takes `/` from the demo.
+    let admin_at_root = node.config().admin.enabled
+        && node.config().admin.prefix().is_empty()
+        && internal.is_none();
+    let public_app = if admin_at_root {
+        public_app
+    } else {
+        public_app.merge(web::demo_routes())
+    };
     #[cfg(feature = "autobahn-echo")]
     let public_app = {
         tracing::warn!(

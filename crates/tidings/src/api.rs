@@ -174,6 +174,30 @@ pub async fn handler(
     })
 }
 
+/// Runs one API method for another caller of the node (the admin UI), which has
+/// done its own authentication: the answer is the body `/api/<method>` would
+/// send, `{"result": …}` or `{"error": …}`. `batch` is not offered here. Counted
+/// and timed in the API metrics like a request to `/api/<method>`.
+///
+/// # Errors
+/// [`ApiError::UnknownMethod`] and [`ApiError::BadBody`], as the API answers them.
+pub async fn execute(node: &Node, method: &str, params: Value) -> Result<Value, ApiError> {
+    if !params.is_object() {
+        return Err(ApiError::BadBody("params must be a JSON object".into()));
+    }
+    if method == "batch" || !crate::metrics::API_METHODS.contains(&method) {
+        return Err(ApiError::UnknownMethod(method.to_owned()));
+    }
+    node.metrics().api_command(method);
+    let started = std::time::Instant::now();
+    let outcome = call(node, method, params).await;
+    node.metrics().api_duration(method, started.elapsed());
+    Ok(match outcome? {
+        Ok(result) => json!({ "result": result }),
+        Err(error) => json!({ "error": error }),
+    })
+}
+
 fn http_status(code: u32) -> StatusCode {
     match code {
         102 | 104 => StatusCode::NOT_FOUND,

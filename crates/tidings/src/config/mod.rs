@@ -19,6 +19,7 @@
 //! - `client.rs`: `client.*`: origins, tokens, timeouts, limits, the command budget.
 //! - `channel.rs`: `channel.*`: names, namespaces, [`ChannelOptions`].
 //! - `api.rs`: `http_api`.
+//! - `admin.rs`: `admin`, the admin web UI.
 //! - `proxy.rs`: the backend proxies' shape ([`ProxyConfig`]), `client.proxy`,
 //!   `channel.proxy`, the `proxies` list, the personal channel.
 //! - `rpc.rs`: `rpc.*`: RPC namespaces and their proxy.
@@ -42,6 +43,7 @@ use figment::providers::{Format, Json, Serialized, Toml, Yaml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+mod admin;
 mod api;
 mod channel;
 mod client;
@@ -63,6 +65,7 @@ mod transports;
 mod validate;
 mod webhooks;
 
+pub use admin::AdminConfig;
 pub use api::HttpApiConfig;
 pub use channel::{ChannelConfig, ChannelOptions, Namespace};
 pub use client::{ClientConfig, CommandRateLimitConfig, SubscriptionTokenConfig, TokenConfig};
@@ -135,6 +138,9 @@ pub struct Config {
     pub online_status: OnlineStatusConfig,
     /// OTLP traces of server API and proxy calls.
     pub opentelemetry: OpenTelemetryConfig,
+    /// The admin web UI: nodes, channels, presence, history, a live tail, publish
+    /// and disconnect, behind a password login.
+    pub admin: AdminConfig,
     /// Keys in the file that Tidings does not know (typos, or Centrifugo features it
     /// lacks). Not a configuration key: filled by [`Config::load`] for a warning.
     #[serde(skip)]
