@@ -228,11 +228,18 @@ per_engine_tests!(
     offline_within_the_presence_ttl_after_kill_9,
 );
 
-/// Off by default: `user_status` answers 108, and a webhook cannot ask for
-/// `user_online` without it (the configuration is refused).
+/// Off by default: `user_status` answers 108.
 #[tokio::test]
 async fn without_online_status_the_api_answers_108() -> anyhow::Result<()> {
-    let server = TidingsServer::start().await?;
+    // A configuration file without `online_status` (the development profile has it on).
+    let server = TidingsServer::builder()
+        .config_json(tidings_testkit::profile::open_config(
+            "api-key",
+            CLUSTER_SECRET,
+        ))
+        .api_key("api-key")
+        .start()
+        .await?;
     let key = server.api_key().context("no API key")?;
     let (code, body) = server
         .api_raw(

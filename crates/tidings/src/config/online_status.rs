@@ -116,4 +116,19 @@ mod tests {
         off.online_status.enabled = false;
         assert_eq!(validate_online_status(&off), Ok(()));
     }
+
+    #[test]
+    fn user_webhooks_need_online_status() {
+        let mut config = config(1);
+        config.online_status.enabled = false;
+        config.webhooks.push(crate::config::WebhookConfig {
+            name: "app".into(),
+            events: vec!["user_online".into()],
+            ..Default::default()
+        });
+        let err = validate_online_status(&config).unwrap_err();
+        assert!(err.contains("online_status.enabled"), "{err}");
+        config.online_status.enabled = true;
+        assert_eq!(validate_online_status(&config), Ok(()));
+    }
 }
