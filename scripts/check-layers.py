@@ -21,7 +21,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "crates", 
 # segment after `crate::`, or `node::cluster` style pairs) it must never use.
 FRONT_DOORS = ["session", "socketio"]
 TRANSPORTS = ["transport"]
-OUTER = ["api", "server"]
+OUTER = ["api", "server", "admin"]
 LAYERS = [
     ("config", ["config.rs", "config/", "tls.rs"],
      ["auth", "node", "hub", "connection", "outbox", "engine", "broker", "presence", "occupancy",

@@ -9,6 +9,9 @@
 // - POST /tidings/publish: stores each chat message in SQLite, trims it, and
 //   publishes the stored copy (with its row id and author) instead.
 // - POST /tidings/rpc: `history` returns the last messages of a room.
+// - POST /tidings/webhooks: Tidings' webhooks (Pusher's envelope), checked with
+//   Pusher's own Node library; each event is stored once by its `id` (a retried
+//   batch may come again) and the `online` table keeps who is in which room.
 //
 // The bodies are Centrifugo's proxy protocol (see docs/proxy.md).
 //
@@ -17,6 +20,7 @@
 import http from 'node:http';
 import { parseArgs } from 'node:util';
 import Database from 'better-sqlite3';
+import Pusher from 'pusher';
 
 const MAX_TEXT = 1000;
 const MAX_BODY = 64 * 1024;
@@ -34,6 +38,10 @@ export function userFromCookie(header) {
 
 const now = () => Math.floor(Date.now() / 1000);
 
+// The `key` and `secret` of the webhook in tidings.toml.
+const WEBHOOK_KEY = process.env.WEBHOOK_KEY ?? 'example-webhook-key';
+const WEBHOOK_SECRET = process.env.WEBHOOK_SECRET ?? 'example-webhook-secret-change-me';
+
 /**
  * The backend's HTTP server (not listening yet). `sessionSeconds`: how long a
  * sign-in or a refresh lasts.
@@ -47,6 +55,40 @@ export function createApp(dbPath, { sessionSeconds = 600 } = {}) {
   const recent = db.prepare(
     'SELECT id, author, text FROM messages WHERE room = ? ORDER BY id DESC LIMIT 50',
   );
+  db.exec(`CREATE TABLE IF NOT EXISTS webhook_events (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, channel TEXT, user_id TEXT,
+    event TEXT, data TEXT, at INTEGER NOT NULL)`);
+  db.exec(`CREATE TABLE IF NOT EXISTS online (
+    channel TEXT NOT NULL, user_id TEXT NOT NULL, PRIMARY KEY (channel, user_id))`);
+  const storeEvent = db.prepare(
+    `INSERT OR IGNORE INTO webhook_events (id, name, channel, user_id, event, data, at)
+     VALUES (@id, @name, @channel, @user_id, @event, @data, @at)`,
+  );
+  const cameOnline = db.prepare('INSERT OR IGNORE INTO online (channel, user_id) VALUES (?, ?)');
+  const wentOffline = db.prepare('DELETE FROM online WHERE channel = ? AND user_id = ?');
+  // Only the key and secret matter for checking webhooks; appId and cluster are unused.
+  const pusher = new Pusher({
+    appId: 'tidings',
+    key: WEBHOOK_KEY,
+    secret: WEBHOOK_SECRET,
+    cluster: 'local',
+  });
+  const applyEvents = db.transaction((events) => {
+    for (const e of events) {
+      const fresh = storeEvent.run({
+        id: String(e.id),
+        name: String(e.name),
+        channel: e.channel ?? null,
+        user_id: e.user_id ?? null,
+        event: e.event ?? null,
+        data: e.data ?? e.b64data ?? null,
+        at: now(),
+      }).changes;
+      if (!fresh) continue; // a retried batch: already applied
+      if (e.name === 'member_added') cameOnline.run(e.channel, e.user_id);
+      if (e.name === 'member_removed') wentOffline.run(e.channel, e.user_id);
+    }
+  });
 
   const handlers = {
     '/tidings/connect': (body, req) => {
@@ -88,20 +130,36 @@ export function createApp(dbPath, { sessionSeconds = 600 } = {}) {
     },
   };
 
+  // Webhooks are checked on the raw body: the signature covers its exact bytes.
+  const webhooks = (raw, req) => {
+    const hook = pusher.webhook({ headers: req.headers, rawBody: raw });
+    if (!hook.isValid()) return { status: 401, body: 'bad signature' };
+    applyEvents(hook.getEvents());
+    return { status: 200, body: '' };
+  };
+
   const server = http.createServer((req, res) => {
     const handler = handlers[req.url];
-    if (req.method !== 'POST' || !handler) {
+    const isWebhook = req.url === '/tidings/webhooks';
+    if (req.method !== 'POST' || (!handler && !isWebhook)) {
       res.writeHead(404).end();
       return;
     }
+    // A batch of webhooks (up to 100 client events) may be larger than a proxy call.
+    const maxBody = isWebhook ? 16 * MAX_BODY : MAX_BODY;
     let size = 0;
     const chunks = [];
     req.on('data', (chunk) => {
       size += chunk.length;
-      if (size > MAX_BODY) req.destroy();
+      if (size > maxBody) req.destroy();
       else chunks.push(chunk);
     });
     req.on('end', () => {
+      if (isWebhook) {
+        const { status, body } = webhooks(Buffer.concat(chunks).toString('utf8'), req);
+        res.writeHead(status).end(body);
+        return;
+      }
       let answer;
       try {
         answer = handler(JSON.parse(Buffer.concat(chunks).toString('utf8')), req);
@@ -113,6 +171,11 @@ export function createApp(dbPath, { sessionSeconds = 600 } = {}) {
     });
   });
   server.on('close', () => db.close());
+  /** What the webhooks told so far: every event once, and who is online where. */
+  server.webhookState = () => ({
+    events: db.prepare('SELECT * FROM webhook_events ORDER BY at, id').all(),
+    online: db.prepare('SELECT channel, user_id FROM online ORDER BY channel, user_id').all(),
+  });
   return server;
 }
 

@@ -115,6 +115,14 @@ function waitOnline(person, names) {
   }, names, { timeout: WAIT, message: `${person.nick} to see exactly ${names.join(', ')} online` });
 }
 
+/** Waits until `person` lists `name` under "Recently here" as `status`, its label matching `label`. */
+function waitRecent(person, name, status, label) {
+  return waitInPage(person.page, ([n, st, re]) => {
+    const li = [...document.querySelectorAll('[data-testid="recent-user"]')].find((e) => e.dataset.name === n);
+    return !!li && li.dataset.status === st && new RegExp(re).test(li.textContent);
+  }, [name, status, label.source], { timeout: WAIT, message: `${person.nick} to see ${name} ${status} under "Recently here"` });
+}
+
 /** Waits until `person`'s typing line names `name` ("Bob is typing…", "Alice and Bob are typing…"). */
 function waitTyping(person, name) {
   return waitInPage(person.page, (n) => {
@@ -270,8 +278,21 @@ async function scenario(t) {
   await screenshots('nextjs-after-restart');
   t.diagnostic(`screenshots in ${ARTIFACTS}`);
 
-  assert.deepEqual(pageErrors, [], 'no uncaught errors or hydration mismatches in the pages');
   for (const p of everyone) assert.equal(await badgeState(p), 'connected');
   for (const p of everyone) assert.equal(await p.page.getByTestId('badge').getAttribute('data-lost'), 'false');
-  for (const p of everyone) await p.context.close();
+
+  // Online status (useOnlineStatus): Bob leaves the app (a closed WebSocket is noticed at
+  // once; a long-polling page is only noticed at its session timeout), Carol goes to
+  // another room. Alice sees both under "Recently here": Bob offline with a last-seen
+  // time, Carol online elsewhere.
+  await bob.context.close();
+  const otherRoom = await carol.page.locator('aside .rooms li:not(.current) a').first();
+  await otherRoom.click();
+  await waitBadge(carol, 'connected');
+  await waitRecent(alice, 'Bob', 'offline', /last seen just now/);
+  await waitRecent(alice, 'Carol', 'online', /online/);
+  await screenshots('nextjs-online-status');
+
+  assert.deepEqual(pageErrors, [], 'no uncaught errors or hydration mismatches in the pages');
+  for (const p of [alice, carol, dave]) await p.context.close();
 }

@@ -52,7 +52,7 @@ async function startBackendAndServer(t, { sessionSeconds = 600 } = {}) {
   const file = path.join(dir, 'tidings.toml');
   writeFileSync(file, config);
   const server = await startServer({ t, args: ['--config', file] });
-  return { server, hits };
+  return { server, hits, backend };
 }
 
 test('centrifuge-js signs in by cookie; the backend allows, refuses, rewrites and answers', async (t) => {
@@ -159,4 +159,32 @@ test('socket.io-client signs in by cookie, joins and publishes through the proxi
   t.after(() => stranger.close());
   const err = await new Promise((resolve) => stranger.once('connect_error', resolve));
   assert.equal(err.data?.code, 4501, String(err));
+});
+
+test('webhooks reach the Node backend and pass Pusher\'s own check (pusher for Node)', async (t) => {
+  const { server, backend } = await startBackendAndServer(t);
+  const { client: bob } = await connectClient(server.wsUrl, {
+    t,
+    websocket: cookieSocket('session=bob'),
+  });
+  await subscribe(bob, 'chat:hooks');
+  await bob.publish('chat:hooks', { text: 'ping' });
+  const named = (name) => backend.webhookState().events.filter((e) => e.name === name);
+  await waitFor(() => named('client_event').length === 1, { message: 'client_event' });
+  await waitFor(() => named('member_added').length === 1, { message: 'member_added' });
+  await waitFor(() => named('channel_occupied').length === 1, { message: 'channel_occupied' });
+  const published = named('client_event')[0];
+  assert.equal(published.channel, 'chat:hooks');
+  assert.equal(published.user_id, 'bob');
+  // The webhook tells what was published: the publish proxy's stored copy.
+  assert.deepEqual(JSON.parse(published.data), { id: 1, author: 'bob', text: 'ping' });
+  assert.deepEqual(backend.webhookState().online, [{ channel: 'chat:hooks', user_id: 'bob' }]);
+
+  bob.disconnect();
+  await waitFor(() => named('channel_vacated').length === 1, { message: 'channel_vacated' });
+  await waitFor(() => named('member_removed').length === 1, { message: 'member_removed' });
+  assert.deepEqual(backend.webhookState().online, []);
+  // Each event once, each with its own id.
+  const ids = backend.webhookState().events.map((e) => e.id);
+  assert.equal(new Set(ids).size, ids.length);
 });

@@ -14,6 +14,7 @@ use tidings::{Config, Node};
 #[cfg(feature = "autobahn-echo")]
 mod autobahn;
 mod bench;
+mod otel;
 mod web;
 
 /// How long `serve` waits for the engine's broker before it accepts clients.
@@ -40,8 +41,8 @@ enum Command {
     /// Load and validate a configuration, then print it as JSON. Unknown keys are
     /// listed on stderr. Exits with status 2, naming each, when settings are insecure:
     /// client.insecure, skipped token signature checks, an HMAC secret under 32
-    /// bytes, JWKS over plain http to another host, or http_api.insecure on a
-    /// non-loopback address.
+    /// bytes, JWKS over plain http to another host, http_api.insecure or
+    /// admin.insecure on a non-loopback address, or an admin.secret under 32 bytes.
     CheckConfig {
         /// Config file (.json, .toml, .yaml).
         #[arg(long, short)]
@@ -264,7 +265,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(p) = args.port {
         config.http_server.port = p;
     }
-    init_tracing(&config.log.level);
+    let traces = init_tracing(&config.log.level, &config.opentelemetry)?;
+    if traces.is_some() && !config.opentelemetry.api && !config.opentelemetry.proxy {
+        tracing::warn!("opentelemetry.enabled without opentelemetry.api or opentelemetry.proxy: nothing is traced");
+    }
     for key in &config.unknown_keys {
         tracing::warn!(key, "unknown configuration key ignored");
     }
@@ -276,10 +280,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.http_api.key = random_key();
         announce(&format!("server API key: {}", config.http_api.key));
     }
-    tokio::runtime::Builder::new_multi_thread()
+    let served = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(run(config, development))
+        .block_on(run(config, development));
+    if let Some(provider) = traces {
+        // The last batch of spans goes out before the process ends.
+        if let Err(e) = provider.shutdown() {
+            tracing::warn!(error = %e, "opentelemetry: spans not flushed at exit");
+        }
+    }
+    served
 }
 
 async fn run(config: Config, development: bool) -> anyhow::Result<()> {
@@ -326,7 +337,15 @@ async fn run(config: Config, development: bool) -> anyhow::Result<()> {
         Some(_) => tidings::server::client_router(&node),
         None => tidings::server::router(&node),
     };
-    let public_app = public_app.merge(web::demo_routes());
+    // The admin UI at the root of the public listener takes `/` from the demo.
+    let admin_at_root = node.config().admin.enabled
+        && node.config().admin.prefix().is_empty()
+        && internal.is_none();
+    let public_app = if admin_at_root {
+        public_app
+    } else {
+        public_app.merge(web::demo_routes())
+    };
     #[cfg(feature = "autobahn-echo")]
     let public_app = {
         tracing::warn!(
@@ -414,18 +433,35 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + S
     })
 }
 
-fn init_tracing(level: &str) {
+/// Logs to stderr; with `opentelemetry.enabled`, also the spans for OTLP. Returns
+/// the trace exporter, to be flushed at exit.
+fn init_tracing(
+    level: &str,
+    opentelemetry: &tidings::config::OpenTelemetryConfig,
+) -> anyhow::Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
     let level = if level == "none" { "off" } else { level };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},tidings={level}")));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let logs = tracing_subscriber::fmt::layer()
         // A closed stderr (the reader of a pipe went away) must not turn a log line
         // into a panic, least of all on the shutdown path.
         .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
-        .init();
+        .with_filter(filter)
+        .boxed();
+    let mut layers = vec![logs];
+    let mut provider = None;
+    if opentelemetry.enabled {
+        let traces = otel::traces()?;
+        layers.push(traces.layer);
+        provider = Some(traces.provider);
+    }
+    tracing_subscriber::registry().with(layers).init();
+    Ok(provider)
 }
 
 /// Prints a line on stdout for people and scripts. A closed stdout is ignored rather

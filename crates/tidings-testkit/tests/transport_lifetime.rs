@@ -68,7 +68,9 @@ async fn long_poll_session_without_polls_is_closed_after_the_session_timeout() -
 {
     let server = TidingsServer::builder()
         .env("TIDINGS_LONG_POLL_HOLD", "500ms")
-        .env("TIDINGS_LONG_POLL_SESSION_TIMEOUT", "1s")
+        // Long enough that a session is not closed between two of its polls when
+        // the machine is loaded (a probe then got the session's close, 3000).
+        .env("TIDINGS_LONG_POLL_SESSION_TIMEOUT", "3s")
         .start()
         .await?;
     // The watcher polls all along (holds of 500 ms), so it outlives the
@@ -272,7 +274,9 @@ async fn abandon_polls(addr: SocketAddr, http: reqwest::Client) -> anyhow::Resul
 async fn ten_thousand_abandoned_polls_leave_no_session_behind() -> anyhow::Result<()> {
     let server = TidingsServer::builder()
         .env("TIDINGS_LONG_POLL_HOLD", "500ms")
-        .env("TIDINGS_LONG_POLL_SESSION_TIMEOUT", "1s")
+        // Long enough that a session is not closed between two of its polls when
+        // the machine is loaded (a probe then got the session's close, 3000).
+        .env("TIDINGS_LONG_POLL_SESSION_TIMEOUT", "3s")
         .start()
         .await?;
     let addr = server.addr();
@@ -299,7 +303,7 @@ async fn ten_thousand_abandoned_polls_leave_no_session_behind() -> anyhow::Resul
 
     // Nobody polls any more: every session times out.
     eventually(
-        Duration::from_secs(10),
+        Duration::from_secs(15),
         "sessions back to the baseline",
         || async { Ok(server.connections_gauge().await? == baseline) },
     )
@@ -361,6 +365,10 @@ async fn a_second_concurrent_poll_gets_409_and_the_first_still_returns_its_messa
         // The first poll is completely written before the second starts.
         let first =
             raw_http::start_request(addr, "GET", &poll_path(&session, cursor), &[], "").await?;
+        // Give the server time to take the first before the second arrives: when
+        // the second gets there first instead (a loaded machine), this round
+        // costs a whole hold, and only a few fit before the deadline.
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let second =
             raw_http::start_request(addr, "GET", &poll_path(&session, cursor), &[], "").await?;
         let second = raw_http::read_response(second, HOLD * 2).await?;

@@ -409,3 +409,72 @@ async fn hostile_receivers_cost_clients_nothing_and_events_arrive_after_recovery
     );
     Ok(())
 }
+
+/// With online status on, a user's first connection and last one are told as
+/// `user_online` and `user_offline` (no channel), once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_online_and_offline_are_told_once() -> anyhow::Result<()> {
+    let receiver = Receiver::start().await?;
+    let mut config = open_config("api-key", CLUSTER_SECRET);
+    merge(
+        &mut config,
+        &json!({
+            "client": {"presence_update_interval": "1s"},
+            "online_status": {"enabled": true},
+            "webhooks": [webhook(&receiver.url, &["user_online", "user_offline"])],
+        }),
+    );
+    config["channel"]["namespaces"] = json!([{
+        "name": "status", "history_size": 1, "history_ttl": "1h",
+    }]);
+    let node = TidingsServer::builder()
+        .config_json(config)
+        .api_key("api-key")
+        .start()
+        .await?;
+    let told = |name: &str| {
+        receiver
+            .events()
+            .into_iter()
+            .filter(|e| e["name"] == name && e["user_id"] == "eve")
+            .count()
+    };
+    let first = user_client(&node, "eve").await?;
+    let second = user_client(&node, "eve").await?;
+    let deadline = Instant::now() + WAIT;
+    while told("user_online") == 0 {
+        ensure!(
+            Instant::now() < deadline,
+            "no user_online: {:?}",
+            receiver.events()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.close().await?;
+    second.close().await?;
+    while told("user_offline") == 0 {
+        ensure!(
+            Instant::now() < deadline,
+            "no user_offline: {:?}",
+            receiver.events()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Past two refresh periods, still once each; user events carry no channel.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ensure!(
+        told("user_online") == 1 && told("user_offline") == 1,
+        "{:?}",
+        receiver.events()
+    );
+    ensure!(
+        receiver.events().iter().all(|e| e.get("channel").is_none()),
+        "{:?}",
+        receiver.events()
+    );
+    ensure!(
+        receiver.invalid() == 0,
+        "a request failed the Pusher checks"
+    );
+    Ok(())
+}

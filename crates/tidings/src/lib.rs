@@ -30,7 +30,9 @@
 //! - [`config`] is data: the typed configuration with Centrifugo's key names, one
 //!   file per section, loaded from TOML, YAML or JSON and `TIDINGS_*` variables. It
 //!   uses no other module; [`auth`] checks its token keys and [`tls`] its certificates.
-//! - [`api`] is the Centrifugo-compatible server HTTP API.
+//! - [`api`] is the Centrifugo-compatible server HTTP API; [`admin`] the admin web
+//!   UI on top of it (login, live tail, masked configuration), whose pages go out
+//!   with the headers of [`web`].
 //! - [`server`] puts the routes together and runs them with graceful shutdown, a
 //!   header read timeout and, with [`tls`], https:// and wss://; [`request_body`]
 //!   gives every request body a deadline.
@@ -54,6 +56,7 @@
 //! # }
 //! ```
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod broker;
@@ -77,6 +80,7 @@ pub mod session;
 pub mod socketio;
 pub mod tls;
 pub mod transport;
+pub mod web;
 pub mod webhook;
 
 pub use config::Config;

@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder};
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use parking_lot::Mutex;
 use tidings_protocol::command::Method;
@@ -28,7 +30,7 @@ const METHODS: [Method; 12] = [
 ];
 
 /// The API methods, as metric labels.
-pub const API_METHODS: [&str; 13] = [
+pub const API_METHODS: [&str; 14] = [
     "publish",
     "refresh",
     "broadcast",
@@ -42,6 +44,34 @@ pub const API_METHODS: [&str; 13] = [
     "channels",
     "info",
     "batch",
+    "user_status",
+];
+
+/// Upper bounds (seconds) of the buckets of every latency histogram: 50 µs to
+/// 10 s, about three per decade.
+pub const LATENCY_BUCKETS: [f64; 16] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 10.0,
+];
+
+/// The engine calls timed by `tidings_engine_call_duration_seconds`.
+pub const ENGINE_OPS: [&str; 6] = [
+    "publish",
+    "publish_batch",
+    "history",
+    "remove_history",
+    "presence",
+    "presence_stats",
+];
+
+/// The proxy calls timed by `tidings_proxy_call_duration_seconds`.
+pub const PROXY_EVENTS: [&str; 6] = [
+    "connect",
+    "refresh",
+    "subscribe",
+    "publish",
+    "sub_refresh",
+    "rpc",
 ];
 
 pub struct Metrics {
@@ -69,6 +99,18 @@ pub struct Metrics {
     disconnects: Mutex<HashMap<u32, Counter>>,
     /// Mirror of the subscriptions gauge, readable for `/api/info`.
     subs: AtomicI64,
+    /// `tidings_api_request_duration_seconds{method}`.
+    api_durations: HashMap<&'static str, Histogram>,
+    /// `tidings_engine_call_duration_seconds{op}`.
+    engine_durations: HashMap<&'static str, Histogram>,
+    /// `tidings_proxy_call_duration_seconds{event}`.
+    proxy_durations: HashMap<&'static str, Histogram>,
+    /// `tidings_fanout_duration_seconds`: from a publication reaching the hub to
+    /// its push queued for every local subscriber.
+    pub fanout_duration: Histogram,
+    /// `tidings_outbox_wait_seconds`: from a push landing in a connection's empty
+    /// queue to its writer taking the queue to write it.
+    pub outbox_wait: Histogram,
 }
 
 fn meta() -> Metadata<'static> {
@@ -83,7 +125,12 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        // Every histogram here measures seconds, so one bucket list serves them all
+        // (without buckets the exporter would render summaries).
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&LATENCY_BUCKETS)
+            .unwrap_or_else(|_| PrometheusBuilder::new())
+            .build_recorder();
         let handle = recorder.handle();
         let m = meta();
         let counter = |name: &'static str, labels: Vec<Label>| {
@@ -130,6 +177,28 @@ impl Metrics {
                 )
             })
             .collect();
+        let histogram = |name: &'static str, labels: Vec<Label>| {
+            recorder.register_histogram(&Key::from_parts(name, labels), &m)
+        };
+        let by_label = |name: &'static str, label: &'static str, values: &[&'static str]| {
+            values
+                .iter()
+                .map(|v| (*v, histogram(name, vec![Label::new(label, *v)])))
+                .collect::<HashMap<_, _>>()
+        };
+        let api_durations = by_label(
+            "tidings_api_request_duration_seconds",
+            "method",
+            &API_METHODS,
+        );
+        let engine_durations = by_label("tidings_engine_call_duration_seconds", "op", &ENGINE_OPS);
+        let proxy_durations = by_label(
+            "tidings_proxy_call_duration_seconds",
+            "event",
+            &PROXY_EVENTS,
+        );
+        let fanout_duration = histogram("tidings_fanout_duration_seconds", vec![]);
+        let outbox_wait = histogram("tidings_outbox_wait_seconds", vec![]);
         Self {
             recorder,
             handle,
@@ -147,7 +216,39 @@ impl Metrics {
             api_commands,
             disconnects: Mutex::new(HashMap::new()),
             subs: AtomicI64::new(0),
+            api_durations,
+            engine_durations,
+            proxy_durations,
+            fanout_duration,
+            outbox_wait,
         }
+    }
+
+    /// A server API call of `method` took `took`.
+    pub fn api_duration(&self, method: &str, took: Duration) {
+        if let Some(h) = self.api_durations.get(method) {
+            h.record(took.as_secs_f64());
+        }
+    }
+
+    /// An engine call (one of [`ENGINE_OPS`]) took `took`.
+    pub fn engine_duration(&self, op: &'static str, took: Duration) {
+        if let Some(h) = self.engine_durations.get(op) {
+            h.record(took.as_secs_f64());
+        }
+    }
+
+    /// A backend proxy call (one of [`PROXY_EVENTS`]) took `took`.
+    pub fn proxy_duration(&self, event: &'static str, took: Duration) {
+        if let Some(h) = self.proxy_durations.get(event) {
+            h.record(took.as_secs_f64());
+        }
+    }
+
+    /// Folds the histograms' recent samples into their buckets, so they do not
+    /// grow between scrapes; the node calls it on a timer.
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
     }
 
     pub fn subscription_added(&self) {

@@ -12,7 +12,11 @@
 
 use std::collections::VecDeque;
 
+use std::sync::OnceLock;
+use std::time::Instant;
+
 use bytes::Bytes;
+use metrics::Histogram;
 use parking_lot::Mutex;
 use tidings_protocol::Disconnect;
 use tokio::sync::Notify;
@@ -27,6 +31,9 @@ pub struct Outbox {
     /// Fired on any close, flushing or not, so the session stops reading.
     closed: CancellationToken,
     max_bytes: usize,
+    /// Where the wait of each batch is recorded (the node's
+    /// `tidings_outbox_wait_seconds`), once the connection is registered.
+    wait: OnceLock<Histogram>,
 }
 
 struct State {
@@ -34,6 +41,8 @@ struct State {
     bytes: usize,
     /// Set once: the disconnect to send after the queued items (if any remain).
     close: Option<Disconnect>,
+    /// When the oldest queued item arrived (only while a wait histogram is set).
+    since: Option<Instant>,
 }
 
 /// What the writer should do next.
@@ -51,11 +60,19 @@ impl Outbox {
                 items: VecDeque::new(),
                 bytes: 0,
                 close: None,
+                since: None,
             }),
             notify: Notify::new(),
             closed: CancellationToken::new(),
             max_bytes,
+            wait: OnceLock::new(),
         }
+    }
+
+    /// From now on, records in `histogram` how long each batch waited: from the
+    /// push that made the queue non-empty to the writer taking it.
+    pub fn record_wait(&self, histogram: Histogram) {
+        let _ = self.wait.set(histogram);
     }
 
     /// Queues one encoded reply or push. Returns `false` when the outbox is closed,
@@ -68,6 +85,7 @@ impl Outbox {
         if st.bytes + item.len() > self.max_bytes {
             st.items.clear();
             st.bytes = 0;
+            st.since = None;
             st.close = Some(Disconnect::slow());
             drop(st);
             self.closed.cancel();
@@ -75,6 +93,9 @@ impl Outbox {
             return false;
         }
         let was_empty = st.items.is_empty();
+        if was_empty && self.wait.get().is_some() {
+            st.since = Some(Instant::now());
+        }
         st.bytes += item.len();
         st.items.push_back(item);
         drop(st);
@@ -109,6 +130,7 @@ impl Outbox {
         if !flush {
             st.items.clear();
             st.bytes = 0;
+            st.since = None;
         }
         st.close = Some(disconnect);
         drop(st);
@@ -167,10 +189,16 @@ impl Outbox {
                         VecDeque::with_capacity(room),
                     ));
                     st.bytes = 0;
-                    return match &st.close {
+                    let since = st.since.take();
+                    let drained = match &st.close {
                         Some(d) => Drained::Close(items, d.clone()),
                         None => Drained::Batch(items),
                     };
+                    drop(st);
+                    if let (Some(since), Some(h)) = (since, self.wait.get()) {
+                        h.record(since.elapsed().as_secs_f64());
+                    }
+                    return drained;
                 }
             }
             self.notify.notified().await;

@@ -71,7 +71,7 @@ pub fn client_router(node: &Node) -> Router {
 }
 
 /// The endpoints for operators and backends, not for the internet: the server API,
-/// `/health` and `/metrics`. `http_server.internal_port` serves them on a listener
+/// `/health`, `/metrics` and, when `admin.enabled`, the admin UI. `http_server.internal_port` serves them on a listener
 /// of their own.
 pub fn internal_router(node: &Node) -> Router {
     let cfg = node.config();
@@ -91,6 +91,9 @@ pub fn internal_router(node: &Node) -> Router {
     }
     if cfg.prometheus.enabled {
         app = app.route("/metrics", get(metrics));
+    }
+    if let Some(admin) = crate::admin::router(node) {
+        app = app.merge(admin);
     }
     explain_wrong_method(app)
         .with_state(node.clone())

@@ -3,7 +3,7 @@
 import Link from 'next/link';
 import { useCallback, useEffect, useRef, useState, useTransition } from 'react';
 import type { FormEvent } from 'react';
-import { TidingsProvider, usePresence, useSubscription, useTidings, useTyping } from '@tidings/react';
+import { TidingsProvider, useOnlineStatus, usePresence, useSubscription, useTidings, useTyping } from '@tidings/react';
 import type { Publication, TransportName } from '@tidings/react';
 
 import { sendMessage } from './actions';
@@ -62,6 +62,25 @@ function names(list: string[]): string {
   return `${list.slice(0, -1).join(', ')} and ${list[list.length - 1]}`;
 }
 
+/** "just now", "5 min ago", "2 h ago", or the date. */
+function ago(at: number, now: number): string {
+  const s = Math.max(0, Math.round((now - at) / 1000));
+  if (s < 60) return 'just now';
+  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+  if (s < 86_400) return `${Math.floor(s / 3600)} h ago`;
+  return new Date(at).toLocaleDateString();
+}
+
+/** The current time, moved on every `ms` (for "last seen … ago"). */
+function useNow(ms: number): number {
+  const [now, setNow] = useState(() => Date.now());
+  useEffect(() => {
+    const timer = setInterval(() => setNow(Date.now()), ms);
+    return () => clearInterval(timer);
+  }, [ms]);
+  return now;
+}
+
 function Room({ room, rooms, me }: ChatProps) {
   const conn = useTidings();
   const chat = useSubscription(`chat:${room}`, { history: 50 });
@@ -112,6 +131,12 @@ function Room({ room, rooms, me }: ChatProps) {
 
   const typists = typing.typists.map((t) => t.name || 'someone');
 
+  // Who wrote here but is not in the room now: online elsewhere, or when last seen.
+  const authors = new Map<string, string>();
+  for (const m of messages) if (m.user && !online.has(m.user)) authors.set(m.user, m.name);
+  const statuses = useOnlineStatus([...authors.keys()]);
+  const now = useNow(30_000);
+
   return (
     <div className="chat">
       <aside>
@@ -132,6 +157,33 @@ function Room({ room, rooms, me }: ChatProps) {
             </li>
           ))}
         </ul>
+        {authors.size > 0 && (
+          <>
+            <h2>Recently here</h2>
+            <ul className="recent" data-testid="recent">
+              {[...authors].map(([user, name]) => {
+                const status = statuses[user];
+                let label = '';
+                if (status?.online) label = 'online';
+                else if (status?.at) label = `last seen ${ago(status.at, now)}`;
+                else if (status?.loaded) label = 'offline';
+                return (
+                  <li
+                    key={user}
+                    data-testid="recent-user"
+                    data-user={user}
+                    data-name={name}
+                    data-status={status?.loaded ? (status.online ? 'online' : 'offline') : ''}
+                  >
+                    <span className={`dot ${status?.online ? 'on' : ''}`} />
+                    {name}
+                    <small> {label}</small>
+                  </li>
+                );
+              })}
+            </ul>
+          </>
+        )}
       </aside>
       <main>
         <header>

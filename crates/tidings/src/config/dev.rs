@@ -56,6 +56,21 @@ impl Config {
                 ..ChannelOptions::default()
             },
         }];
+        // Online status (`status:<user>`): the latest status of each user with a
+        // connection token, kept a day; anyone may follow anyone.
+        cfg.online_status.enabled = true;
+        cfg.channel.namespaces.push(Namespace {
+            name: cfg.online_status.namespace.clone(),
+            options: ChannelOptions {
+                history_size: 1,
+                history_ttl: Duration::from_secs(24 * 3600),
+                allow_subscribe_for_client: true,
+                allow_subscribe_for_anonymous: true,
+                allow_history_for_subscriber: true,
+                allow_history_for_anonymous: true,
+                ..ChannelOptions::default()
+            },
+        });
         cfg
     }
 }

@@ -67,6 +67,23 @@ impl Config {
                 "http_api.insecure serves the server API without a key on {shown}; bind {key} to a loopback address or set http_api.key"
             ));
         }
+        let admin = &self.admin;
+        if admin.enabled && admin.insecure && !is_loopback(api_address) {
+            let shown = if api_address.is_empty() {
+                "every interface".to_string()
+            } else {
+                api_address.to_string()
+            };
+            found.push(format!(
+                "admin.insecure serves the admin UI without a login on {shown}; bind {key} to a loopback address or set admin.password and admin.secret"
+            ));
+        }
+        let len = admin.secret.len();
+        if admin.enabled && !admin.insecure && len < MIN_HMAC_SECRET_LEN {
+            found.push(format!(
+                "admin.secret is {len} bytes long; use at least {MIN_HMAC_SECRET_LEN} random bytes"
+            ));
+        }
         found
     }
 }

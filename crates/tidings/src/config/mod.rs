@@ -19,6 +19,7 @@
 //! - `client.rs`: `client.*`: origins, tokens, timeouts, limits, the command budget.
 //! - `channel.rs`: `channel.*`: names, namespaces, [`ChannelOptions`].
 //! - `api.rs`: `http_api`.
+//! - `admin.rs`: `admin`, the admin web UI.
 //! - `proxy.rs`: the backend proxies' shape ([`ProxyConfig`]), `client.proxy`,
 //!   `channel.proxy`, the `proxies` list, the personal channel.
 //! - `rpc.rs`: `rpc.*`: RPC namespaces and their proxy.
@@ -27,6 +28,8 @@
 //!   `long_poll`.
 //! - `socketio.rs`: `socketio`.
 //! - `webhooks.rs`: the `webhooks` list ([`WebhookConfig`]).
+//! - `online_status.rs`: the `online_status` section ([`OnlineStatusConfig`]).
+//! - `opentelemetry.rs`: the `opentelemetry` section ([`OpenTelemetryConfig`]).
 //! - `dev.rs`: [`Config::development`], the profile used without a file.
 //! - `env.rs`: `TIDINGS_*` overrides ([`ENV_PREFIX`]) and the unknown-key report.
 //! - `validate.rs`: [`Config::validate`].
@@ -40,6 +43,7 @@ use figment::providers::{Format, Json, Serialized, Toml, Yaml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+mod admin;
 mod api;
 mod channel;
 mod client;
@@ -50,6 +54,8 @@ mod doc_keys;
 mod engine;
 mod env;
 mod insecure;
+mod online_status;
+mod opentelemetry;
 pub mod pem;
 mod proxy;
 mod rpc;
@@ -59,6 +65,7 @@ mod transports;
 mod validate;
 mod webhooks;
 
+pub use admin::AdminConfig;
 pub use api::HttpApiConfig;
 pub use channel::{ChannelConfig, ChannelOptions, Namespace};
 pub use client::{ClientConfig, CommandRateLimitConfig, SubscriptionTokenConfig, TokenConfig};
@@ -68,6 +75,8 @@ pub use engine::{
 pub use env::ENV_PREFIX;
 use env::{env_overrides, unknown_keys};
 pub use insecure::{is_loopback, MIN_HMAC_SECRET_LEN};
+pub use online_status::OnlineStatusConfig;
+pub use opentelemetry::{OpenTelemetryConfig, OTEL_TARGET};
 pub use proxy::{
     ChannelProxyConfig, ClientProxyConfig, CodeToDisconnect, ConnectCodeToDisconnect, NamedProxy,
     PersonalChannelConfig, ProxyConfig, ProxyHttpConfig, StatusToCodeTransform,
@@ -124,6 +133,14 @@ pub struct Config {
     /// and removed, client publications), in Pusher's signed envelope. A Tidings
     /// key.
     pub webhooks: Vec<WebhookConfig>,
+    /// Users' online status across the cluster and when they were last seen. A
+    /// Tidings section.
+    pub online_status: OnlineStatusConfig,
+    /// OTLP traces of server API and proxy calls.
+    pub opentelemetry: OpenTelemetryConfig,
+    /// The admin web UI: nodes, channels, presence, history, a live tail, publish
+    /// and disconnect, behind a password login.
+    pub admin: AdminConfig,
     /// Keys in the file that Tidings does not know (typos, or Centrifugo features it
     /// lacks). Not a configuration key: filled by [`Config::load`] for a warning.
     #[serde(skip)]

@@ -69,6 +69,50 @@ impl Config {
         if let Err(e) = super::webhooks::validate_webhooks(&self.webhooks) {
             return bad(e);
         }
+        if let Err(e) = super::online_status::validate_online_status(self) {
+            return bad(e);
+        }
+        let admin = &self.admin;
+        if admin.enabled
+            && !admin.insecure
+            && (admin.password.is_empty() || admin.secret.is_empty())
+        {
+            return bad(
+                "admin.enabled needs admin.password and admin.secret (or admin.insecure)".into(),
+            );
+        }
+        let prefix = admin.prefix();
+        if !prefix.is_empty()
+            && (!prefix.starts_with('/') || prefix.contains(['{', '}', '*', '?', '#', '%', ' ']))
+        {
+            return bad(format!(
+                "admin.handler_prefix {:?} must be empty or a path starting with /",
+                admin.handler_prefix
+            ));
+        }
+        if admin.enabled && !prefix.is_empty() {
+            // The UI's bare prefix redirects to `<prefix>/`; it must not be a path
+            // another endpoint already answers.
+            let taken = [
+                self.websocket.handler_prefix.as_str(),
+                self.uni_websocket.handler_prefix.as_str(),
+                self.long_poll.handler_prefix.as_str(),
+                self.emulation.handler_prefix.as_str(),
+                self.sse.path("/connection/sse"),
+                self.http_stream.path("/connection/http_stream"),
+                self.uni_sse.path("/connection/uni_sse"),
+                self.uni_http_stream.path("/connection/uni_http_stream"),
+                self.http_api.handler_prefix.trim_end_matches('/'),
+                self.socketio.path.trim_end_matches('/'),
+                "/health",
+                "/metrics",
+            ];
+            if taken.contains(&prefix) {
+                return bad(format!(
+                    "admin.handler_prefix {prefix:?} is the path of another endpoint"
+                ));
+            }
+        }
         if self.client.queue_max_size < 1024 {
             return bad("client.queue_max_size must be at least 1024 bytes".into());
         }

@@ -9,12 +9,14 @@ use serde::{Deserialize, Serialize};
 use super::proxy::valid_proxy_name;
 
 /// The events a webhook may ask for (Pusher's names).
-pub const WEBHOOK_EVENTS: [&str; 5] = [
+pub const WEBHOOK_EVENTS: [&str; 7] = [
     "channel_occupied",
     "channel_vacated",
     "member_added",
     "member_removed",
     "client_event",
+    "user_online",
+    "user_offline",
 ];
 
 /// One entry of the top-level `webhooks` list.
@@ -34,7 +36,9 @@ pub struct WebhookConfig {
     /// with it. Default: none (required).
     pub secret: String,
     /// Which events this webhook gets: `channel_occupied`, `channel_vacated`,
-    /// `member_added`, `member_removed`, `client_event`. Default: none (required).
+    /// `member_added`, `member_removed`, `client_event`, and with
+    /// `online_status.enabled`, `user_online` and `user_offline`. Default: none
+    /// (required).
     pub events: Vec<String>,
     /// Longest wait for the receiver's answer to one POST. Default `5s`.
     #[serde(with = "humantime_serde")]

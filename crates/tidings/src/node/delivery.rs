@@ -21,7 +21,12 @@ pub(super) struct BrokerEvents {
 
 impl BrokerEvents {
     fn deliver(&self, channel: &str, publication: &Publication, epoch: Option<&str>) {
-        match self.hub.publish(channel, epoch, publication) {
+        let started = std::time::Instant::now();
+        let delivery = self.hub.publish(channel, epoch, publication);
+        self.metrics
+            .fanout_duration
+            .record(started.elapsed().as_secs_f64());
+        match delivery {
             Delivery::Delivered(n) => self.metrics.messages_sent.increment(n as u64),
             Delivery::Duplicate => {
                 tracing::debug!(channel, offset = publication.offset, "duplicate dropped");

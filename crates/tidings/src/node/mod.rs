@@ -13,11 +13,13 @@
 //! - [`cluster`]: messages and requests between nodes;
 //! - `proxies`: the calls to the backend proxies ([`crate::proxy`]);
 //! - `webhooks`: the events the webhooks get ([`crate::webhook`]), and the
-//!   cluster-wide occupancy behind the first/last ones.
+//!   cluster-wide occupancy behind the first/last ones;
+//! - [`online`]: users' online status, tracked by that same occupancy.
 
 mod cluster;
 mod delivery;
 pub mod membership;
+pub mod online;
 mod proxies;
 mod upkeep;
 mod users;
@@ -273,7 +275,7 @@ impl NodeBuilder {
         let uid = uuid::Uuid::new_v4().to_string();
         let webhooks =
             crate::webhook::Webhooks::from_config(&config.webhooks, &uid, metrics.clone());
-        let tracking = webhooks.as_deref().and_then(webhooks::Tracking::new);
+        let tracking = webhooks::Tracking::new(webhooks.as_deref(), config.online_status.enabled);
         let inner = Arc::new(NodeInner {
             config,
             hub,
@@ -386,11 +388,19 @@ impl Node {
     /// 107/102 for a bad channel; internal errors from the broker.
     pub async fn publish(&self, req: PublishRequest) -> Result<StreamPosition, NodeError> {
         let item = self.prepare_publish(req)?;
-        Ok(self
+        let started = Instant::now();
+        let result = self
             .inner
             .broker
             .publish(&item.channel, item.publication, item.opts)
-            .await?)
+            .await;
+        self.engine_timed("publish", started);
+        Ok(result?)
+    }
+
+    /// Records how long an engine call that started at `started` took.
+    fn engine_timed(&self, op: &'static str, started: Instant) {
+        self.inner.metrics.engine_duration(op, started.elapsed());
     }
 
     /// Publishes several publications at once and returns one result per request,
@@ -413,12 +423,10 @@ impl Node {
                 Err(e) => out.push(Some(Err(e))),
             }
         }
-        let mut results = self
-            .inner
-            .broker
-            .publish_batch(items, ordered)
-            .await
-            .into_iter();
+        let started = Instant::now();
+        let results = self.inner.broker.publish_batch(items, ordered).await;
+        self.engine_timed("publish_batch", started);
+        let mut results = results.into_iter();
         out.into_iter()
             .map(|slot| match slot {
                 Some(r) => r,
@@ -474,7 +482,10 @@ impl Node {
         if !ch.history_enabled() {
             return Err(codes::ERROR_NOT_AVAILABLE.into());
         }
-        Ok(self.inner.broker.history(channel, filter).await?)
+        let started = Instant::now();
+        let page = self.inner.broker.history(channel, filter).await;
+        self.engine_timed("history", started);
+        Ok(page?)
     }
 
     /// Removes a channel's publications.
@@ -486,7 +497,10 @@ impl Node {
         if !ch.history_enabled() {
             return Err(codes::ERROR_NOT_AVAILABLE.into());
         }
-        Ok(self.inner.broker.remove_history(channel).await?)
+        let started = Instant::now();
+        let removed = self.inner.broker.remove_history(channel).await;
+        self.engine_timed("remove_history", started);
+        Ok(removed?)
     }
 
     /// Who is in a channel.
@@ -498,7 +512,10 @@ impl Node {
         if !ch.options.presence {
             return Err(codes::ERROR_NOT_AVAILABLE.into());
         }
-        Ok(self.inner.presence.presence(channel).await?)
+        let started = Instant::now();
+        let presence = self.inner.presence.presence(channel).await;
+        self.engine_timed("presence", started);
+        Ok(presence?)
     }
 
     /// How many clients and users are in a channel.
@@ -510,7 +527,10 @@ impl Node {
         if !ch.options.presence {
             return Err(codes::ERROR_NOT_AVAILABLE.into());
         }
-        Ok(self.inner.presence.stats(channel).await?)
+        let started = Instant::now();
+        let stats = self.inner.presence.stats(channel).await;
+        self.engine_timed("presence_stats", started);
+        Ok(stats?)
     }
 
     /// Channels with subscribers on this node, with counts, filtered by a glob-like

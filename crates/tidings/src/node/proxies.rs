@@ -61,10 +61,29 @@ async fn call<Req: serde::Serialize, Res: serde::de::DeserializeOwned>(
     req: &Req,
 ) -> Result<Option<Res>, Rejection> {
     let metrics = node.metrics();
-    match endpoint
-        .call::<Req, Res>(req, conn.request_headers(), ctx)
-        .await
-    {
+    let started = std::time::Instant::now();
+    let call = endpoint.call::<Req, Res>(req, conn.request_headers(), ctx);
+    let answer = if node.config().opentelemetry.traces_proxy() {
+        // A span for OpenTelemetry (see config/opentelemetry.rs).
+        let span = tracing::info_span!(
+            target: "tidings::otel",
+            "proxy",
+            otel.name = format!("proxy.{event}").as_str(),
+            otel.kind = "client",
+            proxy.event = event,
+            client.id = conn.client_id.as_str(),
+            otel.status_code = tracing::field::Empty,
+        );
+        let answer = tracing::Instrument::instrument(call, span.clone()).await;
+        if answer.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
+        answer
+    } else {
+        call.await
+    };
+    metrics.proxy_duration(event, started.elapsed());
+    match answer {
         Ok(resp) => match answered_rejection(&resp) {
             Some(r) => {
                 metrics.proxy_call(event, "rejected");

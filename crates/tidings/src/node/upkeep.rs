@@ -12,9 +12,12 @@ use crate::broker::HistoryFilter;
 use crate::channel;
 use crate::connection::Connection;
 
+/// How often the metrics' histograms are folded (see `Metrics::run_upkeep`).
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
 impl Node {
     /// Starts the node's coarse timers: the heartbeat to other nodes, the presence
-    /// refresh and the channel position check. One task each for the whole node,
+    /// refresh, the metrics upkeep and the channel position check. One task each for the whole node,
     /// not one per connection; each stops at shutdown.
     pub(super) fn start_timers(&self) {
         let cfg = &self.inner.config;
@@ -40,6 +43,11 @@ impl Node {
         });
         every(cfg.client.presence_update_interval, self.clone(), |node| {
             Box::pin(async move { node.refresh_presence().await })
+        });
+        // The latency histograms keep their samples until they are folded into
+        // buckets; a node nobody scrapes must not keep them all.
+        every(METRICS_UPKEEP, self.clone(), |node| {
+            Box::pin(async move { node.inner.metrics.run_upkeep() })
         });
         every(
             cfg.client.channel_position_check_delay,

@@ -32,11 +32,16 @@ impl Node {
         if limit > 0 && !user.is_empty() && reg.users.get(user).is_some_and(|s| s.len() >= limit) {
             return false;
         }
+        conn.outbox
+            .record_wait(self.inner.metrics.outbox_wait.clone());
         reg.clients.insert(conn.client_id.clone(), conn.clone());
-        reg.users
-            .entry(user.to_string())
-            .or_default()
-            .insert(conn.client_id.clone());
+        let ids = reg.users.entry(user.to_string()).or_default();
+        let first = ids.is_empty();
+        ids.insert(conn.client_id.clone());
+        drop(reg);
+        if first && !user.is_empty() {
+            self.user_connections_changed(user);
+        }
         true
     }
 
@@ -46,11 +51,17 @@ impl Node {
         if reg.clients.remove(&conn.client_id).is_none() {
             return;
         }
+        let mut last = false;
         if let Some(set) = reg.users.get_mut(conn.user()) {
             set.remove(&conn.client_id);
             if set.is_empty() {
                 reg.users.remove(conn.user());
+                last = true;
             }
+        }
+        drop(reg);
+        if last && !conn.user().is_empty() {
+            self.user_connections_changed(conn.user());
         }
     }
 

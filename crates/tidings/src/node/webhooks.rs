@@ -44,14 +44,21 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
     Channel(String),
-    Member { channel: String, user: String },
+    Member {
+        channel: String,
+        user: String,
+    },
+    /// A user with a connection (online status).
+    User(String),
 }
 
 impl Key {
-    /// The engine's key: `c:<channel>` or `m:<user length>:<user><channel>`.
+    /// The engine's key: `c:<channel>`, `m:<user length>:<user><channel>` or
+    /// `u:<user>`.
     fn encode(&self) -> String {
         match self {
             Key::Channel(c) => format!("c:{c}"),
+            Key::User(u) => format!("u:{u}"),
             Key::Member { channel, user } => format!("m:{}:{user}{channel}", user.len()),
         }
     }
@@ -59,6 +66,9 @@ impl Key {
     fn decode(key: &str) -> Option<Key> {
         if let Some(channel) = key.strip_prefix("c:") {
             return Some(Key::Channel(channel.to_owned()));
+        }
+        if let Some(user) = key.strip_prefix("u:") {
+            return Some(Key::User(user.to_owned()));
         }
         let rest = key.strip_prefix("m:")?;
         let (len, rest) = rest.split_once(':')?;
@@ -90,6 +100,11 @@ impl Key {
                 channel,
                 Some(user),
             ),
+            Key::User(user) => WebhookEvent {
+                name: if up { "user_online" } else { "user_offline" },
+                user_id: Some(user.clone()),
+                ..Default::default()
+            },
         }
     }
 }
@@ -99,6 +114,8 @@ pub(super) struct Tracking {
     /// Some webhook gets channel events / member events.
     channels: bool,
     members: bool,
+    /// Online status is on: users with connections are tracked.
+    users: bool,
     /// Connections per (channel, user) on this node. A plain mutex: counts only.
     counts: Mutex<HashMap<(String, String), usize>>,
     /// Keys whose local state changed since the reconciler last looked.
@@ -113,14 +130,16 @@ pub(super) struct Tracking {
 }
 
 impl Tracking {
-    /// Tracking for the events the webhooks want; `None` when they want none of
-    /// the tracked ones.
-    pub(super) fn new(webhooks: &crate::webhook::Webhooks) -> Option<Self> {
-        let channels = webhooks.wants("channel_occupied") || webhooks.wants("channel_vacated");
-        let members = webhooks.wants("member_added") || webhooks.wants("member_removed");
-        (channels || members).then(|| Self {
+    /// Tracking for the events the webhooks want and for online status; `None`
+    /// when nothing tracked is wanted.
+    pub(super) fn new(webhooks: Option<&crate::webhook::Webhooks>, online: bool) -> Option<Self> {
+        let wants = |event: &str| webhooks.is_some_and(|w| w.wants(event));
+        let channels = wants("channel_occupied") || wants("channel_vacated");
+        let members = wants("member_added") || wants("member_removed");
+        (channels || members || online).then(|| Self {
             channels,
             members,
+            users: online,
             counts: Mutex::default(),
             dirty: Mutex::default(),
             held: Mutex::default(),
@@ -140,6 +159,13 @@ impl Node {
     pub(super) fn channel_occupancy_changed(&self, channel: &str) {
         if let Some(t) = self.inner.tracking.as_ref().filter(|t| t.channels) {
             t.mark(Key::Channel(channel.to_owned()));
+        }
+    }
+
+    /// `user` got its first connection on this node, or lost its last one.
+    pub(super) fn user_connections_changed(&self, user: &str) {
+        if let Some(t) = self.inner.tracking.as_ref().filter(|t| t.users) {
+            t.mark(Key::User(user.to_owned()));
         }
     }
 
@@ -289,7 +315,7 @@ impl Node {
                         } else {
                             t.held.lock().remove(&key);
                         }
-                        self.emit_change(&key, change, wanted);
+                        self.emit_change(&key, change, wanted).await;
                         None
                     }
                     Err(e) => {
@@ -317,20 +343,29 @@ impl Node {
                     .lock()
                     .contains_key(&(channel.clone(), user.clone()))
             }),
+            Key::User(user) => self.inner.clients.lock().users.contains_key(user),
         }
     }
 
-    /// Emits what an engine call reported: the key emptied by expiry before the
+    /// Tells what an engine call reported: the key emptied by expiry before the
     /// call, then this node's own edge.
-    fn emit_change(&self, key: &Key, change: Change, entered: bool) {
-        let Some(hooks) = self.inner.webhooks.as_ref() else {
-            return;
-        };
+    async fn emit_change(&self, key: &Key, change: Change, entered: bool) {
         if change.expired {
-            hooks.emit(key.event(false));
+            self.tell(key, false).await;
         }
         if change.edge {
-            hooks.emit(key.event(entered));
+            self.tell(key, entered).await;
+        }
+    }
+
+    /// A cluster-wide first (`up`) or last of `key`: a webhook event, and for a
+    /// user, the new status in the user's status channel.
+    async fn tell(&self, key: &Key, up: bool) {
+        if let Key::User(user) = key {
+            self.publish_status(user, up).await;
+        }
+        if let Some(hooks) = self.inner.webhooks.as_ref() {
+            hooks.emit(key.event(up));
         }
     }
 
@@ -345,7 +380,7 @@ impl Node {
         futures_util::stream::iter(keys)
             .for_each_concurrent(CONCURRENCY, |key| async move {
                 match self.inner.occupancy.enter(&key.encode(), self.uid()).await {
-                    Ok(change) => self.emit_change(&key, change, true),
+                    Ok(change) => self.emit_change(&key, change, true).await,
                     Err(e) => tracing::debug!(error = %e, "occupancy refresh failed"),
                 }
             })
@@ -355,9 +390,6 @@ impl Node {
     /// Tells of the keys whose every holder expired (their nodes died), each
     /// reported to exactly one live node by the engine.
     async fn reap_expired(&self) {
-        let Some(hooks) = self.inner.webhooks.as_ref() else {
-            return;
-        };
         loop {
             let keys = match self.inner.occupancy.reap(REAP_BATCH).await {
                 Ok(keys) => keys,
@@ -368,7 +400,7 @@ impl Node {
             };
             for key in &keys {
                 match Key::decode(key) {
-                    Some(k) => hooks.emit(k.event(false)),
+                    Some(k) => self.tell(&k, false).await,
                     None => tracing::warn!(key, "occupancy: unreadable key reaped"),
                 }
             }
@@ -381,11 +413,10 @@ impl Node {
     /// At shutdown, after the connections left: the last changes go to the
     /// engine, then the webhooks get one more try within `within`.
     pub(super) async fn finish_webhooks(&self, within: Duration) {
-        let Some(hooks) = self.inner.webhooks.clone() else {
-            return;
-        };
         let _ = tokio::time::timeout(within, self.reconcile()).await;
-        hooks.close(within).await;
+        if let Some(hooks) = self.inner.webhooks.clone() {
+            hooks.close(within).await;
+        }
     }
 }
 
@@ -406,6 +437,8 @@ mod tests {
                 channel: "m:3:abc".into(),
                 user: "é".into(),
             },
+            Key::User("alice".into()),
+            Key::User("c:x".into()),
         ] {
             assert_eq!(Key::decode(&key.encode()), Some(key));
         }

@@ -6,6 +6,8 @@ import type { Centrifuge, PublicationContext, PublishResult, SubscriptionOptions
 import type { FeedSnapshot, Publication } from './core/feed.js';
 import type { ChannelFeed } from './core/feed.js';
 import type { PresenceSnapshot, PresenceTracker } from './core/presence.js';
+import { OnlineStatuses } from './core/status.js';
+import type { OnlineStatusOptions, UserStatus } from './core/status.js';
 import type { Store } from './core/store.js';
 import { initialConnection } from './core/tidings.js';
 import type { ConnectionSnapshot, Tidings } from './core/tidings.js';
@@ -141,6 +143,41 @@ export function usePresence(channel: string | null | undefined, options: UsePres
     return lease.presence(presenceOptions);
   });
   return useStore(tracker?.store, EMPTY_PRESENCE);
+}
+
+export type UseOnlineStatusOptions = OnlineStatusOptions;
+
+const NO_STATUSES: Readonly<Record<string, UserStatus>> = {};
+
+/**
+ * The online status of each of `userIds` (the server needs `online_status` on, and the
+ * status namespace must let this client subscribe and read history): whether the user
+ * has a connection anywhere, and since when, or when they were last seen. Keyed by user
+ * id; a user not answered yet is missing or has `loaded: false`. One subscription per
+ * user, shared with every other hook that follows them.
+ */
+export function useOnlineStatus(
+  userIds: readonly string[],
+  options: UseOnlineStatusOptions = {},
+): Readonly<Record<string, UserStatus>> {
+  const tidings = useTidingsClient();
+  // The set of users, as a stable key: a new array with the same ids changes nothing.
+  const key = [...new Set(userIds.filter(Boolean))].sort().join('\n');
+  const { namespace, boundary } = options;
+  const [held, setHeld] = useState<OnlineStatuses | null>(null);
+  useEffect(() => {
+    if (!tidings || !key) {
+      setHeld(null);
+      return undefined;
+    }
+    const statusOptions: OnlineStatusOptions = {};
+    if (namespace !== undefined) statusOptions.namespace = namespace;
+    if (boundary !== undefined) statusOptions.boundary = boundary;
+    const statuses = new OnlineStatuses((channel) => tidings.acquire(channel), key.split('\n'), statusOptions);
+    setHeld(statuses);
+    return () => statuses.stop();
+  }, [tidings, key, namespace, boundary]);
+  return useStore(held?.store, NO_STATUSES);
 }
 
 export interface UseTypingOptions extends TypingOptions {

@@ -9,7 +9,7 @@ import { act, cleanup, render, renderHook } from '@testing-library/react';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 
-import { TidingsProvider, useHistory, usePresence, useSubscription, useTidings, useTyping } from '../src/index.js';
+import { TidingsProvider, useHistory, useOnlineStatus, usePresence, useSubscription, useTidings, useTyping } from '../src/index.js';
 import type { Server } from './server.js';
 import { connectionToken, startServer, waitFor } from './server.js';
 
@@ -268,5 +268,38 @@ describe('hooks against a real server', () => {
     expect(result.current.state).toBe('connected');
     expect(result.current.connects).toBe(1);
     expect(commands('refresh').length).toBeGreaterThanOrEqual(1);
+  });
+
+  it('useOnlineStatus follows a user online and offline, with since and last seen', async () => {
+    const ann = `ann-${Date.now().toString(36)}`;
+    const watcher = renderHook(() => useOnlineStatus([ann, 'never-seen-user']), {
+      wrapper: wrapper(() => server.url, { getToken: async () => connectionToken('watcher', 600) }),
+    });
+    // Never seen: loaded, offline, no time.
+    await waitFor(() => watcher.result.current[ann]?.loaded === true, 'first status');
+    expect(watcher.result.current[ann]).toEqual({ user: ann, online: false, at: null, loaded: true });
+    expect(watcher.result.current['never-seen-user']?.online).toBe(false);
+
+    const before = Date.now();
+    const annHook = renderHook(() => useTidings(), {
+      wrapper: wrapper(() => server.url, { getToken: async () => connectionToken(ann, 600) }),
+    });
+    await waitFor(() => annHook.result.current.state === 'connected', 'ann connected');
+    await waitFor(() => watcher.result.current[ann]?.online === true, 'ann online');
+    const since = watcher.result.current[ann]!.at!;
+    expect(since).toBeGreaterThanOrEqual(before - 1000);
+
+    annHook.unmount();
+    await waitFor(() => watcher.result.current[ann]?.online === false, 'ann offline');
+    expect(watcher.result.current[ann]!.at!).toBeGreaterThanOrEqual(since);
+
+    // A new follower reads the last status from history: offline, last seen.
+    const late = renderHook(() => useOnlineStatus([ann]), {
+      wrapper: wrapper(() => server.url, { getToken: async () => connectionToken('late', 600) }),
+    });
+    await waitFor(() => late.result.current[ann]?.loaded === true, 'late follower loaded');
+    expect(late.result.current[ann]).toEqual(watcher.result.current[ann]);
+    late.unmount();
+    watcher.unmount();
   });
 });

@@ -11,6 +11,8 @@ export { ChannelFeed, mergePublications } from './feed.js';
 export type { FeedOptions, FeedSnapshot, Publication, Recovery, SubscriptionState } from './feed.js';
 export { PresenceTracker } from './presence.js';
 export type { Member, PresenceOptions, PresenceSnapshot, PresenceSource } from './presence.js';
+export { OnlineStatuses, StatusTracker } from './status.js';
+export type { OnlineStatusOptions, StatusSource, UserStatus } from './status.js';
 export { TypingTracker } from './typing.js';
 export type { Self, Typist, TypingOptions, TypingSignal } from './typing.js';
 export { Tidings, initialConnection } from './tidings.js';
