@@ -115,6 +115,21 @@ pub struct ChannelOptions {
     pub sub_refresh_proxy_enabled: bool,
     /// The sub_refresh proxy, named as above.
     pub sub_refresh_proxy_name: String,
+    /// Subscribers may send a publication tags filter (`tf`); without this option
+    /// a subscribe that carries one is refused with 107.
+    pub allow_tags_filter: bool,
+    /// Delta encodings subscribers may ask for: `["fossil"]` or empty.
+    pub allowed_delta_types: Vec<String>,
+    /// Every publication in the namespace is marked for delta delivery, as the
+    /// server API's per-publish `delta` does for one.
+    pub delta_publish: bool,
+}
+
+impl ChannelOptions {
+    /// Whether subscribers may ask for fossil deltas.
+    pub fn allows_fossil_delta(&self) -> bool {
+        self.allowed_delta_types.iter().any(|t| t == "fossil")
+    }
 }
 
 impl Config {

@@ -144,6 +144,11 @@ impl Config {
                     "{key}: recovery needs history_size and history_ttl"
                 ));
             }
+            if let Some(t) = opts.allowed_delta_types.iter().find(|t| *t != "fossil") {
+                return bad(format!(
+                    "{key}: allowed_delta_types: unknown delta type {t:?} (only \"fossil\")"
+                ));
+            }
         }
         Ok(())
     }

@@ -21,7 +21,7 @@ use super::{Node, NodeError};
 use crate::broker::{BrokerError, HistoryFilter};
 use crate::channel;
 use crate::connection::Connection;
-use crate::hub::{PushEncoder, Subscriber};
+use crate::hub::{PushEncoder, Shape, Subscriber};
 
 /// What a joining subscriber wants of the channel's stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -49,6 +49,12 @@ pub struct JoinRequest {
     pub stream: StreamAsk,
     /// How the client's pushes are encoded.
     pub encoder: &'static dyn PushEncoder,
+    /// A tags filter (applied to live and recovered publications alike) and
+    /// deltas.
+    pub shape: Shape,
+    /// A recovery that cannot give everything missed fails the join with 112
+    /// instead of answering `recovered: false`.
+    pub reject_unrecovered: bool,
 }
 
 /// A connection in a channel. Its front door keeps it until the connection
@@ -143,7 +149,12 @@ impl Node {
         self.check_join(conn, &req.channel)?;
         let inner = &self.inner;
         let channel = req.channel.as_str();
-        let subscriber = Subscriber::new(conn.clone(), req.push_join_leave, req.encoder);
+        let subscriber = Subscriber::shaped(
+            conn.clone(),
+            req.push_join_leave,
+            req.encoder,
+            req.shape.clone(),
+        );
         if inner.hub.add(channel, subscriber.clone()) {
             inner.metrics.channels.increment(1.0);
             self.channel_occupancy_changed(channel);
@@ -164,9 +175,18 @@ impl Node {
                 .map(|p| Some((p, Vec::new(), false))),
             StreamAsk::Recover(since) => self.recover(channel, since).await.map(Some),
         };
+        let read = match read {
+            Ok(Some((_, _, false))) if req.reject_unrecovered => {
+                Err(codes::ERROR_UNRECOVERABLE_POSITION.into())
+            }
+            other => other,
+        };
         match read {
             Ok(None) => {}
-            Ok(Some((top, missed, all))) => {
+            Ok(Some((top, mut missed, all))) => {
+                if let Some(filter) = &req.shape.tags_filter {
+                    missed.retain(|p| tidings_protocol::filter::matches(filter, p.tags.as_ref()));
+                }
                 after_offset = top.offset;
                 inner.hub.note_position(channel, &top);
                 position = Some(top);
@@ -295,7 +315,10 @@ impl Node {
             reverse: false,
         };
         match self.inner.broker.history(channel, filter).await {
-            Ok(page) if page.publications.len() <= max => {
+            Ok(mut page) if page.publications.len() <= max => {
+                for p in &mut page.publications {
+                    p.delta = false;
+                }
                 Ok((page.position, page.publications, true))
             }
             Ok(_) | Err(BrokerError::UnrecoverablePosition) => {

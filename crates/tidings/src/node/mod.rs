@@ -40,7 +40,8 @@ use crate::channel;
 use crate::config::Config;
 use crate::hub::Hub;
 pub use crate::hub::{
-    centrifugo_pushes, JsonPushes, ProtobufPushes, PushEncoder, JSON_PUSHES, PROTOBUF_PUSHES,
+    centrifugo_delta_pushes, centrifugo_pushes, json_delta_full, JsonPushes, ProtobufPushes,
+    PushEncoder, Shape, JSON_PUSHES, PROTOBUF_PUSHES,
 };
 use crate::limit::{AdmitError, ConnectionGate, ConnectionPermit};
 use crate::metrics::Metrics;
@@ -132,6 +133,9 @@ pub struct PublishRequest {
     pub info: Option<ClientInfo>,
     /// Retries with the same key within 5 minutes return the first result.
     pub idempotency_key: Option<String>,
+    /// Deliver as a fossil delta to subscribers that negotiated one (the
+    /// namespace's `delta_publish` marks every publication so).
+    pub delta: bool,
 }
 
 impl PublishRequest {
@@ -144,6 +148,7 @@ impl PublishRequest {
             tags: None,
             info: None,
             idempotency_key: None,
+            delta: false,
         }
     }
 }
@@ -452,6 +457,7 @@ impl Node {
             data: Some(req.data),
             info: req.info,
             tags: req.tags,
+            delta: req.delta || ch.options.delta_publish,
             ..Default::default()
         };
         Ok(BatchPublish {
@@ -474,7 +480,12 @@ impl Node {
         if !ch.history_enabled() {
             return Err(codes::ERROR_NOT_AVAILABLE.into());
         }
-        Ok(self.inner.broker.history(channel, filter).await?)
+        let mut page = self.inner.broker.history(channel, filter).await?;
+        // A publisher's delta mark is for live delivery only.
+        for p in &mut page.publications {
+            p.delta = false;
+        }
+        Ok(page)
     }
 
     /// Removes a channel's publications.
