@@ -8,6 +8,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 
+import { io } from 'socket.io-client';
+
 import {
   FORMATS,
   JSON_FORMAT,
@@ -38,8 +40,19 @@ async function startBytesServer(t) {
   const config = {
     client: { allow_anonymous_connect_without_token: true },
     http_stream: { enabled: true },
+    socketio: { enabled: true, connection_state_recovery: true },
     channel: {
       namespaces: [
+        { name: 'cache', ...OPEN, history_size: 1, force_recovery: true, force_recovery_mode: 'cache' },
+        {
+          name: 'autocache',
+          ...OPEN,
+          history_size: 1,
+          force_recovery: true,
+          force_recovery_mode: 'cache',
+          auto_cache_recover: true,
+        },
+        { name: 'rx', ...OPEN, channel_regex: '^[0-9]+$' },
         { name: 'tf', ...OPEN, force_recovery: true, allow_tags_filter: true },
         { name: 'notf', ...OPEN, force_recovery: true },
         { name: 'delta', ...OPEN, force_recovery: true, allowed_delta_types: ['fossil'] },
@@ -218,4 +231,86 @@ test('json: a delta subscription recovers full publications, then takes deltas a
   await waitForCount(publications, 7, { message: 'all publications' });
   publications.forEach((p, i) => assert.deepEqual(p.data, bigObject(i + 1)));
   assert.ok(sub.deltaStats().numDeltaPayloads >= 2, JSON.stringify(sub.deltaStats()));
+});
+
+test('cache recovery: since {} gets the latest publication on subscribe and on every resubscribe', async (t) => {
+  const server = await startBytesServer(t);
+  const proxy = await TcpProxy.start(server.port, { t });
+  const channel = uniqueChannel('cache:now');
+  for (let n = 1; n <= 3; n++) await server.apiOk('publish', { channel, data: { n } });
+  const { client } = await connectClient(`ws://127.0.0.1:${proxy.port}/connection/websocket`, { t });
+  const { sub, ctx, publications } = await subscribe(client, channel, { since: {} });
+  assert.equal(ctx.recovered, true);
+  await waitForCount(publications, 1, { message: 'the latest publication' });
+
+  const connecting = waitEvent(client, 'connecting', { message: 'client notices the cut' });
+  proxy.cut();
+  await connecting;
+  await waitFor(async () => (await server.metric('tidings_connections')) === 0, { message: 'session dropped' });
+  for (let n = 4; n <= 6; n++) await server.apiOk('publish', { channel, data: { n } });
+  const resubscribed = waitEvent(sub, 'subscribed', { timeout: 8_000, message: 'resubscribe' });
+  proxy.restore();
+  assert.equal((await resubscribed).recovered, true);
+  await waitForCount(publications, 2, { message: 'the latest after the cut' });
+  await server.apiOk('publish', { channel, data: { n: 7 } });
+  await waitForCount(publications, 3, { message: 'live' });
+  assert.deepEqual(publications.map((p) => p.data.n), [3, 6, 7]);
+});
+
+test('auto_cache_recover: a plain subscription and a Socket.IO room get the latest publication at once', async (t) => {
+  const server = await startBytesServer(t);
+  const channel = uniqueChannel('autocache:now');
+  await server.apiOk('publish', { channel, data: { n: 1 } });
+  await server.apiOk('publish', { channel, data: { n: 2 } });
+  const { client } = await connectClient(server.wsUrl, { t });
+  const { ctx, publications } = await subscribe(client, channel);
+  assert.equal(ctx.wasRecovering, true);
+  assert.equal(ctx.recovered, true);
+  await waitForCount(publications, 1, { message: 'the latest publication' });
+  assert.equal(publications[0].data.n, 2);
+
+  const proxy = await TcpProxy.start(server.port, { t });
+  // The Socket.IO namespace /autocache is the channel namespace autocache.
+  const socket = io(`http://127.0.0.1:${proxy.port}/autocache`, {
+    transports: ['websocket'],
+    reconnectionDelay: 100,
+    reconnectionDelayMax: 200,
+  });
+  t.after(() => socket.close());
+  await waitEvent(socket, 'connect', { message: 'socket.io connect' });
+  const got = [];
+  socket.on('message', (...args) => got.push(args[0]));
+  const room = channel.slice('autocache:'.length);
+  const joined = await socket.timeout(5_000).emitWithAck('tidings:join', { room });
+  assert.equal(joined.ok, true, JSON.stringify(joined));
+  await waitForCount(got, 1, { message: 'the latest publication in the room' });
+  assert.deepEqual(got, [{ n: 2 }]);
+
+  // Connection state recovery in cache mode: only the latest of what was missed.
+  const disconnected = waitEvent(socket, 'disconnect', { message: 'the cut' });
+  proxy.cut();
+  await disconnected;
+  await waitFor(async () => (await server.metric('tidings_connections')) === 1, { message: 'socket dropped' });
+  for (let n = 3; n <= 5; n++) await server.apiOk('publish', { channel, data: { n } });
+  const reconnected = waitEvent(socket, 'connect', { timeout: 10_000, message: 'reconnect' });
+  proxy.restore();
+  await reconnected;
+  assert.equal(socket.recovered, true);
+  await waitFor(() => got.some((d) => d.n === 5), { message: 'the latest after the cut' });
+  await waitForCount(publications, 4, { message: 'the centrifuge-js subscriber got everything live' });
+  assert.deepEqual(got.map((d) => d.n), [2, 5]);
+});
+
+test('channel_regex: client operations on a name that does not match get 107', async (t) => {
+  const server = await startBytesServer(t);
+  const { client } = await connectClient(server.wsUrl, { t });
+  const good = await subscribe(client, 'rx:12345');
+  assert.equal(good.sub.state, 'subscribed');
+  const bad = client.newSubscription('rx:abc');
+  const refused = waitEvent(bad, 'unsubscribed', { message: 'refused subscription' });
+  bad.subscribe();
+  assert.equal((await refused).code, 107);
+  await assert.rejects(client.publish('rx:abc', { n: 1 }), (e) => e.code === 107);
+  // The server API is not bound by it, as in Centrifugo.
+  await server.apiOk('publish', { channel: 'rx:abc', data: { n: 1 } });
 });

@@ -220,17 +220,19 @@ impl SubscribeAsk {
     }
 }
 
-/// Refuses what a subscribe asks for that Tidings does not do: map and shared-poll
-/// subscriptions (`type` other than 0) get 108; a `delta` other than `"fossil"`
-/// closes the connection with 3501, as in Centrifugo.
+/// Refuses what a subscribe asks for that Tidings does not do, with Centrifugo's
+/// answers where no namespace enables it: a shared-poll subscription (`type` 4)
+/// gets 108, any other non-stream `type` (the map kinds) 103; a `delta` other
+/// than `"fossil"` closes the connection with 3501.
 fn check_subscribe_request(req: &SubscribeRequest) -> Result<(), Refusal> {
     if !req.delta.is_empty() && req.delta != "fossil" {
         return Err(Refusal::Disconnect(Disconnect::bad_request()));
     }
-    if req.r#type != 0 {
-        return Err(Refusal::Error(codes::ERROR_NOT_AVAILABLE));
+    match req.r#type {
+        0 => Ok(()),
+        4 => Err(Refusal::Error(codes::ERROR_NOT_AVAILABLE)),
+        _ => Err(Refusal::Error(codes::ERROR_PERMISSION_DENIED)),
     }
-    Ok(())
 }
 
 /// The outcome of subscribing, before the reply is sent.
@@ -1303,7 +1305,7 @@ impl Session {
     /// Checks that hold for every subscribe: a valid name in a known namespace, not
     /// subscribed yet, under the channel limit.
     fn check_subscribe_limits(&self, req: &SubscribeRequest) -> Result<(), ErrorCode> {
-        channel::resolve(self.node.config(), &req.channel)?;
+        channel::resolve_for_client(self.node.config(), &req.channel)?;
         if self.subs.contains_key(&req.channel) {
             return Err(codes::ERROR_ALREADY_SUBSCRIBED);
         }
@@ -1424,7 +1426,7 @@ impl Session {
                 }
             }
             result.recovered = joined.recovered;
-            result.was_recovering = ask.recover.is_some() && recoverable;
+            result.was_recovering = joined.recovering;
         }
         self.subs.insert(
             channel.to_string(),
@@ -1476,7 +1478,7 @@ impl Session {
     async fn on_publish(&mut self, req: tidings_protocol::PublishRequest) -> Result<(), Rejection> {
         let node = self.node.clone();
         let config = node.config();
-        let ch = channel::resolve(config, &req.channel)?;
+        let ch = channel::resolve_for_client(config, &req.channel)?;
         let subscribed = self.subs.get(&req.channel);
         if ch.options.publish_proxy_enabled {
             let data = req.data.ok_or(codes::ERROR_BAD_REQUEST)?;
@@ -1524,7 +1526,7 @@ impl Session {
     /// Presence queries: 108 where presence is off, then the permission (103).
     fn check_presence(&self, channel: &str) -> Result<(), NodeError> {
         let config = self.node.config();
-        let ch = channel::resolve(config, channel)?;
+        let ch = channel::resolve_for_client(config, channel)?;
         if !ch.options.presence {
             return Err(codes::ERROR_NOT_AVAILABLE.into());
         }
@@ -1556,7 +1558,7 @@ impl Session {
 
     async fn on_history(&self, req: HistoryRequest) -> Result<HistoryResult, NodeError> {
         let config = self.node.config();
-        let ch = channel::resolve(config, &req.channel)?;
+        let ch = channel::resolve_for_client(config, &req.channel)?;
         if !ch.history_enabled() {
             return Err(codes::ERROR_NOT_AVAILABLE.into());
         }

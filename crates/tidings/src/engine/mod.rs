@@ -152,8 +152,14 @@ pub fn build(config: &Config) -> Result<Engine, BuildError> {
     }
 }
 
+/// Each channel's `history_meta_ttl`, from its namespace or `channel.*`.
+fn meta_ttl(config: &Config) -> crate::broker::MetaTtl {
+    let config = config.clone();
+    crate::broker::MetaTtl::per_channel(move |channel| config.history_meta_ttl_of(channel))
+}
+
 fn build_memory(config: &Config) -> Engine {
-    let broker = Arc::new(MemoryBroker::new(config.channel.history_meta_ttl));
+    let broker = Arc::new(MemoryBroker::new(meta_ttl(config)));
     let sweeper = broker.clone();
     Engine::new(
         broker,
@@ -171,11 +177,7 @@ fn build_redis(config: &Config) -> Result<Engine, BuildError> {
     let cfg = &config.engine.redis;
     // Broker and presence share one multiplexed command connection.
     let conn = Arc::new(RedisConn::new(cfg, cfg.io_timeout).map_err(BuildError::Settings)?);
-    let broker = Arc::new(RedisBroker::with_conn(
-        cfg,
-        config.channel.history_meta_ttl,
-        conn.clone(),
-    ));
+    let broker = Arc::new(RedisBroker::with_conn(cfg, meta_ttl(config), conn.clone()));
     let consumer = broker.clone();
     Ok(Engine::new(
         broker,
@@ -190,8 +192,7 @@ fn build_nats(config: &Config) -> Result<Engine, BuildError> {
     use self::nats::{NatsBroker, NatsConnection, NatsOccupancy, NatsPresenceManager};
 
     let conn = NatsConnection::start(&config.engine.nats).map_err(BuildError::Settings)?;
-    let broker =
-        Arc::new(NatsBroker::new(conn.clone()).with_meta_ttl(config.channel.history_meta_ttl));
+    let broker = Arc::new(NatsBroker::new(conn.clone()).with_meta_ttl(meta_ttl(config)));
     let jobs = broker.clone();
     Ok(Engine::new(
         broker,

@@ -18,7 +18,6 @@
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -33,7 +32,7 @@ use super::scripts::{HISTORY_LUA, PUBLISH_LUA, PUBLISH_MANY_LUA};
 use super::ENGINE;
 use crate::broker::{
     BatchPublish, Broker, BrokerError, BrokerEventHandler, EngineError, HistoryFilter, HistoryPage,
-    PublishOptions, IDEMPOTENCY_WINDOW,
+    MetaTtl, PublishOptions, IDEMPOTENCY_WINDOW,
 };
 use crate::config::RedisEngineConfig;
 use crate::engine::epoch::new_epoch;
@@ -54,7 +53,7 @@ pub(super) struct Inner {
     pub(super) conn: Arc<RedisConn>,
     /// How long a channel's meta hash outlives its last publish
     /// (`channel.history_meta_ttl`).
-    pub(super) meta_ttl: Duration,
+    pub(super) meta_ttl: MetaTtl,
     /// The scripts, with their SHA1 computed once.
     pub(super) publish_script: redis::Script,
     pub(super) publish_many_script: redis::Script,
@@ -86,7 +85,7 @@ impl RedisBroker {
     ///
     /// # Errors
     /// A message when the address or TLS settings cannot be used.
-    pub fn new(cfg: &RedisEngineConfig, meta_ttl: Duration) -> Result<Self, String> {
+    pub fn new(cfg: &RedisEngineConfig, meta_ttl: impl Into<MetaTtl>) -> Result<Self, String> {
         let conn = Arc::new(RedisConn::new(cfg, cfg.io_timeout)?);
         Ok(Self::with_conn(cfg, meta_ttl, conn))
     }
@@ -94,7 +93,7 @@ impl RedisBroker {
     /// A broker that shares its command connection (with the presence manager).
     pub(crate) fn with_conn(
         cfg: &RedisEngineConfig,
-        meta_ttl: Duration,
+        meta_ttl: impl Into<MetaTtl>,
         conn: Arc<RedisConn>,
     ) -> Self {
         Self {
@@ -102,7 +101,7 @@ impl RedisBroker {
                 cfg: cfg.clone(),
                 keys: Keys::new(&cfg.prefix),
                 conn,
-                meta_ttl,
+                meta_ttl: meta_ttl.into(),
                 publish_script: redis::Script::new(PUBLISH_LUA),
                 publish_many_script: redis::Script::new(PUBLISH_MANY_LUA),
                 scripts_loaded_on: AtomicU64::new(0),
@@ -145,7 +144,7 @@ impl RedisBroker {
                     .arg(json)
                     .arg(opts.history_size)
                     .arg(history_ttl_ms)
-                    .arg(self.inner.meta_ttl.as_secs())
+                    .arg(self.inner.meta_ttl.of(channel).as_secs())
                     .arg(epoch)
                     .arg(if opts.idempotency_key.is_some() {
                         "1"
@@ -317,7 +316,7 @@ impl Broker for RedisBroker {
         };
         let script_keys = [keys.stream(channel), keys.meta(channel)];
         let script = &self.inner.history_script;
-        let meta_ttl = self.inner.meta_ttl.as_secs();
+        let meta_ttl = self.inner.meta_ttl.of(channel).as_secs();
         let epoch = new_epoch();
         let (epoch, top, entries): (String, u64, Vec<RawEntry>) = self
             .inner
