@@ -221,6 +221,9 @@ pub struct PublishRequest {
     pub channel: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Payload>,
+    /// 0 for a stream publication; 1 is Centrifugo's map publication.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub r#type: i32,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

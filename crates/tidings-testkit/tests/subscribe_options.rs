@@ -181,3 +181,25 @@ async fn reject_unrecovered_turns_recovered_false_into_112() -> anyhow::Result<(
     assert_eq!(result["was_recovering"], json!(true));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_map_publication_is_refused_with_108() -> anyhow::Result<()> {
+    let server = server().await?;
+    let mut client = server.connected_client().await?;
+    let code = client
+        .error_code(json!({ "publish": {
+            "channel": "plain:p", "data": {"n": 1}, "type": 1, "key": "k"
+        } }))
+        .await?;
+    assert_eq!(code, 108);
+    // Nothing was published.
+    let history = server
+        .api("history", json!({ "channel": "plain:p", "limit": 10 }))
+        .await?
+        .1;
+    let kept = history["result"]["publications"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(kept, 0, "{history}");
+    Ok(())
+}

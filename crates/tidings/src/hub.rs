@@ -568,27 +568,28 @@ impl Subscriber {
         if offset != 0 && offset <= self.floor.load(Ordering::Acquire) {
             return;
         }
-        if self.live.load(Ordering::Acquire) {
+        if self.live.load(Ordering::Acquire) || !self.hold(offset, bytes) {
             self.conn.send(bytes.clone());
-            return;
         }
+    }
+
+    /// Holds a delivery while the subscribe reply has not gone out: `false` when
+    /// the subscriber went live meanwhile and the caller sends it.
+    fn hold(&self, offset: u64, bytes: &Bytes) -> bool {
         let mut pending = self.pending.lock();
-        match pending.as_mut() {
-            Some(p) => {
-                p.bytes += bytes.len();
-                if p.bytes > self.conn.outbox_limit() {
-                    // Buffered more than the client may have queued: same rule as a
-                    // full outbox.
-                    p.items.clear();
-                    self.conn.outbox.close_dropping_queued(Disconnect::slow());
-                } else {
-                    p.items.push((offset, bytes.clone()));
-                }
-            }
-            None => {
-                self.conn.send(bytes.clone());
-            }
+        let Some(p) = pending.as_mut() else {
+            return false;
+        };
+        p.bytes += bytes.len();
+        if p.bytes > self.conn.outbox_limit() {
+            // Buffered more than the client may have queued: same rule as a
+            // full outbox.
+            p.items.clear();
+            self.conn.outbox.close_dropping_queued(Disconnect::slow());
+        } else {
+            p.items.push((offset, bytes.clone()));
         }
+        true
     }
 
     /// Delivers a publication to a delta subscriber: the delta when the subscriber
@@ -610,8 +611,8 @@ impl Subscriber {
         if offset != 0 && offset <= self.floor.load(Ordering::Acquire) {
             return;
         }
-        if !self.live.load(Ordering::Acquire) {
-            return self.deliver(offset, full);
+        if !self.live.load(Ordering::Acquire) && self.hold(offset, full) {
+            return;
         }
         let base = self.delta_base.swap(link.seq, Ordering::AcqRel);
         if link.marked && base != 0 && base == link.prev_seq {

@@ -1476,6 +1476,11 @@ impl Session {
     /// A client publication: the publish proxy decides (and may rewrite it) where
     /// the namespace enables one; the namespace's permissions otherwise.
     async fn on_publish(&mut self, req: tidings_protocol::PublishRequest) -> Result<(), Rejection> {
+        // Map publications (Centrifugo's `type: 1`) need a map handler, which
+        // Tidings does not have: 108, as Centrifugo answers without one.
+        if req.r#type != 0 {
+            return Err(codes::ERROR_NOT_AVAILABLE.into());
+        }
         let node = self.node.clone();
         let config = node.config();
         let ch = channel::resolve_for_client(config, &req.channel)?;

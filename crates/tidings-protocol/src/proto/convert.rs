@@ -46,6 +46,7 @@ impl From<pb::Command> for Command {
             publish: c.publish.map(|r| PublishRequest {
                 channel: r.channel,
                 data: to_payload(r.data),
+                r#type: r.r#type,
             }),
             presence: c.presence.map(|r| PresenceRequest { channel: r.channel }),
             presence_stats: c
@@ -156,6 +157,7 @@ impl From<&Command> for pb::Command {
             publish: c.publish.as_ref().map(|r| pb::PublishRequest {
                 channel: r.channel.clone(),
                 data: to_bytes(&r.data),
+                r#type: r.r#type,
             }),
             presence: c.presence.as_ref().map(|r| pb::PresenceRequest {
                 channel: r.channel.clone(),

@@ -406,13 +406,15 @@ pub struct UnsubscribeRequest {
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct UnsubscribeResult {}
 
-/// Tags 3 (type) and later are not used.
+/// Tags 4 (key) and later are not used.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct PublishRequest {
     #[prost(string, tag = "1")]
     pub channel: String,
     #[prost(bytes = "bytes", tag = "2")]
     pub data: Bytes,
+    #[prost(int32, tag = "3")]
+    pub r#type: i32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

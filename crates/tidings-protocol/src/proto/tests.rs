@@ -156,6 +156,7 @@ fn every_command() -> Vec<Command> {
             publish: Some(PublishRequest {
                 channel: "news".into(),
                 data: json(r#"{"text":"hello"}"#),
+                r#type: 0,
             }),
             ..Default::default()
         },
@@ -422,6 +423,7 @@ fn binary_payloads_cross_byte_for_byte() {
         publish: Some(PublishRequest {
             channel: "bin".into(),
             data: Some(Payload::from_bytes(bytes.clone())),
+            r#type: 0,
         }),
         ..Default::default()
     };
