@@ -44,6 +44,9 @@ pub struct IngestPublish {
     pub idempotency_key: Option<String>,
     #[serde(default)]
     pub tags: Option<BTreeMap<String, String>>,
+    /// As the API's `delta`: delta subscribers get a fossil delta.
+    #[serde(default)]
+    pub delta: bool,
 }
 
 /// Why an [`IngestPublish`] was not published.

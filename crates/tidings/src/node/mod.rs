@@ -315,6 +315,7 @@ impl NodeBuilder {
                 let req = PublishRequest {
                     tags: msg.tags,
                     idempotency_key: msg.idempotency_key,
+                    delta: msg.delta,
                     ..PublishRequest::new(msg.channel, msg.data)
                 };
                 node.publish(req).await.map_err(|e| match e {
