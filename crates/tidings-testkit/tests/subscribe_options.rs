@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 use tidings_testkit::profile::{namespace, open_config};
-use tidings_testkit::{Outcome, TidingsServer};
+use tidings_testkit::{hs256_token_with_claims, Outcome, TidingsServer};
 
 const API_KEY: &str = "subscribe-options-key";
 const SECRET: &str = "subscribe-options-secret";
@@ -201,5 +201,32 @@ async fn a_map_publication_is_refused_with_108() -> anyhow::Result<()> {
         .as_array()
         .map_or(0, Vec::len);
     assert_eq!(kept, 0, "{history}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_server_side_subscription_takes_delta_from_the_connect_subs() -> anyhow::Result<()> {
+    let server = server().await?;
+    let token = hs256_token_with_claims(SECRET, &json!({ "sub": "u1", "channels": ["delta:srv"] }))?;
+    let mut client = server.client().await?;
+    let result = client
+        .connect(json!({ "token": token, "subs": { "delta:srv": { "delta": "fossil" } } }))
+        .await?;
+    assert_eq!(result["subs"]["delta:srv"]["delta"], json!(true), "{result}");
+    let doc = |n: u64| {
+        let mut o = serde_json::Map::new();
+        for i in 0..100 {
+            o.insert(format!("field{i}"), json!(format!("value {i}")));
+        }
+        o.insert("n".into(), json!(n));
+        Value::Object(o)
+    };
+    for n in 1..=2 {
+        publish(&server, json!({ "channel": "delta:srv", "data": doc(n) })).await?;
+    }
+    let first = client.next_pub("delta:srv").await?;
+    assert!(first["data"].is_string(), "{first}");
+    let second = client.next_pub("delta:srv").await?;
+    assert_eq!(second["delta"], json!(true), "{second}");
     Ok(())
 }

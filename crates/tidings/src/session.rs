@@ -867,6 +867,10 @@ impl Session {
                         offset: s.offset,
                         epoch: s.epoch.clone(),
                     }),
+                    // As in Centrifugo, a server-side subscription takes the
+                    // position and the delta type from the connect request's
+                    // `subs`; any other type simply is not agreed.
+                    delta: s.delta == "fossil",
                     ..Default::default()
                 })
                 .unwrap_or_default();
