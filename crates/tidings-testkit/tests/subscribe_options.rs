@@ -207,12 +207,17 @@ async fn a_map_publication_is_refused_with_108() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_server_side_subscription_takes_delta_from_the_connect_subs() -> anyhow::Result<()> {
     let server = server().await?;
-    let token = hs256_token_with_claims(SECRET, &json!({ "sub": "u1", "channels": ["delta:srv"] }))?;
+    let token =
+        hs256_token_with_claims(SECRET, &json!({ "sub": "u1", "channels": ["delta:srv"] }))?;
     let mut client = server.client().await?;
     let result = client
         .connect(json!({ "token": token, "subs": { "delta:srv": { "delta": "fossil" } } }))
         .await?;
-    assert_eq!(result["subs"]["delta:srv"]["delta"], json!(true), "{result}");
+    assert_eq!(
+        result["subs"]["delta:srv"]["delta"],
+        json!(true),
+        "{result}"
+    );
     let doc = |n: u64| {
         let mut o = serde_json::Map::new();
         for i in 0..100 {
