@@ -1251,14 +1251,14 @@ impl Session {
                     sub.result.ttl = ttl;
                 }
                 sub.result.data = r.data;
-                let reply = Bytes::from(
-                    Reply {
-                        id,
-                        subscribe: Some(sub.result),
-                        ..Default::default()
-                    }
-                    .to_json(),
-                );
+                // In the connection's own encoding (it was always JSON, which a
+                // Protobuf client cannot read); a payload a JSON client cannot
+                // carry ends the connection with 3506, as in on_subscribe.
+                let reply = self.encode(&Reply {
+                    id,
+                    subscribe: Some(sub.result),
+                    ..Default::default()
+                })?;
                 self.go_live(&req.channel, sub.pending, Some(reply)).await;
             }
             Err(e) => self.send_error(id, e.to_protocol()),
