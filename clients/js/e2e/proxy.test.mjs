@@ -13,6 +13,7 @@ import { test } from 'node:test';
 import { io } from 'socket.io-client';
 
 import {
+  PROTOBUF_FORMAT,
   REPO_ROOT,
   WebSocket,
   connectClient,
@@ -88,6 +89,20 @@ test('centrifuge-js signs in by cookie; the backend allows, refuses, rewrites an
   const gone = waitEvent(stranger, 'disconnected', { message: 'stranger refused' });
   stranger.connect();
   assert.equal((await gone).code, 4501);
+});
+
+test('centrifuge-js in Protobuf gets the subscribe proxy answer in Protobuf', async (t) => {
+  const { server, hits } = await startBackendAndServer(t);
+  const { client } = await connectClient(server.wsUrl, {
+    t,
+    format: PROTOBUF_FORMAT,
+    websocket: cookieSocket('session=carol'),
+  });
+  const lobby = await subscribe(client, 'chat:lobby');
+  assert.ok(hits.includes('/tidings/subscribe'));
+  await server.apiOk('publish', { channel: 'chat:lobby', data: { text: 'hi' } });
+  await waitForCount(lobby.publications, 1, { message: 'a publication' });
+  assert.deepEqual(PROTOBUF_FORMAT.read(lobby.publications[0].data), { text: 'hi' });
 });
 
 test('the refresh proxy extends a cookie session past its first expiry', async (t) => {

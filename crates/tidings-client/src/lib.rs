@@ -309,6 +309,7 @@ impl Client {
                         data: Some(tidings_protocol::Payload::from_bytes(
                             data.as_bytes().to_vec(),
                         )),
+                        ..Default::default()
                     }),
                     ..Default::default()
                 };

@@ -168,6 +168,45 @@ pub struct SubscribeRequest {
     pub recoverable: bool,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub join_leave: bool,
+    /// The delta encoding the client can apply (`"fossil"`), or empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub delta: String,
+    /// A filter on publication tags: only matching publications are delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tf: Option<FilterNode>,
+    /// Bits of [`subscribe_flags`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub flag: i64,
+    /// 0 for a stream subscription; Centrifugo's map and shared-poll subscriptions
+    /// use other values.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub r#type: i32,
+}
+
+/// The bits of a subscribe request's `flag`.
+pub mod subscribe_flags {
+    /// The client would use a numeric channel id in pushes, where the server offers one.
+    pub const CHANNEL_COMPACTION: i64 = 1;
+    /// Refuse the subscribe with error 112 instead of answering `recovered: false`.
+    pub const REJECT_UNRECOVERED: i64 = 2;
+}
+
+/// One node of a publication tags filter: a comparison (`op` empty) or `and`,
+/// `or`, `not` over child nodes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilterNode {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub op: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cmp: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub val: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vals: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<FilterNode>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -182,6 +221,9 @@ pub struct PublishRequest {
     pub channel: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Payload>,
+    /// 0 for a stream publication; 1 is Centrifugo's map publication.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub r#type: i32,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

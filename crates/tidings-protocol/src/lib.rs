@@ -17,6 +17,7 @@
 pub mod codec;
 pub mod codes;
 pub mod command;
+pub mod filter;
 pub mod payload;
 pub mod proto;
 pub mod reply;

@@ -137,6 +137,11 @@ pub struct Publication {
     /// Unix time in milliseconds; 0 when not sent.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub time: i64,
+    /// Sent to a delta subscriber: `data` is a fossil delta against the previous
+    /// publication it received. Between nodes and in history: the publisher asked
+    /// for delta delivery of this publication.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub delta: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -221,6 +226,10 @@ pub struct SubscribeResult {
     pub data: Option<Payload>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub was_recovering: bool,
+    /// Delta delivery was agreed: publications of this subscription may carry
+    /// fossil deltas.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub delta: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

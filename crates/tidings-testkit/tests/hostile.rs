@@ -616,6 +616,40 @@ async fn wrong_types_close_3501() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn subscribe_options_tidings_does_not_do_are_refused() -> anyhow::Result<()> {
+    let mut node = Watched::start().await?;
+    // A delta type other than fossil closes, as in Centrifugo.
+    closes_with(
+        &node.server,
+        r#"{"id":2,"subscribe":{"channel":"o","delta":"xdelta"}}"#,
+        3501,
+    )
+    .await?;
+    node.unhurt().await?;
+    // The development profile allows no tags filter; map and shared-poll
+    // subscriptions and map publications are not offered. Each is an error reply
+    // and the connection stays.
+    let mut client = node.server.connected_client().await?;
+    for (cmd, code) in [
+        (
+            json!({"subscribe": {"channel": "o", "tf": {"key": "k", "cmp": "eq", "val": "v"}}}),
+            107,
+        ),
+        (json!({"subscribe": {"channel": "o", "type": 1}}), 103),
+        (json!({"subscribe": {"channel": "o", "type": 4}}), 108),
+        (
+            json!({"publish": {"channel": "o", "data": {}, "type": 1}}),
+            108,
+        ),
+    ] {
+        let got = client.error_code(cmd.clone()).await?;
+        ensure!(got == code, "{cmd}: {got}, expected {code}");
+    }
+    client.subscribe("o").await?;
+    node.unhurt().await
+}
+
+#[tokio::test]
 async fn unknown_fields_are_accepted() -> anyhow::Result<()> {
     let mut node = Watched::start().await?;
     let mut client = node.server.client().await?;
@@ -625,7 +659,9 @@ async fn unknown_fields_are_accepted() -> anyhow::Result<()> {
     let reply = client.wait_reply(1).await?;
     ensure!(reply.get("connect").is_some(), "connect: {reply}");
     client
-        .send_raw(r#"{"id":2,"subscribe":{"channel":"u","flag":7,"tf":{"x":1},"delta":"fossil"},"note":"hi"}"#)
+        // `tf` and `delta` are known fields now (subscribe_options.rs): unknown
+        // ones next to them are still skipped.
+        .send_raw(r#"{"id":2,"subscribe":{"channel":"u","flag":7,"zz":{"x":1},"delta":"fossil"},"note":"hi"}"#)
         .await?;
     let reply = client.wait_reply(2).await?;
     ensure!(reply.get("subscribe").is_some(), "subscribe: {reply}");

@@ -140,6 +140,7 @@ impl PbClient {
             publish: Some(PublishRequest {
                 channel: channel.to_owned(),
                 data: Some(Payload::from_bytes(data.to_vec())),
+                ..Default::default()
             }),
             ..Default::default()
         })
@@ -333,6 +334,7 @@ async fn malformed_protobuf_frames_close_3501_and_spare_other_clients() -> anyho
         publish: Some(PublishRequest {
             channel: CONTROL.to_owned(),
             data: Some(Payload::from_bytes(&b"{\"n\":0}"[..])),
+            ..Default::default()
         }),
         ..Default::default()
     }]));

@@ -58,5 +58,20 @@ fn codec(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, codec);
+/// The fossil patch of a delta publication: a ~10 KB JSON object against the
+/// previous one with one field changed, worked out once per publication per channel.
+fn delta(c: &mut Criterion) {
+    let doc = |n: u32| {
+        let fields: String = (0..400)
+            .map(|i| format!("\"field{i}\":\"value-{i}-{}\",", (i * 7919) % 1000))
+            .collect();
+        format!("{{{fields}\"n\":{n}}}").into_bytes()
+    };
+    let (prev, next) = (doc(1), doc(2));
+    c.bench_function("fossil_patch_10kb_one_field_changed", |b| {
+        b.iter(|| tidings::hub::fossil_patch(std::hint::black_box(&prev), &next))
+    });
+}
+
+criterion_group!(benches, codec, delta);
 criterion_main!(benches);

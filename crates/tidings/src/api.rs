@@ -241,6 +241,8 @@ struct PublishParams {
     tags: Option<BTreeMap<String, String>>,
     #[serde(default)]
     idempotency_key: Option<String>,
+    #[serde(default)]
+    delta: bool,
 }
 
 #[derive(Deserialize)]
@@ -256,6 +258,8 @@ struct BroadcastParams {
     tags: Option<BTreeMap<String, String>>,
     #[serde(default)]
     idempotency_key: Option<String>,
+    #[serde(default)]
+    delta: bool,
 }
 
 #[derive(Deserialize)]
@@ -412,6 +416,7 @@ fn publish_request(params: &str) -> Result<PublishRequest, tidings_protocol::Err
         skip_history: p.skip_history,
         tags: p.tags,
         idempotency_key: p.idempotency_key,
+        delta: p.delta,
         ..PublishRequest::new(p.channel, data)
     })
 }
@@ -428,6 +433,7 @@ async fn call(node: &Node, method: &str, params: Value) -> Result<Outcome, ApiEr
                         skip_history: p.skip_history,
                         tags: p.tags,
                         idempotency_key: p.idempotency_key,
+                        delta: p.delta,
                         ..PublishRequest::new(p.channel, data)
                     };
                     publish_one(node, req).await
@@ -450,6 +456,7 @@ async fn call(node: &Node, method: &str, params: Value) -> Result<Outcome, ApiEr
                     skip_history: p.skip_history,
                     tags: p.tags.clone(),
                     idempotency_key: p.idempotency_key.clone(),
+                    delta: p.delta,
                     ..PublishRequest::new(channel, data.clone())
                 };
                 let r = publish_one(node, req).await;

@@ -23,6 +23,36 @@ pub struct PublishOptions {
     pub idempotency_key: Option<String>,
 }
 
+/// How long a channel's stream (epoch and top offset) outlives its last
+/// publication: `channel.history_meta_ttl`, or its namespace's `history_meta_ttl`.
+/// A broker asks it per channel when it publishes or sweeps.
+#[derive(Clone)]
+pub struct MetaTtl(Arc<dyn Fn(&str) -> Duration + Send + Sync>);
+
+impl MetaTtl {
+    /// A TTL that `of` works out per channel.
+    pub fn per_channel(of: impl Fn(&str) -> Duration + Send + Sync + 'static) -> Self {
+        Self(Arc::new(of))
+    }
+
+    /// The TTL of `channel`'s stream.
+    pub fn of(&self, channel: &str) -> Duration {
+        (self.0)(channel)
+    }
+}
+
+impl From<Duration> for MetaTtl {
+    fn from(ttl: Duration) -> Self {
+        Self::per_channel(move |_| ttl)
+    }
+}
+
+impl std::fmt::Debug for MetaTtl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetaTtl")
+    }
+}
+
 /// One publication of [`Broker::publish_batch`].
 #[derive(Debug, Clone)]
 pub struct BatchPublish {

@@ -37,10 +37,7 @@ pub fn resolve<'a>(config: &'a Config, name: &'a str) -> Result<ResolvedChannel<
     {
         return Err(codes::ERROR_BAD_REQUEST);
     }
-    let unprefixed = name.strip_prefix(PRIVATE_PREFIX).unwrap_or(name);
-    let namespace = unprefixed
-        .split_once(config.channel.namespace_boundary.as_str())
-        .map_or("", |(ns, _)| ns);
+    let namespace = config.namespace_of(name);
     let options = config
         .namespace(namespace)
         .ok_or(codes::ERROR_UNKNOWN_CHANNEL)?;
@@ -49,6 +46,31 @@ pub fn resolve<'a>(config: &'a Config, name: &'a str) -> Result<ResolvedChannel<
         namespace,
         options,
     })
+}
+
+/// [`resolve`], plus the namespace's `channel_regex` for the part of the name
+/// after the namespace: the check for what a client asks (subscribe, publish,
+/// presence, history).
+///
+/// # Errors
+/// [`resolve`]'s; 107 when the name does not match the namespace's regex.
+pub fn resolve_for_client<'a>(
+    config: &'a Config,
+    name: &'a str,
+) -> Result<ResolvedChannel<'a>, ErrorCode> {
+    let ch = resolve(config, name)?;
+    if let Some(regex) = ch.options.channel_regex() {
+        let unprefixed = name.strip_prefix(PRIVATE_PREFIX).unwrap_or(name);
+        let rest = if ch.namespace.is_empty() {
+            unprefixed
+        } else {
+            &unprefixed[ch.namespace.len() + config.channel.namespace_boundary.len()..]
+        };
+        if !regex.is_match(rest) {
+            return Err(codes::ERROR_BAD_REQUEST);
+        }
+    }
+    Ok(ch)
 }
 
 impl ResolvedChannel<'_> {
@@ -77,6 +99,12 @@ impl ResolvedChannel<'_> {
 
     pub fn history_enabled(&self) -> bool {
         self.options.history_size > 0 && !self.options.history_ttl.is_zero()
+    }
+
+    /// Recoveries in this channel give the latest publication only
+    /// (`force_recovery_mode: "cache"`).
+    pub fn cache_recovery(&self) -> bool {
+        self.history_enabled() && self.options.force_recovery_mode == "cache"
     }
 }
 

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use tidings_protocol::{ClientInfo, Disconnect, Publication, StreamPosition};
+use tidings_protocol::{ClientInfo, Disconnect, FilterNode, Payload, Publication, StreamPosition};
 
 use crate::connection::{Connection, Control};
 
@@ -43,6 +43,18 @@ pub trait PushEncoder: Send + Sync + 'static {
     fn join(&self, channel: &str, info: &ClientInfo) -> Option<Bytes>;
     /// A client left `channel`.
     fn leave(&self, channel: &str, info: &ClientInfo) -> Option<Bytes>;
+    /// A publication of `channel` whose data is `patch`, a fossil delta against the
+    /// previous publication the subscriber received. `None` when this encoding
+    /// cannot carry the patch: the subscriber then gets the full publication.
+    fn publication_delta(
+        &self,
+        channel: &str,
+        publication: &Publication,
+        patch: &Bytes,
+    ) -> Option<Bytes> {
+        let _ = (channel, publication, patch);
+        None
+    }
 
     /// Tells encoders apart when a fan-out keeps one encoding per encoder. Not their
     /// address: the encoders are zero-sized statics, and two of those may share one
@@ -136,6 +148,114 @@ pub fn centrifugo_pushes(format: crate::connection::WireFormat) -> &'static dyn 
     }
 }
 
+/// The encoder of a Centrifugo subscription in `format` that negotiated fossil
+/// deltas.
+pub fn centrifugo_delta_pushes(format: crate::connection::WireFormat) -> &'static dyn PushEncoder {
+    match format {
+        crate::connection::WireFormat::Json => &JSON_DELTA_PUSHES,
+        crate::connection::WireFormat::Protobuf => &PROTOBUF_DELTA_PUSHES,
+    }
+}
+
+/// The JSON pushes of a subscription with fossil deltas. Its publications carry
+/// `data` as a JSON *string*, full or delta alike, because that is what the SDKs
+/// apply a delta to and parse (centrifuge-js: `JSON.parse` of the string).
+pub struct JsonDeltaPushes;
+
+/// The encoder of JSON subscriptions with fossil deltas.
+pub static JSON_DELTA_PUSHES: JsonDeltaPushes = JsonDeltaPushes;
+
+/// `publication` with its data as a JSON string holding `text`.
+fn with_string_data(publication: &Publication, text: &str, delta: bool) -> Publication {
+    Publication {
+        data: Some(Payload::from_value(text)),
+        delta,
+        ..publication.clone()
+    }
+}
+
+/// The full data of a publication for a JSON delta subscriber: the payload's text
+/// as a JSON string. `None` when the payload is not JSON text (the connection is
+/// closed with 3506, as for any JSON connection).
+pub fn json_delta_full(publication: &Publication) -> Option<Publication> {
+    match &publication.data {
+        None => Some(publication.clone()),
+        Some(data) if data.is_json() => {
+            let text = std::str::from_utf8(data.as_bytes()).ok()?;
+            Some(with_string_data(publication, text, false))
+        }
+        Some(_) => None,
+    }
+}
+
+impl PushEncoder for JsonDeltaPushes {
+    fn publication(&self, channel: &str, publication: &Publication) -> Option<Bytes> {
+        JSON_PUSHES.publication(channel, &json_delta_full(publication)?)
+    }
+
+    fn publication_delta(
+        &self,
+        channel: &str,
+        publication: &Publication,
+        patch: &Bytes,
+    ) -> Option<Bytes> {
+        // A patch may split a multi-byte character; such a patch cannot travel as
+        // a JSON string, and the full publication goes instead.
+        let text = std::str::from_utf8(patch).ok()?;
+        JSON_PUSHES.publication(channel, &with_string_data(publication, text, true))
+    }
+
+    fn join(&self, channel: &str, info: &ClientInfo) -> Option<Bytes> {
+        JSON_PUSHES.join(channel, info)
+    }
+
+    fn leave(&self, channel: &str, info: &ClientInfo) -> Option<Bytes> {
+        JSON_PUSHES.leave(channel, info)
+    }
+}
+
+/// The Protobuf pushes of a subscription with fossil deltas: `data` is the bytes,
+/// full or delta.
+pub struct ProtobufDeltaPushes;
+
+/// The encoder of Protobuf subscriptions with fossil deltas.
+pub static PROTOBUF_DELTA_PUSHES: ProtobufDeltaPushes = ProtobufDeltaPushes;
+
+impl PushEncoder for ProtobufDeltaPushes {
+    fn publication(&self, channel: &str, publication: &Publication) -> Option<Bytes> {
+        PROTOBUF_PUSHES.publication(channel, publication)
+    }
+
+    fn publication_delta(
+        &self,
+        channel: &str,
+        publication: &Publication,
+        patch: &Bytes,
+    ) -> Option<Bytes> {
+        let with_patch = Publication {
+            data: Some(Payload::from_bytes(patch.clone())),
+            delta: true,
+            ..publication.clone()
+        };
+        PROTOBUF_PUSHES.publication(channel, &with_patch)
+    }
+
+    fn join(&self, channel: &str, info: &ClientInfo) -> Option<Bytes> {
+        PROTOBUF_PUSHES.join(channel, info)
+    }
+
+    fn leave(&self, channel: &str, info: &ClientInfo) -> Option<Bytes> {
+        PROTOBUF_PUSHES.leave(channel, info)
+    }
+}
+
+/// The fossil delta that turns `prev` into `next`, when it is shorter than `next`.
+pub fn fossil_patch(prev: &[u8], next: &[u8]) -> Option<Bytes> {
+    // The crate's argument order is (target, source).
+    let patch = fossil_delta::delta(next, prev);
+    (patch.len() < next.len()).then(|| Bytes::from(patch))
+}
+
 /// What one fan-out hands out: encoded lazily, once per encoder. A channel's
 /// subscribers nearly always share one encoder, so [`Encodings::deliver`] keeps
 /// the encoding of the previous subscriber at hand and compares one encoder key
@@ -147,6 +267,23 @@ struct Encodings<'a> {
     /// The encoder of the previous subscriber (none yet) and its encoding.
     last_key: Option<TypeId>,
     last: Option<Bytes>,
+    /// Set when the push is a publication: what tags filters and deltas need.
+    publication: Option<PublicationFanout<'a>>,
+}
+
+/// A publication on its way out, for the subscribers with a tags filter or deltas.
+struct PublicationFanout<'a> {
+    channel: &'a str,
+    publication: &'a Publication,
+    /// Where it sits in the channel's delta chain; `None` while the channel has no
+    /// delta subscriber here.
+    link: Option<Link>,
+    /// The fossil patch against the previous publication, worked out at most once,
+    /// when the first subscriber that can take it comes: `Some(None)` when there is
+    /// none (not marked for delta, no previous data, or not shorter).
+    patch: Option<Option<Bytes>>,
+    /// The delta encodings made so far, per encoder.
+    deltas: Vec<(TypeId, Option<Bytes>)>,
 }
 
 impl<'a> Encodings<'a> {
@@ -156,12 +293,34 @@ impl<'a> Encodings<'a> {
             done: Vec::new(),
             last_key: None,
             last: None,
+            publication: None,
+        }
+    }
+
+    fn for_publication(
+        encode: &'a dyn Fn(&dyn PushEncoder) -> Option<Bytes>,
+        channel: &'a str,
+        publication: &'a Publication,
+        link: Option<Link>,
+    ) -> Self {
+        Self {
+            publication: Some(PublicationFanout {
+                channel,
+                publication,
+                link,
+                patch: None,
+                deltas: Vec::new(),
+            }),
+            ..Self::new(encode)
         }
     }
 
     /// Delivers the push to `sub` in its encoder's encoding.
     #[inline]
     fn deliver(&mut self, sub: &Subscriber, offset: u64) {
+        if sub.shaped {
+            return self.deliver_shaped(sub, offset);
+        }
         if self.last_key != Some(sub.encoder_key) {
             self.switch(sub);
         }
@@ -169,6 +328,63 @@ impl<'a> Encodings<'a> {
             Some(bytes) => sub.deliver(offset, bytes),
             None => sub.cannot_carry(),
         }
+    }
+
+    /// A subscriber with a tags filter or deltas.
+    #[cold]
+    fn deliver_shaped(&mut self, sub: &Subscriber, offset: u64) {
+        let Some(fanout) = &self.publication else {
+            // Join and leave: neither filtered nor delta-encoded.
+            if self.last_key != Some(sub.encoder_key) {
+                self.switch(sub);
+            }
+            return match &self.last {
+                Some(bytes) => sub.deliver(offset, bytes),
+                None => sub.cannot_carry(),
+            };
+        };
+        if let Some(filter) = &sub.tags_filter {
+            if !tidings_protocol::filter::matches(filter, fanout.publication.tags.as_ref()) {
+                // The client will not have this publication: a delta after it
+                // could not be applied.
+                sub.delta_base.store(0, Ordering::Release);
+                return;
+            }
+        }
+        let link = fanout.link.clone().filter(|_| sub.delta);
+        if self.last_key != Some(sub.encoder_key) {
+            self.switch(sub);
+        }
+        let Some(full) = self.last.clone() else {
+            return sub.cannot_carry();
+        };
+        let Some(link) = link else {
+            return sub.deliver(offset, &full);
+        };
+        sub.deliver_chained(offset, &link, &full, || self.delta_for(sub));
+    }
+
+    /// The delta encoding of the publication for `sub`'s encoder, made once.
+    fn delta_for(&mut self, sub: &Subscriber) -> Option<Bytes> {
+        let fanout = self.publication.as_mut()?;
+        let patch = fanout
+            .patch
+            .get_or_insert_with(|| {
+                let link = fanout.link.as_ref()?;
+                let prev = link.prev.as_ref()?;
+                let next = fanout.publication.data.as_ref()?;
+                fossil_patch(prev.as_bytes(), next.as_bytes())
+            })
+            .clone()?;
+        let key = sub.encoder_key;
+        if let Some((_, bytes)) = fanout.deltas.iter().find(|(k, _)| *k == key) {
+            return bytes.clone();
+        }
+        let bytes = sub
+            .encoder
+            .publication_delta(fanout.channel, fanout.publication, &patch);
+        fanout.deltas.push((key, bytes.clone()));
+        bytes
     }
 
     #[cold]
@@ -209,6 +425,63 @@ pub struct Subscriber {
     /// they can be ordered after the subscribe reply and de-duplicated against the
     /// publications the reply carries. `None` once live.
     pending: Mutex<Option<Pending>>,
+    /// Only publications whose tags match are delivered.
+    tags_filter: Option<Arc<FilterNode>>,
+    /// The subscription negotiated fossil deltas.
+    delta: bool,
+    /// `tags_filter` or `delta`: the fan-out takes the slower path for it.
+    shaped: bool,
+    /// The channel's delta chain number ([`Link::seq`]) of the last publication
+    /// this subscriber was sent live; 0 when it has none to apply a delta to
+    /// (just subscribed, or it skipped one).
+    delta_base: AtomicU64,
+}
+
+/// What a subscriber receives beyond its encoder's pushes.
+#[derive(Debug, Clone, Default)]
+pub struct Shape {
+    /// Deliver only the publications whose tags match.
+    pub tags_filter: Option<Arc<FilterNode>>,
+    /// Send fossil deltas where the publisher marked a publication for them.
+    pub delta: bool,
+}
+
+/// A publication's place in its channel's delta chain on this node.
+#[derive(Debug, Clone)]
+struct Link {
+    /// Numbers the channel's publications on this node, from 1.
+    seq: u64,
+    /// `seq` of the previous publication; 0 for none.
+    prev_seq: u64,
+    /// The previous publication's data.
+    prev: Option<Payload>,
+    /// The publisher marked this publication for delta delivery.
+    marked: bool,
+}
+
+/// The publications a channel's delta subscribers may receive deltas against.
+#[derive(Default)]
+struct DeltaChain {
+    seq: u64,
+    prev: Option<(u64, Option<Payload>)>,
+}
+
+impl DeltaChain {
+    /// Appends a publication and returns its link.
+    fn advance(&mut self, publication: &Publication, marked: bool) -> Link {
+        self.seq += 1;
+        let seq = self.seq;
+        let (prev_seq, prev) = self
+            .prev
+            .replace((seq, publication.data.clone()))
+            .unwrap_or((0, None));
+        Link {
+            seq,
+            prev_seq,
+            prev,
+            marked,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -224,6 +497,16 @@ impl Subscriber {
         join_leave: bool,
         encoder: &'static dyn PushEncoder,
     ) -> Arc<Self> {
+        Self::shaped(conn, join_leave, encoder, Shape::default())
+    }
+
+    /// A subscriber with a tags filter or deltas (see [`Shape`]).
+    pub fn shaped(
+        conn: Arc<Connection>,
+        join_leave: bool,
+        encoder: &'static dyn PushEncoder,
+        shape: Shape,
+    ) -> Arc<Self> {
         Arc::new(Self {
             conn,
             join_leave,
@@ -233,6 +516,10 @@ impl Subscriber {
             insufficient: AtomicBool::new(false),
             floor: AtomicU64::new(0),
             pending: Mutex::new(Some(Pending::default())),
+            shaped: shape.tags_filter.is_some() || shape.delta,
+            tags_filter: shape.tags_filter,
+            delta: shape.delta,
+            delta_base: AtomicU64::new(0),
         })
     }
 
@@ -281,27 +568,60 @@ impl Subscriber {
         if offset != 0 && offset <= self.floor.load(Ordering::Acquire) {
             return;
         }
-        if self.live.load(Ordering::Acquire) {
+        if self.live.load(Ordering::Acquire) || !self.hold(offset, bytes) {
             self.conn.send(bytes.clone());
+        }
+    }
+
+    /// Holds a delivery while the subscribe reply has not gone out: `false` when
+    /// the subscriber went live meanwhile and the caller sends it.
+    fn hold(&self, offset: u64, bytes: &Bytes) -> bool {
+        let mut pending = self.pending.lock();
+        let Some(p) = pending.as_mut() else {
+            return false;
+        };
+        p.bytes += bytes.len();
+        if p.bytes > self.conn.outbox_limit() {
+            // Buffered more than the client may have queued: same rule as a
+            // full outbox.
+            p.items.clear();
+            self.conn.outbox.close_dropping_queued(Disconnect::slow());
+        } else {
+            p.items.push((offset, bytes.clone()));
+        }
+        true
+    }
+
+    /// Delivers a publication to a delta subscriber: the delta when the subscriber
+    /// is live and was sent the publication the delta is against, the full
+    /// publication otherwise. Deliveries that wait for the subscribe reply are
+    /// full (some of them may be dropped as covered by the reply, and a delta
+    /// after a dropped one could not be applied), so the first publication after
+    /// a subscribe is full.
+    fn deliver_chained(
+        &self,
+        offset: u64,
+        link: &Link,
+        full: &Bytes,
+        delta: impl FnOnce() -> Option<Bytes>,
+    ) {
+        if self.insufficient.load(Ordering::Acquire) {
             return;
         }
-        let mut pending = self.pending.lock();
-        match pending.as_mut() {
-            Some(p) => {
-                p.bytes += bytes.len();
-                if p.bytes > self.conn.outbox_limit() {
-                    // Buffered more than the client may have queued: same rule as a
-                    // full outbox.
-                    p.items.clear();
-                    self.conn.outbox.close_dropping_queued(Disconnect::slow());
-                } else {
-                    p.items.push((offset, bytes.clone()));
-                }
-            }
-            None => {
-                self.conn.send(bytes.clone());
+        if offset != 0 && offset <= self.floor.load(Ordering::Acquire) {
+            return;
+        }
+        if !self.live.load(Ordering::Acquire) && self.hold(offset, full) {
+            return;
+        }
+        let base = self.delta_base.swap(link.seq, Ordering::AcqRel);
+        if link.marked && base != 0 && base == link.prev_seq {
+            if let Some(bytes) = delta() {
+                self.conn.send(bytes);
+                return;
             }
         }
+        self.conn.send(full.clone());
     }
 
     /// Sends `first` (the subscribe reply), then what was buffered with an offset
@@ -352,6 +672,13 @@ struct Channel {
     /// that read the stream's position. A plain mutex, held while one publication
     /// is checked and handed out, so order and de-duplication go together.
     last: Mutex<Option<Delivered>>,
+    /// Subscribers here that negotiated deltas; the chain is kept only while
+    /// there are some.
+    delta_subs: usize,
+    /// Held while a publication is handed out to a channel with delta
+    /// subscribers, so each one's base moves in publication order (after `last`
+    /// when both are taken).
+    chain: Mutex<DeltaChain>,
 }
 
 /// What [`Hub::publish`] did with a publication.
@@ -398,7 +725,14 @@ impl Hub {
         let mut shard = self.shard(channel).write();
         let entry = shard.entry(channel.to_string()).or_default();
         let first = entry.subs.is_empty();
-        entry.subs.insert(sub.conn.serial, sub);
+        if sub.delta {
+            entry.delta_subs += 1;
+        }
+        if let Some(old) = entry.subs.insert(sub.conn.serial, sub) {
+            if old.delta {
+                entry.delta_subs -= 1;
+            }
+        }
         first
     }
 
@@ -408,8 +742,14 @@ impl Hub {
         let Some(entry) = shard.get_mut(channel) else {
             return false;
         };
-        if entry.subs.remove(&serial).is_none() {
+        let Some(removed) = entry.subs.remove(&serial) else {
             return false;
+        };
+        if removed.delta {
+            entry.delta_subs -= 1;
+            if entry.delta_subs == 0 {
+                *entry.chain.lock() = DeltaChain::default();
+            }
         }
         if entry.subs.is_empty() {
             shard.remove(channel);
@@ -433,9 +773,23 @@ impl Hub {
         let Some(entry) = shard.get(channel) else {
             return Delivery::Delivered(0);
         };
+        // The publisher's delta mark steers delivery; no subscriber sees it.
+        let marked = publication.delta;
+        let unmarked;
+        let publication = if marked {
+            unmarked = Publication {
+                delta: false,
+                ..publication.clone()
+            };
+            &unmarked
+        } else {
+            publication
+        };
         let encode = |encoder: &dyn PushEncoder| encoder.publication(channel, publication);
-        let mut encodings = Encodings::new(&encode);
         if offset == 0 {
+            let mut chain = (entry.delta_subs > 0).then(|| entry.chain.lock());
+            let link = chain.as_mut().map(|c| c.advance(publication, marked));
+            let mut encodings = Encodings::for_publication(&encode, channel, publication, link);
             for sub in entry.subs.values() {
                 encodings.deliver(sub, offset);
             }
@@ -480,12 +834,17 @@ impl Hub {
         });
         match next {
             Ok(()) => {
+                let mut chain = (entry.delta_subs > 0).then(|| entry.chain.lock());
+                let link = chain.as_mut().map(|c| c.advance(publication, marked));
+                let mut encodings = Encodings::for_publication(&encode, channel, publication, link);
                 for sub in entry.subs.values() {
                     encodings.deliver(sub, offset);
                 }
                 Delivery::Delivered(entry.subs.len())
             }
             Err(()) => {
+                // Every subscriber resubscribes; no delta may span the gap.
+                *entry.chain.lock() = DeltaChain::default();
                 for sub in entry.subs.values() {
                     sub.lose_place(channel);
                 }
@@ -873,5 +1232,146 @@ mod tests {
         assert!(control.try_recv().is_some());
         assert_eq!(hub.position("c"), Some(top));
         assert_eq!(hub.publish("c", Some("e"), &p(4)), Delivery::Duplicate);
+    }
+
+    /// A JSON object of about 10 KB whose field `n` is `n`.
+    fn big(n: u64) -> Publication {
+        let filler: String = (0..400).map(|i| format!("\"k{i}\":{i},")).collect();
+        let text = format!("{{{filler}\"n\":{n}}}");
+        Publication {
+            data: Some(tidings_protocol::RawJson::parse(text).unwrap()),
+            offset: n,
+            delta: true,
+            ..Default::default()
+        }
+    }
+
+    fn decode_pushes(frames: &[Bytes]) -> Vec<Publication> {
+        frames
+            .iter()
+            .flat_map(|f| tidings_protocol::proto::decode_replies(f, Default::default()).unwrap())
+            .map(|r| r.push.unwrap().publication.unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_fossil_patch_rebuilds_the_next_payload() {
+        let (a, b) = (big(1), big(2));
+        let (a, b) = (a.data.unwrap(), b.data.unwrap());
+        let patch = fossil_patch(a.as_bytes(), b.as_bytes()).expect("a shorter patch");
+        assert!(patch.len() * 20 < b.len(), "{} bytes", patch.len());
+        let rebuilt = fossil_delta::apply(a.as_bytes(), &patch).unwrap();
+        assert_eq!(rebuilt, b.as_bytes().to_vec());
+        assert!(fossil_patch(b"short", b"other").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_delta_subscriber_gets_one_full_publication_then_deltas() {
+        let hub = Hub::new();
+        let (conn, _control) = Connection::new("test", 1 << 20);
+        let sub = Subscriber::shaped(
+            conn,
+            false,
+            &PROTOBUF_DELTA_PUSHES,
+            Shape {
+                delta: true,
+                ..Default::default()
+            },
+        );
+        let (plain, _c) = subscriber();
+        hub.add("ch", sub.clone());
+        hub.add("ch", plain.clone());
+        sub.go_live(None, 0);
+        plain.go_live(None, 0);
+        for n in 1..=3 {
+            hub.publish("ch", Some("e"), &big(n));
+        }
+        let got = decode_pushes(&sent(&sub).await);
+        assert_eq!(
+            got.iter().map(|p| p.delta).collect::<Vec<_>>(),
+            [false, true, true]
+        );
+        let mut data = got[0].data.clone().unwrap().as_bytes().to_vec();
+        for p in &got[1..] {
+            data = fossil_delta::apply(&data, p.data.as_ref().unwrap().as_bytes()).unwrap();
+        }
+        assert_eq!(data, big(3).data.unwrap().as_bytes().to_vec());
+        // The plain subscriber gets full data, and no one sees the publisher's mark.
+        let full = sent(&plain).await;
+        assert_eq!(full.len(), 3);
+        assert_eq!(full[2], big(3).data.unwrap().as_bytes().clone());
+    }
+
+    #[tokio::test]
+    async fn unmarked_or_filtered_publications_break_the_delta_chain() {
+        let hub = Hub::new();
+        let (conn, _control) = Connection::new("test", 1 << 20);
+        let filter = FilterNode {
+            key: "keep".into(),
+            cmp: "ex".into(),
+            ..Default::default()
+        };
+        let sub = Subscriber::shaped(
+            conn,
+            false,
+            &PROTOBUF_DELTA_PUSHES,
+            Shape {
+                delta: true,
+                tags_filter: Some(Arc::new(filter)),
+            },
+        );
+        hub.add("ch", sub.clone());
+        sub.go_live(None, 0);
+        let tagged = |n: u64, keep: bool, marked: bool| Publication {
+            tags: keep.then(|| [("keep".to_string(), "1".to_string())].into()),
+            delta: marked,
+            ..big(n)
+        };
+        hub.publish("ch", Some("e"), &tagged(1, true, true));
+        hub.publish("ch", Some("e"), &tagged(2, true, false));
+        hub.publish("ch", Some("e"), &tagged(3, true, true));
+        hub.publish("ch", Some("e"), &tagged(4, false, true));
+        hub.publish("ch", Some("e"), &tagged(5, true, true));
+        hub.publish("ch", Some("e"), &tagged(6, true, true));
+        let got = decode_pushes(&sent(&sub).await);
+        let seen: Vec<(u64, bool)> = got.iter().map(|p| (p.offset, p.delta)).collect();
+        // 2 is not marked: full. 4 is filtered out: 5 cannot be a delta against it.
+        assert_eq!(
+            seen,
+            [(1, false), (2, false), (3, true), (5, false), (6, true)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_json_delta_subscriber_gets_data_as_strings() {
+        let hub = Hub::new();
+        let (conn, _control) = Connection::new("test", 1 << 20);
+        let sub = Subscriber::shaped(
+            conn,
+            false,
+            &JSON_DELTA_PUSHES,
+            Shape {
+                delta: true,
+                ..Default::default()
+            },
+        );
+        hub.add("ch", sub.clone());
+        sub.go_live(None, 0);
+        hub.publish("ch", Some("e"), &big(1));
+        hub.publish("ch", Some("e"), &big(2));
+        let frames = sent(&sub).await;
+        let pushes: Vec<serde_json::Value> = frames
+            .iter()
+            .map(|f| serde_json::from_slice(f).unwrap())
+            .collect();
+        let first = &pushes[0]["push"]["pub"];
+        let text = first["data"].as_str().expect("a string");
+        assert_eq!(text.as_bytes(), big(1).data.unwrap().as_bytes().as_ref());
+        assert!(first.get("delta").is_none());
+        let second = &pushes[1]["push"]["pub"];
+        assert_eq!(second["delta"], true);
+        let patch = second["data"].as_str().unwrap();
+        let rebuilt = fossil_delta::apply(text.as_bytes(), patch.as_bytes()).unwrap();
+        assert_eq!(rebuilt, big(2).data.unwrap().as_bytes().to_vec());
     }
 }

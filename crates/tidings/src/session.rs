@@ -15,9 +15,10 @@ use futures_util::{Stream, StreamExt};
 use tidings_protocol::codes::{self, ErrorCode};
 use tidings_protocol::command::{Empty, Method};
 use tidings_protocol::{
-    codec, ClientInfo, Command, ConnectRequest, ConnectResult, Disconnect, HistoryRequest,
-    HistoryResult, PresenceResult, PresenceStatsResult, Push, RawJson, RefreshResult, Reply,
-    RpcResult, StreamPosition, SubscribePush, SubscribeRequest, SubscribeResult, UnsubscribePush,
+    codec, subscribe_flags, ClientInfo, Command, ConnectRequest, ConnectResult, Disconnect,
+    HistoryRequest, HistoryResult, PresenceResult, PresenceStatsResult, Push, RawJson,
+    RefreshResult, Reply, RpcResult, StreamPosition, SubscribePush, SubscribeRequest,
+    SubscribeResult, UnsubscribePush,
 };
 use tokio::time::Instant;
 
@@ -26,7 +27,7 @@ use crate::channel;
 use crate::connection::WireFormat;
 use crate::connection::{Connection, Control, ControlReceiver, ServerRefresh, ServerSubscribe};
 use crate::limit::{Budget, CommandBudget};
-use crate::node::centrifugo_pushes;
+use crate::node::{centrifugo_delta_pushes, centrifugo_pushes, json_delta_full, Shape};
 use crate::node::{
     ConnectEvent, HistoryFilter, JoinRequest, Member, Node, NodeError, Pending, PublishRequest,
     RpcRequest, StreamAsk,
@@ -198,6 +199,40 @@ struct SubscribeAsk {
     expire_at: Option<Instant>,
     /// Refreshed by the namespace's sub_refresh proxy.
     server_refresh: bool,
+    /// The client can apply fossil deltas.
+    delta: bool,
+    /// Deliver only publications whose tags match (checked against the namespace
+    /// in [`Session::subscribe_channel`]).
+    tags_filter: Option<tidings_protocol::FilterNode>,
+    /// Refuse with 112 a recovery that cannot recover.
+    reject_unrecovered: bool,
+}
+
+impl SubscribeAsk {
+    /// The subscribe request's `delta`, `tf` and `flag`.
+    fn with_request_options(self, req: &SubscribeRequest) -> Self {
+        SubscribeAsk {
+            delta: !req.delta.is_empty(),
+            tags_filter: req.tf.clone(),
+            reject_unrecovered: req.flag & subscribe_flags::REJECT_UNRECOVERED != 0,
+            ..self
+        }
+    }
+}
+
+/// Refuses what a subscribe asks for that Tidings does not do, with Centrifugo's
+/// answers where no namespace enables it: a shared-poll subscription (`type` 4)
+/// gets 108, any other non-stream `type` (the map kinds) 103; a `delta` other
+/// than `"fossil"` closes the connection with 3501.
+fn check_subscribe_request(req: &SubscribeRequest) -> Result<(), Refusal> {
+    if !req.delta.is_empty() && req.delta != "fossil" {
+        return Err(Refusal::Disconnect(Disconnect::bad_request()));
+    }
+    match req.r#type {
+        0 => Ok(()),
+        4 => Err(Refusal::Error(codes::ERROR_NOT_AVAILABLE)),
+        _ => Err(Refusal::Error(codes::ERROR_PERMISSION_DENIED)),
+    }
 }
 
 /// The outcome of subscribing, before the reply is sent.
@@ -832,6 +867,10 @@ impl Session {
                         offset: s.offset,
                         epoch: s.epoch.clone(),
                     }),
+                    // As in Centrifugo, a server-side subscription takes the
+                    // position and the delta type from the connect request's
+                    // `subs`; any other type simply is not agreed.
+                    delta: s.delta == "fossil",
                     ..Default::default()
                 })
                 .unwrap_or_default();
@@ -1046,6 +1085,14 @@ impl Session {
     }
 
     async fn on_subscribe(&mut self, id: u32, req: SubscribeRequest) -> Result<(), Disconnect> {
+        match check_subscribe_request(&req) {
+            Ok(()) => {}
+            Err(Refusal::Error(code)) => {
+                self.send_error(id, code);
+                return Ok(());
+            }
+            Err(Refusal::Disconnect(d)) => return Err(d),
+        }
         if req.token.is_empty() && self.uses_subscribe_proxy(&req.channel) {
             return self.subscribe_by_proxy(id, req).await;
         }
@@ -1076,7 +1123,8 @@ impl Session {
             positioned: req.positioned && may_history,
             join_leave: req.join_leave && may_presence,
             ..Default::default()
-        };
+        }
+        .with_request_options(&req);
         let mut chan_info = None;
         let mut data = None;
         let mut ttl = None;
@@ -1183,7 +1231,8 @@ impl Session {
             overrides: r.overrides.map(override_from_proxy),
             server_refresh,
             ..Default::default()
-        };
+        }
+        .with_request_options(&req);
         let mut ttl = None;
         if r.expire_at > 0 {
             if server_refresh {
@@ -1202,14 +1251,14 @@ impl Session {
                     sub.result.ttl = ttl;
                 }
                 sub.result.data = r.data;
-                let reply = Bytes::from(
-                    Reply {
-                        id,
-                        subscribe: Some(sub.result),
-                        ..Default::default()
-                    }
-                    .to_json(),
-                );
+                // In the connection's own encoding (it was always JSON, which a
+                // Protobuf client cannot read); a payload a JSON client cannot
+                // carry ends the connection with 3506, as in on_subscribe.
+                let reply = self.encode(&Reply {
+                    id,
+                    subscribe: Some(sub.result),
+                    ..Default::default()
+                })?;
                 self.go_live(&req.channel, sub.pending, Some(reply)).await;
             }
             Err(e) => self.send_error(id, e.to_protocol()),
@@ -1260,7 +1309,7 @@ impl Session {
     /// Checks that hold for every subscribe: a valid name in a known namespace, not
     /// subscribed yet, under the channel limit.
     fn check_subscribe_limits(&self, req: &SubscribeRequest) -> Result<(), ErrorCode> {
-        channel::resolve(self.node.config(), &req.channel)?;
+        channel::resolve_for_client(self.node.config(), &req.channel)?;
         if self.subs.contains_key(&req.channel) {
             return Err(codes::ERROR_ALREADY_SUBSCRIBED);
         }
@@ -1327,6 +1376,22 @@ impl Session {
             None if positioned => StreamAsk::Position,
             None => StreamAsk::None,
         };
+        let tags_filter = match &ask.tags_filter {
+            None => None,
+            Some(_) if !opts.allow_tags_filter => return Err(codes::ERROR_BAD_REQUEST.into()),
+            Some(tf) => {
+                tidings_protocol::filter::validate(tf).map_err(|_| codes::ERROR_BAD_REQUEST)?;
+                Some(Arc::new(tf.clone()))
+            }
+        };
+        // As in Centrifugo: deltas need a namespace that allows them and a
+        // positioned stream (history with positioning or recovery).
+        let delta = ask.delta && positioned && opts.allows_fossil_delta();
+        let encoder = if delta {
+            centrifugo_delta_pushes(self.conn.format)
+        } else {
+            centrifugo_pushes(self.conn.format)
+        };
         let joined = node
             .join(
                 &self.conn,
@@ -1338,19 +1403,34 @@ impl Session {
                     push_join_leave: opts.join_leave
                         && (opts.force_push_join_leave || ask.join_leave),
                     stream,
-                    encoder: centrifugo_pushes(self.conn.format),
+                    encoder,
+                    shape: Shape { tags_filter, delta },
+                    reject_unrecovered: ask.reject_unrecovered,
                 },
             )
             .await?;
-        let mut result = SubscribeResult::default();
+        let mut result = SubscribeResult {
+            delta,
+            ..Default::default()
+        };
         if let Some(position) = joined.position {
             result.positioned = true;
             result.recoverable = recoverable;
             result.epoch = position.epoch;
             result.offset = position.offset;
             result.publications = joined.publications;
+            if delta && self.conn.format == WireFormat::Json {
+                // Every publication of a JSON delta subscription carries its data
+                // as a string; recovered ones are full. One that is not JSON stays
+                // as it is and the reply fails with 3506, as without deltas.
+                for p in &mut result.publications {
+                    if let Some(full) = json_delta_full(p) {
+                        *p = full;
+                    }
+                }
+            }
             result.recovered = joined.recovered;
-            result.was_recovering = ask.recover.is_some() && recoverable;
+            result.was_recovering = joined.recovering;
         }
         self.subs.insert(
             channel.to_string(),
@@ -1400,9 +1480,14 @@ impl Session {
     /// A client publication: the publish proxy decides (and may rewrite it) where
     /// the namespace enables one; the namespace's permissions otherwise.
     async fn on_publish(&mut self, req: tidings_protocol::PublishRequest) -> Result<(), Rejection> {
+        // Map publications (Centrifugo's `type: 1`) need a map handler, which
+        // Tidings does not have: 108, as Centrifugo answers without one.
+        if req.r#type != 0 {
+            return Err(codes::ERROR_NOT_AVAILABLE.into());
+        }
         let node = self.node.clone();
         let config = node.config();
-        let ch = channel::resolve(config, &req.channel)?;
+        let ch = channel::resolve_for_client(config, &req.channel)?;
         let subscribed = self.subs.get(&req.channel);
         if ch.options.publish_proxy_enabled {
             let data = req.data.ok_or(codes::ERROR_BAD_REQUEST)?;
@@ -1450,7 +1535,7 @@ impl Session {
     /// Presence queries: 108 where presence is off, then the permission (103).
     fn check_presence(&self, channel: &str) -> Result<(), NodeError> {
         let config = self.node.config();
-        let ch = channel::resolve(config, channel)?;
+        let ch = channel::resolve_for_client(config, channel)?;
         if !ch.options.presence {
             return Err(codes::ERROR_NOT_AVAILABLE.into());
         }
@@ -1482,7 +1567,7 @@ impl Session {
 
     async fn on_history(&self, req: HistoryRequest) -> Result<HistoryResult, NodeError> {
         let config = self.node.config();
-        let ch = channel::resolve(config, &req.channel)?;
+        let ch = channel::resolve_for_client(config, &req.channel)?;
         if !ch.history_enabled() {
             return Err(codes::ERROR_NOT_AVAILABLE.into());
         }

@@ -1603,3 +1603,47 @@ async fn direct_publish_works_on_a_redis_cluster() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn each_channel_keeps_its_stream_for_its_own_meta_ttl() {
+    let redis = RedisServer::start().await.unwrap();
+    // "short:" streams (a namespace's history_meta_ttl) outlive their last
+    // publication by one second, the others by an hour.
+    let ttl = tidings::broker::MetaTtl::per_channel(|ch| {
+        if ch.starts_with("short:") {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(3600)
+        }
+    });
+    let broker = RedisBroker::new(&cfg(&redis), ttl).unwrap();
+    let short = broker
+        .publish("short:a", publication(1), opts(10))
+        .await
+        .unwrap();
+    let long = broker
+        .publish("long:a", publication(1), opts(10))
+        .await
+        .unwrap();
+    let top = |ch: &'static str| {
+        let broker = &broker;
+        async move {
+            let filter = HistoryFilter {
+                limit: Some(0),
+                ..Default::default()
+            };
+            broker.history(ch, filter).await.unwrap().position
+        }
+    };
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let now = top("short:a").await;
+        if now.epoch != short.epoch {
+            assert_eq!(now.offset, 0, "a new, empty stream");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the short stream never expired");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(top("long:a").await, long, "the long stream is untouched");
+}

@@ -13,12 +13,12 @@ use bytes::Bytes;
 use super::messages as pb;
 use crate::command::Empty;
 use crate::{
-    ClientInfo, Command, ConnectRequest, ConnectResult, Disconnect, Error, HistoryRequest,
-    HistoryResult, JoinLeave, MessagePush, Payload, PresenceRequest, PresenceResult,
-    PresenceStatsRequest, PresenceStatsResult, Publication, PublishRequest, Push, RefreshRequest,
-    RefreshResult, Reply, RpcRequest, RpcResult, SendRequest, StreamPosition, SubRefreshRequest,
-    SubRefreshResult, SubscribePush, SubscribeRequest, SubscribeResult, UnsubscribePush,
-    UnsubscribeRequest,
+    ClientInfo, Command, ConnectRequest, ConnectResult, Disconnect, Error, FilterNode,
+    HistoryRequest, HistoryResult, JoinLeave, MessagePush, Payload, PresenceRequest,
+    PresenceResult, PresenceStatsRequest, PresenceStatsResult, Publication, PublishRequest, Push,
+    RefreshRequest, RefreshResult, Reply, RpcRequest, RpcResult, SendRequest, StreamPosition,
+    SubRefreshRequest, SubRefreshResult, SubscribePush, SubscribeRequest, SubscribeResult,
+    UnsubscribePush, UnsubscribeRequest,
 };
 
 fn to_bytes(payload: &Option<Payload>) -> Bytes {
@@ -46,6 +46,7 @@ impl From<pb::Command> for Command {
             publish: c.publish.map(|r| PublishRequest {
                 channel: r.channel,
                 data: to_payload(r.data),
+                r#type: r.r#type,
             }),
             presence: c.presence.map(|r| PresenceRequest { channel: r.channel }),
             presence_stats: c
@@ -99,6 +100,36 @@ impl From<pb::SubscribeRequest> for SubscribeRequest {
             positioned: r.positioned,
             recoverable: r.recoverable,
             join_leave: r.join_leave,
+            delta: r.delta,
+            tf: r.tf.map(Into::into),
+            flag: r.flag,
+            r#type: r.r#type,
+        }
+    }
+}
+
+impl From<pb::FilterNode> for FilterNode {
+    fn from(n: pb::FilterNode) -> Self {
+        FilterNode {
+            op: n.op,
+            key: n.key,
+            cmp: n.cmp,
+            val: n.val,
+            vals: n.vals,
+            nodes: n.nodes.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl From<&FilterNode> for pb::FilterNode {
+    fn from(n: &FilterNode) -> Self {
+        pb::FilterNode {
+            op: n.op.clone(),
+            key: n.key.clone(),
+            cmp: n.cmp.clone(),
+            val: n.val.clone(),
+            vals: n.vals.clone(),
+            nodes: n.nodes.iter().map(Into::into).collect(),
         }
     }
 }
@@ -126,6 +157,7 @@ impl From<&Command> for pb::Command {
             publish: c.publish.as_ref().map(|r| pb::PublishRequest {
                 channel: r.channel.clone(),
                 data: to_bytes(&r.data),
+                r#type: r.r#type,
             }),
             presence: c.presence.as_ref().map(|r| pb::PresenceRequest {
                 channel: r.channel.clone(),
@@ -183,6 +215,10 @@ impl From<&SubscribeRequest> for pb::SubscribeRequest {
             positioned: r.positioned,
             recoverable: r.recoverable,
             join_leave: r.join_leave,
+            delta: r.delta.clone(),
+            tf: r.tf.as_ref().map(Into::into),
+            flag: r.flag,
+            r#type: r.r#type,
         }
     }
 }
@@ -312,6 +348,7 @@ impl From<&Publication> for pb::Publication {
             info: p.info.as_ref().map(Into::into),
             offset: p.offset,
             tags: p.tags.clone().unwrap_or_default(),
+            delta: p.delta,
             time: p.time,
         }
     }
@@ -359,6 +396,7 @@ impl From<&SubscribeResult> for pb::SubscribeResult {
             positioned: s.positioned,
             data: to_bytes(&s.data),
             was_recovering: s.was_recovering,
+            delta: s.delta,
         }
     }
 }
@@ -469,6 +507,7 @@ impl From<pb::Publication> for Publication {
             offset: p.offset,
             tags: (!p.tags.is_empty()).then_some(p.tags),
             time: p.time,
+            delta: p.delta,
         }
     }
 }
@@ -515,6 +554,7 @@ impl From<pb::SubscribeResult> for SubscribeResult {
             positioned: s.positioned,
             data: to_payload(s.data),
             was_recovering: s.was_recovering,
+            delta: s.delta,
         }
     }
 }

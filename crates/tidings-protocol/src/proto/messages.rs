@@ -149,6 +149,8 @@ pub struct Publication {
     pub offset: u64,
     #[prost(btree_map = "string, string", tag = "7")]
     pub tags: BTreeMap<String, String>,
+    #[prost(bool, tag = "8")]
+    pub delta: bool,
     #[prost(int64, tag = "9")]
     pub time: i64,
 }
@@ -304,7 +306,7 @@ pub struct RefreshResult {
     pub ttl: u32,
 }
 
-/// Tags 4 and 5 are reserved; 12 (delta) and later are not used.
+/// Tags 4 and 5 are reserved; 16 (phase) and later are not used.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SubscribeRequest {
     #[prost(string, tag = "1")]
@@ -325,9 +327,33 @@ pub struct SubscribeRequest {
     pub recoverable: bool,
     #[prost(bool, tag = "11")]
     pub join_leave: bool,
+    #[prost(string, tag = "12")]
+    pub delta: String,
+    #[prost(message, optional, tag = "13")]
+    pub tf: Option<FilterNode>,
+    #[prost(int64, tag = "14")]
+    pub flag: i64,
+    #[prost(int32, tag = "15")]
+    pub r#type: i32,
 }
 
-/// Tags 4 and 5 are reserved; 13 (delta) and later are not used.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FilterNode {
+    #[prost(string, tag = "1")]
+    pub op: String,
+    #[prost(string, tag = "2")]
+    pub key: String,
+    #[prost(string, tag = "3")]
+    pub cmp: String,
+    #[prost(string, tag = "4")]
+    pub val: String,
+    #[prost(string, repeated, tag = "5")]
+    pub vals: Vec<String>,
+    #[prost(message, repeated, tag = "6")]
+    pub nodes: Vec<FilterNode>,
+}
+
+/// Tags 4 and 5 are reserved; 14 (id) and later are not used.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SubscribeResult {
     #[prost(bool, tag = "1")]
@@ -350,6 +376,8 @@ pub struct SubscribeResult {
     pub data: Bytes,
     #[prost(bool, tag = "12")]
     pub was_recovering: bool,
+    #[prost(bool, tag = "13")]
+    pub delta: bool,
 }
 
 /// Tags 3 (type) and later are not used.
@@ -378,13 +406,15 @@ pub struct UnsubscribeRequest {
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct UnsubscribeResult {}
 
-/// Tags 3 (type) and later are not used.
+/// Tags 4 (key) and later are not used.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct PublishRequest {
     #[prost(string, tag = "1")]
     pub channel: String,
     #[prost(bytes = "bytes", tag = "2")]
     pub data: Bytes,
+    #[prost(int32, tag = "3")]
+    pub r#type: i32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -53,6 +53,7 @@ fn publication(offset: u64) -> Publication {
         offset,
         tags: Some(BTreeMap::from([("k".to_string(), "v".to_string())])),
         time: 1_700_000_000_000,
+        delta: offset.is_multiple_of(2),
     }
 }
 
@@ -67,6 +68,27 @@ fn subscribe_request() -> SubscribeRequest {
         positioned: true,
         recoverable: true,
         join_leave: true,
+        delta: "fossil".into(),
+        tf: Some(FilterNode {
+            op: "or".into(),
+            nodes: vec![
+                FilterNode {
+                    key: "k".into(),
+                    cmp: "in".into(),
+                    vals: vec!["a".into(), "b".into()],
+                    ..Default::default()
+                },
+                FilterNode {
+                    key: "n".into(),
+                    cmp: "gt".into(),
+                    val: "1.5".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }),
+        flag: 3,
+        r#type: 0,
     }
 }
 
@@ -82,6 +104,7 @@ fn subscribe_result() -> SubscribeResult {
         positioned: true,
         data: json(r#""welcome""#),
         was_recovering: true,
+        delta: true,
     }
 }
 
@@ -133,6 +156,7 @@ fn every_command() -> Vec<Command> {
             publish: Some(PublishRequest {
                 channel: "news".into(),
                 data: json(r#"{"text":"hello"}"#),
+                r#type: 0,
             }),
             ..Default::default()
         },
@@ -399,6 +423,7 @@ fn binary_payloads_cross_byte_for_byte() {
         publish: Some(PublishRequest {
             channel: "bin".into(),
             data: Some(Payload::from_bytes(bytes.clone())),
+            r#type: 0,
         }),
         ..Default::default()
     };
@@ -799,6 +824,7 @@ fn interop_replies() -> Vec<Reply> {
                 offset: 6,
                 tags: Some(BTreeMap::from([("k".to_string(), "v".to_string())])),
                 time: 1_700_000_000_000,
+                delta: false,
             }),
             ..Default::default()
         }),

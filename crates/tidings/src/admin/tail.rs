@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::AdminError;
 use crate::connection::Connection;
-use crate::node::{JoinRequest, Member, Node, StreamAsk, JSON_PUSHES};
+use crate::node::{JoinRequest, Member, Node, Shape, StreamAsk, JSON_PUSHES};
 use crate::outbox::Drained;
 
 /// Tails one node serves at once; more get 503. Each holds a connection's
@@ -69,6 +69,9 @@ pub async fn open(node: &Node, channel: &str) -> Result<Response, AdminError> {
                 push_join_leave: false,
                 stream: StreamAsk::None,
                 encoder: &JSON_PUSHES,
+                // Every publication, whole: no tags filter, no deltas.
+                shape: Shape::default(),
+                reject_unrecovered: false,
             },
         )
         .await

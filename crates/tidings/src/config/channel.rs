@@ -115,9 +115,79 @@ pub struct ChannelOptions {
     pub sub_refresh_proxy_enabled: bool,
     /// The sub_refresh proxy, named as above.
     pub sub_refresh_proxy_name: String,
+    /// Subscribers may send a publication tags filter (`tf`); without this option
+    /// a subscribe that carries one is refused with 107.
+    pub allow_tags_filter: bool,
+    /// Delta encodings subscribers may ask for: `["fossil"]` or empty.
+    pub allowed_delta_types: Vec<String>,
+    /// Every publication in the namespace is marked for delta delivery, as the
+    /// server API's per-publish `delta` does for one.
+    pub delta_publish: bool,
+    /// `stream` (empty means the same) or `cache`: a recovery gives only the
+    /// latest publication.
+    pub force_recovery_mode: String,
+    /// In cache mode, every subscription recovers (the latest publication comes
+    /// at once), whether the client asked or not. Needs `force_recovery` and
+    /// `force_recovery_mode: cache`.
+    pub auto_cache_recover: bool,
+    /// How long a stream outlives its last publication here; `0` (the default)
+    /// takes `channel.history_meta_ttl`.
+    #[serde(with = "humantime_serde")]
+    pub history_meta_ttl: Duration,
+    /// A regular expression the part of a channel name after the namespace must
+    /// match (107 otherwise); empty for none. Checked for what clients ask
+    /// (subscribe, publish, presence, history), not for the server API or
+    /// server-side subscriptions, as in Centrifugo.
+    pub channel_regex: String,
+    /// `channel_regex` compiled on first use.
+    #[serde(skip)]
+    pub compiled_regex: RegexCache,
+}
+
+/// A compiled `channel_regex`, made on first use (`None` when the option is empty
+/// or invalid; validation refuses an invalid one). Not configuration: it is
+/// neither read nor written.
+#[derive(Debug, Clone, Default)]
+pub struct RegexCache(std::sync::OnceLock<Option<regex::Regex>>);
+
+impl ChannelOptions {
+    /// The compiled `channel_regex`, `None` when there is none.
+    pub fn channel_regex(&self) -> Option<&regex::Regex> {
+        self.compiled_regex
+            .0
+            .get_or_init(|| {
+                (!self.channel_regex.is_empty())
+                    .then(|| regex::Regex::new(&self.channel_regex).ok())
+                    .flatten()
+            })
+            .as_ref()
+    }
+
+    /// Whether subscribers may ask for fossil deltas.
+    pub fn allows_fossil_delta(&self) -> bool {
+        self.allowed_delta_types.iter().any(|t| t == "fossil")
+    }
 }
 
 impl Config {
+    /// The namespace part of a channel name: before the first
+    /// `channel.namespace_boundary`, after a leading `$`; empty for none.
+    pub fn namespace_of<'a>(&self, channel: &'a str) -> &'a str {
+        let unprefixed = channel.strip_prefix('$').unwrap_or(channel);
+        unprefixed
+            .split_once(self.channel.namespace_boundary.as_str())
+            .map_or("", |(ns, _)| ns)
+    }
+
+    /// How long `channel`'s stream outlives its last publication: its namespace's
+    /// `history_meta_ttl`, or `channel.history_meta_ttl`.
+    pub fn history_meta_ttl_of(&self, channel: &str) -> Duration {
+        self.namespace(self.namespace_of(channel))
+            .map(|o| o.history_meta_ttl)
+            .filter(|ttl| !ttl.is_zero())
+            .unwrap_or(self.channel.history_meta_ttl)
+    }
+
     /// The options of a namespace, or `None` when it is not configured.
     pub fn namespace(&self, name: &str) -> Option<&ChannelOptions> {
         if name.is_empty() {

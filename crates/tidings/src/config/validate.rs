@@ -188,6 +188,29 @@ impl Config {
                     "{key}: recovery needs history_size and history_ttl"
                 ));
             }
+            if !opts.channel_regex.is_empty() {
+                if let Err(e) = regex::Regex::new(&opts.channel_regex) {
+                    return bad(format!("{key}: invalid channel_regex: {e}"));
+                }
+            }
+            if !matches!(opts.force_recovery_mode.as_str(), "" | "stream" | "cache") {
+                return bad(format!(
+                    "{key}: force_recovery_mode must be \"stream\" or \"cache\", not {:?}",
+                    opts.force_recovery_mode
+                ));
+            }
+            if opts.auto_cache_recover
+                && !(opts.force_recovery && opts.force_recovery_mode == "cache")
+            {
+                return bad(format!(
+                    "{key}: auto_cache_recover needs force_recovery and force_recovery_mode \"cache\""
+                ));
+            }
+            if let Some(t) = opts.allowed_delta_types.iter().find(|t| *t != "fossil") {
+                return bad(format!(
+                    "{key}: allowed_delta_types: unknown delta type {t:?} (only \"fossil\")"
+                ));
+            }
         }
         Ok(())
     }
@@ -196,6 +219,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ChannelOptions;
 
     #[test]
     fn history_without_ttl_is_rejected() {
@@ -211,5 +235,45 @@ mod tests {
         assert!(cfg.validate().is_err());
         cfg.client.command_rate_limit.enabled = false;
         assert!(cfg.validate().is_ok());
+    }
+
+    #[test]
+    fn recovery_mode_regex_and_delta_types_are_checked() {
+        let with = |f: &dyn Fn(&mut ChannelOptions)| {
+            let mut cfg = Config::default();
+            let o = &mut cfg.channel.without_namespace;
+            o.history_size = 1;
+            o.history_ttl = std::time::Duration::from_secs(60);
+            f(o);
+            cfg.validate()
+        };
+        assert!(with(&|o| o.force_recovery_mode = "cache".into()).is_ok());
+        assert!(with(&|o| o.force_recovery_mode = "newest".into()).is_err());
+        assert!(with(&|o| o.auto_cache_recover = true).is_err());
+        assert!(with(&|o| {
+            o.force_recovery = true;
+            o.force_recovery_mode = "cache".into();
+            o.auto_cache_recover = true;
+        })
+        .is_ok());
+        assert!(with(&|o| o.channel_regex = "^[0-9]+$".into()).is_ok());
+        assert!(with(&|o| o.channel_regex = "([".into()).is_err());
+        assert!(with(&|o| o.allowed_delta_types = vec!["fossil".into()]).is_ok());
+        assert!(with(&|o| o.allowed_delta_types = vec!["xdelta".into()]).is_err());
+    }
+
+    #[test]
+    fn a_namespace_history_meta_ttl_overrides_the_channel_one() {
+        let mut cfg = Config::default();
+        cfg.channel.namespaces.push(crate::config::Namespace {
+            name: "brief".into(),
+            options: ChannelOptions {
+                history_meta_ttl: std::time::Duration::from_secs(60),
+                ..Default::default()
+            },
+        });
+        assert_eq!(cfg.history_meta_ttl_of("brief:x").as_secs(), 60);
+        assert_eq!(cfg.history_meta_ttl_of("$brief:x").as_secs(), 60);
+        assert_eq!(cfg.history_meta_ttl_of("other").as_secs(), 720 * 3600);
     }
 }

@@ -44,6 +44,9 @@ pub struct IngestPublish {
     pub idempotency_key: Option<String>,
     #[serde(default)]
     pub tags: Option<BTreeMap<String, String>>,
+    /// As the API's `delta`: delta subscribers get a fossil delta.
+    #[serde(default)]
+    pub delta: bool,
 }
 
 /// Why an [`IngestPublish`] was not published.
@@ -152,8 +155,14 @@ pub fn build(config: &Config) -> Result<Engine, BuildError> {
     }
 }
 
+/// Each channel's `history_meta_ttl`, from its namespace or `channel.*`.
+fn meta_ttl(config: &Config) -> crate::broker::MetaTtl {
+    let config = config.clone();
+    crate::broker::MetaTtl::per_channel(move |channel| config.history_meta_ttl_of(channel))
+}
+
 fn build_memory(config: &Config) -> Engine {
-    let broker = Arc::new(MemoryBroker::new(config.channel.history_meta_ttl));
+    let broker = Arc::new(MemoryBroker::new(meta_ttl(config)));
     let sweeper = broker.clone();
     Engine::new(
         broker,
@@ -172,11 +181,7 @@ fn build_redis(config: &Config) -> Result<Engine, BuildError> {
     // Broker, presence and occupancy share one multiplexed command connection per
     // shard.
     let conns = Shards::connect(cfg, cfg.io_timeout).map_err(BuildError::Settings)?;
-    let broker = Arc::new(RedisBroker::with_conns(
-        cfg,
-        config.channel.history_meta_ttl,
-        conns.clone(),
-    ));
+    let broker = Arc::new(RedisBroker::with_conns(cfg, meta_ttl(config), conns.clone()));
     let consumer = broker.clone();
     Ok(Engine::new(
         broker,
@@ -191,8 +196,7 @@ fn build_nats(config: &Config) -> Result<Engine, BuildError> {
     use self::nats::{NatsBroker, NatsConnection, NatsOccupancy, NatsPresenceManager};
 
     let conn = NatsConnection::start(&config.engine.nats).map_err(BuildError::Settings)?;
-    let broker =
-        Arc::new(NatsBroker::new(conn.clone()).with_meta_ttl(config.channel.history_meta_ttl));
+    let broker = Arc::new(NatsBroker::new(conn.clone()).with_meta_ttl(meta_ttl(config)));
     let jobs = broker.clone();
     Ok(Engine::new(
         broker,

@@ -21,7 +21,7 @@ use super::{Node, NodeError};
 use crate::broker::{BrokerError, HistoryFilter};
 use crate::channel;
 use crate::connection::Connection;
-use crate::hub::{PushEncoder, Subscriber};
+use crate::hub::{PushEncoder, Shape, Subscriber};
 
 /// What a joining subscriber wants of the channel's stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -49,6 +49,12 @@ pub struct JoinRequest {
     pub stream: StreamAsk,
     /// How the client's pushes are encoded.
     pub encoder: &'static dyn PushEncoder,
+    /// A tags filter (applied to live and recovered publications alike) and
+    /// deltas.
+    pub shape: Shape,
+    /// A recovery that cannot give everything missed fails the join with 112
+    /// instead of answering `recovered: false`.
+    pub reject_unrecovered: bool,
 }
 
 /// A connection in a channel. Its front door keeps it until the connection
@@ -97,8 +103,11 @@ pub struct Joined {
     pub position: Option<StreamPosition>,
     /// What the client missed, oldest first (recovery only).
     pub publications: Vec<Publication>,
-    /// Everything since the client's position is in `publications`.
+    /// Everything since the client's position is in `publications` (in cache
+    /// mode: the latest publication is, or the client has it).
     pub recovered: bool,
+    /// A recovery was attempted: the client asked, or `auto_cache_recover` did.
+    pub recovering: bool,
     /// Publications that arrive before the reply goes out wait here; hand it to
     /// [`Node::go_live`] after the reply.
     pub pending: Pending,
@@ -143,7 +152,12 @@ impl Node {
         self.check_join(conn, &req.channel)?;
         let inner = &self.inner;
         let channel = req.channel.as_str();
-        let subscriber = Subscriber::new(conn.clone(), req.push_join_leave, req.encoder);
+        let subscriber = Subscriber::shaped(
+            conn.clone(),
+            req.push_join_leave,
+            req.encoder,
+            req.shape.clone(),
+        );
         if inner.hub.add(channel, subscriber.clone()) {
             inner.metrics.channels.increment(1.0);
             self.channel_occupancy_changed(channel);
@@ -156,17 +170,46 @@ impl Node {
         let mut publications = Vec::new();
         let mut recovered = false;
         let mut after_offset = 0;
-        let read = match req.stream.clone() {
+        // Cache recovery mode (`force_recovery_mode: "cache"`): a recovery gives
+        // the latest publication only; with `auto_cache_recover` every join that
+        // asks for the position recovers so, as if the client had sent an empty
+        // position.
+        let (cache_mode, auto) = channel::resolve(self.config(), channel)
+            .map(|ch| (ch.cache_recovery(), ch.options.auto_cache_recover))
+            .unwrap_or((false, false));
+        let stream = match req.stream.clone() {
+            StreamAsk::Position if cache_mode && auto => {
+                StreamAsk::Recover(StreamPosition::default())
+            }
+            other => other,
+        };
+        let recovering = matches!(stream, StreamAsk::Recover(_));
+        let filter = req.shape.tags_filter.as_deref();
+        let read = match stream {
             StreamAsk::None => Ok(None),
             StreamAsk::Position => self
                 .top(channel)
                 .await
                 .map(|p| Some((p, Vec::new(), false))),
+            StreamAsk::Recover(since) if cache_mode => {
+                self.recover_cache(channel, since, filter).await.map(Some)
+            }
             StreamAsk::Recover(since) => self.recover(channel, since).await.map(Some),
+        };
+        // "Reject unrecovered" is about the stream's continuity: cache mode never
+        // promises it, and Centrifugo checks the flag in stream mode only.
+        let read = match read {
+            Ok(Some((_, _, false))) if req.reject_unrecovered && recovering && !cache_mode => {
+                Err(codes::ERROR_UNRECOVERABLE_POSITION.into())
+            }
+            other => other,
         };
         match read {
             Ok(None) => {}
-            Ok(Some((top, missed, all))) => {
+            Ok(Some((top, mut missed, all))) => {
+                if let Some(filter) = filter {
+                    missed.retain(|p| tidings_protocol::filter::matches(filter, p.tags.as_ref()));
+                }
                 after_offset = top.offset;
                 inner.hub.note_position(channel, &top);
                 position = Some(top);
@@ -212,6 +255,7 @@ impl Node {
             position,
             publications,
             recovered,
+            recovering,
             pending: Pending {
                 subscriber,
                 after_offset,
@@ -279,6 +323,53 @@ impl Node {
         Ok(self.inner.broker.history(channel, filter).await?.position)
     }
 
+    /// Cache recovery: the latest publication (passing `filter`) unless the
+    /// client is at the top already: `(top, publications, recovered)`. Without
+    /// any publication, recovered only when the client's position is the top.
+    async fn recover_cache(
+        &self,
+        channel: &str,
+        since: StreamPosition,
+        filter: Option<&tidings_protocol::FilterNode>,
+    ) -> Result<(StreamPosition, Vec<Publication>, bool), NodeError> {
+        // With a filter the newest matching one may be further back: read as many
+        // as a stream recovery would.
+        let limit = match filter {
+            None => 1,
+            Some(_) => self.config().client.recovery_max_publication_limit.max(1),
+        };
+        let page = self
+            .inner
+            .broker
+            .history(
+                channel,
+                HistoryFilter {
+                    since: None,
+                    limit: Some(limit),
+                    reverse: true,
+                },
+            )
+            .await?;
+        let top = page.position;
+        let same_state = since.offset > 0 && since.offset == top.offset && since.epoch == top.epoch;
+        let Some(latest) = page.publications.first() else {
+            return Ok((top, Vec::new(), same_state));
+        };
+        let recovered = latest.offset == top.offset;
+        if !recovered || same_state {
+            return Ok((top, Vec::new(), recovered));
+        }
+        let chosen = page
+            .publications
+            .into_iter()
+            .find(|p| filter.is_none_or(|f| tidings_protocol::filter::matches(f, p.tags.as_ref())))
+            .map(|mut p| {
+                p.delta = false;
+                p
+            });
+        Ok((top, chosen.into_iter().collect(), true))
+    }
+
     /// What a client missed since `since`: `(top, publications, recovered)`.
     /// When the position is gone from the stream, or more was published than
     /// `client.recovery_max_publication_limit`, only the top comes back, with
@@ -295,7 +386,10 @@ impl Node {
             reverse: false,
         };
         match self.inner.broker.history(channel, filter).await {
-            Ok(page) if page.publications.len() <= max => {
+            Ok(mut page) if page.publications.len() <= max => {
+                for p in &mut page.publications {
+                    p.delta = false;
+                }
                 Ok((page.position, page.publications, true))
             }
             Ok(_) | Err(BrokerError::UnrecoverablePosition) => {

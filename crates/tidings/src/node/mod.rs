@@ -42,7 +42,8 @@ use crate::channel;
 use crate::config::Config;
 use crate::hub::Hub;
 pub use crate::hub::{
-    centrifugo_pushes, JsonPushes, ProtobufPushes, PushEncoder, JSON_PUSHES, PROTOBUF_PUSHES,
+    centrifugo_delta_pushes, centrifugo_pushes, json_delta_full, JsonPushes, ProtobufPushes,
+    PushEncoder, Shape, JSON_PUSHES, PROTOBUF_PUSHES,
 };
 use crate::limit::{AdmitError, ConnectionGate, ConnectionPermit};
 use crate::metrics::Metrics;
@@ -134,6 +135,9 @@ pub struct PublishRequest {
     pub info: Option<ClientInfo>,
     /// Retries with the same key within 5 minutes return the first result.
     pub idempotency_key: Option<String>,
+    /// Deliver as a fossil delta to subscribers that negotiated one (the
+    /// namespace's `delta_publish` marks every publication so).
+    pub delta: bool,
 }
 
 impl PublishRequest {
@@ -146,6 +150,7 @@ impl PublishRequest {
             tags: None,
             info: None,
             idempotency_key: None,
+            delta: false,
         }
     }
 }
@@ -312,6 +317,7 @@ impl NodeBuilder {
                 let req = PublishRequest {
                     tags: msg.tags,
                     idempotency_key: msg.idempotency_key,
+                    delta: msg.delta,
                     ..PublishRequest::new(msg.channel, msg.data)
                 };
                 node.publish(req).await.map_err(|e| match e {
@@ -460,6 +466,7 @@ impl Node {
             data: Some(req.data),
             info: req.info,
             tags: req.tags,
+            delta: req.delta || ch.options.delta_publish,
             ..Default::default()
         };
         Ok(BatchPublish {
@@ -485,7 +492,12 @@ impl Node {
         let started = Instant::now();
         let page = self.inner.broker.history(channel, filter).await;
         self.engine_timed("history", started);
-        Ok(page?)
+        let mut page = page?;
+        // A publisher's delta mark is for live delivery only.
+        for p in &mut page.publications {
+            p.delta = false;
+        }
+        Ok(page)
     }
 
     /// Removes a channel's publications.

@@ -549,6 +549,8 @@ impl Sio {
                     push_join_leave: false,
                     stream,
                     encoder: &SOCKETIO_PUSHES,
+                    shape: Default::default(),
+                    reject_unrecovered: false,
                 },
             )
             .await?;

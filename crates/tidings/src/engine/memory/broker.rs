@@ -17,7 +17,7 @@ use tidings_protocol::{ClientInfo, Publication, StreamPosition};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{
-    Broker, BrokerError, BrokerEventHandler, HistoryFilter, HistoryPage, PublishOptions,
+    Broker, BrokerError, BrokerEventHandler, HistoryFilter, HistoryPage, MetaTtl, PublishOptions,
     IDEMPOTENCY_WINDOW,
 };
 use crate::engine::epoch::new_epoch;
@@ -80,7 +80,7 @@ pub struct MemoryBroker {
     streams: Box<[StreamShard]>,
     hasher: BuildHasherDefault<DefaultHasher>,
     /// Streams idle for longer than this are dropped (their epoch with them).
-    meta_ttl: Duration,
+    meta_ttl: MetaTtl,
     /// (channel, key) → first result, for idempotent publishes. A plain mutex held
     /// across the (synchronous) publish, so two concurrent retries publish once.
     idempotency: Mutex<Idempotency>,
@@ -120,13 +120,13 @@ impl Idempotency {
 }
 
 impl MemoryBroker {
-    pub fn new(meta_ttl: Duration) -> Self {
+    pub fn new(meta_ttl: impl Into<MetaTtl>) -> Self {
         Self {
             handler: OnceLock::new(),
             node_uid: OnceLock::new(),
             streams: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: BuildHasherDefault::default(),
-            meta_ttl,
+            meta_ttl: meta_ttl.into(),
             idempotency: Mutex::new(Idempotency::default()),
         }
     }
@@ -193,7 +193,7 @@ impl MemoryBroker {
                 let keep = if s.top == 0 {
                     now.duration_since(s.last_access) < EMPTY_STREAM_TTL || in_use(channel)
                 } else {
-                    now.duration_since(s.last_publish) < self.meta_ttl
+                    now.duration_since(s.last_publish) < self.meta_ttl.of(channel)
                 };
                 if !keep {
                     dropped += 1;
@@ -532,5 +532,41 @@ mod tests {
             .unwrap();
         let offsets: Vec<u64> = reversed.publications.iter().map(|p| p.offset).collect();
         assert_eq!(offsets, vec![3, 2]);
+    }
+
+    #[tokio::test]
+    async fn each_channel_keeps_its_stream_for_its_own_meta_ttl() {
+        // "short:" streams expire at once, the others after an hour.
+        let ttl = MetaTtl::per_channel(|ch| {
+            if ch.starts_with("short:") {
+                Duration::ZERO
+            } else {
+                Duration::from_secs(3600)
+            }
+        });
+        let broker = MemoryBroker::new(ttl);
+        let short = broker
+            .publish("short:a", publication(1), opts())
+            .await
+            .unwrap();
+        let long = broker
+            .publish("long:a", publication(1), opts())
+            .await
+            .unwrap();
+        assert_eq!(broker.sweep(|_| false), 1);
+        let top = |ch: &'static str| {
+            let broker = &broker;
+            async move {
+                let filter = HistoryFilter {
+                    limit: Some(0),
+                    ..Default::default()
+                };
+                broker.history(ch, filter).await.unwrap().position
+            }
+        };
+        let after = top("short:a").await;
+        assert_ne!(after.epoch, short.epoch, "a new stream");
+        assert_eq!(after.offset, 0);
+        assert_eq!(top("long:a").await, long);
     }
 }

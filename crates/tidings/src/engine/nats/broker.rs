@@ -23,7 +23,7 @@ use super::streams::{is_stream_not_found, StreamMemo};
 use super::subjects::Subjects;
 use super::{failed, timeout};
 use crate::broker::{
-    BatchPublish, Broker, BrokerError, BrokerEventHandler, HistoryFilter, HistoryPage,
+    BatchPublish, Broker, BrokerError, BrokerEventHandler, HistoryFilter, HistoryPage, MetaTtl,
     PublishOptions, IDEMPOTENCY_WINDOW,
 };
 use crate::engine::Ingest;
@@ -57,7 +57,7 @@ pub struct NatsBroker {
     pub(super) tasks: Mutex<Vec<tokio::task::AbortHandle>>,
     /// Streams whose last publication is older than this are deleted by the sweep
     /// (`channel.history_meta_ttl`).
-    pub(super) meta_ttl: Duration,
+    pub(super) meta_ttl: MetaTtl,
     /// Idempotency keys of publishes without history (with history, the stream's
     /// duplicate detection does it).
     pub(super) idempotency: Arc<KvBucket>,
@@ -94,7 +94,7 @@ impl NatsBroker {
                 IDEMPOTENCY_WINDOW,
             )),
             epochs: Arc::new(KvBucket::new(conn.subjects.epoch_bucket(), EPOCH_CLAIM_TTL)),
-            meta_ttl: Duration::from_secs(30 * 24 * 3600),
+            meta_ttl: Duration::from_secs(30 * 24 * 3600).into(),
             conn,
         }
     }
@@ -108,8 +108,8 @@ impl NatsBroker {
 
     /// Sets how long a channel's stream outlives its last publication
     /// (`channel.history_meta_ttl`; default 30 days).
-    pub fn with_meta_ttl(mut self, meta_ttl: Duration) -> Self {
-        self.meta_ttl = meta_ttl;
+    pub fn with_meta_ttl(mut self, meta_ttl: impl Into<MetaTtl>) -> Self {
+        self.meta_ttl = meta_ttl.into();
         self
     }
 

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::broker::NatsBroker;
 use super::subjects::decode_token;
 use super::{failed, timeout};
-use crate::broker::{BrokerError, PublishOptions, IDEMPOTENCY_WINDOW};
+use crate::broker::{BrokerError, MetaTtl, PublishOptions, IDEMPOTENCY_WINDOW};
 
 /// How often each node sweeps unneeded history streams ([`NatsBroker::sweep`]).
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(300);
@@ -47,7 +47,10 @@ impl NatsBroker {
                     _ = tick.tick() => {}
                 }
                 let Some(broker) = weak.upgrade() else { break };
-                match broker.sweep(EMPTY_STREAM_TTL, broker.meta_ttl).await {
+                match broker
+                    .sweep(EMPTY_STREAM_TTL, broker.meta_ttl.clone())
+                    .await
+                {
                     Ok(0) => {}
                     Ok(n) => tracing::debug!(deleted = n, "unneeded history streams deleted"),
                     Err(e) => tracing::debug!(error = %e, "history stream sweep failed"),
@@ -68,8 +71,9 @@ impl NatsBroker {
     pub async fn sweep(
         &self,
         empty_after: Duration,
-        meta_ttl: Duration,
+        meta_ttl: impl Into<MetaTtl>,
     ) -> Result<usize, BrokerError> {
+        let meta_ttl = meta_ttl.into();
         let js = self.conn.jetstream()?.clone();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -95,7 +99,7 @@ impl NatsBroker {
                     && older(info.created.unix_timestamp(), empty_after)
                     && !self.subs.lock().contains_key(&channel);
                 let stale = state.last_sequence > 0
-                    && older(state.last_timestamp.unix_timestamp(), meta_ttl);
+                    && older(state.last_timestamp.unix_timestamp(), meta_ttl.of(&channel));
                 if unused || stale {
                     doomed.push((channel, info.config.name.clone()));
                 }

@@ -34,7 +34,7 @@ impl RedisBroker {
             .arg(json)
             .arg(opts.history_size)
             .arg(opts.history_ttl.as_millis().max(1) as u64)
-            .arg(self.inner.meta_ttl.as_secs())
+            .arg(self.inner.meta_ttl.of(channel).as_secs())
             .arg(new_epoch())
             .arg(if opts.idempotency_key.is_some() {
                 "1"
@@ -279,7 +279,7 @@ impl RedisBroker {
                     .arg(keys.client_channel(&item.channel))
                     .arg(opts.history_size)
                     .arg(opts.history_ttl.as_millis().max(1) as u64)
-                    .arg(self.inner.meta_ttl.as_secs())
+                    .arg(self.inner.meta_ttl.of(&item.channel).as_secs())
                     .arg(new_epoch())
                     .arg(server);
                 for json in encoded[i..end].iter().flatten() {

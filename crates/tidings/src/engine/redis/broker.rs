@@ -19,7 +19,6 @@
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -36,7 +35,7 @@ use super::shards::Shards;
 use super::ENGINE;
 use crate::broker::{
     BatchPublish, Broker, BrokerError, BrokerEventHandler, EngineError, HistoryFilter, HistoryPage,
-    PublishOptions, IDEMPOTENCY_WINDOW,
+    MetaTtl, PublishOptions, IDEMPOTENCY_WINDOW,
 };
 use crate::config::RedisEngineConfig;
 use crate::engine::epoch::new_epoch;
@@ -60,7 +59,7 @@ pub(super) struct Inner {
     pub(super) shards: Vec<ShardState>,
     /// How long a channel's meta hash outlives its last publish
     /// (`channel.history_meta_ttl`).
-    pub(super) meta_ttl: Duration,
+    pub(super) meta_ttl: MetaTtl,
     /// The scripts, with their SHA1 computed once, and the publish scripts'
     /// text (as `scripts::for_keys` made it), which batches load themselves.
     pub(super) publish_script: redis::Script,
@@ -107,7 +106,7 @@ impl RedisBroker {
     ///
     /// # Errors
     /// A message when the address or TLS settings cannot be used.
-    pub fn new(cfg: &RedisEngineConfig, meta_ttl: Duration) -> Result<Self, String> {
+    pub fn new(cfg: &RedisEngineConfig, meta_ttl: impl Into<MetaTtl>) -> Result<Self, String> {
         Ok(Self::with_conns(
             cfg,
             meta_ttl,
@@ -117,7 +116,11 @@ impl RedisBroker {
 
     /// A broker that shares its command connections (with the presence manager
     /// and occupancy).
-    pub(crate) fn with_conns(cfg: &RedisEngineConfig, meta_ttl: Duration, conns: Shards) -> Self {
+    pub(crate) fn with_conns(
+        cfg: &RedisEngineConfig,
+        meta_ttl: impl Into<MetaTtl>,
+        conns: Shards,
+    ) -> Self {
         let keys = Keys::of(cfg);
         let publish_text = for_keys(PUBLISH_LUA, &keys);
         let publish_many_text = for_keys(PUBLISH_MANY_LUA, &keys);
@@ -127,7 +130,7 @@ impl RedisBroker {
                 keys,
                 shards: (0..conns.len()).map(|_| ShardState::default()).collect(),
                 conns,
-                meta_ttl,
+                meta_ttl: meta_ttl.into(),
                 publish_script: redis::Script::new(&publish_text),
                 publish_many_script: redis::Script::new(&publish_many_text),
                 publish_text,
@@ -170,7 +173,7 @@ impl RedisBroker {
                     .arg(json)
                     .arg(opts.history_size)
                     .arg(history_ttl_ms)
-                    .arg(self.inner.meta_ttl.as_secs())
+                    .arg(self.inner.meta_ttl.of(channel).as_secs())
                     .arg(epoch)
                     .arg(if opts.idempotency_key.is_some() {
                         "1"
@@ -369,7 +372,7 @@ impl Broker for RedisBroker {
         };
         let script_keys = [keys.stream(channel), keys.meta(channel)];
         let script = &self.inner.history_script;
-        let meta_ttl = self.inner.meta_ttl.as_secs();
+        let meta_ttl = self.inner.meta_ttl.of(channel).as_secs();
         let epoch = new_epoch();
         let (epoch, top, entries): (String, u64, Vec<RawEntry>) = self
             .inner
