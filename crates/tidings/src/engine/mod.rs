@@ -181,7 +181,11 @@ fn build_redis(config: &Config) -> Result<Engine, BuildError> {
     // Broker, presence and occupancy share one multiplexed command connection per
     // shard.
     let conns = Shards::connect(cfg, cfg.io_timeout).map_err(BuildError::Settings)?;
-    let broker = Arc::new(RedisBroker::with_conns(cfg, meta_ttl(config), conns.clone()));
+    let broker = Arc::new(RedisBroker::with_conns(
+        cfg,
+        meta_ttl(config),
+        conns.clone(),
+    ));
     let consumer = broker.clone();
     Ok(Engine::new(
         broker,
