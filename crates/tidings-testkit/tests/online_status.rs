@@ -24,7 +24,12 @@ async fn two_nodes(engine: Engine) -> anyhow::Result<Cluster> {
         .nodes(2)
         .config(|c| {
             let engine_patch = match engine {
-                Engine::Redis => json!({"engine": {"redis": {"presence_ttl": ttl}}}),
+                Engine::Redis
+                | Engine::RedisShards
+                | Engine::RedisSentinel
+                | Engine::RedisCluster => {
+                    json!({"engine": {"redis": {"presence_ttl": ttl}}})
+                }
                 Engine::Nats => json!({"engine": {"nats": {"presence_ttl": ttl}}}),
             };
             merge(c, &engine_patch);
