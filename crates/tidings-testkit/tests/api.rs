@@ -409,3 +409,40 @@ async fn api_batch_runs_commands_in_order_with_per_command_errors() -> anyhow::R
     }
     Ok(())
 }
+
+/// `/api/publish` delivers `data` byte for byte: keys keep their order (the body is
+/// not re-serialised through a parsed value), and so does `/api/broadcast`.
+#[tokio::test]
+async fn published_data_keeps_its_key_order() -> anyhow::Result<()> {
+    let server = server().await?;
+    let mut client = user(&server, "reader").await?;
+    client.subscribe("order").await?;
+    let data = r#"{"b":1,"a":2,"nested":{"z":0,"y":[1,{"d":3,"c":4}]}}"#;
+    let key = server.api_key().unwrap_or_default().to_owned();
+    for (method, body) in [
+        ("publish", format!(r#"{{"channel":"order","data":{data}}}"#)),
+        (
+            "broadcast",
+            format!(r#"{{"channels":["order"],"data":{data}}}"#),
+        ),
+    ] {
+        let (status, answer) = server
+            .api_raw(method, &body, &[("X-API-Key", key.as_str())])
+            .await?;
+        anyhow::ensure!(
+            status == 200 && answer.contains("result"),
+            "{method}: {status} {answer}"
+        );
+        let frame = loop {
+            let frame = client.recv_frame().await?;
+            if frame.contains("\"pub\"") {
+                break frame;
+            }
+        };
+        anyhow::ensure!(
+            frame.contains(&format!(r#""data":{data}"#)),
+            "{method}: keys reordered: {frame}"
+        );
+    }
+    Ok(())
+}

@@ -113,14 +113,17 @@ pub async fn handler(
         node.metrics().api_duration(&method, started.elapsed());
         return Ok(axum::Json(answer?).into_response());
     }
-    let params: Value = if body.iter().all(u8::is_ascii_whitespace) {
-        json!({})
+    // Kept as text, not parsed into a `Value`: a publication's `data` goes out byte
+    // for byte (a `Value` would reorder its keys).
+    let params: Box<RawValue> = if body.iter().all(u8::is_ascii_whitespace) {
+        RawValue::from_string("{}".into()).map_err(|e| ApiError::BadBody(e.to_string()))?
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::BadBody(e.to_string()))?
     };
-    if !params.is_object() {
+    if !params.get().trim_start().starts_with('{') {
         return Err(ApiError::BadBody("the body must be a JSON object".into()));
     }
+    let params = Params::Text(params);
     if !crate::metrics::API_METHODS.contains(&method.as_str()) {
         return Err(ApiError::UnknownMethod(method));
     }
@@ -190,7 +193,7 @@ pub async fn execute(node: &Node, method: &str, params: Value) -> Result<Value, 
     }
     node.metrics().api_command(method);
     let started = std::time::Instant::now();
-    let outcome = call(node, method, params).await;
+    let outcome = call(node, method, Params::Value(params)).await;
     node.metrics().api_duration(method, started.elapsed());
     Ok(match outcome? {
         Ok(result) => json!({ "result": result }),
@@ -209,8 +212,18 @@ fn http_status(code: u32) -> StatusCode {
 
 type Outcome = Result<Value, tidings_protocol::Error>;
 
-fn parse<T: for<'de> Deserialize<'de>>(params: Value) -> Result<T, ApiError> {
-    serde_json::from_value(params).map_err(|e| ApiError::BadBody(e.to_string()))
+/// A method's parameters: the request's text, or a value a caller built.
+enum Params {
+    Text(Box<RawValue>),
+    Value(Value),
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(params: Params) -> Result<T, ApiError> {
+    match params {
+        Params::Text(raw) => serde_json::from_str(raw.get()),
+        Params::Value(value) => serde_json::from_value(value),
+    }
+    .map_err(|e| ApiError::BadBody(e.to_string()))
 }
 
 fn node_err(e: NodeError) -> tidings_protocol::Error {
@@ -423,7 +436,7 @@ fn publish_request(params: &str) -> Result<PublishRequest, tidings_protocol::Err
 
 /// Runs one API method. The outer `Result` is a malformed body; the inner one the
 /// method's own result or protocol error.
-async fn call(node: &Node, method: &str, params: Value) -> Result<Outcome, ApiError> {
+async fn call(node: &Node, method: &str, params: Params) -> Result<Outcome, ApiError> {
     Ok(match method {
         "publish" => {
             let p: PublishParams = parse(params)?;
@@ -657,7 +670,7 @@ fn prepare(node: &Node, command: HashMap<String, Box<RawValue>>) -> Prepared {
 }
 
 async fn run_call(node: &Node, method: &str, params: Value) -> Value {
-    match call(node, method, params).await {
+    match call(node, method, Params::Value(params)).await {
         Ok(Ok(result)) => json!({ method: result }),
         Ok(Err(error)) => json!({ "error": error }),
         Err(e) => json!({ "error": bad_request(&e.to_string()) }),
