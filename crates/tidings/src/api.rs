@@ -113,16 +113,19 @@ pub async fn handler(
         node.metrics().api_duration(&method, started.elapsed());
         return Ok(axum::Json(answer?).into_response());
     }
-    // Kept as text, not parsed into a `Value`: a publication's `data` goes out byte
-    // for byte (a `Value` would reorder its keys).
+    // Parsed once into a `Value` to check it (nesting depth, numbers in range), but
+    // handed on as text: a publication's `data` goes out byte for byte (a `Value`
+    // would reorder its keys).
     let params: Box<RawValue> = if body.iter().all(u8::is_ascii_whitespace) {
         RawValue::from_string("{}".into()).map_err(|e| ApiError::BadBody(e.to_string()))?
     } else {
+        let checked: Value =
+            serde_json::from_slice(&body).map_err(|e| ApiError::BadBody(e.to_string()))?;
+        if !checked.is_object() {
+            return Err(ApiError::BadBody("the body must be a JSON object".into()));
+        }
         serde_json::from_slice(&body).map_err(|e| ApiError::BadBody(e.to_string()))?
     };
-    if !params.get().trim_start().starts_with('{') {
-        return Err(ApiError::BadBody("the body must be a JSON object".into()));
-    }
     let params = Params::Text(params);
     if !crate::metrics::API_METHODS.contains(&method.as_str()) {
         return Err(ApiError::UnknownMethod(method));
