@@ -23,7 +23,7 @@ use redis::{PushKind, Value};
 use super::broker::Inner;
 use super::cluster::{PushQueue, PUSH_QUEUE};
 use super::conn::{RECONNECT_MAX, RECONNECT_MIN};
-use super::pubsub::{deliver, fail_waiters, PUBSUB_PING};
+use super::pubsub::{deliver, fail_waiters, Changes, PUBSUB_PING};
 use super::ENGINE;
 use crate::broker::EngineError;
 
@@ -219,22 +219,11 @@ async fn apply_changes(
     subscribed: &mut HashSet<String>,
 ) -> Result<(), EngineError> {
     let state = &inner.shards[shard];
-    let (add, remove, waiters) = {
-        let mut s = state.subs.lock();
-        let changed = std::mem::take(&mut s.changed);
-        let mut add = Vec::new();
-        let mut remove = Vec::new();
-        for ch in changed {
-            let want = s.wanted.contains_key(&ch);
-            let have = subscribed.contains(&ch);
-            if want && !have {
-                add.push(ch);
-            } else if !want && have {
-                remove.push(ch);
-            }
-        }
-        (add, remove, std::mem::take(&mut s.waiters))
-    };
+    let Changes {
+        add,
+        remove,
+        waiters,
+    } = state.subs.lock().take_changes(subscribed);
     let mut result = subscribe_each(conn, &add, true, inner.cfg.io_timeout).await;
     if result.is_ok() {
         subscribed.extend(add);

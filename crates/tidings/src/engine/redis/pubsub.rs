@@ -45,6 +45,38 @@ pub(super) struct SubState {
     pub(super) tried: bool,
 }
 
+/// What the pub/sub connection must change to match what is wanted, and who waits
+/// for it.
+pub(super) struct Changes {
+    pub(super) add: Vec<String>,
+    pub(super) remove: Vec<String>,
+    pub(super) waiters: Vec<oneshot::Sender<Result<(), EngineError>>>,
+}
+
+impl SubState {
+    /// Takes the changed channels: those wanted but not in `subscribed`, those in
+    /// `subscribed` no longer wanted, and the callers waiting for this sync. Shared
+    /// by the single-server and the Redis Cluster subscription loops.
+    pub(super) fn take_changes(&mut self, subscribed: &HashSet<String>) -> Changes {
+        let mut add = Vec::new();
+        let mut remove = Vec::new();
+        for ch in std::mem::take(&mut self.changed) {
+            let want = self.wanted.contains_key(&ch);
+            let have = subscribed.contains(&ch);
+            if want && !have {
+                add.push(ch);
+            } else if !want && have {
+                remove.push(ch);
+            }
+        }
+        Changes {
+            add,
+            remove,
+            waiters: std::mem::take(&mut self.waiters),
+        }
+    }
+}
+
 impl RedisBroker {
     /// One more subscriber of `channel` on this node: subscribes the pub/sub
     /// connection when it is the first, and waits until the connection is in sync.
@@ -277,22 +309,11 @@ async fn apply_changes(
     sink: &mut redis::aio::PubSubSink,
     subscribed: &mut HashSet<String>,
 ) -> Result<(), EngineError> {
-    let (add, remove, waiters) = {
-        let mut s = state.subs.lock();
-        let changed = std::mem::take(&mut s.changed);
-        let mut add = Vec::new();
-        let mut remove = Vec::new();
-        for ch in changed {
-            let want = s.wanted.contains_key(&ch);
-            let have = subscribed.contains(&ch);
-            if want && !have {
-                add.push(ch);
-            } else if !want && have {
-                remove.push(ch);
-            }
-        }
-        (add, remove, std::mem::take(&mut s.waiters))
-    };
+    let Changes {
+        add,
+        remove,
+        waiters,
+    } = state.subs.lock().take_changes(subscribed);
     let mut result = send_batched(sink, &add, true, inner.cfg.io_timeout).await;
     if result.is_ok() {
         subscribed.extend(add);
