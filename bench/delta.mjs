@@ -1,13 +1,17 @@
 #!/usr/bin/env node
-// Delta compression: bytes on the wire and server CPU per delivery for a ~10 KB JSON
-// object with one field changed per publication, delivered with and without fossil
-// deltas, to real centrifuge-js subscribers (JSON and Protobuf builds) over WebSocket.
+// Delta compression and permessage-deflate: bytes per delivery and server CPU per
+// delivery for a ~10 KB JSON object with one field changed per publication, delivered
+// with and without fossil deltas and with and without permessage-deflate, to real
+// centrifuge-js subscribers (JSON and Protobuf builds) over WebSocket (Node's `ws`,
+// which offers permessage-deflate unless told not to).
 //
 //   node bench/delta.mjs [--bin target/release/tidings] [--subs 100] [--pubs 200]
 //
 // Run from the repository root after `npm ci` in clients/js. It spawns the binary on
 // a free loopback port with its own config, and for each mode connects `--subs`
-// subscribers whose WebSocket class counts every byte of every incoming message, then
+// subscribers whose WebSocket class counts every byte of every incoming message (as
+// the application sees it, after inflating) and every byte the socket read (the wire:
+// frame headers and compressed payloads), then
 // publishes `--pubs` publications through the server API with `delta: true` (ignored
 // by subscribers that did not ask for deltas). Every subscriber must reconstruct the
 // exact object of every publication, or the run fails. Server CPU is user + system
@@ -63,6 +67,8 @@ async function startServer() {
     JSON.stringify({
       client: { allow_anonymous_connect_without_token: true, queue_max_size: 64 * 1024 * 1024 },
       http_api: { key: API_KEY },
+      // Offered to every client; the modes without deflate refuse it client-side.
+      websocket: { compression: true, compression_level: 1 },
       channel: {
         namespaces: [
           {
@@ -108,12 +114,14 @@ async function api(port, method, params) {
   return body.result;
 }
 
-async function runMode(server, { name, protobuf, delta }) {
+async function runMode(server, { name, protobuf, delta, deflate }) {
   const counters = { bytes: 0 };
   let counting = false;
+  const sockets = [];
   class CountingSocket extends WebSocket {
-    constructor(...args) {
-      super(...args);
+    constructor(url, protocols) {
+      super(url, protocols, { perMessageDeflate: deflate });
+      sockets.push(this);
       this.on('message', (data) => {
         if (!counting) return;
         const parts = Array.isArray(data) ? data : [data];
@@ -121,6 +129,7 @@ async function runMode(server, { name, protobuf, delta }) {
       });
     }
   }
+  const wireRead = () => sockets.reduce((sum, s) => sum + (s._socket ? s._socket.bytesRead : 0), 0);
   const Client = protobuf ? ProtobufCentrifuge : Centrifuge;
   const channel = `doc:${name}-${Date.now()}`;
   const clients = [];
@@ -147,7 +156,12 @@ async function runMode(server, { name, protobuf, delta }) {
     await subscribed;
     clients.push(c);
   }
+  const agreed = sockets.filter((s) => s.extensions.includes('permessage-deflate')).length;
+  if (agreed !== (deflate ? sockets.length : 0)) {
+    throw new Error(`${name}: permessage-deflate agreed on ${agreed} of ${sockets.length} sockets`);
+  }
   const deadline = Date.now() + TIMEOUT_S * 1000;
+  const wireBefore = wireRead();
   counting = true;
   const cpuBefore = cpuTicks(server.child.pid);
   const genBefore = process.cpuUsage();
@@ -163,6 +177,7 @@ async function runMode(server, { name, protobuf, delta }) {
   const cpuUs = (cpuTicks(server.child.pid) - cpuBefore) * TICK_US;
   const gen = process.cpuUsage(genBefore);
   counting = false;
+  const wire = wireRead() - wireBefore;
   for (const c of clients) c.disconnect();
   if (mismatches > 0) throw new Error(`${name}: ${mismatches} publications did not reconstruct`);
   const deliveries = SUBS * PUBS;
@@ -170,6 +185,7 @@ async function runMode(server, { name, protobuf, delta }) {
     mode: name,
     deliveries,
     bytes_per_delivery: Math.round(counters.bytes / deliveries),
+    wire_bytes_per_delivery: Math.round(wire / deliveries),
     server_cpu_us_per_delivery: +(cpuUs / deliveries).toFixed(2),
     client_cpu_us_per_delivery: +((gen.user + gen.system) / deliveries).toFixed(2),
     seconds: +seconds.toFixed(2),
@@ -180,10 +196,13 @@ const server = await startServer();
 const payload = JSON.stringify(doc(1)).length;
 console.log(`payload ${payload} bytes, ${SUBS} subscribers x ${PUBS} publications per mode`);
 const modes = [
-  { name: 'json-full', protobuf: false, delta: false },
-  { name: 'json-delta', protobuf: false, delta: true },
-  { name: 'protobuf-full', protobuf: true, delta: false },
-  { name: 'protobuf-delta', protobuf: true, delta: true },
+  { name: 'json-full', protobuf: false, delta: false, deflate: false },
+  { name: 'json-delta', protobuf: false, delta: true, deflate: false },
+  { name: 'protobuf-full', protobuf: true, delta: false, deflate: false },
+  { name: 'protobuf-delta', protobuf: true, delta: true, deflate: false },
+  { name: 'json-full-deflate', protobuf: false, delta: false, deflate: true },
+  { name: 'json-delta-deflate', protobuf: false, delta: true, deflate: true },
+  { name: 'protobuf-full-deflate', protobuf: true, delta: false, deflate: true },
 ];
 const results = [];
 for (const mode of modes) {
@@ -192,9 +211,15 @@ for (const mode of modes) {
   console.log(JSON.stringify(r));
 }
 server.child.kill('SIGKILL');
-for (const [full, delta] of [[results[0], results[1]], [results[2], results[3]]]) {
-  console.log(
-    `${delta.mode}: ${(full.bytes_per_delivery / delta.bytes_per_delivery).toFixed(1)}x fewer bytes per delivery than ${full.mode}`,
-  );
+const by = Object.fromEntries(results.map((r) => [r.mode, r]));
+for (const [base, other] of [
+  ['json-full', 'json-delta'],
+  ['protobuf-full', 'protobuf-delta'],
+  ['json-full', 'json-full-deflate'],
+  ['json-full', 'json-delta-deflate'],
+  ['protobuf-full', 'protobuf-full-deflate'],
+]) {
+  const ratio = by[base].wire_bytes_per_delivery / by[other].wire_bytes_per_delivery;
+  console.log(`${other}: ${ratio.toFixed(1)}x fewer wire bytes per delivery than ${base}`);
 }
 process.exit(0);

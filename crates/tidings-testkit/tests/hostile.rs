@@ -1031,8 +1031,10 @@ async fn bad_websocket_keys_get_400() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// RFC 6455 4.2.2: a version the server does not speak gets 426 and the version
+/// it does speak.
 #[tokio::test]
-async fn bad_websocket_versions_get_400() -> anyhow::Result<()> {
+async fn bad_websocket_versions_get_426_naming_version_13() -> anyhow::Result<()> {
     let mut node = Watched::start().await?;
     let addr = node.server.addr();
     for version in [Some("8"), Some("14"), Some(""), Some("13x"), None] {
@@ -1042,7 +1044,16 @@ async fn bad_websocket_versions_get_400() -> anyhow::Result<()> {
             Some(raw_ws::SAMPLE_KEY),
             version,
         );
-        handshake_refused(&node, &request, 400).await?;
+        handshake_refused(&node, &request, 426).await?;
+        let (response, _) = RawWs::handshake(addr, request.as_bytes()).await?;
+        ensure!(
+            response
+                .head
+                .to_ascii_lowercase()
+                .contains("sec-websocket-version: 13"),
+            "{version:?}: 426 without the supported version: {}",
+            response.head
+        );
         node.unhurt().await?;
     }
     Ok(())
@@ -2113,4 +2124,151 @@ async fn thousands_of_trickled_bodies_stay_within_a_memory_bound() -> anyhow::Re
         "every trickled body is cut with 408: {statuses:?}"
     );
     node.unhurt().await
+}
+
+/// Raw deflate of `data` as a permessage-deflate client sends it: a sync flush,
+/// without its final four bytes (RFC 7692 7.2.1).
+fn client_deflate(data: &[u8]) -> Vec<u8> {
+    let mut c = flate2::Compress::new(flate2::Compression::new(9), false);
+    let mut out = Vec::with_capacity(data.len() / 100 + 1024);
+    let mut consumed = 0;
+    loop {
+        out.reserve(64 * 1024);
+        let before = c.total_in();
+        c.compress_vec(&data[consumed..], &mut out, flate2::FlushCompress::Sync)
+            .expect("deflate");
+        consumed += (c.total_in() - before) as usize;
+        if consumed == data.len() && out.len() < out.capacity() {
+            break;
+        }
+    }
+    assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+    out.truncate(out.len() - 4);
+    out
+}
+
+fn inflate_server(payload: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut d = flate2::Decompress::new(false);
+    let mut input = payload.to_vec();
+    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+    let mut out = Vec::with_capacity(1 << 20);
+    d.decompress_vec(&input, &mut out, flate2::FlushDecompress::Sync)?;
+    Ok(out)
+}
+
+/// Compression on every WebSocket door (the development profile serves them all).
+fn compressing() -> TidingsServerBuilder {
+    TidingsServer::builder().config_json(json!({
+        "websocket": { "compression": true },
+        "uni_websocket": { "enabled": true, "compression": true },
+    }))
+}
+
+/// A permessage-deflate upgrade of `path`; checks the server agreed.
+async fn deflate_upgrade(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<RawWs> {
+    let request = raw_ws::upgrade_request(
+        addr,
+        path,
+        &["Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits"],
+    );
+    let (response, ws) = RawWs::handshake(addr, request.as_bytes()).await?;
+    let agreed = response
+        .header("sec-websocket-extensions")
+        .unwrap_or_default();
+    ensure!(
+        agreed.starts_with("permessage-deflate") && agreed.contains("client_no_context_takeover"),
+        "{path}: permessage-deflate not agreed: {}",
+        response.head
+    );
+    ws.with_context(|| format!("{path}: no upgrade: {}", response.head))
+}
+
+/// A compressed connect works both ways: the reply comes back compressed and
+/// inflates to a connect result.
+#[tokio::test]
+async fn compressed_commands_get_compressed_replies() -> anyhow::Result<()> {
+    let mut node = Watched::start_with(compressing()).await?;
+    let addr = node.server.addr();
+    let mut ws = deflate_upgrade(addr, "/connection/websocket").await?;
+    let connect = client_deflate(br#"{"id":1,"connect":{}}"#);
+    ws.send(&Frame::text(connect).rsv(0b100)).await?;
+    let frame = ws
+        .read_frame(DEFAULT_WAIT)
+        .await?
+        .context("no reply to a compressed connect")?;
+    ensure!(
+        frame.rsv == 0b100,
+        "the reply is not compressed (rsv {})",
+        frame.rsv
+    );
+    let reply: Value = serde_json::from_slice(&inflate_server(&frame.payload)?)?;
+    ensure!(
+        reply["id"] == 1 && reply["connect"]["client"].is_string(),
+        "{reply}"
+    );
+    node.unhurt().await
+}
+
+/// A decompression bomb: a frame well inside `message_size_limit` that inflates
+/// far past the inflated-size limit. Each door closes it with 1009 without
+/// inflating all of it, and nobody else notices.
+#[tokio::test]
+async fn decompression_bombs_close_1009() -> anyhow::Result<()> {
+    let mut node = Watched::start_with(compressing()).await?;
+    let addr = node.server.addr();
+    // 8 MiB of one byte: about 8 KiB on the wire (deflate's best ratio is about
+    // 1000:1), inflating to 13 times the 640 KiB limit of the Centrifugo doors and
+    // 8 times Socket.IO's 1 MB `max_payload`.
+    let bomb = client_deflate(&vec![b' '; 8 << 20]);
+    ensure!(bomb.len() < 16 * 1024, "the bomb is {} bytes", bomb.len());
+    for path in [
+        "/connection/websocket",
+        "/connection/uni_websocket",
+        "/socket.io/?EIO=4&transport=websocket",
+    ] {
+        let mut ws = deflate_upgrade(addr, path).await?;
+        ws.send(&Frame::text(bomb.clone()).rsv(0b100)).await?;
+        let ending = ws.expect_end(DEFAULT_WAIT).await?;
+        ensure!(
+            matches!(ending, Ending::Close(1009, _)),
+            "{path}: a decompression bomb ended with {ending:?}"
+        );
+        node.unhurt().await?;
+    }
+    Ok(())
+}
+
+/// RSV1 means "compressed" only on a connection that agreed to compression, and
+/// only on the first frame of a data message.
+#[tokio::test]
+async fn compressed_frames_outside_the_agreement_close_1002() -> anyhow::Result<()> {
+    let mut node = Watched::start_with(compressing()).await?;
+    let addr = node.server.addr();
+    let payload = client_deflate(br#"{"id":1,"connect":{}}"#);
+    // No offer: no agreement.
+    let mut ws = RawWs::connect(addr, "/connection/websocket").await?;
+    ws.send(&Frame::text(payload.clone()).rsv(0b100)).await?;
+    let ending = ws.expect_end(DEFAULT_WAIT).await?;
+    ensure!(
+        matches!(ending, Ending::Close(1002, _)),
+        "no offer: {ending:?}"
+    );
+    node.unhurt().await?;
+    // Agreed, but on a ping and on a continuation frame.
+    for frames in [
+        vec![Frame::new(raw_ws::OP_PING, b"x".to_vec()).rsv(0b100)],
+        vec![
+            Frame::text(b"{".to_vec()).fin(false),
+            Frame::new(raw_ws::OP_CONTINUATION, b"}".to_vec()).rsv(0b100),
+        ],
+    ] {
+        let mut ws = deflate_upgrade(addr, "/connection/websocket").await?;
+        for f in &frames {
+            ws.send(f).await?;
+        }
+        let ending = ws.expect_end(DEFAULT_WAIT).await?;
+        ensure!(matches!(ending, Ending::Close(1002, _)), "{ending:?}");
+        node.unhurt().await?;
+    }
+    Ok(())
 }

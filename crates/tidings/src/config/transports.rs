@@ -17,14 +17,52 @@ pub struct WebsocketConfig {
     /// Give up on a write that takes longer. Default `1s`.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
-    /// Bytes of each connection's read buffer: allocated once, zero-filled on the
-    /// first read, and the most one read takes; a larger message grows it. Default
-    /// `1024` (tungstenite's own default is 128 KiB, which an idle connection would
-    /// hold for nothing; see docs/benchmarks.md for the measured cost).
+    /// The most bytes one read system call takes (at most 16 KiB). No buffer is
+    /// held between messages; a larger frame is read straight into a buffer of its
+    /// size. Default `1024`.
     pub read_buffer_size: usize,
-    /// Bytes written frames may gather before a write; every batch is flushed
-    /// at once anyway. Default `4096`.
+    /// Accepted for Centrifugo compatibility and unused: every batch of frames is
+    /// written with one write from a buffer that lives only for that write.
+    /// Default `4096`.
     pub write_buffer_size: usize,
+    /// Offer permessage-deflate (RFC 7692) to clients that ask for it. Default
+    /// `false`.
+    pub compression: bool,
+    /// zlib compression level, 0–9 (`-1`: zlib's default, 6). Default `1`.
+    pub compression_level: i32,
+    /// Messages shorter than this many bytes are sent uncompressed. Default `0`.
+    pub compression_min_size: usize,
+    /// Largest message a client may send after inflating it; larger ones close the
+    /// connection with 1009. `0` means ten times `message_size_limit`. Default `0`.
+    pub decompressed_message_size_limit: usize,
+}
+
+impl WebsocketConfig {
+    /// The inflated-size limit in force.
+    pub fn decompressed_limit(&self) -> usize {
+        effective_decompressed(
+            self.decompressed_message_size_limit,
+            self.message_size_limit,
+        )
+    }
+}
+
+impl UniWebsocketConfig {
+    /// The inflated-size limit in force.
+    pub fn decompressed_limit(&self) -> usize {
+        effective_decompressed(
+            self.decompressed_message_size_limit,
+            self.message_size_limit,
+        )
+    }
+}
+
+fn effective_decompressed(set: usize, message_limit: usize) -> usize {
+    if set == 0 {
+        message_limit.saturating_mul(10)
+    } else {
+        set
+    }
 }
 
 impl Default for WebsocketConfig {
@@ -35,6 +73,10 @@ impl Default for WebsocketConfig {
             write_timeout: Duration::from_secs(1),
             read_buffer_size: 1024,
             write_buffer_size: 4096,
+            compression: false,
+            compression_level: 1,
+            compression_min_size: 0,
+            decompressed_message_size_limit: 0,
         }
     }
 }
@@ -83,6 +125,14 @@ pub struct UniWebsocketConfig {
     /// Largest incoming message (the connect request); larger ones close with 1009.
     /// Default `65536`.
     pub message_size_limit: usize,
+    /// Offer permessage-deflate, as `websocket.compression`. Default `false`.
+    pub compression: bool,
+    /// As `websocket.compression_level`. Default `1`.
+    pub compression_level: i32,
+    /// As `websocket.compression_min_size`. Default `0`.
+    pub compression_min_size: usize,
+    /// As `websocket.decompressed_message_size_limit`. Default `0`.
+    pub decompressed_message_size_limit: usize,
 }
 
 impl Default for UniWebsocketConfig {
@@ -91,6 +141,10 @@ impl Default for UniWebsocketConfig {
             enabled: false,
             handler_prefix: "/connection/uni_websocket".into(),
             message_size_limit: 65_536,
+            compression: false,
+            compression_level: 1,
+            compression_min_size: 0,
+            decompressed_message_size_limit: 0,
         }
     }
 }

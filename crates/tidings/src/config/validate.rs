@@ -119,6 +119,22 @@ impl Config {
         if self.websocket.message_size_limit < 1024 {
             return bad("websocket.message_size_limit must be at least 1024 bytes".into());
         }
+        for (key, level) in [
+            (
+                "websocket.compression_level",
+                self.websocket.compression_level,
+            ),
+            (
+                "uni_websocket.compression_level",
+                self.uni_websocket.compression_level,
+            ),
+        ] {
+            if !(-1..=9).contains(&level) {
+                return bad(format!(
+                    "{key} must be between -1 (zlib's default) and 9, not {level}"
+                ));
+            }
+        }
         if self.client.ping_interval.is_zero() || self.client.pong_timeout.is_zero() {
             return bad("client.ping_interval and client.pong_timeout must be positive".into());
         }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use crate::transport::ws::{self, Message, WsReader, WsUpgrade, WsWriter};
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -18,7 +18,6 @@ use axum::routing::any;
 use axum::Router;
 use base64::Engine as _;
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use tidings_protocol::Disconnect;
 use tokio::sync::{mpsc, watch};
@@ -330,8 +329,9 @@ async fn endpoint(State(node): State<Node>, req: Request) -> Response {
         if parts.method != Method::GET {
             return RequestError::BadHandshakeMethod.into_response();
         }
-        let Ok(ws) = WebSocketUpgrade::from_request_parts(&mut parts, &node).await else {
-            return RequestError::BadRequest.into_response();
+        let ws = match WsUpgrade::from_request_parts(&mut parts, &node).await {
+            Ok(ws) => ws,
+            Err(refused) => return refused.into_response(),
         };
         return match query.sid {
             None => {
@@ -661,58 +661,68 @@ async fn post_inner(node: &Node, shared: &Shared, body: axum::body::Body) -> Res
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/html")], "ok").into_response()
 }
 
+/// The Socket.IO door's WebSocket settings: `socketio.max_payload` bounds a message
+/// on the wire and inflated; compression follows the `websocket` section.
+fn configure(node: &Node, ws: WsUpgrade) -> WsUpgrade {
+    let max = node.config().socketio.max_payload;
+    let (limits, deflate) = crate::transport::websocket::endpoint_settings(node, false);
+    ws.limits(ws::Limits {
+        message: max,
+        decompressed: max,
+        read_chunk: limits.read_chunk,
+    })
+    .deflate(deflate.as_ref())
+}
+
 fn open_websocket(
     node: Node,
-    ws: WebSocketUpgrade,
+    ws: WsUpgrade,
     kept: Option<crate::proxy::RequestHeaders>,
 ) -> Response {
     let permit = match admit(&node) {
         Ok(p) => p,
         Err(r) => return *r,
     };
-    let max = node.config().socketio.max_payload;
-    crate::transport::websocket::configure(ws, max)
-        .on_upgrade(move |socket| async move {
-            let shared = start(&node, Phase::WebSocket, permit, kept);
-            shared.send_text(&handshake(&node, &shared.sid, &[]));
-            pump(node, shared, socket).await;
-        })
-        .into_response()
+    configure(&node, ws).on_upgrade(move |socket| async move {
+        let shared = start(&node, Phase::WebSocket, permit, kept);
+        shared.send_text(&handshake(&node, &shared.sid, &[]));
+        let (reader, writer) = socket.split();
+        pump(node, shared, reader, writer).await;
+    })
 }
 
-fn upgrade_websocket(node: Node, shared: Arc<Shared>, ws: WebSocketUpgrade) -> Response {
-    let max = node.config().socketio.max_payload;
-    crate::transport::websocket::configure(ws, max)
-        .on_upgrade(move |mut socket| async move {
-            let wait = node.config().socketio.ping_timeout;
-            // 2probe → 3probe; polls get noop from here; 5 completes the upgrade.
-            let probed = matches!(
-                tokio::time::timeout(wait, socket.recv()).await,
-                Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "2probe"
-            );
-            if !probed || socket.send(Message::Text("3probe".into())).await.is_err() {
-                return;
-            }
-            shared.phase.send_replace(Phase::Probing);
-            let upgraded = matches!(
-                tokio::time::timeout(wait, socket.recv()).await,
-                Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "5"
-            );
-            if !upgraded || shared.is_closed() {
-                shared.phase.send_replace(Phase::Polling);
-                return;
-            }
-            shared.phase.send_replace(Phase::WebSocket);
-            pump(node, shared, socket).await;
-        })
-        .into_response()
+fn upgrade_websocket(node: Node, shared: Arc<Shared>, ws: WsUpgrade) -> Response {
+    configure(&node, ws).on_upgrade(move |socket| async move {
+        let wait = node.config().socketio.ping_timeout;
+        let (mut reader, writer) = socket.split();
+        // 2probe → 3probe; polls get noop from here; 5 completes the upgrade.
+        let probed = matches!(
+            tokio::time::timeout(wait, reader.next()).await,
+            Ok(Some(Ok(Message::Text(t)))) if t == "2probe"
+        );
+        let probe_reply = [Bytes::from_static(b"3probe")];
+        if !probed || writer.send_joined(true, &probe_reply, None).await.is_err() {
+            return;
+        }
+        shared.phase.send_replace(Phase::Probing);
+        let upgraded = matches!(
+            tokio::time::timeout(wait, reader.next()).await,
+            Ok(Some(Ok(Message::Text(t)))) if t == "5"
+        );
+        if !upgraded || shared.is_closed() {
+            shared.phase.send_replace(Phase::Polling);
+            return;
+        }
+        shared.phase.send_replace(Phase::WebSocket);
+        pump(node, shared, reader, writer).await;
+    })
 }
 
 /// Runs a WebSocket as the session's transport until either side ends it.
-async fn pump(node: Node, shared: Arc<Shared>, socket: WebSocket) {
+async fn pump(node: Node, shared: Arc<Shared>, mut stream: WsReader, sink: WsWriter) {
     let write_timeout = node.config().websocket.write_timeout;
-    let (mut sink, mut stream) = socket.split();
     let writer_shared = shared.clone();
+    let reader_sink = sink.clone();
     let writer = tokio::spawn(async move {
         loop {
             let mut frames = Vec::new();
@@ -727,24 +737,27 @@ async fn pump(node: Node, shared: Arc<Shared>, socket: WebSocket) {
                 }
             };
             for frame in frames {
-                let msg = match frame {
-                    Frame::Text(t) => Message::Text(t.into()),
-                    Frame::Binary(b) => Message::Binary(b),
+                let sent = match frame {
+                    Frame::Text(t) => {
+                        let item = [Bytes::from(t)];
+                        tokio::time::timeout(write_timeout, sink.send_joined(true, &item, None))
+                            .await
+                    }
+                    Frame::Binary(b) => {
+                        let item = [b];
+                        tokio::time::timeout(write_timeout, sink.send_joined(false, &item, None))
+                            .await
+                    }
                 };
-                let sent = tokio::time::timeout(write_timeout, sink.send(msg)).await;
                 if !matches!(sent, Ok(Ok(()))) {
                     writer_shared.close(Disconnect::write_error());
                     return;
                 }
             }
             if let Some(d) = close {
-                let frame = CloseFrame {
-                    code: 1000,
-                    reason: d.reason.into(),
-                };
-                let _ = tokio::time::timeout(write_timeout, sink.send(Message::Close(Some(frame))))
-                    .await;
-                let _ = tokio::time::timeout(write_timeout, sink.close()).await;
+                let _ =
+                    tokio::time::timeout(write_timeout, sink.close(ws::CLOSE_NORMAL, &d.reason))
+                        .await;
                 return;
             }
         }
@@ -756,16 +769,18 @@ async fn pump(node: Node, shared: Arc<Shared>, socket: WebSocket) {
             msg = stream.next() => msg,
         };
         let inbound = match msg {
-            Some(Ok(Message::Text(text))) => match engine::decode_text(text.as_str()) {
+            Some(Ok(Message::Text(text))) => match engine::decode_text(&text) {
                 Ok(packet) => Inbound::Packet(packet),
                 Err(_) => Inbound::Gone(Disconnect::new(3503, "malformed packet")),
             },
             Some(Ok(Message::Binary(bytes))) => Inbound::Packet(ClientPacket::Binary(bytes)),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            Some(Ok(Message::Close(_))) | None => {
-                Inbound::Gone(Disconnect::new(CLIENT_CLOSED, "transport close"))
+            Some(Err(e)) if e.close_code().is_some() => {
+                // A broken WebSocket rule: the close frame says which.
+                let code = e.close_code().unwrap_or(ws::CLOSE_PROTOCOL_ERROR);
+                let _ = tokio::time::timeout(write_timeout, reader_sink.close(code, "")).await;
+                Inbound::Gone(Disconnect::new(3503, "transport error"))
             }
-            Some(Err(_)) => Inbound::Gone(Disconnect::new(3503, "transport error")),
+            Some(Err(_)) | None => Inbound::Gone(Disconnect::new(CLIENT_CLOSED, "transport close")),
         };
         let gone = matches!(inbound, Inbound::Gone(_));
         if shared.inbound.send(inbound).await.is_err() || gone {

@@ -12,6 +12,7 @@ pub mod emulation;
 pub mod long_poll;
 pub mod stream;
 pub mod websocket;
+pub mod ws;
 
 use std::collections::HashMap;
 use std::sync::Arc;

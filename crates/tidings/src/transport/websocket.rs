@@ -14,42 +14,31 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tidings_protocol::Disconnect;
 
+use super::ws::{DeflateSettings, Limits, Message, ReadError, WebSocket, WsUpgrade, WsWriter};
 use crate::connection::{Connection, WireFormat};
 use crate::limit::ConnectionPermit;
 use crate::node::Node;
-use crate::outbox::{join_batch, Drained};
+use crate::outbox::Drained;
 use crate::session::{ClientFrame, Inbound, InboundError, Session, SessionMode};
 
 /// The WebSocket subprotocol of the Centrifugo Protobuf protocol.
 pub const PROTOBUF_SUBPROTOCOL: &str = "centrifuge-protobuf";
 
-/// Small per-connection buffers: an idle connection should cost kilobytes, not the
-/// 128 KiB tungstenite defaults. `websocket.read_buffer_size` and
-/// `websocket.write_buffer_size` set them; these are for the Autobahn route.
-const READ_BUFFER: usize = 4 * 1024;
-const WRITE_BUFFER: usize = 4 * 1024;
-
-pub async fn handler(
-    State(node): State<Node>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
-) -> Response {
-    let limit = node.config().websocket.message_size_limit;
-    upgrade(node, headers, ws, limit, false, None)
+pub async fn handler(State(node): State<Node>, headers: HeaderMap, ws: WsUpgrade) -> Response {
+    upgrade(node, headers, ws, false, None)
 }
 
 pub async fn uni_handler(
     State(node): State<Node>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
-    ws: WebSocketUpgrade,
+    ws: WsUpgrade,
 ) -> Response {
     let limit = node.config().uni_websocket.message_size_limit;
     let first = query.get("cf_connect").cloned();
@@ -62,14 +51,45 @@ pub async fn uni_handler(
     {
         return (StatusCode::BAD_REQUEST, "cf_connect must be a JSON object").into_response();
     }
-    upgrade(node, headers, ws, limit, true, first)
+    upgrade(node, headers, ws, true, first)
+}
+
+/// The read limits and compression settings of a WebSocket endpoint: the
+/// `websocket` section's, or `uni_websocket`'s when `uni`.
+pub fn endpoint_settings(node: &Node, uni: bool) -> (Limits, Option<DeflateSettings>) {
+    let cfg = node.config();
+    let ws = &cfg.websocket;
+    let read_chunk = ws.read_buffer_size;
+    if uni {
+        let u = &cfg.uni_websocket;
+        let limits = Limits {
+            message: u.message_size_limit,
+            decompressed: u.decompressed_limit(),
+            read_chunk,
+        };
+        let deflate = u.compression.then_some(DeflateSettings {
+            level: u.compression_level,
+            min_size: u.compression_min_size,
+        });
+        (limits, deflate)
+    } else {
+        let limits = Limits {
+            message: ws.message_size_limit,
+            decompressed: ws.decompressed_limit(),
+            read_chunk,
+        };
+        let deflate = ws.compression.then_some(DeflateSettings {
+            level: ws.compression_level,
+            min_size: ws.compression_min_size,
+        });
+        (limits, deflate)
+    }
 }
 
 fn upgrade(
     node: Node,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
-    limit: usize,
+    ws: WsUpgrade,
     uni: bool,
     first: Option<String>,
 ) -> Response {
@@ -91,11 +111,10 @@ fn upgrade(
         Ok(permit) => permit,
         Err(refused) => return refused.into_response(),
     };
-    let cfg = &node.config().websocket;
-    let (read_buffer, write_buffer) = (cfg.read_buffer_size, cfg.write_buffer_size);
-    let mut ws = configure_buffers(ws, limit, read_buffer, write_buffer);
+    let (limits, deflate) = endpoint_settings(&node, uni);
+    let mut ws = ws.limits(limits).deflate(deflate.as_ref());
     if !uni {
-        ws = ws.protocols([PROTOBUF_SUBPROTOCOL]);
+        ws = ws.protocols(&[PROTOBUF_SUBPROTOCOL]);
     }
     // What a backend proxy forwards of the upgrade request (usually nothing).
     let kept = node.proxy_request_headers(&headers);
@@ -106,26 +125,6 @@ fn upgrade(
         }
     })
     .into_response()
-}
-
-/// The WebSocket settings of every Tidings endpoint: small buffers, and `limit` as
-/// both the message and the frame size limit. Public so that the binary's
-/// `autobahn-echo` test route runs the conformance suite against the same stack.
-pub fn configure(ws: WebSocketUpgrade, limit: usize) -> WebSocketUpgrade {
-    configure_buffers(ws, limit, READ_BUFFER, WRITE_BUFFER)
-}
-
-fn configure_buffers(
-    ws: WebSocketUpgrade,
-    limit: usize,
-    read_buffer: usize,
-    write_buffer: usize,
-) -> WebSocketUpgrade {
-    ws.max_message_size(limit)
-        .max_frame_size(limit)
-        // tungstenite needs room for at least a frame header.
-        .read_buffer_size(read_buffer.max(16))
-        .write_buffer_size(write_buffer)
 }
 
 /// Whether `Sec-WebSocket-Key` is what RFC 6455 (4.1, 4.2.1) requires: base64 of
@@ -165,14 +164,14 @@ pub fn serve(
     let write_timeout = node.config().websocket.write_timeout;
     let transport = if uni { "uni_websocket" } else { "websocket" };
     let format = match socket.protocol() {
-        Some(p) if p.as_bytes() == PROTOBUF_SUBPROTOCOL.as_bytes() => WireFormat::Protobuf,
+        Some(PROTOBUF_SUBPROTOCOL) => WireFormat::Protobuf,
         _ => WireFormat::Json,
     };
     let (conn, control) = Connection::with_format(transport, format, queue);
     if let Some(kept) = request_headers {
         conn.set_request_headers(kept);
     }
-    let (mut sink, stream) = socket.split();
+    let (reader, sink) = socket.split();
 
     let writer_conn: Arc<Connection> = conn.clone();
     let writer = tokio::spawn(async move {
@@ -204,7 +203,7 @@ pub fn serve(
                 // write's system call.
                 let sent = Box::pin(timed(
                     write_timeout,
-                    write_items(&mut sink, &items, uni, format),
+                    write_items(&sink, &items, uni, format),
                 ))
                 .await;
                 if !matches!(sent, Some(Ok(()))) {
@@ -215,17 +214,13 @@ pub fn serve(
                 }
             }
             if let Some(d) = close {
-                let frame = CloseFrame {
-                    code: u16::try_from(d.code).unwrap_or(3000),
-                    reason: d.reason.into(),
-                };
+                let code = u16::try_from(d.code).unwrap_or(3000);
                 // Boxed, like the timer in `timed`: this task's future lives as
                 // long as the connection, and what it holds inline every idle
                 // connection pays for.
                 Box::pin(async {
-                    let close = sink.send(Message::Close(Some(frame)));
+                    let close = sink.close(code, &d.reason);
                     let _ = tokio::time::timeout(write_timeout, close).await;
-                    let _ = tokio::time::timeout(write_timeout, sink.close()).await;
                 })
                 .await;
                 break;
@@ -233,21 +228,17 @@ pub fn serve(
         }
     });
 
-    let inbound = stream.filter_map(|msg| async move {
-        match msg {
-            Ok(Message::Text(text)) => Some(Ok(ClientFrame::Text(text.as_str().to_owned()))),
+    // The reader answers pings and the client's close frame itself, and ends
+    // after a close frame or an error.
+    let inbound = futures_util::stream::unfold(reader, |mut reader| async move {
+        let msg = match reader.next().await? {
+            Ok(Message::Text(text)) => Ok(ClientFrame::Text(text)),
             // The session judges a binary frame: Protobuf commands, or UTF-8 JSON
             // from a JSON client.
-            Ok(Message::Binary(bytes)) => Some(Ok(ClientFrame::Binary(bytes))),
-            Ok(Message::Ping(_) | Message::Pong(_)) => None,
-            Ok(Message::Close(_)) => Some(Err(InboundError::Transport)),
-            Err(e) => Some(Err(read_error(&e))),
-        }
-    });
-    // After a close frame or an error nothing more is read.
-    let inbound = inbound.take_while(|m| {
-        let keep = !matches!(m, Err(InboundError::Transport));
-        async move { keep }
+            Ok(Message::Binary(bytes)) => Ok(ClientFrame::Binary(bytes)),
+            Err(e) => Err(read_error(e)),
+        };
+        Some((msg, reader))
     });
     let first: Option<Inbound> = first.map(|f| Ok(ClientFrame::Text(f)));
     let inbound = futures_util::stream::iter(first).chain(inbound);
@@ -277,63 +268,36 @@ async fn timed<F: std::future::Future>(limit: std::time::Duration, fut: F) -> Op
     }
 }
 
-/// Writes a drained batch: one joined frame (bidirectional: newline-joined JSON
+/// Writes a drained batch: one joined message (bidirectional: newline-joined JSON
 /// text, or back-to-back delimited Protobuf in one binary message), or one message
-/// per push with a single flush (unidirectional).
-async fn write_items<S>(
-    sink: &mut S,
+/// per push in a single write (unidirectional).
+async fn write_items(
+    sink: &WsWriter,
     items: &[bytes::Bytes],
     uni: bool,
     format: WireFormat,
-) -> Result<(), axum::Error>
-where
-    S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
-{
+) -> std::io::Result<()> {
     if format == WireFormat::Protobuf {
-        let frame = if items.len() == 1 {
-            items[0].clone()
-        } else {
-            let mut out = bytes::BytesMut::with_capacity(items.iter().map(|i| i.len()).sum());
-            for item in items {
-                out.extend_from_slice(item);
-            }
-            out.freeze()
-        };
-        return sink.send(Message::Binary(frame)).await;
+        return sink.send_joined(false, items, None).await;
     }
     if uni {
-        for item in items {
-            let text = Utf8Bytes::try_from(super::unwrap_push(item)).map_err(axum::Error::new)?;
-            sink.feed(Message::Text(text)).await?;
-        }
-        sink.flush().await
+        let unwrapped: Vec<bytes::Bytes> = items.iter().map(super::unwrap_push).collect();
+        sink.send_each(true, &unwrapped).await
     } else {
-        let text = Utf8Bytes::try_from(join_batch(items)).map_err(axum::Error::new)?;
-        sink.send(Message::Text(text)).await
+        sink.send_joined(true, items, Some(b'\n')).await
     }
 }
 
-/// What a read error means for the session. axum wraps tungstenite's errors: the
-/// capacity error is the size limit (1009), broken UTF-8 in a text message is 1007
-/// and a broken framing rule is 1002. Without these a misbehaving client would be
-/// told 3000 "connection closed", which invites it to reconnect and do it again.
-/// A client that just went away (reset, EOF) is a transport end.
-fn read_error(e: &axum::Error) -> InboundError {
-    use tungstenite::error::ProtocolError;
-    let Some(t) = std::error::Error::source(e).and_then(|s| s.downcast_ref::<tungstenite::Error>())
-    else {
-        return InboundError::Transport;
-    };
-    match t {
-        tungstenite::Error::Capacity(_) => InboundError::TooLarge,
-        tungstenite::Error::Utf8(_) => InboundError::InvalidText,
-        tungstenite::Error::Protocol(
-            ProtocolError::ResetWithoutClosingHandshake
-            | ProtocolError::ReceivedAfterClosing
-            | ProtocolError::SendAfterClosing,
-        ) => InboundError::Transport,
-        tungstenite::Error::Protocol(_) => InboundError::ProtocolViolation,
-        _ => InboundError::Transport,
+/// What a read error means for the session: the size limit (1009), broken UTF-8
+/// (1007) and a broken framing rule (1002) each close with their code, so that a
+/// misbehaving client is not told 3000 "connection closed" and invited to
+/// reconnect and do it again. A client that just went away is a transport end.
+fn read_error(e: ReadError) -> InboundError {
+    match e {
+        ReadError::TooLarge => InboundError::TooLarge,
+        ReadError::InvalidText => InboundError::InvalidText,
+        ReadError::Protocol => InboundError::ProtocolViolation,
+        ReadError::Io => InboundError::Transport,
     }
 }
 
