@@ -7,9 +7,10 @@
 //! generator processes. The coordinator spawns the nodes (joined by Redis or NATS,
 //! which the caller runs) and the workers, then measures in phases:
 //!
-//! 1. connect: every client connects, subscribes to the shared channel and to a
-//!    personal one (the first `--presence-members` also to a presence channel);
-//!    RSS per connection across the nodes;
+//! 1. connect: every client connects, subscribes to the shared channel (history,
+//!    forced recovery) and to a personal one (no history), the first
+//!    `--presence-members` also to a presence channel; RSS per connection across
+//!    the nodes;
 //! 2. broadcast: one publication to the shared channel, until the last delivery;
 //! 3. presence: `presence_stats` and `presence` of the presence channel;
 //! 4. sweep: publications on the shared channel at rising rates, with the CPU of
@@ -49,8 +50,13 @@ use super::EngineArg;
 
 /// Longest latency the histograms hold (60 s, in µs).
 const MAX_LATENCY_US: u64 = 60_000_000;
-/// Namespace of the shared and personal channels: history and forced recovery.
+/// Namespace of the shared channel: history and forced recovery.
 const NS: &str = "hk";
+/// Namespace of the personal channels: no history. (With the NATS engine a
+/// channel with history is a JetStream stream of its own, and subscribing reads
+/// its position, so 100,000 personal channels with history would be 100,000
+/// streams; the first run here failed near 10,000 of them.)
+const PERSONAL_NS: &str = "hku";
 /// Namespace of the presence channel.
 const PRESENCE_NS: &str = "hkp";
 /// Most API requests in flight while publishing at a rate.
@@ -93,20 +99,24 @@ pub struct SwarmArgs {
     #[arg(long, default_value_t = 20)]
     pub presence_calls: usize,
     /// Publication rates of the sweep, per second, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32")]
+    #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,0.75,1,1.5,2,3")]
     pub rates: Vec<f64>,
     /// Seconds each rate of the sweep lasts.
     #[arg(long, default_value_t = 5.0)]
     pub step_secs: f64,
     /// Publications per second on the shared channel during the kill phase.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 0.5)]
     pub kill_rate: f64,
     /// `client.connection_rate_limit` of every node (new connections per second).
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 1000)]
     pub connection_rate_limit: u64,
     /// Seconds allowed for all clients to connect and subscribe.
     #[arg(long, default_value_t = 240.0)]
     pub connect_timeout: f64,
+    /// Seconds a client's connect and subscribes may take before it gives up
+    /// and tries again (as the SDKs do).
+    #[arg(long, default_value_t = 5.0)]
+    pub open_timeout: f64,
     /// Seconds allowed for the killed node's clients to come back.
     #[arg(long, default_value_t = 120.0)]
     pub recover_timeout: f64,
@@ -147,6 +157,10 @@ pub struct WorkerArgs {
     /// Connections opened at once.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
+    /// Seconds a connect and its subscribes may take before the attempt is
+    /// given up and retried.
+    #[arg(long, default_value_t = 5.0)]
+    pub open_timeout: f64,
 }
 
 fn unix_us() -> u64 {
@@ -204,6 +218,8 @@ struct WState {
     disconnects: Vec<AtomicU64>,
     /// Connection attempts refused with HTTP 503 (connection rate limit).
     refused_503: AtomicU64,
+    /// Attempts given up after `--open-timeout`.
+    timeouts: AtomicU64,
     /// Other failed connection attempts.
     connect_errors: AtomicU64,
     first_error: Mutex<Option<String>>,
@@ -225,6 +241,7 @@ struct WCfg {
     shared_bytes: Vec<u8>,
     presence: String,
     presence_members: usize,
+    open_timeout: Duration,
 }
 
 /// A client's position in a channel.
@@ -265,6 +282,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         shared_bytes: format!("\"channel\":\"{}\"", shared_channel()).into_bytes(),
         presence: presence_channel(),
         presence_members: args.presence_members,
+        open_timeout: Duration::from_secs_f64(args.open_timeout),
     });
     let st = Arc::new(WState {
         subscribed: AtomicU64::new(0),
@@ -278,6 +296,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         recovered_false: AtomicU64::new(0),
         disconnects: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
         refused_503: AtomicU64::new(0),
+        timeouts: AtomicU64::new(0),
         connect_errors: AtomicU64::new(0),
         first_error: Mutex::new(None),
         last_delivery_us: AtomicU64::new(0),
@@ -348,6 +367,7 @@ fn status(st: &WState) -> Value {
         "recovered_false": l(&st.recovered_false),
         "disconnects": st.disconnects.iter().map(l).collect::<Vec<_>>(),
         "refused_503": l(&st.refused_503),
+        "timeouts": l(&st.timeouts),
         "connect_errors": l(&st.connect_errors),
         "first_error": st.first_error.lock().clone(),
         "last_delivery_us": l(&st.last_delivery_us),
@@ -365,7 +385,6 @@ async fn client_task(i: usize, k: usize, cfg: Arc<WCfg>, st: Arc<WState>, gate: 
     let nodes = cfg.urls.len();
     let mut node = i % nodes;
     let mut shared: Option<Pos> = None;
-    let mut personal: Option<Pos> = None;
     let mut lost_at: Option<Instant> = None;
     let mut failures: u32 = 0;
     let mut seed = i as u64;
@@ -374,7 +393,17 @@ async fn client_task(i: usize, k: usize, cfg: Arc<WCfg>, st: Arc<WState>, gate: 
             let Ok(_permit) = gate.acquire().await else {
                 return;
             };
-            open(i, k, node, &cfg, &st, &mut shared, &mut personal).await
+            // As the SDKs do (centrifuge-js: `timeout`, 5 s), an attempt that
+            // takes too long is given up and retried.
+            match tokio::time::timeout(cfg.open_timeout, open(i, k, node, &cfg, &st, &mut shared))
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => {
+                    st.timeouts.fetch_add(1, Ordering::Relaxed);
+                    Err(anyhow::anyhow!("timed out"))
+                }
+            }
         };
         let mut client = match opened {
             Ok(c) => c,
@@ -382,7 +411,7 @@ async fn client_task(i: usize, k: usize, cfg: Arc<WCfg>, st: Arc<WState>, gate: 
                 let text = e.to_string();
                 if text.contains("503") {
                     st.refused_503.fetch_add(1, Ordering::Relaxed);
-                } else {
+                } else if text != "timed out" {
                     st.connect_errors.fetch_add(1, Ordering::Relaxed);
                     st.first_error.lock().get_or_insert(text);
                 }
@@ -431,7 +460,6 @@ async fn open(
     cfg: &WCfg,
     st: &WState,
     shared: &mut Option<Pos>,
-    personal: &mut Option<Pos>,
 ) -> anyhow::Result<Client> {
     let opts = ConnectOptions {
         bind: Some(cfg.bind),
@@ -488,16 +516,11 @@ async fn open(
         on_push(line, k, cfg, st, shared);
     }
     // Personal channel.
-    let channel = format!("{NS}:u{i}");
-    let from = personal.clone();
-    let (reply, rest) = subscribe(&mut c, 11, &channel, from.as_ref(), k, cfg, st, shared).await?;
+    let channel = format!("{PERSONAL_NS}:u{i}");
+    let (_, rest) = subscribe(&mut c, 11, &channel, None, k, cfg, st, shared).await?;
     for line in &rest {
         on_push(line, k, cfg, st, shared);
     }
-    *personal = Some(Pos {
-        offset: reply["offset"].as_u64().unwrap_or(0),
-        epoch: reply["epoch"].as_str().unwrap_or_default().to_string(),
-    });
     if i < cfg.presence_members {
         let (_, rest) = subscribe(&mut c, 12, &cfg.presence, None, k, cfg, st, shared).await?;
         for line in &rest {
@@ -647,6 +670,7 @@ struct Totals {
     recovered_false: u64,
     disconnects: Vec<u64>,
     refused_503: u64,
+    timeouts: u64,
     connect_errors: u64,
     first_error: Option<String>,
     last_delivery_us: u64,
@@ -702,12 +726,20 @@ struct SweepStep {
     latency: Pct,
     cpu: Vec<ProcCpu>,
     total_cpu_pct: f64,
+    /// CPU time of all the nodes per delivery (µs), over the step and its drain.
+    node_cpu_us_per_delivery: f64,
+    /// CPU time of the generator processes per delivery (µs).
+    generator_cpu_us_per_delivery: f64,
+    /// CPU time of the broker per publication (µs).
+    broker_cpu_us_per_publication: f64,
     saturated: bool,
 }
 
 #[derive(Default, Debug, Clone, Serialize)]
 struct KillReport {
     killed_node: usize,
+    /// Clients subscribed when the phase began.
+    subscribed_before: u64,
     clients_on_it: u64,
     publications: u64,
     publish_errors: u64,
@@ -725,6 +757,8 @@ struct KillReport {
     final_offset: u64,
     min_client_offset: Option<u64>,
     refused_503: u64,
+    /// Attempts given up after the open timeout (5 s) and retried.
+    timeouts: u64,
     other_connect_errors: u64,
     /// Connections that ended on the nodes that were not killed (must be 0).
     disconnects_on_other_nodes: u64,
@@ -752,6 +786,7 @@ pub struct SwarmReport {
     connect_seconds: f64,
     connects_per_s: f64,
     refused_503_at_connect: u64,
+    timeouts_at_connect: u64,
     node_rss_before_kib: Vec<u64>,
     node_rss_after_kib: Vec<u64>,
     rss_per_connection_kib: f64,
@@ -818,6 +853,11 @@ fn node_config(args: &SwarmArgs, api_key: &str) -> Value {
             "history_size": 1000,
             "history_ttl": "600s",
             "force_recovery": true,
+            "allow_subscribe_for_anonymous": true,
+            "allow_subscribe_for_client": true
+        },
+        {
+            "name": PERSONAL_NS,
             "allow_subscribe_for_anonymous": true,
             "allow_subscribe_for_client": true
         },
@@ -949,6 +989,7 @@ impl Coord {
                     &self.args.presence_members.to_string(),
                 ])
                 .args(["--concurrency", &self.args.concurrency.to_string()])
+                .args(["--open-timeout", &self.args.open_timeout.to_string()])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
@@ -997,6 +1038,7 @@ impl Coord {
                 }
             }
             t.refused_503 += g("refused_503");
+            t.timeouts += g("timeouts");
             t.connect_errors += g("connect_errors");
             if t.first_error.is_none() {
                 t.first_error = s["first_error"].as_str().map(str::to_string);
@@ -1146,6 +1188,7 @@ impl Coord {
         report.connect_seconds = wall;
         report.connects_per_s = t.subscribed as f64 / wall;
         report.refused_503_at_connect = t.refused_503;
+        report.timeouts_at_connect = t.timeouts;
         if t.subscribed < n {
             report.failures.push(format!(
                 "only {} of {} clients connected and subscribed in {:.0} s ({} errors; first: {:?})",
@@ -1215,7 +1258,9 @@ impl Coord {
 
         // 4. Rate sweep.
         for &rate in &a.rates {
-            let step = self.sweep_step(rate).await?;
+            let step = self
+                .sweep_step(rate, report.broadcast_last_delivery_ms)
+                .await?;
             eprintln!(
                 "  sweep {:>5}/s: {} of {} delivered ({:.0}/s), p99 {:.0} ms, tail {:.0} ms, CPU {:.0}%{}",
                 rate,
@@ -1307,7 +1352,11 @@ impl Coord {
         Ok(out)
     }
 
-    async fn sweep_step(&mut self, rate: f64) -> anyhow::Result<SweepStep> {
+    /// One rate of the sweep. It is saturated when deliveries do not keep up:
+    /// something lost or refused, or the last delivery (or the p99) later than
+    /// twice what one broadcast alone takes (`one_ms`) plus a margin, i.e. a
+    /// backlog that grows while publishing.
+    async fn sweep_step(&mut self, rate: f64, one_ms: f64) -> anyhow::Result<SweepStep> {
         let a = self.args.clone();
         let n = a.connections as u64;
         self.reset().await?;
@@ -1344,6 +1393,22 @@ impl Coord {
         let latency = Pct::of(t.hist.take().as_ref().expect("histogram"));
         let lost = expected.saturating_sub(t.delivered);
         let total_cpu_pct = cpu.iter().map(|c| c.cpu_pct).sum();
+        let cpu_s = |prefix: &str| -> f64 {
+            cpu.iter()
+                .filter(|c| c.name.starts_with(prefix))
+                .map(|c| c.cpu_pct / 100.0 * wall)
+                .sum()
+        };
+        let per = |secs: f64, count: u64| {
+            if count == 0 {
+                0.0
+            } else {
+                secs * 1e6 / count as f64
+            }
+        };
+        let node_cpu_us_per_delivery = per(cpu_s("node"), t.delivered);
+        let generator_cpu_us_per_delivery = per(cpu_s("worker"), t.delivered);
+        let broker_cpu_us_per_publication = per(cpu_s("broker"), sent);
         Ok(SweepStep {
             offered_rate: rate,
             publications: sent,
@@ -1354,10 +1419,16 @@ impl Coord {
             deliveries_per_s: t.delivered as f64 / seconds.max(1e-9),
             seconds,
             tail_ms,
-            saturated: lost > 0 || errors > 0 || latency.p99_ms > 1000.0 || tail_ms > 1000.0,
+            saturated: lost > 0
+                || errors > 0
+                || tail_ms > 2.0 * one_ms + 500.0
+                || latency.p99_ms > 2.0 * one_ms + 1000.0,
             latency,
             cpu,
             total_cpu_pct,
+            node_cpu_us_per_delivery,
+            generator_cpu_us_per_delivery,
+            broker_cpu_us_per_publication,
         })
     }
 
@@ -1369,8 +1440,14 @@ impl Coord {
             killed_node: victim,
             ..KillReport::default()
         };
+        // Clients the sweep's overload disconnected (slow readers) come back first.
+        let settle_until = Instant::now() + Duration::from_secs(60);
+        while self.totals().await?.subscribed < n && Instant::now() < settle_until {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
         self.reset().await?;
         let before = self.totals().await?;
+        out.subscribed_before = before.subscribed;
         let stop = CancellationToken::new();
         let publisher = tokio::spawn(Coord::publish_at(
             self.http.clone(),
@@ -1435,6 +1512,7 @@ impl Coord {
         out.min_client_offset = t.min_offset;
         out.behind = t.min_offset.is_none_or(|m| m < top);
         out.refused_503 = t.refused_503 - before.refused_503;
+        out.timeouts = t.timeouts - before.timeouts;
         out.other_connect_errors = t.connect_errors - before.connect_errors;
         out.disconnects_on_other_nodes = t
             .disconnects
@@ -1527,8 +1605,8 @@ impl SwarmReport {
         );
         let _ = writeln!(
             s,
-            "connect: {} connected and subscribed in {:.1} s ({:.0}/s, {} refused by the rate limit and retried)",
-            self.connected, self.connect_seconds, self.connects_per_s, self.refused_503_at_connect
+            "connect: {} connected and subscribed in {:.1} s ({:.0}/s; {} refused by the rate limit, {} timed out, all retried)",
+            self.connected, self.connect_seconds, self.connects_per_s, self.refused_503_at_connect, self.timeouts_at_connect
         );
         let _ = writeln!(
             s,
@@ -1558,7 +1636,7 @@ impl SwarmReport {
         for st in &self.sweep {
             let _ = writeln!(
                 s,
-                "sweep {:>5}/s: {} pubs, {}/{} delivered ({:.0} deliveries/s), p50 {:.0} ms p99 {:.0} ms, tail {:.0} ms, CPU {:.0}% [{}]{}",
+                "sweep {:>5}/s: {} pubs, {}/{} delivered ({:.0} deliveries/s), p50 {:.0} ms p99 {:.0} ms, tail {:.0} ms; CPU per delivery: nodes {:.2} µs, generator {:.2} µs; broker {:.0} µs per publication; CPU {:.0}% [{}]{}",
                 st.offered_rate,
                 st.publications,
                 st.delivered,
@@ -1567,6 +1645,9 @@ impl SwarmReport {
                 st.latency.p50_ms,
                 st.latency.p99_ms,
                 st.tail_ms,
+                st.node_cpu_us_per_delivery,
+                st.generator_cpu_us_per_delivery,
+                st.broker_cpu_us_per_publication,
                 st.total_cpu_pct,
                 st.cpu
                     .iter()
@@ -1580,7 +1661,7 @@ impl SwarmReport {
         let k = &self.kill;
         let _ = writeln!(
             s,
-            "kill -9 node{} ({} clients): all back after {}; slowest client {:.0} ms; {} recovered, {} not ({} reported lost); {} silently lost; {} dups; {} refused (503) and retried; {} other connect errors; {} disconnects on other nodes; {} publications ({} refused), final offset {}, lowest client offset {:?}",
+            "kill -9 node{} ({} clients): all back after {}; slowest client {:.0} ms; {} recovered, {} not ({} reported lost); {} silently lost; {} dups; {} refused (503) and retried; {} attempts timed out and retried; {} other connect errors; {} disconnects on other nodes; {} publications ({} refused), final offset {}, lowest client offset {:?}",
             k.killed_node,
             k.clients_on_it,
             k.all_back_s.map_or("NEVER".into(), |s| format!("{s:.2} s")),
@@ -1591,6 +1672,7 @@ impl SwarmReport {
             k.silent_lost,
             k.dups,
             k.refused_503,
+            k.timeouts,
             k.other_connect_errors,
             k.disconnects_on_other_nodes,
             k.publications,
