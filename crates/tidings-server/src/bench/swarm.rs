@@ -220,6 +220,9 @@ struct WState {
     refused_503: AtomicU64,
     /// Attempts given up after `--open-timeout`.
     timeouts: AtomicU64,
+    /// Resubscribes after the server unsubscribed a client from the shared
+    /// channel (insufficient state).
+    resubscribes: AtomicU64,
     /// Other failed connection attempts.
     connect_errors: AtomicU64,
     first_error: Mutex<Option<String>>,
@@ -297,6 +300,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         disconnects: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
         refused_503: AtomicU64::new(0),
         timeouts: AtomicU64::new(0),
+        resubscribes: AtomicU64::new(0),
         connect_errors: AtomicU64::new(0),
         first_error: Mutex::new(None),
         last_delivery_us: AtomicU64::new(0),
@@ -368,6 +372,7 @@ fn status(st: &WState) -> Value {
         "disconnects": st.disconnects.iter().map(l).collect::<Vec<_>>(),
         "refused_503": l(&st.refused_503),
         "timeouts": l(&st.timeouts),
+        "resubscribes": l(&st.resubscribes),
         "connect_errors": l(&st.connect_errors),
         "first_error": st.first_error.lock().clone(),
         "last_delivery_us": l(&st.last_delivery_us),
@@ -435,9 +440,24 @@ async fn client_task(i: usize, k: usize, cfg: Arc<WCfg>, st: Arc<WState>, gate: 
         } else {
             st.ever.fetch_add(1, Ordering::Relaxed);
         }
-        while let Ok(Some(frame)) = client.recv().await {
+        'read: while let Ok(Some(frame)) = client.recv().await {
+            let mut resubscribe = false;
             for line in frame.split(|b| *b == b'\n') {
-                on_push(line, k, &cfg, &st, &mut shared);
+                resubscribe |= on_push(line, k, &cfg, &st, &mut shared);
+            }
+            // The server unsubscribed the client from the shared channel (2500,
+            // insufficient state: it cannot vouch for the stream): resubscribe
+            // with recovery, as the SDKs do.
+            if resubscribe {
+                st.resubscribes.fetch_add(1, Ordering::Relaxed);
+                let again = tokio::time::timeout(
+                    cfg.open_timeout,
+                    join_shared(&mut client, k, &cfg, &st, &mut shared),
+                )
+                .await;
+                if !matches!(again, Ok(Ok(()))) {
+                    break 'read;
+                }
             }
         }
         st.subscribed.fetch_sub(1, Ordering::Relaxed);
@@ -473,9 +493,35 @@ async fn open(
     )
     .await?;
     // Shared channel.
+    join_shared(&mut c, k, cfg, st, shared).await?;
+    // Personal channel.
+    let channel = format!("{PERSONAL_NS}:u{i}");
+    let (_, rest) = subscribe(&mut c, 11, &channel, None, k, cfg, st, shared).await?;
+    for line in &rest {
+        on_push(line, k, cfg, st, shared);
+    }
+    if i < cfg.presence_members {
+        let (_, rest) = subscribe(&mut c, 12, &cfg.presence, None, k, cfg, st, shared).await?;
+        for line in &rest {
+            on_push(line, k, cfg, st, shared);
+        }
+    }
+    Ok(c)
+}
+
+/// Subscribes to the shared channel, recovering from `shared` when a position is
+/// known, and applies the answer: recovered publications, `recovered: false`
+/// (reported loss), or offsets missing from a recovery that said it recovered
+/// (silent loss).
+async fn join_shared(
+    c: &mut Client,
+    k: usize,
+    cfg: &WCfg,
+    st: &WState,
+    shared: &mut Option<Pos>,
+) -> anyhow::Result<()> {
     let from = shared.clone();
-    let (reply, rest) =
-        subscribe(&mut c, 10, &cfg.shared, from.as_ref(), k, cfg, st, shared).await?;
+    let (reply, rest) = subscribe(c, 10, &cfg.shared, from.as_ref(), k, cfg, st, shared).await?;
     let top = Pos {
         offset: reply["offset"].as_u64().unwrap_or(0),
         epoch: reply["epoch"].as_str().unwrap_or_default().to_string(),
@@ -515,19 +561,7 @@ async fn open(
     for line in &rest {
         on_push(line, k, cfg, st, shared);
     }
-    // Personal channel.
-    let channel = format!("{PERSONAL_NS}:u{i}");
-    let (_, rest) = subscribe(&mut c, 11, &channel, None, k, cfg, st, shared).await?;
-    for line in &rest {
-        on_push(line, k, cfg, st, shared);
-    }
-    if i < cfg.presence_members {
-        let (_, rest) = subscribe(&mut c, 12, &cfg.presence, None, k, cfg, st, shared).await?;
-        for line in &rest {
-            on_push(line, k, cfg, st, shared);
-        }
-    }
-    Ok(c)
+    Ok(())
 }
 
 /// Sends a subscribe command (with `recover` from `from`) and returns its result
@@ -575,15 +609,19 @@ async fn subscribe(
 }
 
 /// Counts a live publication of the shared channel in one line of a frame.
-fn on_push(line: &[u8], k: usize, cfg: &WCfg, st: &WState, shared: &mut Option<Pos>) {
-    if find(line, b"\"pub\":").is_none() || find(line, &cfg.shared_bytes).is_none() {
-        return;
+/// Returns whether the line is an unsubscribe push for the shared channel.
+fn on_push(line: &[u8], k: usize, cfg: &WCfg, st: &WState, shared: &mut Option<Pos>) -> bool {
+    if find(line, &cfg.shared_bytes).is_none() {
+        return false;
+    }
+    if find(line, b"\"pub\":").is_none() {
+        return line.starts_with(b"{\"push\":") && find(line, b"\"unsubscribe\":").is_some();
     }
     let Some(offset) = number_after(line, b"\"offset\":") else {
-        return;
+        return false;
     };
     let Some(pos) = shared.as_mut() else {
-        return;
+        return false;
     };
     if advance(pos, offset, st) {
         if let Some(sent) = number_after(line, b"\"bt\":") {
@@ -595,6 +633,7 @@ fn on_push(line: &[u8], k: usize, cfg: &WCfg, st: &WState, shared: &mut Option<P
         }
         st.offsets[k].store(pos.offset, Ordering::Relaxed);
     }
+    false
 }
 
 /// Moves a position to `offset`: counts a delivery, a duplicate (false) or a
@@ -671,6 +710,7 @@ struct Totals {
     disconnects: Vec<u64>,
     refused_503: u64,
     timeouts: u64,
+    resubscribes: u64,
     connect_errors: u64,
     first_error: Option<String>,
     last_delivery_us: u64,
@@ -745,6 +785,13 @@ struct KillReport {
     publish_errors: u64,
     /// From the kill until every client was subscribed again.
     all_back_s: Option<f64>,
+    /// From the kill until 90 % (99 %) of the dropped clients were back.
+    back_90_s: Option<f64>,
+    back_99_s: Option<f64>,
+    /// Clients subscribed 5 s after the kill.
+    back_at_5s: Option<u64>,
+    /// The first connection error of a worker, if any.
+    first_error: Option<String>,
     /// The longest single client's time from losing its connection to subscribed.
     slowest_client_back_ms: f64,
     recovered_ok: u64,
@@ -801,6 +848,9 @@ pub struct SwarmReport {
     sweep: Vec<SweepStep>,
     saturation: String,
     kill: KillReport,
+    /// Resubscribes to the shared channel the server asked for (unsubscribe
+    /// 2500, insufficient state), over the whole run.
+    resubscribes: u64,
     failures: Vec<String>,
 }
 
@@ -1039,6 +1089,7 @@ impl Coord {
             }
             t.refused_503 += g("refused_503");
             t.timeouts += g("timeouts");
+            t.resubscribes += g("resubscribes");
             t.connect_errors += g("connect_errors");
             if t.first_error.is_none() {
                 t.first_error = s["first_error"].as_str().map(str::to_string);
@@ -1282,6 +1333,7 @@ impl Coord {
 
         // 5. kill -9 of one node under load.
         report.kill = self.kill_phase().await?;
+        report.resubscribes = self.totals().await?.resubscribes;
         let k = &report.kill;
         if k.all_back_s.is_none() {
             report
@@ -1468,11 +1520,25 @@ impl Coord {
         }
         let deadline = killed_at + Duration::from_secs_f64(a.recover_timeout);
         let mut saw_drop = false;
+        let mut lowest = n;
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let t = self.totals().await?;
             if t.subscribed < n {
                 saw_drop = true;
+            }
+            lowest = lowest.min(t.subscribed);
+            // Milestones: 90 % and 99 % of the clients that were dropped are back.
+            let missing = n.saturating_sub(t.subscribed);
+            let dropped = n - lowest;
+            if saw_drop && out.back_90_s.is_none() && missing * 10 <= dropped {
+                out.back_90_s = Some(killed_at.elapsed().as_secs_f64());
+            }
+            if saw_drop && out.back_99_s.is_none() && missing * 100 <= dropped {
+                out.back_99_s = Some(killed_at.elapsed().as_secs_f64());
+            }
+            if killed_at.elapsed() > Duration::from_secs(5) && out.back_at_5s.is_none() {
+                out.back_at_5s = Some(n - missing);
             }
             if saw_drop && t.subscribed >= n {
                 out.all_back_s = Some(killed_at.elapsed().as_secs_f64());
@@ -1483,9 +1549,11 @@ impl Coord {
             }
         }
         eprintln!(
-            "  all back after {}",
+            "  all back after {} (90 % after {:?} s, 99 % after {:?} s)",
             out.all_back_s
-                .map_or("(not all came back)".to_string(), |s| format!("{s:.2} s"))
+                .map_or("(not all came back)".to_string(), |s| format!("{s:.2} s")),
+            out.back_90_s,
+            out.back_99_s
         );
         // Keep publishing a little after everyone is back, then stop.
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -1513,6 +1581,7 @@ impl Coord {
         out.behind = t.min_offset.is_none_or(|m| m < top);
         out.refused_503 = t.refused_503 - before.refused_503;
         out.timeouts = t.timeouts - before.timeouts;
+        out.first_error = t.first_error.clone();
         out.other_connect_errors = t.connect_errors - before.connect_errors;
         out.disconnects_on_other_nodes = t
             .disconnects
@@ -1658,13 +1727,20 @@ impl SwarmReport {
             );
         }
         let _ = writeln!(s, "saturation: {}", self.saturation);
+        let _ = writeln!(
+            s,
+            "resubscribes asked by the server (insufficient state): {}",
+            self.resubscribes
+        );
         let k = &self.kill;
         let _ = writeln!(
             s,
-            "kill -9 node{} ({} clients): all back after {}; slowest client {:.0} ms; {} recovered, {} not ({} reported lost); {} silently lost; {} dups; {} refused (503) and retried; {} attempts timed out and retried; {} other connect errors; {} disconnects on other nodes; {} publications ({} refused), final offset {}, lowest client offset {:?}",
+            "kill -9 node{} ({} clients): all back after {} (90 % after {}, 99 % after {}); slowest client {:.0} ms; {} recovered, {} not ({} reported lost); {} silently lost; {} dups; {} refused (503) and retried; {} attempts timed out and retried; {} other connect errors; {} disconnects on other nodes; {} publications ({} refused), final offset {}, lowest client offset {:?}",
             k.killed_node,
             k.clients_on_it,
             k.all_back_s.map_or("NEVER".into(), |s| format!("{s:.2} s")),
+            k.back_90_s.map_or("-".into(), |s| format!("{s:.2} s")),
+            k.back_99_s.map_or("-".into(), |s| format!("{s:.2} s")),
             k.slowest_client_back_ms,
             k.recovered_ok,
             k.recovered_false,
