@@ -57,7 +57,7 @@ fi
 
 # Sockets: raise the soft open-file limit up to the hard one (the nodes and the
 # generator processes inherit it).
-ulimit -n "$(ulimit -Hn)"
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n "$(cat /proc/sys/fs/nr_open)" 2>/dev/null || true
 if [ "$(ulimit -n)" -lt 20000 ] && [ "$SMOKE" = 0 ]; then
   echo "note: open files capped at $(ulimit -n) per process; each process must hold N/NODES sockets" >&2
 fi
