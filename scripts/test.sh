@@ -46,6 +46,14 @@ export TIDINGS_BIN="$ROOT/target/debug/tidings"
 say "Rust tests"
 cargo test --workspace
 
+# --- Several nodes, several generator processes, kill -9 ------------------------------
+# A short run of the 100,000-connection scenario (bench/hundred-k.sh): 3 nodes on Redis,
+# then on NATS, 1,500 clients from 2 generator processes. It checks correctness only
+# (all connected, a broadcast with nothing lost, presence counts, every client of a
+# killed node back and recovered with no silent loss), never a performance figure.
+say "cluster smoke: bench/hundred-k.sh --smoke (3 nodes, 1,500 clients, kill -9 of one; Redis and NATS)"
+bench/hundred-k.sh --smoke
+
 # --- WebSocket conformance -------------------------------------------------------------
 say "WebSocket conformance (Autobahn|Testsuite, cases 1-10)"
 scripts/autobahn.sh

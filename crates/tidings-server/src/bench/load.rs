@@ -454,6 +454,9 @@ pub async fn run(scenario: Scenario) -> anyhow::Result<Report> {
         }
         Scenario::Idle(a) => idle(a).await,
         Scenario::Connect(a) => connect(a).await,
+        Scenario::Swarm(_) | Scenario::SwarmWorker(_) => {
+            bail!("the swarm scenario has its own runner")
+        }
     }
 }
 

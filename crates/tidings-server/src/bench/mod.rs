@@ -11,6 +11,7 @@ use clap::{Args, ValueEnum};
 mod load;
 mod procstat;
 mod report;
+mod swarm;
 mod target;
 
 /// Scenarios of `tidings bench`.
@@ -46,6 +47,16 @@ pub enum Scenario {
     /// --publish-via api-batch --batch N). Latency is reported separately for
     /// subscribers on the publishing node and on the others. Needs --spawn.
     Cluster(LoadArgs),
+    /// Many connections through --nodes Tidings nodes on one Redis or NATS, the
+    /// load generator spread over --workers processes (each on its own source
+    /// address): connect and subscribe all (RSS per connection), one broadcast to
+    /// all, presence of a --presence-members channel, a publication-rate sweep
+    /// with every process's CPU, and kill -9 of one node with reconnect and
+    /// recovery. bench/hundred-k.sh runs it with 100,000 connections.
+    Swarm(swarm::SwarmArgs),
+    /// One load generator process of `swarm` (spawned by it).
+    #[command(hide = true)]
+    SwarmWorker(swarm::WorkerArgs),
 }
 
 /// How publications are sent.
@@ -207,6 +218,16 @@ pub struct LoadArgs {
 /// Runs a scenario on its own runtime and prints its report.
 pub fn run(scenario: Scenario) -> anyhow::Result<()> {
     let args = match &scenario {
+        Scenario::Swarm(a) => return run_swarm(a.clone()),
+        Scenario::SwarmWorker(a) => {
+            // One thread: the workers share the machine with the nodes.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let r = runtime.block_on(swarm::worker(a.clone()));
+            runtime.shutdown_background();
+            return r;
+        }
         Scenario::Fanout(a)
         | Scenario::Latency(a)
         | Scenario::Idle(a)
@@ -225,6 +246,27 @@ pub fn run(scenario: Scenario) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!("{}", report.summary());
+    }
+    Ok(())
+}
+
+/// Runs the swarm coordinator and prints its report; fails when --check is given
+/// and a correctness check failed.
+fn run_swarm(args: swarm::SwarmArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let json = args.json;
+    let check = args.check;
+    let report = runtime.block_on(swarm::swarm(args))?;
+    runtime.shutdown_background();
+    print!("{}", report.summary());
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    if check && !report.failures().is_empty() {
+        anyhow::bail!("{} check(s) failed", report.failures().len());
     }
     Ok(())
 }

@@ -114,6 +114,11 @@ impl Spawned {
         format!("http://{}", self.addr)
     }
 
+    /// Sends SIGKILL to the server (`kill -9`) without waiting.
+    pub fn kill(&mut self) {
+        let _ = self.child.start_kill();
+    }
+
     /// Stops the server (the process this value spawned) and waits for it.
     pub async fn stop(mut self) {
         let _ = self.child.start_kill();
