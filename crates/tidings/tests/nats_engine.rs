@@ -1078,6 +1078,67 @@ async fn presence_reads_list_everyone_while_entries_are_rewritten() -> anyhow::R
     Ok(())
 }
 
+/// A read while the entries are rewritten now and then (as every node refreshes
+/// its clients) answers at once. Reading through a consumer, it used to wait for
+/// write after write until its deadline: nats-server 2.9 counts one message too
+/// many as pending when a key is rewritten while the consumer starts, so the
+/// read never saw the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_reads_answer_at_once_while_entries_are_refreshed() -> anyhow::Result<()> {
+    let server = NatsServer::start().await?;
+    let cfg = config(&server.url());
+    let conn_a = NatsConnection::start(&cfg).map_err(anyhow::Error::msg)?;
+    let conn_b = NatsConnection::start(&cfg).map_err(anyhow::Error::msg)?;
+    assert!(conn_a.wait_connected(WAIT).await && conn_b.wait_connected(WAIT).await);
+    let writer = Arc::new(NatsPresenceManager::new(conn_a));
+    let reader = NatsPresenceManager::new(conn_b);
+    let info = |n: usize| ClientInfo {
+        user: format!("u{n}"),
+        client: format!("c{n}"),
+        ..Default::default()
+    };
+    writer.add("lobby", info(0)).await?;
+    writer.add("lobby", info(1)).await?;
+    // Both entries rewritten at once every 20 ms (well within the 1 s TTL).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let refreshes = tokio::spawn({
+        let (writer, stop) = (writer.clone(), stop.clone());
+        async move {
+            while !stop.load(Ordering::SeqCst) {
+                let (a, b) =
+                    tokio::join!(writer.add("lobby", info(0)), writer.add("lobby", info(1)));
+                a?;
+                b?;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+    });
+    let mut slow = Vec::new();
+    let mut wrong = Vec::new();
+    for _ in 0..1000 {
+        let started = tokio::time::Instant::now();
+        let mut seen: Vec<_> = reader.presence("lobby").await?.into_keys().collect();
+        let took = started.elapsed();
+        // Far above a read's few milliseconds, far below the 4 s deadline.
+        if took > Duration::from_secs(1) {
+            slow.push(took);
+        }
+        seen.sort();
+        if seen != ["c0", "c1"] {
+            wrong.push(seen);
+        }
+        if slow.len() + wrong.len() >= 3 {
+            break;
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    refreshes.await??;
+    assert!(slow.is_empty(), "{} slow reads: {slow:?}", slow.len());
+    assert!(wrong.is_empty(), "{} reads listed {wrong:?}", wrong.len());
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_wiped_server_gives_a_new_epoch_and_calls_fail_while_it_is_down() -> anyhow::Result<()> {
     let mut server = NatsServer::start().await?;

@@ -5,14 +5,14 @@
 //! bucket's `max_age` is `engine.nats.presence_ttl`: an entry that is not written
 //! again within the TTL disappears, so the clients of a node that died leave
 //! presence on their own. `add` rewrites the entry, which refreshes it. Reading a
-//! channel's presence reads the last value of every key under `<channel token>.`
-//! with a short-lived consumer, skipping deletion markers (see `read_last_values`
-//! for when the read stops).
+//! channel's presence lists the live keys under `<channel token>.` from the
+//! stream's state and reads each one's last value with a direct get, skipping
+//! deletion markers (see `read_last_values` for why not a consumer).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
+use async_nats::jetstream::response::Response;
 use async_nats::jetstream::{self, kv};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -25,11 +25,11 @@ use super::{failed, timeout};
 use crate::broker::EngineError;
 use crate::presence::{PresenceError, PresenceManager, PresenceStats};
 
-/// Most messages one presence call reads.
+/// Most entries one presence call reads.
 const MAX_ENTRIES: u64 = 100_000;
 
-/// Messages asked for per fetch while reading presence.
-const FETCH_BATCH: u64 = 1000;
+/// Direct gets in flight at once while reading presence.
+const GET_CONCURRENCY: usize = 64;
 
 /// Presence manager over NATS JetStream KV; see the module docs.
 pub struct NatsPresenceManager {
@@ -72,16 +72,17 @@ impl NatsPresenceManager {
 
     /// Every live entry of a channel.
     async fn entries(&self, channel: &str) -> Result<Vec<ClientInfo>, PresenceError> {
-        let filter = format!(
-            "$KV.{}.{}.>",
+        let prefix = format!(
+            "$KV.{}.{}.",
             self.conn.subjects.presence_bucket(),
             encode_token(channel)
         );
         let budget = self.conn.config.request_timeout;
         self.with_store(|store| {
-            let filter = filter.clone();
+            let prefix = prefix.clone();
             async move {
-                tokio::time::timeout(budget * 2, read_last_values(store, filter))
+                let js = self.conn.jetstream()?.clone();
+                tokio::time::timeout(budget * 2, read_last_values(js, store, prefix))
                     .await
                     .map_err(|_| timeout("presence read"))?
             }
@@ -90,91 +91,106 @@ impl NatsPresenceManager {
     }
 }
 
-/// The last value of every key matching `filter`, skipping deletion markers.
-///
-/// The read ends when the server says nothing more is pending (the `pending`
-/// count each delivered message carries), not after the count the consumer
-/// reported when it was made: while a key is rewritten (every presence refresh
-/// does that) nats-server 2.9 can deliver one message twice and the rewritten key
-/// after the count, so stopping at the count lost that key now and then. Values
-/// are kept per key, the latest stream sequence winning, so a repeated or
-/// superseded message cannot list a client twice or bring back a removed one.
-async fn read_last_values(
-    store: kv::Store,
-    filter: String,
-) -> Result<Vec<ClientInfo>, EngineError> {
-    let consumer = store
-        .stream
-        .create_consumer(jetstream::consumer::pull::Config {
-            deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
-            ack_policy: jetstream::consumer::AckPolicy::None,
-            filter_subject: filter,
-            inactive_threshold: Duration::from_secs(30),
-            memory_storage: true,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| failed("presence read", e))?;
-    let name = consumer.cached_info().name.clone();
-    let pending = consumer.cached_info().num_pending;
-    // Key -> (stream sequence, value; `None` once deleted).
-    let mut latest: HashMap<String, (u64, Option<ClientInfo>)> = HashMap::new();
-    let result = async {
-        let mut seen = 0u64;
-        let mut done = pending == 0;
-        while !done {
-            let room = MAX_ENTRIES.saturating_sub(seen).min(FETCH_BATCH);
-            if room == 0 {
+/// The live keys of `store` under `prefix` (bucket prefix included), from the
+/// stream's per-subject counts: one `STREAM.INFO` request with a subject filter
+/// per page of subjects, at most [`MAX_ENTRIES`] keys in all.
+async fn live_keys(
+    js: &jetstream::Context,
+    store: &kv::Store,
+    prefix: &str,
+) -> Result<Vec<String>, EngineError> {
+    let subject = format!("STREAM.INFO.{}", store.stream_name);
+    let filter = format!("{prefix}>");
+    let mut keys = HashSet::new();
+    loop {
+        let request = serde_json::json!({ "subjects_filter": filter, "offset": keys.len() });
+        let page: Response<SubjectsPage> = js
+            .request(subject.clone(), &request)
+            .await
+            .map_err(|e| failed("presence read", e))?;
+        let page = match page {
+            Response::Ok(page) => page,
+            Response::Err { error } => return Err(failed("presence read", error)),
+        };
+        let subjects = page.state.subjects.unwrap_or_default();
+        let before = keys.len();
+        for subject in subjects.into_keys() {
+            if keys.len() as u64 >= MAX_ENTRIES {
                 break;
             }
-            let mut batch = consumer
-                .fetch()
-                .max_messages(room as usize)
-                .messages()
-                .await
-                .map_err(|e| failed("presence read", e))?;
-            let before = seen;
-            while let Some(msg) = batch.next().await {
-                let msg = msg.map_err(|e| failed("presence read", e))?;
-                seen += 1;
-                let info = msg.info().map_err(|e| failed("presence read", e))?;
-                let (sequence, left) = (info.stream_sequence, info.pending);
-                let deleted = msg
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get("KV-Operation"))
-                    .is_some_and(|op| op.as_str() != "PUT");
-                let value = if deleted {
-                    None
-                } else {
-                    serde_json::from_slice::<ClientInfo>(&msg.payload).ok()
-                };
-                let key = msg.subject.to_string();
-                match latest.get(&key) {
-                    Some((known, _)) if *known >= sequence => {}
-                    _ => {
-                        latest.insert(key, (sequence, value));
-                    }
-                }
-                if left == 0 {
-                    done = true;
-                }
-            }
-            // An empty batch: the server has nothing more for this consumer.
-            if seen == before {
-                break;
+            if let Some(key) = subject.strip_prefix(store.prefix.as_str()) {
+                keys.insert(key.to_owned());
             }
         }
-        Ok::<_, EngineError>(())
+        // One page unless the server pages (`total` past what was read) and
+        // the last page brought new keys.
+        if keys.len() == before || keys.len() >= page.total || keys.len() as u64 >= MAX_ENTRIES {
+            break;
+        }
     }
-    .await;
-    // Deleted in the background; it would expire by itself anyway.
-    let stream = store.stream.clone();
-    tokio::spawn(async move {
-        let _ = stream.delete_consumer(&name).await;
-    });
-    result?;
-    Ok(latest.into_values().filter_map(|(_, v)| v).collect())
+    Ok(keys.into_iter().collect())
+}
+
+/// The part of a `STREAM.INFO` answer the key listing needs.
+#[derive(serde::Deserialize)]
+struct SubjectsPage {
+    state: SubjectsState,
+    /// Subjects matching the filter in all pages; absent when the server does
+    /// not page them.
+    #[serde(default)]
+    total: usize,
+}
+
+#[derive(serde::Deserialize)]
+struct SubjectsState {
+    /// Absent when no subject matches.
+    #[serde(default)]
+    subjects: Option<HashMap<String, u64>>,
+}
+
+/// The value of every live key of `store` under `prefix` (`<channel token>.`),
+/// skipping deletion markers.
+///
+/// The keys come from the stream's per-subject state, then each key's last
+/// message is read with a direct get, [`GET_CONCURRENCY`] at a time. Every step
+/// is a request the server answers at once, so the read waits on nothing else.
+///
+/// Not a consumer: the read used to go through a short-lived `LastPerSubject`
+/// consumer, fetching until the server reported nothing pending. When a key is
+/// rewritten while such a consumer starts, nats-server 2.9 delivers one message
+/// twice and from then on counts one message too many as pending. The read then
+/// never saw "nothing pending", and its next fetch (a no-wait pull request
+/// without expiry, which the server holds while it believes messages are
+/// pending) came back only with the next write under the channel: the read
+/// chased the presence refreshes until its deadline (twice
+/// `engine.nats.request_timeout`), and was then tried again.
+///
+/// A key listed and then expired or removed before its get is left out (it left
+/// presence meanwhile); a key first written after the listing is not seen by
+/// this read.
+async fn read_last_values(
+    js: jetstream::Context,
+    store: kv::Store,
+    prefix: String,
+) -> Result<Vec<ClientInfo>, EngineError> {
+    let keys = live_keys(&js, &store, &prefix).await?;
+    let store = &store;
+    let mut gets = futures_util::stream::iter(keys)
+        .map(|key| async move { store.entry(key).await })
+        .buffer_unordered(GET_CONCURRENCY);
+    let mut values = Vec::new();
+    while let Some(entry) = gets.next().await {
+        let Some(entry) = entry.map_err(|e| failed("presence read", e))? else {
+            continue;
+        };
+        if entry.operation != kv::Operation::Put {
+            continue;
+        }
+        if let Ok(info) = serde_json::from_slice::<ClientInfo>(&entry.value) {
+            values.push(info);
+        }
+    }
+    Ok(values)
 }
 
 #[async_trait]
