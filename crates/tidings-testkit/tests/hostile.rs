@@ -2158,10 +2158,12 @@ fn inflate_server(payload: &[u8]) -> anyhow::Result<Vec<u8>> {
 
 /// Compression on every WebSocket door (the development profile serves them all).
 fn compressing() -> TidingsServerBuilder {
-    TidingsServer::builder().config_json(json!({
-        "websocket": { "compression": true },
-        "uni_websocket": { "enabled": true, "compression": true },
-    }))
+    let mut config =
+        tidings_testkit::profile::open_config("api-key", "a-secret-for-the-compression-tests-32b");
+    config["websocket"] = json!({ "compression": true });
+    config["uni_websocket"] = json!({ "enabled": true, "compression": true });
+    config["socketio"] = json!({ "enabled": true });
+    TidingsServer::builder().config_json(config)
 }
 
 /// A permessage-deflate upgrade of `path`; checks the server agreed.

@@ -969,7 +969,8 @@ mod tests {
             },
         );
         let text = Bytes::from("abc".repeat(300));
-        let payload = deflate::compress_joined(&[text.clone()], None, n.as_ref().expect("n"));
+        let payload =
+            deflate::compress_joined(std::slice::from_ref(&text), None, n.as_ref().expect("n"));
         let mut input = client_frame(1, true, true, &payload);
         input.extend(client_frame(8, true, false, &1000u16.to_be_bytes()));
         let (got, _) = read_all(input, n).await;
