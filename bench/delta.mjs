@@ -114,6 +114,16 @@ async function api(port, method, params) {
   return body.result;
 }
 
+/** The permessage-deflate segment counters of /metrics: compressed and shared. */
+async function deflateSegments(port) {
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  const read = (source) => {
+    const m = new RegExp(`tidings_websocket_deflate_segments_total\\{source="${source}"\\} (\\d+)`).exec(text);
+    return m ? Number(m[1]) : 0;
+  };
+  return { compressed: read('compressed'), shared: read('shared') };
+}
+
 async function runMode(server, { name, protobuf, delta, deflate }) {
   const counters = { bytes: 0 };
   let counting = false;
@@ -162,6 +172,7 @@ async function runMode(server, { name, protobuf, delta, deflate }) {
   }
   const deadline = Date.now() + TIMEOUT_S * 1000;
   const wireBefore = wireRead();
+  const segmentsBefore = await deflateSegments(server.port);
   counting = true;
   const cpuBefore = cpuTicks(server.child.pid);
   const genBefore = process.cpuUsage();
@@ -178,6 +189,7 @@ async function runMode(server, { name, protobuf, delta, deflate }) {
   const gen = process.cpuUsage(genBefore);
   counting = false;
   const wire = wireRead() - wireBefore;
+  const segmentsAfter = await deflateSegments(server.port);
   for (const c of clients) c.disconnect();
   if (mismatches > 0) throw new Error(`${name}: ${mismatches} publications did not reconstruct`);
   const deliveries = SUBS * PUBS;
@@ -186,6 +198,9 @@ async function runMode(server, { name, protobuf, delta, deflate }) {
     deliveries,
     bytes_per_delivery: Math.round(counters.bytes / deliveries),
     wire_bytes_per_delivery: Math.round(wire / deliveries),
+    // Items compressed, and items whose compressed form another connection had made.
+    deflate_compressed: segmentsAfter.compressed - segmentsBefore.compressed,
+    deflate_shared: segmentsAfter.shared - segmentsBefore.shared,
     server_cpu_us_per_delivery: +(cpuUs / deliveries).toFixed(2),
     client_cpu_us_per_delivery: +((gen.user + gen.system) / deliveries).toFixed(2),
     seconds: +seconds.toFixed(2),

@@ -371,6 +371,20 @@ impl Metrics {
             .register_gauge(&Key::from_name("tidings_socketio_sessions"), &meta())
     }
 
+    /// Sets the process-wide permessage-deflate counts (the compressed-segment
+    /// cache is shared by every node of the process): segments compressed, and
+    /// segments taken from the cache instead of compressed again.
+    pub fn set_deflate_segments(&self, compressed: u64, shared: u64) {
+        let m = meta();
+        for (source, value) in [("compressed", compressed), ("shared", shared)] {
+            let key = Key::from_parts(
+                "tidings_websocket_deflate_segments_total",
+                vec![Label::new("source", source)],
+            );
+            self.recorder.register_counter(&key, &m).absolute(value);
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         self.handle.render()

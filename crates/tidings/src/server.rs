@@ -191,6 +191,10 @@ fn body_limit(max: usize) -> DefaultBodyLimit {
 }
 
 async fn metrics(axum::extract::State(node): axum::extract::State<Node>) -> impl IntoResponse {
+    use crate::transport::ws::deflate::{COMPRESSED, SHARED};
+    use std::sync::atomic::Ordering::Relaxed;
+    node.metrics()
+        .set_deflate_segments(COMPRESSED.load(Relaxed), SHARED.load(Relaxed));
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -254,16 +254,19 @@ fn compress_segment(input: &[u8], level: i32, window_bits: u8) -> Bytes {
 /// many connections is compressed once per window size and level. The key is the
 /// item's address and length: the entry keeps the item alive, so the address
 /// cannot be reused by other bytes while the entry exists, and `Bytes` never
-/// change. Two generations of at most [`CACHE_ENTRIES`] each bound the memory:
-/// when the young one is full it becomes the old one and the old one is dropped.
+/// change. Two generations of at most [`CACHE_ENTRIES`] entries and
+/// [`CACHE_BYTES`] bytes each bound the memory: when the young one is full it
+/// becomes the old one and the old one is dropped.
 struct SegmentCache {
     young: HashMap<Key, (Bytes, Bytes)>,
+    young_bytes: usize,
     old: HashMap<Key, (Bytes, Bytes)>,
 }
 
 type Key = (usize, usize, i32, u8);
 
 const CACHE_ENTRIES: usize = 256;
+const CACHE_BYTES: usize = 8 << 20;
 
 static CACHE: Mutex<Option<SegmentCache>> = Mutex::new(None);
 
@@ -290,6 +293,7 @@ pub fn segment(item: &Bytes, n: &Negotiated) -> Bytes {
             }
             if let Some(entry) = cache.old.remove(&key) {
                 let seg = entry.1.clone();
+                cache.young_bytes += entry.0.len() + entry.1.len();
                 cache.young.insert(key, entry);
                 SHARED.fetch_add(1, Relaxed);
                 return seg;
@@ -303,11 +307,19 @@ pub fn segment(item: &Bytes, n: &Negotiated) -> Bytes {
     let mut guard = CACHE.lock();
     let cache = guard.get_or_insert_with(|| SegmentCache {
         young: HashMap::with_capacity(CACHE_ENTRIES),
+        young_bytes: 0,
         old: HashMap::new(),
     });
-    if cache.young.len() >= CACHE_ENTRIES {
-        cache.old = std::mem::replace(&mut cache.young, HashMap::with_capacity(CACHE_ENTRIES));
+    let size = item.len() + seg.len();
+    if size > CACHE_BYTES {
+        // Too large to keep: compressed for this connection only.
+        return seg;
     }
+    if cache.young.len() >= CACHE_ENTRIES || cache.young_bytes + size > CACHE_BYTES {
+        cache.old = std::mem::replace(&mut cache.young, HashMap::with_capacity(CACHE_ENTRIES));
+        cache.young_bytes = 0;
+    }
+    cache.young_bytes += size;
     cache.young.insert(key, (item.clone(), seg.clone()));
     seg
 }
