@@ -55,7 +55,7 @@ say "cluster smoke: bench/hundred-k.sh --smoke (3 nodes, 1,500 clients, kill -9 
 bench/hundred-k.sh --smoke
 
 # --- WebSocket conformance -------------------------------------------------------------
-say "WebSocket conformance (Autobahn|Testsuite, cases 1-10)"
+say "WebSocket conformance (Autobahn|Testsuite, cases 1-10, 12 and 13: permessage-deflate)"
 scripts/autobahn.sh
 
 # --- Node: @tidings/react, centrifuge-js, the Next.js example and the browser --------

@@ -304,6 +304,9 @@ impl<T: AsyncRead + AsyncWrite + Send + 'static> WebSocket<T> {
     }
 }
 
+/// How far ahead of the bytes received the read buffer of a large frame grows.
+const GROW_STEP: usize = 16 * 1024;
+
 /// A complete message from the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
@@ -406,10 +409,13 @@ impl<T: AsyncRead + AsyncWrite + Send + 'static> WsReader<T> {
                     }
                 }
                 Ok(Some(h)) => {
-                    // A frame larger than what is buffered: room for all of it, so
-                    // the rest is read straight into place.
+                    // A frame larger than what is buffered: room for the next part
+                    // of it, so the rest is read straight into place. At most
+                    // GROW_STEP ahead of what arrived: a client that announces a
+                    // 64 KiB frame and sends it a byte at a time holds what it sent,
+                    // not what it announced.
                     let need = h.header_len + h.len - self.buf.len();
-                    self.buf.reserve(need);
+                    self.buf.reserve(need.min(GROW_STEP));
                 }
                 Ok(None) => {}
             }
@@ -929,6 +935,24 @@ mod tests {
             echoed,
             [&[0x8a, 1, b'p'][..], &[0x88, 2, 0x03, 0xe8]].concat()
         );
+    }
+
+    #[tokio::test]
+    async fn a_large_frame_arrives_whole_through_a_buffer_grown_in_steps() {
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let (client, server) = tokio::io::duplex(8 * 1024);
+        let limits = Limits {
+            message: 1 << 20,
+            decompressed: 1 << 20,
+            read_chunk: 1024,
+        };
+        let (mut reader, _writer) = WebSocket::from_io(server, None, limits).split();
+        let input = client_frame(2, true, false, &big);
+        let (_cr, mut cw) = tokio::io::split(client);
+        let feed = tokio::spawn(async move { cw.write_all(&input).await });
+        let got = reader.next().await;
+        assert_eq!(got, Some(Ok(Message::Binary(Bytes::from(big)))));
+        feed.await.expect("join").expect("write");
     }
 
     #[tokio::test]
