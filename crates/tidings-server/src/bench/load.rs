@@ -46,7 +46,7 @@ fn now_us() -> u64 {
 }
 
 /// Payload of `size` bytes (at least what the stamp needs) carrying `stamp_us`.
-fn payload(stamp_us: u64, size: usize) -> String {
+pub(super) fn payload(stamp_us: u64, size: usize) -> String {
     let head = format!("{{\"bt\":{stamp_us},\"p\":\"");
     let pad = size.saturating_sub(head.len() + 2);
     let mut s = String::with_capacity(head.len() + pad + 2);

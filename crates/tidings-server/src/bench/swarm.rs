@@ -44,6 +44,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::load::payload;
 use super::procstat::{cpu_time, rss_kib};
 use super::target::{default_config, Spawned};
 use super::EngineArg;
@@ -1646,16 +1647,6 @@ fn saturation(steps: &[SweepStep]) -> String {
         broker,
         top.join(", ")
     )
-}
-
-fn payload(stamp_us: u64, size: usize) -> String {
-    let head = format!("{{\"bt\":{stamp_us},\"p\":\"");
-    let pad = size.saturating_sub(head.len() + 2);
-    let mut s = String::with_capacity(head.len() + pad + 2);
-    s.push_str(&head);
-    s.extend(std::iter::repeat_n('x', pad));
-    s.push_str("\"}");
-    s
 }
 
 impl SwarmReport {

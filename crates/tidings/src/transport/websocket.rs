@@ -58,32 +58,31 @@ pub async fn uni_handler(
 /// `websocket` section's, or `uni_websocket`'s when `uni`.
 pub fn endpoint_settings(node: &Node, uni: bool) -> (Limits, Option<DeflateSettings>) {
     let cfg = node.config();
-    let ws = &cfg.websocket;
-    let read_chunk = ws.read_buffer_size;
-    if uni {
-        let u = &cfg.uni_websocket;
-        let limits = Limits {
-            message: u.message_size_limit,
-            decompressed: u.decompressed_limit(),
-            read_chunk,
-        };
-        let deflate = u.compression.then_some(DeflateSettings {
-            level: u.compression_level,
-            min_size: u.compression_min_size,
-        });
-        (limits, deflate)
+    let (ws, u) = (&cfg.websocket, &cfg.uni_websocket);
+    // (message limit, inflated limit, compression on, level, minimum size)
+    let (message, decompressed, on, level, min_size) = if uni {
+        (
+            u.message_size_limit,
+            u.decompressed_limit(),
+            u.compression,
+            u.compression_level,
+            u.compression_min_size,
+        )
     } else {
-        let limits = Limits {
-            message: ws.message_size_limit,
-            decompressed: ws.decompressed_limit(),
-            read_chunk,
-        };
-        let deflate = ws.compression.then_some(DeflateSettings {
-            level: ws.compression_level,
-            min_size: ws.compression_min_size,
-        });
-        (limits, deflate)
-    }
+        (
+            ws.message_size_limit,
+            ws.decompressed_limit(),
+            ws.compression,
+            ws.compression_level,
+            ws.compression_min_size,
+        )
+    };
+    let limits = Limits {
+        message,
+        decompressed,
+        read_chunk: ws.read_buffer_size,
+    };
+    (limits, on.then_some(DeflateSettings { level, min_size }))
 }
 
 fn upgrade(

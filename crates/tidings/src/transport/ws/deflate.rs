@@ -324,24 +324,68 @@ pub fn segment(item: &Bytes, n: &Negotiated) -> Bytes {
     seg
 }
 
-/// One compressed message made of `items` joined by `separator`: the items'
-/// segments with a stored block for each separator, minus the final sync tail.
-pub fn compress_joined(items: &[Bytes], separator: Option<u8>, n: &Negotiated) -> BytesMut {
-    let mut out = BytesMut::new();
-    for (i, item) in items.iter().enumerate() {
-        if i > 0 {
-            if let Some(sep) = separator {
-                // A stored block of one byte: header bits 000 padded to a byte,
-                // LEN = 1, NLEN = !1, the byte.
-                out.extend_from_slice(&[0x00, 0x01, 0x00, 0xfe, 0xff, sep]);
-            }
+/// One compressed message made of items joined by a separator: the items'
+/// shared segments with a stored block for each separator, minus the final sync
+/// tail. Its length is known before it is written, so a frame header can go first
+/// and the payload is copied once, straight into the frame.
+pub struct Compressed {
+    segments: Vec<Bytes>,
+    separator: Option<u8>,
+}
+
+/// A stored block of one byte: header bits 000 padded to a byte, LEN = 1,
+/// NLEN = !1, then the byte.
+const STORED_BYTE_HEAD: [u8; 5] = [0x00, 0x01, 0x00, 0xfe, 0xff];
+
+impl Compressed {
+    pub fn new(items: &[Bytes], separator: Option<u8>, n: &Negotiated) -> Self {
+        Self {
+            segments: items.iter().map(|item| segment(item, n)).collect(),
+            separator,
         }
-        let seg = segment(item, n);
-        out.extend_from_slice(&seg);
     }
-    if out.ends_with(&SYNC_TAIL) {
-        out.truncate(out.len() - SYNC_TAIL.len());
+
+    fn separators(&self) -> usize {
+        self.separator
+            .map_or(0, |_| self.segments.len().saturating_sub(1))
     }
+
+    /// The payload's length.
+    pub fn len(&self) -> usize {
+        let all: usize = self.segments.iter().map(Bytes::len).sum::<usize>()
+            + self.separators() * (STORED_BYTE_HEAD.len() + 1);
+        // Every segment ends with a sync flush, whose tail the last one drops.
+        all.saturating_sub(SYNC_TAIL.len())
+    }
+
+    /// Whether there is no payload at all (no items).
+    pub fn is_empty(&self) -> bool {
+        self.segments.is_empty()
+    }
+
+    /// Appends the payload to `out`.
+    pub fn write_into(&self, out: &mut BytesMut) {
+        let end = out.len() + self.len();
+        for (i, seg) in self.segments.iter().enumerate() {
+            if i > 0 {
+                if let Some(sep) = self.separator {
+                    out.extend_from_slice(&STORED_BYTE_HEAD);
+                    out.extend_from_slice(&[sep]);
+                }
+            }
+            out.extend_from_slice(seg);
+        }
+        out.truncate(end);
+    }
+}
+
+/// [`Compressed`] written to a buffer of its own (for tests, which compress as a
+/// peer would).
+#[cfg(test)]
+pub fn compress_joined(items: &[Bytes], separator: Option<u8>, n: &Negotiated) -> BytesMut {
+    let c = Compressed::new(items, separator, n);
+    let mut out = BytesMut::with_capacity(c.len());
+    c.write_into(&mut out);
     out
 }
 

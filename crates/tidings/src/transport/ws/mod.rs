@@ -41,11 +41,12 @@ pub use deflate::{DeflateSettings, Negotiated};
 /// The upgraded connection under a WebSocket.
 pub type Io = TokioIo<hyper::upgrade::Upgraded>;
 
-/// Close codes of RFC 6455 section 7.4.1.
+/// Close codes of RFC 6455 section 7.4.1, as the close frame carries them (the
+/// session keeps the same codes as `u32` disconnect codes).
 pub const CLOSE_NORMAL: u16 = 1000;
-pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
-pub const CLOSE_INVALID_PAYLOAD: u16 = 1007;
-pub const CLOSE_TOO_LARGE: u16 = 1009;
+pub const CLOSE_PROTOCOL_ERROR: u16 = crate::session::CLOSE_PROTOCOL_ERROR as u16;
+pub const CLOSE_INVALID_PAYLOAD: u16 = crate::session::CLOSE_INVALID_PAYLOAD as u16;
+pub const CLOSE_TOO_LARGE: u16 = crate::session::CLOSE_TOO_LARGE as u16;
 
 /// Limits of one connection's reads.
 #[derive(Debug, Clone, Copy)]
@@ -273,11 +274,6 @@ impl<T: AsyncRead + AsyncWrite + Send + 'static> WebSocket<T> {
     /// The subprotocol agreed at the upgrade.
     pub fn protocol(&self) -> Option<&'static str> {
         self.protocol
-    }
-
-    /// What permessage-deflate agreed, if it did.
-    pub fn deflate(&self) -> Option<&Negotiated> {
-        self.deflate.as_ref()
     }
 
     /// The reader and the writer. The reader holds a clone of the writer for its
@@ -728,11 +724,6 @@ fn put_header(out: &mut BytesMut, opcode: u8, rsv1: bool, len: usize) {
 }
 
 impl<T: AsyncRead + AsyncWrite + Send + 'static> WsWriter<T> {
-    /// What permessage-deflate agreed, if it did.
-    pub fn deflate(&self) -> Option<&Negotiated> {
-        self.deflate.as_ref()
-    }
-
     /// Writes `items` joined by `separator` as one message (text or binary),
     /// compressed when permessage-deflate was agreed and the message is at least
     /// its minimum size.
@@ -762,9 +753,9 @@ impl<T: AsyncRead + AsyncWrite + Send + 'static> WsWriter<T> {
             + sep.map_or(0, |_| items.len().saturating_sub(1));
         match &self.deflate {
             Some(n) if plain_len >= n.min_size && plain_len > 0 => {
-                let payload = deflate::compress_joined(items, sep, n);
+                let payload = deflate::Compressed::new(items, sep, n);
                 put_header(out, opcode, true, payload.len());
-                out.extend_from_slice(&payload);
+                payload.write_into(out);
             }
             _ => {
                 put_header(out, opcode, false, plain_len);
