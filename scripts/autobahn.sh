@@ -2,9 +2,10 @@
 # WebSocket conformance: runs the Autobahn|Testsuite fuzzing client (cases 1 to 10,
 # and 12 and 13: permessage-deflate with every offer the suite makes) against
 # /autobahn/echo, a raw echo route on the WebSocket layer and settings Tidings uses.
-# The route exists only in a binary built with the `autobahn-echo` feature, which is
-# built here into its own target directory so target/debug/tidings stays the normal
-# binary.
+# The route exists only in a binary built with the `autobahn-echo` feature. It is
+# built in the shared target directory (a target directory of its own doubled the
+# disk a clean run needs), copied aside, and the normal target/debug/tidings is
+# rebuilt right after so the suites that follow test the binary users run.
 #
 # Passes when index.json holds exactly the expected number of cases, every behavior
 # is OK, NON-STRICT or INFORMATIONAL, every behaviorClose is OK or INFORMATIONAL, and
@@ -63,9 +64,10 @@ fi
 
 # --- the server with the echo route ---------------------------------------------------
 echo "autobahn: building tidings with the autobahn-echo feature"
-cargo build --quiet -p tidings-server --features autobahn-echo \
-  --target-dir "$ROOT/target/autobahn-build"
-BIN="$ROOT/target/autobahn-build/debug/tidings"
+cargo build --quiet -p tidings-server --features autobahn-echo
+BIN="$WORK/tidings-autobahn-echo"
+cp "$ROOT/target/debug/tidings" "$BIN"
+cargo build --quiet -p tidings-server
 
 LOG="$WORK/server.log"
 "$BIN" serve --address 127.0.0.1 --port 0 >"$LOG" 2>&1 &

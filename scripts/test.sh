@@ -30,6 +30,9 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # --- build and lint -----------------------------------------------------------------
+# No incremental compilation: CI builds once from a clean checkout, and the incremental
+# caches would roughly double the size of target/.
+export CARGO_INCREMENTAL=0
 say "building"
 cargo build --workspace --all-targets
 say "checking format and lints"
