@@ -13,7 +13,7 @@
 #   ONLY=proxy bench/run.sh      # connect and client fan-out through the backend proxies
 #
 # SERVERS lists the servers of the cases that compare servers (fanout, latency,
-# latency10k, idlepeers); the floor servers (bench/peers/floor) are
+# latency10k, idlepeers, connect); the floor servers (bench/peers/floor) are
 # floor-axum, floor-tokiows and floor-fastws. CARGO_TARGET_DIR is honoured for
 # Tidings' own build; the peers always build in their own folders.
 set -euo pipefail
@@ -143,8 +143,13 @@ for run in $(seq "$RUNS"); do
       one idle10k "$s" idle -n 10000 --hold 5
     done
   fi
-  if want connect && want_server tidings; then
-    one connect tidings connect -n 15000 --concurrency 256
+  if want connect; then
+    # Every server: for the peers and the floors (raw WebSocket) a connect is the
+    # TCP and WebSocket handshakes; for Tidings it is those plus the connect and
+    # subscribe commands and their replies.
+    for s in $SERVERS; do
+      one connect "$s" connect -n 15000 --concurrency 256
+    done
   fi
   if want sse && want_server tidings; then
     one sse tidings sse-fanout -n 1000 -m 3000

@@ -100,6 +100,8 @@ RATIOS = [
     ("CPU µs/delivery Tidings/peer", lambda r: r.get("cpu_us_per_delivery"), False),
     ("p99 Tidings/peer", lambda r: lat(r, "p99_us"), False),
     ("KiB/conn Tidings/peer", lambda r: r.get("rss_per_connection_kib"), False),
+    ("connects/s Tidings/peer", lambda r: r.get("connects_per_s"), True),
+    ("CPU µs/connect Tidings/peer", lambda r: r.get("cpu_us_per_connect"), False),
 ]
 
 # The floor servers of bench/peers/floor; "floor (best)" in the ratio table is,

@@ -218,6 +218,12 @@ async fn a_server_side_subscription_takes_delta_from_the_connect_subs() -> anyho
         json!(true),
         "{result}"
     );
+    // A server-side subscription goes live just after the connect reply is
+    // queued; publications that come before that are buffered and sent whole.
+    // Commands are handled in order, so a reply to a later one means it is live.
+    client
+        .call(json!({ "history": { "channel": "delta:srv", "limit": 0 } }))
+        .await?;
     let doc = |n: u64| {
         let mut o = serde_json::Map::new();
         for i in 0..100 {
