@@ -301,7 +301,7 @@ async fn run(config: Config, development: bool) -> anyhow::Result<()> {
         .then(|| tidings::tls::server_config(&http.tls))
         .transpose()
         .context("http_server.tls")?;
-    let listener = bind(&http.address, http.port).await?;
+    let listener = bind(&http.address, http.port)?;
     let local = listener.local_addr()?;
     let internal = match http.separate_internal_port() {
         Some(port) => {
@@ -310,7 +310,7 @@ async fn run(config: Config, development: bool) -> anyhow::Result<()> {
                 .map(tidings::tls::server_config)
                 .transpose()
                 .context("TLS of the internal port")?;
-            Some((bind(http.internal_address(), port).await?, tls))
+            Some((bind(http.internal_address(), port)?, tls))
         }
         None => None,
     };
@@ -398,16 +398,38 @@ fn scheme(tls: bool) -> &'static str {
 }
 
 /// Binds `host:port`; an empty host means every interface.
-async fn bind(host: &str, port: u16) -> anyhow::Result<tokio::net::TcpListener> {
+fn bind(host: &str, port: u16) -> anyhow::Result<tokio::net::TcpListener> {
     let host = if host.is_empty() { "0.0.0.0" } else { host };
     let addr: SocketAddr = format!("{host}:{port}")
         .parse()
         .or_else(|_| format!("[{host}]:{port}").parse())
         .with_context(|| format!("bad listen address {host:?}"))?;
-    tokio::net::TcpListener::bind(addr)
-        .await
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .with_context(|| format!("cannot open a socket for {addr}"))?;
+    // As `TcpListener::bind` does: a restarted server can bind at once.
+    #[cfg(unix)]
+    socket
+        .set_reuseaddr(true)
+        .with_context(|| format!("cannot set SO_REUSEADDR on {addr}"))?;
+    socket
+        .bind(addr)
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    // The longest accept queue the kernel allows (it caps the backlog at
+    // net.core.somaxconn, 4096 by default on Linux since 5.4), as Go servers
+    // such as Centrifugo get; `TcpListener::bind` asks for 1024. A reconnect
+    // storm after a node dies overflows a short queue, and each dropped SYN
+    // costs that client a TCP retransmission backoff of 1, 2, 4... seconds.
+    socket
+        .listen(LISTEN_BACKLOG)
         .with_context(|| format!("cannot listen on {addr}"))
 }
+
+/// The accept queue asked for; the kernel lowers it to its own maximum.
+const LISTEN_BACKLOG: u32 = 65_535;
 
 /// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called,
 /// not when the future is first polled.

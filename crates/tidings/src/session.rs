@@ -284,7 +284,9 @@ pub struct Session {
     budget: Option<CommandBudget>,
     /// What the backend proxies get besides the connection: the emulated headers
     /// of the connect command and the connection's meta.
-    proxy_ctx: ProxyContext,
+    /// `None` until a connect brings emulated headers or meta, which most never
+    /// do; inline it would cost every session 88 bytes for its whole life.
+    proxy_ctx: Option<Box<ProxyContext>>,
     /// The refresh proxy, not the client, extends this connection when it
     /// expires.
     server_refresh: bool,
@@ -320,9 +322,20 @@ impl Session {
             next_ping: now,
             stale_at: now + stale,
             budget,
-            proxy_ctx: ProxyContext::default(),
+            proxy_ctx: None,
             server_refresh: false,
         }
+    }
+
+    /// What the backend proxies get besides the connection.
+    fn proxy_ctx(&self) -> &ProxyContext {
+        static EMPTY: std::sync::LazyLock<ProxyContext> =
+            std::sync::LazyLock::new(ProxyContext::default);
+        self.proxy_ctx.as_deref().unwrap_or(&EMPTY)
+    }
+
+    fn proxy_ctx_mut(&mut self) -> &mut ProxyContext {
+        self.proxy_ctx.get_or_insert_with(Box::default)
     }
 
     /// Runs until the client goes away or the connection is closed, then cleans up
@@ -441,7 +454,7 @@ impl Session {
             if server_refresh {
                 let node = self.node.clone();
                 let r = node
-                    .proxy_sub_refresh(&self.conn, &self.proxy_ctx, &channel)
+                    .proxy_sub_refresh(&self.conn, self.proxy_ctx(), &channel)
                     .await;
                 if !r.expired && r.expire_at > auth::unix_now() as i64 {
                     if let Some(sub) = self.subs.get_mut(&channel) {
@@ -463,13 +476,13 @@ impl Session {
     /// Asks the refresh proxy to extend the connection, which expired just now.
     async fn refresh_by_proxy(&mut self) -> Result<(), Disconnect> {
         let node = self.node.clone();
-        let r = node.proxy_refresh(&self.conn, &self.proxy_ctx).await;
+        let r = node.proxy_refresh(&self.conn, self.proxy_ctx()).await;
         if r.expired || r.expire_at <= auth::unix_now() as i64 {
             return Err(Disconnect::expired());
         }
         self.expire_at = Some(server_deadline(r.expire_at));
         if r.meta.is_some() {
-            self.proxy_ctx.meta = r.meta;
+            self.proxy_ctx_mut().meta = r.meta;
         }
         if let Some(info) = r.info {
             self.set_conn_info(info);
@@ -744,7 +757,9 @@ impl Session {
         let mut proxied = false;
         let mut connect_data = None;
         // Every proxy may forward some of these (`emulated_headers`).
-        self.proxy_ctx.emulated_headers = req.headers.clone();
+        if !req.headers.is_empty() {
+            self.proxy_ctx_mut().emulated_headers = req.headers.clone();
+        }
         let (user, claims) = if !req.token.is_empty() {
             match node.auth().connection().verify_connect(&req.token).await {
                 Ok(claims) => {
@@ -767,7 +782,7 @@ impl Session {
                 data: req.data.as_ref(),
                 channels: &channels,
             };
-            match node.proxy_connect(&self.conn, &self.proxy_ctx, ev).await {
+            match node.proxy_connect(&self.conn, self.proxy_ctx(), ev).await {
                 Ok(Some(mut result)) => {
                     proxied = true;
                     connect_data = result.data.take();
@@ -794,7 +809,9 @@ impl Session {
         let personal = self.personal_channel(&user).await?;
         self.conn.set_user(user);
         self.conn_info = claims.info.clone();
-        self.proxy_ctx.meta = claims.meta.clone();
+        if claims.meta.is_some() {
+            self.proxy_ctx_mut().meta = claims.meta.clone();
+        }
         self.server_refresh = self.node.refresh_proxy_enabled();
         let expires_unix = expiry(&claims);
         let mut result = ConnectResult {
@@ -1227,7 +1244,12 @@ impl Session {
         }
         let node = self.node.clone();
         let r = match node
-            .proxy_subscribe(&self.conn, &self.proxy_ctx, &req.channel, req.data.as_ref())
+            .proxy_subscribe(
+                &self.conn,
+                self.proxy_ctx(),
+                &req.channel,
+                req.data.as_ref(),
+            )
             .await
         {
             Ok(r) => r,
@@ -1513,7 +1535,7 @@ impl Session {
         if ch.options.publish_proxy_enabled {
             let data = req.data.ok_or(codes::ERROR_BAD_REQUEST)?;
             let r = node
-                .proxy_publish(&self.conn, &self.proxy_ctx, &req.channel, &data)
+                .proxy_publish(&self.conn, self.proxy_ctx(), &req.channel, &data)
                 .await?;
             let chan_info = subscribed.and_then(|s| s.member.info().chan_info.clone());
             return node
@@ -1632,7 +1654,7 @@ impl Session {
             method: req.method,
             data: req.data,
         };
-        match self.node.rpc(&self.conn, &self.proxy_ctx, call).await {
+        match self.node.rpc(&self.conn, self.proxy_ctx(), call).await {
             Ok(data) => self.send_reply(&Reply {
                 id,
                 rpc: Some(RpcResult { data }),
