@@ -147,6 +147,17 @@ pub async fn tcp_connect(addr: SocketAddr, bind: Option<IpAddr>) -> Result<TcpSt
         TcpSocket::new_v6()?
     };
     if let Some(ip) = bind {
+        // Without this, bind() picks a free port for the address alone, and with
+        // tens of thousands of sockets bound (the swarm's generators) that search
+        // becomes most of the process's CPU. With it the kernel picks the port at
+        // connect(), needing only the 4-tuple to be unique. Best effort: the
+        // bind below works without it.
+        #[cfg(target_os = "linux")]
+        let _ = nix::sys::socket::setsockopt(
+            &socket,
+            nix::sys::socket::sockopt::IpBindAddressNoPort,
+            &true,
+        );
         socket.bind(SocketAddr::new(ip, 0))?;
     }
     let stream = socket.connect(addr).await?;
