@@ -1013,7 +1013,11 @@ async fn handshake_refused(node: &Watched, request: &str, status: u16) -> anyhow
 async fn bad_websocket_keys_get_400() -> anyhow::Result<()> {
     let mut node = Watched::start().await?;
     let addr = node.server.addr();
-    for path in ["/connection/websocket", "/connection/uni_websocket"] {
+    for path in [
+        "/connection/websocket",
+        "/connection/uni_websocket",
+        "/socket.io/?EIO=4&transport=websocket",
+    ] {
         for key in [
             Some("!!!"),
             Some(""),

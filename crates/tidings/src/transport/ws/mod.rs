@@ -125,6 +125,12 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
                 "the Sec-WebSocket-Key header is missing",
             ));
         };
+        if !valid_key(key.as_bytes()) {
+            return Err(Refused(
+                StatusCode::BAD_REQUEST,
+                "Sec-WebSocket-Key must be the base64 encoding of 16 bytes",
+            ));
+        }
         let offered_protocols = list_values(headers, &header::SEC_WEBSOCKET_PROTOCOL);
         let offered_extensions = headers
             .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
@@ -152,6 +158,17 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
             },
         })
     }
+}
+
+/// Whether a `Sec-WebSocket-Key` is what RFC 6455 (4.1, 4.2.1) requires: base64
+/// of 16 bytes, so 22 base64 characters and `==`; the RFC asks for 400 otherwise.
+/// Unused trailing bits are not checked.
+fn valid_key(key: &[u8]) -> bool {
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key[..22]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
 }
 
 /// Whether a comma-separated header has `token` (case-insensitive).
@@ -833,6 +850,23 @@ mod tests {
             accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
+    }
+
+    #[test]
+    fn websocket_keys_must_be_16_bytes_of_base64() {
+        assert!(valid_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(valid_key(b"AAAAAAAAAAAAAAAAAAAAAA=="));
+        for bad in [
+            "",
+            "!!!",
+            "c2hvcnQ=",
+            "dGhlIHNhbXBsZSBub25jZQ",
+            "dGhlIHNhbXBsZSBub25jZQ=!",
+            "dGhlIHNhbXBsZSBub25jZ*==",
+            "dGhlIHNhbXBsZSBub25jZQ==dGhl",
+        ] {
+            assert!(!valid_key(bad.as_bytes()), "{bad:?} was accepted");
+        }
     }
 
     #[test]
