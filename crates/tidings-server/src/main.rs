@@ -420,7 +420,7 @@ fn bind(host: &str, port: u16) -> anyhow::Result<tokio::net::TcpListener> {
         .with_context(|| format!("cannot listen on {addr}"))?;
     // The longest accept queue the kernel allows (it caps the backlog at
     // net.core.somaxconn, 4096 by default on Linux since 5.4), as Go servers
-    // such as Centrifugo get; `TcpListener::bind` asks for 1024. A reconnect
+    // such as Centrifugo get; `TcpListener::bind` asks for 128. A reconnect
     // storm after a node dies overflows a short queue, and each dropped SYN
     // costs that client a TCP retransmission backoff of 1, 2, 4... seconds.
     socket
