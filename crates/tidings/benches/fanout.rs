@@ -16,7 +16,9 @@ fn live_hub(subscribers: usize) -> (Hub, Vec<Arc<Connection>>) {
     for _ in 0..subscribers {
         let (conn, _control) = Connection::new("bench", 1 << 20);
         let sub = Subscriber::new(conn.clone(), false, &JSON_PUSHES);
-        sub.go_live(None, 0);
+        // Positioned at the empty stream, as a recovering client is: each
+        // delivery checks the subscriber's own sequence.
+        sub.go_live("bench", None, Some(0));
         hub.add("bench", sub);
         conns.push(conn);
     }

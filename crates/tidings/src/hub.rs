@@ -13,6 +13,14 @@
 //! as a gap too. The channel's subscribers are then told to resubscribe and recover
 //! (unsubscribe push 2500), and get nothing more on the old subscription, so a
 //! client's stream never has a silent hole.
+//!
+//! The channel's position is not enough on its own: subscribers join at different
+//! positions (each reads the stream when it subscribes), and a node whose broker
+//! subscription was still being set up, or was cut, may miss publications that
+//! some of them needed and others did not. So each subscriber with a position
+//! also checks its own sequence: it expects the offset after the last one it was
+//! sent (or after its subscribe reply), skips what it has, and loses its place
+//! on a jump, alone.
 use std::any::TypeId;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
@@ -263,6 +271,7 @@ pub fn fossil_patch(prev: &[u8], next: &[u8]) -> Option<Bytes> {
 /// with JSON, Protobuf and Socket.IO subscribers) wait in a short list.
 struct Encodings<'a> {
     encode: &'a dyn Fn(&dyn PushEncoder) -> Option<Bytes>,
+    channel: &'a str,
     done: Vec<(TypeId, Option<Bytes>)>,
     /// The encoder of the previous subscriber (none yet) and its encoding.
     last_key: Option<TypeId>,
@@ -287,9 +296,10 @@ struct PublicationFanout<'a> {
 }
 
 impl<'a> Encodings<'a> {
-    fn new(encode: &'a dyn Fn(&dyn PushEncoder) -> Option<Bytes>) -> Self {
+    fn new(encode: &'a dyn Fn(&dyn PushEncoder) -> Option<Bytes>, channel: &'a str) -> Self {
         Self {
             encode,
+            channel,
             done: Vec::new(),
             last_key: None,
             last: None,
@@ -311,7 +321,7 @@ impl<'a> Encodings<'a> {
                 patch: None,
                 deltas: Vec::new(),
             }),
-            ..Self::new(encode)
+            ..Self::new(encode, channel)
         }
     }
 
@@ -325,7 +335,7 @@ impl<'a> Encodings<'a> {
             self.switch(sub);
         }
         match &self.last {
-            Some(bytes) => sub.deliver(offset, bytes),
+            Some(bytes) => sub.deliver(self.channel, offset, bytes),
             None => sub.cannot_carry(),
         }
     }
@@ -339,7 +349,7 @@ impl<'a> Encodings<'a> {
                 self.switch(sub);
             }
             return match &self.last {
-                Some(bytes) => sub.deliver(offset, bytes),
+                Some(bytes) => sub.deliver(self.channel, offset, bytes),
                 None => sub.cannot_carry(),
             };
         };
@@ -359,9 +369,10 @@ impl<'a> Encodings<'a> {
             return sub.cannot_carry();
         };
         let Some(link) = link else {
-            return sub.deliver(offset, &full);
+            return sub.deliver(self.channel, offset, &full);
         };
-        sub.deliver_chained(offset, &link, &full, || self.delta_for(sub));
+        let channel = self.channel;
+        sub.deliver_chained(channel, offset, &link, &full, || self.delta_for(sub));
     }
 
     /// The delta encoding of the publication for `sub`'s encoder, made once.
@@ -417,10 +428,14 @@ pub struct Subscriber {
     /// Set when this subscription lost its place in the stream; nothing more is
     /// delivered to it, and its session turns it into an unsubscribe push 2500.
     insufficient: AtomicBool,
-    /// The position its subscribe reply covered: a publication at or below it
-    /// (still on its way to this node when the history was read) is already in
-    /// the reply or before it, and is not delivered again.
-    floor: AtomicU64,
+    /// The offset this subscriber must be sent next on a channel with history:
+    /// one past its subscribe reply's position, then one past each publication
+    /// sent. A publication below it is in the reply (it was still on its way to
+    /// this node when the stream was read) or was sent already, and is skipped;
+    /// one above it means publications never reached this subscriber, which
+    /// then loses its place. 0 for a subscriber without a position (it did not
+    /// ask for one, or it is not live yet).
+    next: AtomicU64,
     /// While the subscribe is in progress, deliveries wait here with their offsets, so
     /// they can be ordered after the subscribe reply and de-duplicated against the
     /// publications the reply carries. `None` once live.
@@ -514,7 +529,7 @@ impl Subscriber {
             encoder_key: encoder.kind(),
             live: AtomicBool::new(false),
             insufficient: AtomicBool::new(false),
-            floor: AtomicU64::new(0),
+            next: AtomicU64::new(0),
             pending: Mutex::new(Some(Pending::default())),
             shaped: shape.tags_filter.is_some() || shape.delta,
             tags_filter: shape.tags_filter,
@@ -536,7 +551,7 @@ impl Subscriber {
     /// Stops deliveries and asks the session to unsubscribe the client with 2500 so
     /// it resubscribes with recovery. A session too busy to take the request is
     /// closed with 3010 instead, after which the client reconnects and recovers.
-    fn lose_place(&self, channel: &str) {
+    pub(crate) fn lose_place(&self, channel: &str) {
         if self.insufficient.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -561,16 +576,51 @@ impl Subscriber {
             .close_dropping_queued(Disconnect::inappropriate_protocol());
     }
 
-    fn deliver(&self, offset: u64, bytes: &Bytes) {
+    fn deliver(&self, channel: &str, offset: u64, bytes: &Bytes) {
         if self.insufficient.load(Ordering::Acquire) {
             return;
         }
-        if offset != 0 && offset <= self.floor.load(Ordering::Acquire) {
+        if !self.live.load(Ordering::Acquire) && self.hold(offset, bytes) {
             return;
         }
-        if self.live.load(Ordering::Acquire) || !self.hold(offset, bytes) {
+        if self.in_sequence(channel, offset) {
             self.conn.send(bytes.clone());
         }
+    }
+
+    /// Whether a live publication at `offset` is the one this subscriber needs
+    /// next (see [`Subscriber::next`]), moving past it if so. Deliveries of one
+    /// channel's publications are serialised by the channel's position lock, and
+    /// [`Subscriber::go_live`] sets `next` before deliveries bypass the pending
+    /// buffer, so a load and a store suffice.
+    #[inline]
+    fn in_sequence(&self, channel: &str, offset: u64) -> bool {
+        let next = self.next.load(Ordering::Acquire);
+        if offset == 0 || next == 0 {
+            return true;
+        }
+        if offset < next {
+            return false;
+        }
+        if offset > next {
+            self.skipped(channel, next, offset);
+            return false;
+        }
+        self.next.store(offset + 1, Ordering::Release);
+        true
+    }
+
+    /// Publications from `expected` up to `got` never reached this subscriber:
+    /// it loses its place and recovers them from the history.
+    #[cold]
+    fn skipped(&self, channel: &str, expected: u64, got: u64) {
+        tracing::warn!(
+            channel,
+            expected,
+            got,
+            "a subscriber's publications never reached this node: it recovers"
+        );
+        self.lose_place(channel);
     }
 
     /// Holds a delivery while the subscribe reply has not gone out: `false` when
@@ -600,6 +650,7 @@ impl Subscriber {
     /// a subscribe is full.
     fn deliver_chained(
         &self,
+        channel: &str,
         offset: u64,
         link: &Link,
         full: &Bytes,
@@ -608,10 +659,10 @@ impl Subscriber {
         if self.insufficient.load(Ordering::Acquire) {
             return;
         }
-        if offset != 0 && offset <= self.floor.load(Ordering::Acquire) {
+        if !self.live.load(Ordering::Acquire) && self.hold(offset, full) {
             return;
         }
-        if !self.live.load(Ordering::Acquire) && self.hold(offset, full) {
+        if !self.in_sequence(channel, offset) {
             return;
         }
         let base = self.delta_base.swap(link.seq, Ordering::AcqRel);
@@ -624,23 +675,33 @@ impl Subscriber {
         self.conn.send(full.clone());
     }
 
-    /// Sends `first` (the subscribe reply), then what was buffered with an offset
-    /// greater than `after_offset` (offset 0 means "no position", always sent), and
-    /// switches to direct delivery. Doing all of it under the lock keeps the order.
-    pub fn go_live(&self, first: Option<Bytes>, after_offset: u64) {
+    /// Sends `first` (the subscribe reply), then what was buffered after
+    /// `position` (the offset the reply covered; `None` when the subscriber has
+    /// no position, and everything buffered is sent), and switches to direct
+    /// delivery. Doing all of it under the lock keeps the order. A buffered
+    /// publication that is not the next offset after the reply's (the node
+    /// missed some before it) makes the subscriber lose its place instead.
+    pub fn go_live(&self, channel: &str, first: Option<Bytes>, position: Option<u64>) {
         let mut pending = self.pending.lock();
-        self.floor.store(after_offset, Ordering::Release);
+        let mut next = position.map_or(0, |offset| offset + 1);
         if let Some(bytes) = first {
             self.conn.send(bytes);
         }
         let place_lost = self.insufficient.load(Ordering::Acquire);
         if let Some(p) = pending.take().filter(|_| !place_lost) {
             for (offset, bytes) in p.items {
-                if offset == 0 || offset > after_offset {
+                if offset == 0 || next == 0 {
                     self.conn.send(bytes);
+                } else if offset == next {
+                    next += 1;
+                    self.conn.send(bytes);
+                } else if offset > next {
+                    self.skipped(channel, next, offset);
+                    break;
                 }
             }
         }
+        self.next.store(next, Ordering::Release);
         self.live.store(true, Ordering::Release);
     }
 }
@@ -662,6 +723,10 @@ struct Delivered {
     /// while the connection was down may be missing, and without an epoch the next
     /// offset cannot be told from the first ones of a new epoch.
     trusted: bool,
+    /// The position was read from the stream by a subscribe, not delivered: the
+    /// publications up to it may still be on their way here, and go out when they
+    /// come (each subscriber skips what its reply covered).
+    noted: bool,
 }
 
 /// One channel on this node.
@@ -679,6 +744,17 @@ struct Channel {
     /// subscribers, so each one's base moves in publication order (after `last`
     /// when both are taken).
     chain: Mutex<DeltaChain>,
+}
+
+/// How a publication with an offset follows the channel's last position.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// The next offset (or the first the hub sees): delivered, and the new last.
+    Next,
+    /// At or below a position a subscribe noted: delivered, the last stays.
+    BeforeNoted,
+    /// Publications before it never arrived, or the epoch changed.
+    Gap,
 }
 
 /// What [`Hub::publish`] did with a publication.
@@ -797,15 +873,20 @@ impl Hub {
         }
         let mut last = entry.last.lock();
         let epoch = epoch.unwrap_or("");
-        let next = match last.as_ref() {
-            None => Ok(()),
+        let step = match last.as_ref() {
+            None => Step::Next,
             Some(prev) => {
                 let both_known = !epoch.is_empty() && !prev.epoch.is_empty();
                 if both_known && epoch != prev.epoch {
-                    Err(())
+                    Step::Gap
                 } else if !prev.trusted && !both_known {
                     // After a reconnect, without an epoch to compare: recover.
-                    Err(())
+                    Step::Gap
+                } else if offset <= prev.offset && prev.noted && both_known {
+                    // Published before a subscribe read the stream, and on its
+                    // way here since: not a duplicate for subscribers that read
+                    // the stream earlier (the others skip it).
+                    Step::BeforeNoted
                 } else if offset <= prev.offset {
                     if both_known {
                         return Delivery::Duplicate;
@@ -813,49 +894,54 @@ impl Hub {
                     // Without both epochs this may be the start of a new epoch (the
                     // broker lost its history) rather than a repeat: recovering is
                     // the safe answer, and costs little where it was a repeat.
-                    Err(())
+                    Step::Gap
                 } else if offset == prev.offset + 1 {
-                    Ok(())
+                    Step::Next
                 } else {
-                    Err(())
+                    Step::Gap
                 }
             }
         };
-        let epoch_now = match (next, last.as_ref()) {
-            // Contiguous: the epoch stays what it was, unless this one says.
-            (Ok(()), Some(prev)) if epoch.is_empty() => prev.epoch.clone(),
-            // After a gap the old epoch may be wrong: only what the broker says.
-            _ => epoch.to_string(),
-        };
-        *last = Some(Delivered {
-            epoch: epoch_now,
-            offset,
-            trusted: true,
-        });
-        match next {
-            Ok(()) => {
-                let mut chain = (entry.delta_subs > 0).then(|| entry.chain.lock());
-                let link = chain.as_mut().map(|c| c.advance(publication, marked));
-                let mut encodings = Encodings::for_publication(&encode, channel, publication, link);
-                for sub in entry.subs.values() {
-                    encodings.deliver(sub, offset);
-                }
-                Delivery::Delivered(entry.subs.len())
-            }
-            Err(()) => {
-                // Every subscriber resubscribes; no delta may span the gap.
-                *entry.chain.lock() = DeltaChain::default();
-                for sub in entry.subs.values() {
-                    sub.lose_place(channel);
-                }
-                Delivery::Gap(entry.subs.len())
+        match (&step, last.as_mut()) {
+            (Step::BeforeNoted, Some(prev)) => prev.noted = offset < prev.offset,
+            _ => {
+                let epoch_now = match (&step, last.as_ref()) {
+                    // Contiguous: the epoch stays what it was, unless this one says.
+                    (Step::Next, Some(prev)) if epoch.is_empty() => prev.epoch.clone(),
+                    // After a gap the old epoch may be wrong: only what the broker says.
+                    _ => epoch.to_string(),
+                };
+                *last = Some(Delivered {
+                    epoch: epoch_now,
+                    offset,
+                    trusted: true,
+                    noted: false,
+                });
             }
         }
+        if step == Step::Gap {
+            // Every subscriber resubscribes; no delta may span the gap.
+            *entry.chain.lock() = DeltaChain::default();
+            for sub in entry.subs.values() {
+                sub.lose_place(channel);
+            }
+            return Delivery::Gap(entry.subs.len());
+        }
+        let mut chain = (entry.delta_subs > 0).then(|| entry.chain.lock());
+        let link = chain.as_mut().map(|c| c.advance(publication, marked));
+        let mut encodings = Encodings::for_publication(&encode, channel, publication, link);
+        for sub in entry.subs.values() {
+            encodings.deliver(sub, offset);
+        }
+        Delivery::Delivered(entry.subs.len())
     }
 
-    /// Records the stream position a subscribe read, when the hub knows none yet for
-    /// the channel, so that a gap right after the first subscribe is noticed too.
-    pub fn note_position(&self, channel: &str, position: &StreamPosition) {
+    /// Records the stream position `sub`'s subscribe read, when the hub knows none
+    /// yet for the channel, so that a gap right after the first subscribe is
+    /// noticed too. When the hub is delivering another epoch than the one `sub`
+    /// read, `sub` loses its place: the offsets it would check belong to a
+    /// stream it never saw.
+    pub fn note_position(&self, channel: &str, position: &StreamPosition, sub: &Subscriber) {
         if position.epoch.is_empty() {
             return;
         }
@@ -868,9 +954,14 @@ impl Hub {
                         epoch: position.epoch.clone(),
                         offset: position.offset,
                         trusted: true,
+                        noted: true,
                     });
                 }
                 Some(prev) if prev.epoch.is_empty() => prev.epoch = position.epoch.clone(),
+                Some(prev) if prev.epoch != position.epoch => {
+                    drop(last);
+                    sub.lose_place(channel);
+                }
                 Some(_) => {}
             }
         }
@@ -922,6 +1013,7 @@ impl Hub {
             epoch: top.epoch.clone(),
             offset: top.offset,
             trusted: true,
+            noted: false,
         });
         entry.subs.len()
     }
@@ -969,7 +1061,7 @@ impl Hub {
                 encoder.leave(channel, info)
             }
         };
-        let mut encodings = Encodings::new(&encode);
+        let mut encodings = Encodings::new(&encode, channel);
         let mut n = 0;
         for sub in entry.subs.values() {
             if sub.join_leave {
@@ -1065,7 +1157,7 @@ mod tests {
         let protobuf = Subscriber::new(conn, false, &PROTOBUF_PUSHES);
         for sub in [&json, &protobuf] {
             hub.add("c", sub.clone());
-            sub.go_live(None, 0);
+            sub.go_live("c", None, None);
         }
         let publication = p(1);
         assert_eq!(
@@ -1084,7 +1176,7 @@ mod tests {
         let hub = Hub::new();
         let (sub, _control) = subscriber();
         hub.add("c", sub.clone());
-        sub.go_live(None, 0);
+        sub.go_live("c", None, None);
         assert_eq!(hub.publish("c", Some("e"), &p(1)), Delivery::Delivered(1));
         assert_eq!(hub.publish("c", Some("e"), &p(2)), Delivery::Delivered(1));
         assert_eq!(hub.publish("c", Some("e"), &p(2)), Delivery::Duplicate);
@@ -1097,7 +1189,7 @@ mod tests {
         let hub = Hub::new();
         let (sub, mut control) = subscriber();
         hub.add("c", sub.clone());
-        sub.go_live(None, 0);
+        sub.go_live("c", None, None);
         assert_eq!(hub.publish("c", None, &p(5)), Delivery::Delivered(1));
         assert_eq!(hub.publish("c", None, &p(6)), Delivery::Delivered(1));
         // Offsets start over: a FLUSHALL, say. Not a duplicate to drop quietly.
@@ -1111,8 +1203,8 @@ mod tests {
             offset: 1,
             epoch: "new".into(),
         };
-        hub.note_position("c", &pos);
-        fresh.go_live(None, 1);
+        hub.note_position("c", &pos, &fresh);
+        fresh.go_live("c", None, Some(1));
         assert_eq!(hub.publish("c", None, &p(2)), Delivery::Delivered(2));
         assert_eq!(hub.position("c").map(|p| p.epoch), Some("new".to_string()));
         assert_eq!(sent(&sub).await, vec![b("5"), b("6")]);
@@ -1124,13 +1216,13 @@ mod tests {
         let hub = Hub::new();
         let (early, _c1) = subscriber();
         hub.add("c", early.clone());
-        early.go_live(None, 0);
+        early.go_live("c", None, None);
         hub.publish("c", Some("e"), &p(1));
         // A second subscriber read the stream at offset 3 while 2 and 3 were still
         // on their way here; its reply carried them.
         let (late, _c2) = subscriber();
         hub.add("c", late.clone());
-        late.go_live(Some(b("reply")), 3);
+        late.go_live("c", Some(b("reply")), Some(3));
         hub.publish("c", Some("e"), &p(2));
         hub.publish("c", Some("e"), &p(3));
         hub.publish("c", Some("e"), &p(4));
@@ -1143,7 +1235,7 @@ mod tests {
         let hub = Hub::new();
         let (sub, mut control) = subscriber();
         hub.add("c", sub.clone());
-        sub.go_live(None, 0);
+        sub.go_live("c", None, None);
         hub.publish("c", Some("e"), &p(1));
         assert_eq!(hub.publish("c", Some("e"), &p(3)), Delivery::Gap(1));
         assert!(sub.is_insufficient());
@@ -1157,7 +1249,7 @@ mod tests {
         // A new subscriber continues from the new position.
         let (fresh, _c) = subscriber();
         hub.add("c", fresh.clone());
-        fresh.go_live(None, 4);
+        fresh.go_live("c", None, Some(4));
         assert_eq!(hub.publish("c", Some("e"), &p(5)), Delivery::Delivered(2));
         assert_eq!(sent(&fresh).await, vec![b("5")]);
     }
@@ -1167,7 +1259,7 @@ mod tests {
         let hub = Hub::new();
         let (sub, mut control) = subscriber();
         hub.add("c", sub.clone());
-        sub.go_live(None, 0);
+        sub.go_live("c", None, None);
         hub.publish("c", Some("old"), &p(7));
         assert_eq!(hub.publish("c", Some("new"), &p(1)), Delivery::Gap(1));
         assert!(control.try_recv().is_some());
@@ -1185,11 +1277,106 @@ mod tests {
                 offset: 2,
                 epoch: "e".into(),
             },
+            &sub,
         );
         hub.publish("c", Some("e"), &p(3));
         assert_eq!(hub.publish("c", Some("e"), &p(5)), Delivery::Gap(1));
-        sub.go_live(Some(b("reply")), 2);
+        sub.go_live("c", Some(b("reply")), Some(2));
         assert_eq!(sent(&sub).await, vec![b("reply")]);
+    }
+
+    fn at(offset: u64) -> StreamPosition {
+        StreamPosition {
+            offset,
+            epoch: "e".into(),
+        }
+    }
+
+    /// The chaos run's silent gap: on a channel new to this node, a publication
+    /// arrived before any subscribe had noted a position, after one the node
+    /// never got. A subscriber that read the stream before that one must not go
+    /// on from the later one as if nothing was missing.
+    #[tokio::test]
+    async fn a_first_publication_past_a_subscribers_position_makes_it_recover() {
+        let hub = Hub::new();
+        let (sub, mut control) = subscriber();
+        hub.add("c", sub.clone());
+        // Offset 4 never reached this node; 5 comes before the read is noted.
+        assert_eq!(hub.publish("c", Some("e"), &p(5)), Delivery::Delivered(1));
+        hub.note_position("c", &at(3), &sub);
+        sub.go_live("c", Some(b("reply")), Some(3));
+        assert!(sub.is_insufficient());
+        assert!(matches!(
+            control.try_recv(),
+            Some(Control::Insufficient { channel }) if channel == "c"
+        ));
+        hub.publish("c", Some("e"), &p(6));
+        assert_eq!(sent(&sub).await, vec![b("reply")]);
+    }
+
+    /// Two subscribers read the stream at different offsets while the node's
+    /// broker subscription was new. The later read is noted first; the
+    /// publications between the two reads are still delivered to the subscriber
+    /// that read earlier, and skipped by the other.
+    #[tokio::test]
+    async fn publications_between_two_subscribes_reach_the_earlier_reader() {
+        let hub = Hub::new();
+        let (early, _c1) = subscriber();
+        let (late, _c2) = subscriber();
+        hub.add("c", early.clone());
+        hub.add("c", late.clone());
+        hub.note_position("c", &at(5), &late);
+        hub.note_position("c", &at(3), &early);
+        late.go_live("c", Some(b("late reply")), Some(5));
+        early.go_live("c", Some(b("early reply")), Some(3));
+        for offset in 4..=6 {
+            assert_eq!(
+                hub.publish("c", Some("e"), &p(offset)),
+                Delivery::Delivered(2)
+            );
+        }
+        // Now a real duplicate.
+        assert_eq!(hub.publish("c", Some("e"), &p(6)), Delivery::Duplicate);
+        assert_eq!(
+            sent(&early).await,
+            vec![b("early reply"), b("4"), b("5"), b("6")]
+        );
+        assert_eq!(sent(&late).await, vec![b("late reply"), b("6")]);
+    }
+
+    /// A live subscriber whose next offset never reached the node loses its
+    /// place on its own, even where the channel's position moved past the
+    /// missing one without a delivery (a later subscribe's read was noted).
+    #[tokio::test]
+    async fn a_live_subscriber_that_misses_an_offset_recovers() {
+        let hub = Hub::new();
+        let (early, mut control) = subscriber();
+        let (late, _c2) = subscriber();
+        hub.add("c", early.clone());
+        hub.add("c", late.clone());
+        hub.note_position("c", &at(5), &late);
+        hub.note_position("c", &at(3), &early);
+        early.go_live("c", None, Some(3));
+        late.go_live("c", None, Some(5));
+        // 4 and 5 never come here.
+        assert_eq!(hub.publish("c", Some("e"), &p(6)), Delivery::Delivered(2));
+        assert!(early.is_insufficient());
+        assert!(!late.is_insufficient());
+        assert!(control.try_recv().is_some());
+        assert_eq!(sent(&early).await, Vec::<Bytes>::new());
+        assert_eq!(sent(&late).await, vec![b("6")]);
+    }
+
+    /// A subscriber read one epoch; the hub is delivering another (the
+    /// history was lost in between): it recovers.
+    #[tokio::test]
+    async fn a_read_in_another_epoch_than_the_hubs_makes_the_subscriber_recover() {
+        let hub = Hub::new();
+        let (sub, _control) = subscriber();
+        hub.add("c", sub.clone());
+        hub.publish("c", Some("new"), &p(1));
+        hub.note_position("c", &at(7), &sub);
+        assert!(sub.is_insufficient());
     }
 
     #[tokio::test]
@@ -1197,7 +1384,7 @@ mod tests {
         let hub = Hub::new();
         let (sub, mut control) = subscriber();
         hub.add("c", sub.clone());
-        sub.go_live(None, 0);
+        sub.go_live("c", None, None);
         let pos = |offset| StreamPosition {
             offset,
             epoch: "e".into(),
@@ -1222,7 +1409,7 @@ mod tests {
         let hub = Hub::new();
         let (sub, mut control) = subscriber();
         hub.add("c", sub.clone());
-        sub.go_live(None, 0);
+        sub.go_live("c", None, None);
         hub.publish("c", Some("e"), &p(1));
         let top = StreamPosition {
             offset: 4,
@@ -1281,8 +1468,8 @@ mod tests {
         let (plain, _c) = subscriber();
         hub.add("ch", sub.clone());
         hub.add("ch", plain.clone());
-        sub.go_live(None, 0);
-        plain.go_live(None, 0);
+        sub.go_live("c", None, None);
+        plain.go_live("c", None, None);
         for n in 1..=3 {
             hub.publish("ch", Some("e"), &big(n));
         }
@@ -1321,7 +1508,7 @@ mod tests {
             },
         );
         hub.add("ch", sub.clone());
-        sub.go_live(None, 0);
+        sub.go_live("c", None, None);
         let tagged = |n: u64, keep: bool, marked: bool| Publication {
             tags: keep.then(|| [("keep".to_string(), "1".to_string())].into()),
             delta: marked,
@@ -1356,7 +1543,7 @@ mod tests {
             },
         );
         hub.add("ch", sub.clone());
-        sub.go_live(None, 0);
+        sub.go_live("c", None, None);
         hub.publish("ch", Some("e"), &big(1));
         hub.publish("ch", Some("e"), &big(2));
         let frames = sent(&sub).await;

@@ -116,8 +116,10 @@ pub struct Joined {
 /// A subscriber whose deliveries are held until its front door replied.
 pub struct Pending {
     subscriber: Arc<Subscriber>,
-    /// Held publications at or below this offset are in the reply already.
-    after_offset: u64,
+    /// The offset the reply covers, when the member read the stream: held
+    /// publications at or below it are in the reply already, and the next one
+    /// must follow it.
+    position: Option<u64>,
 }
 
 impl Node {
@@ -169,7 +171,7 @@ impl Node {
         let mut position = None;
         let mut publications = Vec::new();
         let mut recovered = false;
-        let mut after_offset = 0;
+        let mut read_offset = None;
         // Cache recovery mode (`force_recovery_mode: "cache"`): a recovery gives
         // the latest publication only; with `auto_cache_recover` every join that
         // asks for the position recovers so, as if the client had sent an empty
@@ -210,8 +212,8 @@ impl Node {
                 if let Some(filter) = filter {
                     missed.retain(|p| tidings_protocol::filter::matches(filter, p.tags.as_ref()));
                 }
-                after_offset = top.offset;
-                inner.hub.note_position(channel, &top);
+                read_offset = Some(top.offset);
+                inner.hub.note_position(channel, &top, &subscriber);
                 position = Some(top);
                 publications = missed;
                 recovered = all;
@@ -258,7 +260,7 @@ impl Node {
             recovering,
             pending: Pending {
                 subscriber,
-                after_offset,
+                position: read_offset,
             },
         })
     }
@@ -267,7 +269,9 @@ impl Node {
     /// outbox), then what arrived for the member since it joined and was not in
     /// the reply, switches it to live delivery and tells the channel it joined.
     pub async fn go_live(&self, member: &Member, pending: Pending, first: Option<Bytes>) {
-        pending.subscriber.go_live(first, pending.after_offset);
+        pending
+            .subscriber
+            .go_live(&member.channel, first, pending.position);
         if member.join_leave {
             if let Err(e) = self
                 .inner

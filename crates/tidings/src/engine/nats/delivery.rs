@@ -96,7 +96,11 @@ async fn serve_channel(
     loop {
         let next = match order.until {
             None => sub.next().await,
+            // A message that is already here goes before the deadline: after a
+            // stall (a busy machine) both are ready, and flushing first would
+            // turn a late-but-present publication into a gap.
             Some(at) => tokio::select! {
+                biased;
                 next = sub.next() => next,
                 () = tokio::time::sleep_until(at) => {
                     order.flush(&mut emit);

@@ -10,7 +10,7 @@ const REORDER_WINDOW: u64 = 64;
 
 /// How long held publications wait for the missing ones (counted from the first
 /// one held, and again after each one that arrives and lets some go).
-const REORDER_WAIT: Duration = Duration::from_millis(50);
+const REORDER_WAIT: Duration = Duration::from_millis(100);
 
 /// Puts one channel's stream publications back in offset order.
 ///
