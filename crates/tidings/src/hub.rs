@@ -358,6 +358,7 @@ impl<'a> Encodings<'a> {
                 // The client will not have this publication: a delta after it
                 // could not be applied.
                 sub.delta_base.store(0, Ordering::Release);
+                sub.pass_over(fanout.channel, offset);
                 return;
             }
         }
@@ -501,7 +502,9 @@ impl DeltaChain {
 
 #[derive(Default)]
 struct Pending {
-    items: Vec<(u64, Bytes)>,
+    /// Offsets with what to send; `None` for a publication this subscriber
+    /// does not get (its tags filter), which still moves its place on.
+    items: Vec<(u64, Option<Bytes>)>,
     bytes: usize,
 }
 
@@ -580,7 +583,7 @@ impl Subscriber {
         if self.insufficient.load(Ordering::Acquire) {
             return;
         }
-        if !self.live.load(Ordering::Acquire) && self.hold(offset, bytes) {
+        if !self.live.load(Ordering::Acquire) && self.hold(offset, Some(bytes)) {
             return;
         }
         if self.in_sequence(channel, offset) {
@@ -623,23 +626,38 @@ impl Subscriber {
         self.lose_place(channel);
     }
 
-    /// Holds a delivery while the subscribe reply has not gone out: `false` when
-    /// the subscriber went live meanwhile and the caller sends it.
-    fn hold(&self, offset: u64, bytes: &Bytes) -> bool {
+    /// Holds a delivery (`None`: a publication passed over) while the subscribe
+    /// reply has not gone out: `false` when the subscriber went live meanwhile
+    /// and the caller goes on.
+    fn hold(&self, offset: u64, bytes: Option<&Bytes>) -> bool {
         let mut pending = self.pending.lock();
         let Some(p) = pending.as_mut() else {
             return false;
         };
-        p.bytes += bytes.len();
+        // A passed-over publication costs its slot, so a flood of them is
+        // bounded like one of deliveries.
+        p.bytes += bytes.map_or(std::mem::size_of::<(u64, Option<Bytes>)>(), Bytes::len);
         if p.bytes > self.conn.outbox_limit() {
             // Buffered more than the client may have queued: same rule as a
             // full outbox.
             p.items.clear();
             self.conn.outbox.close_dropping_queued(Disconnect::slow());
         } else {
-            p.items.push((offset, bytes.clone()));
+            p.items.push((offset, bytes.cloned()));
         }
         true
+    }
+
+    /// A publication this subscriber does not get (its tags filter): its place
+    /// in the stream moves past it all the same.
+    fn pass_over(&self, channel: &str, offset: u64) {
+        if offset == 0 || self.insufficient.load(Ordering::Acquire) {
+            return;
+        }
+        if !self.live.load(Ordering::Acquire) && self.hold(offset, None) {
+            return;
+        }
+        self.in_sequence(channel, offset);
     }
 
     /// Delivers a publication to a delta subscriber: the delta when the subscriber
@@ -659,7 +677,7 @@ impl Subscriber {
         if self.insufficient.load(Ordering::Acquire) {
             return;
         }
-        if !self.live.load(Ordering::Acquire) && self.hold(offset, full) {
+        if !self.live.load(Ordering::Acquire) && self.hold(offset, Some(full)) {
             return;
         }
         if !self.in_sequence(channel, offset) {
@@ -690,14 +708,19 @@ impl Subscriber {
         let place_lost = self.insufficient.load(Ordering::Acquire);
         if let Some(p) = pending.take().filter(|_| !place_lost) {
             for (offset, bytes) in p.items {
-                if offset == 0 || next == 0 {
-                    self.conn.send(bytes);
+                let send = if offset == 0 || next == 0 {
+                    true
                 } else if offset == next {
                     next += 1;
-                    self.conn.send(bytes);
+                    true
                 } else if offset > next {
                     self.skipped(channel, next, offset);
                     break;
+                } else {
+                    false
+                };
+                if let (true, Some(bytes)) = (send, bytes) {
+                    self.conn.send(bytes);
                 }
             }
         }
@@ -1508,7 +1531,8 @@ mod tests {
             },
         );
         hub.add("ch", sub.clone());
-        sub.go_live("c", None, None);
+        // Positioned at the empty stream: the filtered-out 4 moves its place on.
+        sub.go_live("ch", None, Some(0));
         let tagged = |n: u64, keep: bool, marked: bool| Publication {
             tags: keep.then(|| [("keep".to_string(), "1".to_string())].into()),
             delta: marked,
@@ -1527,6 +1551,43 @@ mod tests {
             seen,
             [(1, false), (2, false), (3, true), (5, false), (6, true)]
         );
+        assert!(!sub.is_insufficient());
+    }
+
+    /// Publications a tags filter passes over, before and after the subscribe
+    /// reply, still count in the subscriber's sequence: no false recovery.
+    #[tokio::test]
+    async fn filtered_out_publications_keep_a_subscribers_sequence() {
+        let hub = Hub::new();
+        let (conn, mut control) = Connection::new("test", 1 << 20);
+        let filter = FilterNode {
+            key: "keep".into(),
+            cmp: "ex".into(),
+            ..Default::default()
+        };
+        let sub = Subscriber::shaped(
+            conn,
+            false,
+            &RAW,
+            Shape {
+                delta: false,
+                tags_filter: Some(Arc::new(filter)),
+            },
+        );
+        hub.add("c", sub.clone());
+        hub.note_position("c", &at(2), &sub);
+        let tagged = |n: u64, keep: bool| Publication {
+            tags: keep.then(|| [("keep".to_string(), "1".to_string())].into()),
+            ..p(n)
+        };
+        hub.publish("c", Some("e"), &tagged(3, false));
+        hub.publish("c", Some("e"), &tagged(4, true));
+        sub.go_live("c", Some(b("reply")), Some(2));
+        hub.publish("c", Some("e"), &tagged(5, false));
+        hub.publish("c", Some("e"), &tagged(6, true));
+        assert!(!sub.is_insufficient());
+        assert!(control.try_recv().is_none());
+        assert_eq!(sent(&sub).await, vec![b("reply"), b("4"), b("6")]);
     }
 
     #[tokio::test]
