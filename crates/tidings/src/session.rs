@@ -842,6 +842,7 @@ impl Session {
         if !self.node.register(&self.conn) {
             return Err(Disconnect::connection_limit());
         }
+        self.node.user_tracked(self.conn.user()).await;
         self.connected = true;
         let ping_interval = self.node.config().client.ping_interval;
         self.next_ping = Instant::now() + ping_interval;

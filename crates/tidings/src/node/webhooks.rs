@@ -15,12 +15,17 @@
 //! entries (the timer of `client.presence_update_interval`) and reaps keys whose
 //! every holder expired (a node killed with -9), so all calls for one key are
 //! made in order, one at a time, and a quick join and leave costs no call at all
-//! when both happen before the task runs. Nothing here makes a client wait.
+//! when both happen before the task runs. One thing makes a client wait: a
+//! user's first connection on a node is answered once the reconciler told the
+//! engine (see [`Node::user_tracked`]), so a user who opens a connection on
+//! one node and then closes the one on another is never reported offline in
+//! between.
 //!
 //! - **Client events** (`client_event`): [`Node::publish_from_client`], which
 //!   both front doors use for a client's publication.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
@@ -33,6 +38,10 @@ use crate::connection::Connection;
 use crate::occupancy::Change;
 use crate::webhook::WebhookEvent;
 
+/// The longest a user's first connection on a node waits for the engine to
+/// know of it ([`Node::user_tracked`]); past it the connection goes on, and the
+/// reconciler keeps trying.
+const USER_TRACKED_WAIT: Duration = Duration::from_secs(2);
 /// Keys reaped per engine call.
 const REAP_BATCH: usize = 100;
 /// Engine calls in flight at once during a reconcile or refresh pass.
@@ -127,6 +136,10 @@ pub(super) struct Tracking {
     /// One pass at a time (the task's, or the last one at shutdown). An async
     /// mutex: held across the engine calls of a pass.
     pass: tokio::sync::Mutex<()>,
+    /// How many times a pass took the dirty keys (counted under the `dirty`
+    /// lock), and the number of the last pass that finished.
+    drains: AtomicU64,
+    finished: tokio::sync::watch::Sender<u64>,
 }
 
 impl Tracking {
@@ -145,6 +158,8 @@ impl Tracking {
             held: Mutex::default(),
             wake: Notify::new(),
             pass: tokio::sync::Mutex::new(()),
+            drains: AtomicU64::new(0),
+            finished: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -160,6 +175,45 @@ impl Node {
         if let Some(t) = self.inner.tracking.as_ref().filter(|t| t.channels) {
             t.mark(Key::Channel(channel.to_owned()));
         }
+    }
+
+    /// Waits (at most [`USER_TRACKED_WAIT`]) until the engine knows this node
+    /// holds a connection of `user`, when online status is on: a front door
+    /// calls it after [`Node::register`] and before its connect reply. Returns at
+    /// once when the engine knew already, or for an anonymous user.
+    ///
+    /// Boxed: it is awaited inside every session's connect, and its timer would
+    /// otherwise add to the size of every connection's task.
+    pub fn user_tracked(&self, user: &str) -> futures_util::future::BoxFuture<'static, ()> {
+        let node = self.clone();
+        let user = user.to_owned();
+        let wanted = self
+            .inner
+            .tracking
+            .as_ref()
+            .is_some_and(|t| t.users && !user.is_empty());
+        if !wanted {
+            return Box::pin(std::future::ready(()));
+        }
+        Box::pin(async move { node.wait_user_tracked(&user).await })
+    }
+
+    async fn wait_user_tracked(&self, user: &str) {
+        let Some(t) = self.inner.tracking.as_ref() else {
+            return;
+        };
+        if t.held.lock().contains(&Key::User(user.to_owned())) {
+            return;
+        }
+        // The key was marked before this read, so the pass after the one counted
+        // here takes it (or an earlier pass did).
+        let ticket = {
+            let _dirty = t.dirty.lock();
+            t.drains.load(Ordering::Acquire) + 1
+        };
+        let mut finished = t.finished.subscribe();
+        t.wake.notify_one();
+        let _ = tokio::time::timeout(USER_TRACKED_WAIT, finished.wait_for(|n| *n >= ticket)).await;
     }
 
     /// `user` got its first connection on this node, or lost its last one.
@@ -293,7 +347,11 @@ impl Node {
             return false;
         };
         let _pass = t.pass.lock().await;
-        let keys: Vec<Key> = t.dirty.lock().drain().collect();
+        let (drain, keys) = {
+            let mut dirty = t.dirty.lock();
+            let drain = t.drains.fetch_add(1, Ordering::AcqRel) + 1;
+            (drain, dirty.drain().collect::<Vec<Key>>())
+        };
         let failed = futures_util::stream::iter(keys)
             .map(|key| async move {
                 let wanted = self.holds_locally(&key);
@@ -330,6 +388,7 @@ impl Node {
             .await;
         let retry = !failed.is_empty();
         t.dirty.lock().extend(failed);
+        t.finished.send_replace(drain);
         retry
     }
 

@@ -365,6 +365,7 @@ impl Sio {
                     self.connect_error(nsp, "connection limit", Some(4503));
                     return Err(Disconnect::connection_limit());
                 }
+                node.user_tracked(&claims.sub).await;
                 self.user = Some(claims.sub.clone());
                 self.conn_info = claims.info.clone();
                 self.proxy_ctx.meta = claims.meta.clone();
