@@ -272,6 +272,8 @@ pub fn fossil_patch(prev: &[u8], next: &[u8]) -> Option<Bytes> {
 struct Encodings<'a> {
     encode: &'a dyn Fn(&dyn PushEncoder) -> Option<Bytes>,
     channel: &'a str,
+    /// Subscribers that lost their place on this push.
+    lost: usize,
     done: Vec<(TypeId, Option<Bytes>)>,
     /// The encoder of the previous subscriber (none yet) and its encoding.
     last_key: Option<TypeId>,
@@ -300,6 +302,7 @@ impl<'a> Encodings<'a> {
         Self {
             encode,
             channel,
+            lost: 0,
             done: Vec::new(),
             last_key: None,
             last: None,
@@ -335,7 +338,7 @@ impl<'a> Encodings<'a> {
             self.switch(sub);
         }
         match &self.last {
-            Some(bytes) => sub.deliver(self.channel, offset, bytes),
+            Some(bytes) => self.lost += usize::from(sub.deliver(self.channel, offset, bytes)),
             None => sub.cannot_carry(),
         }
     }
@@ -349,7 +352,7 @@ impl<'a> Encodings<'a> {
                 self.switch(sub);
             }
             return match &self.last {
-                Some(bytes) => sub.deliver(self.channel, offset, bytes),
+                Some(bytes) => self.lost += usize::from(sub.deliver(self.channel, offset, bytes)),
                 None => sub.cannot_carry(),
             };
         };
@@ -358,7 +361,7 @@ impl<'a> Encodings<'a> {
                 // The client will not have this publication: a delta after it
                 // could not be applied.
                 sub.delta_base.store(0, Ordering::Release);
-                sub.pass_over(fanout.channel, offset);
+                self.lost += usize::from(sub.pass_over(fanout.channel, offset));
                 return;
             }
         }
@@ -370,10 +373,12 @@ impl<'a> Encodings<'a> {
             return sub.cannot_carry();
         };
         let Some(link) = link else {
-            return sub.deliver(self.channel, offset, &full);
+            self.lost += usize::from(sub.deliver(self.channel, offset, &full));
+            return;
         };
         let channel = self.channel;
-        sub.deliver_chained(channel, offset, &link, &full, || self.delta_for(sub));
+        let lost = sub.deliver_chained(channel, offset, &link, &full, || self.delta_for(sub));
+        self.lost += usize::from(lost);
     }
 
     /// The delta encoding of the publication for `sub`'s encoder, made once.
@@ -579,15 +584,22 @@ impl Subscriber {
             .close_dropping_queued(Disconnect::inappropriate_protocol());
     }
 
-    fn deliver(&self, channel: &str, offset: u64, bytes: &Bytes) {
+    /// Sends (or holds) a push; `true` when it made the subscriber lose its
+    /// place instead (see [`Subscriber::next`]).
+    fn deliver(&self, channel: &str, offset: u64, bytes: &Bytes) -> bool {
         if self.insufficient.load(Ordering::Acquire) {
-            return;
+            return false;
         }
         if !self.live.load(Ordering::Acquire) && self.hold(offset, Some(bytes)) {
-            return;
+            return false;
         }
-        if self.in_sequence(channel, offset) {
-            self.conn.send(bytes.clone());
+        match self.in_sequence(channel, offset) {
+            Seq::Next => {
+                self.conn.send(bytes.clone());
+                false
+            }
+            Seq::Had => false,
+            Seq::Lost => true,
         }
     }
 
@@ -597,20 +609,20 @@ impl Subscriber {
     /// [`Subscriber::go_live`] sets `next` before deliveries bypass the pending
     /// buffer, so a load and a store suffice.
     #[inline]
-    fn in_sequence(&self, channel: &str, offset: u64) -> bool {
+    fn in_sequence(&self, channel: &str, offset: u64) -> Seq {
         let next = self.next.load(Ordering::Acquire);
         if offset == 0 || next == 0 {
-            return true;
+            return Seq::Next;
         }
         if offset < next {
-            return false;
+            return Seq::Had;
         }
         if offset > next {
             self.skipped(channel, next, offset);
-            return false;
+            return Seq::Lost;
         }
         self.next.store(offset + 1, Ordering::Release);
-        true
+        Seq::Next
     }
 
     /// Publications from `expected` up to `got` never reached this subscriber:
@@ -649,15 +661,16 @@ impl Subscriber {
     }
 
     /// A publication this subscriber does not get (its tags filter): its place
-    /// in the stream moves past it all the same.
-    fn pass_over(&self, channel: &str, offset: u64) {
+    /// in the stream moves past it all the same. `true` as for
+    /// [`Subscriber::deliver`].
+    fn pass_over(&self, channel: &str, offset: u64) -> bool {
         if offset == 0 || self.insufficient.load(Ordering::Acquire) {
-            return;
+            return false;
         }
         if !self.live.load(Ordering::Acquire) && self.hold(offset, None) {
-            return;
+            return false;
         }
-        self.in_sequence(channel, offset);
+        self.in_sequence(channel, offset) == Seq::Lost
     }
 
     /// Delivers a publication to a delta subscriber: the delta when the subscriber
@@ -673,24 +686,27 @@ impl Subscriber {
         link: &Link,
         full: &Bytes,
         delta: impl FnOnce() -> Option<Bytes>,
-    ) {
+    ) -> bool {
         if self.insufficient.load(Ordering::Acquire) {
-            return;
+            return false;
         }
         if !self.live.load(Ordering::Acquire) && self.hold(offset, Some(full)) {
-            return;
+            return false;
         }
-        if !self.in_sequence(channel, offset) {
-            return;
+        match self.in_sequence(channel, offset) {
+            Seq::Next => {}
+            Seq::Had => return false,
+            Seq::Lost => return true,
         }
         let base = self.delta_base.swap(link.seq, Ordering::AcqRel);
         if link.marked && base != 0 && base == link.prev_seq {
             if let Some(bytes) = delta() {
                 self.conn.send(bytes);
-                return;
+                return false;
             }
         }
         self.conn.send(full.clone());
+        false
     }
 
     /// Sends `first` (the subscribe reply), then what was buffered after
@@ -698,14 +714,16 @@ impl Subscriber {
     /// no position, and everything buffered is sent), and switches to direct
     /// delivery. Doing all of it under the lock keeps the order. A buffered
     /// publication that is not the next offset after the reply's (the node
-    /// missed some before it) makes the subscriber lose its place instead.
-    pub fn go_live(&self, channel: &str, first: Option<Bytes>, position: Option<u64>) {
+    /// missed some before it) makes the subscriber lose its place instead, and
+    /// `true` is returned.
+    pub fn go_live(&self, channel: &str, first: Option<Bytes>, position: Option<u64>) -> bool {
         let mut pending = self.pending.lock();
         let mut next = position.map_or(0, |offset| offset + 1);
         if let Some(bytes) = first {
             self.conn.send(bytes);
         }
         let place_lost = self.insufficient.load(Ordering::Acquire);
+        let mut lost = false;
         if let Some(p) = pending.take().filter(|_| !place_lost) {
             for (offset, bytes) in p.items {
                 let send = if offset == 0 || next == 0 {
@@ -715,6 +733,7 @@ impl Subscriber {
                     true
                 } else if offset > next {
                     self.skipped(channel, next, offset);
+                    lost = true;
                     break;
                 } else {
                     false
@@ -726,7 +745,19 @@ impl Subscriber {
         }
         self.next.store(next, Ordering::Release);
         self.live.store(true, Ordering::Release);
+        lost
     }
+}
+
+/// Where a live publication falls in a subscriber's sequence.
+#[derive(Debug, PartialEq, Eq)]
+enum Seq {
+    /// The one it needs next (or it keeps no sequence): send.
+    Next,
+    /// It has it (its reply carried it, or it was sent): skip.
+    Had,
+    /// Some before it never reached the subscriber, which lost its place.
+    Lost,
 }
 
 impl Connection {
@@ -797,6 +828,8 @@ type Shard = RwLock<HashMap<String, Channel>>;
 /// Channel → subscribers on this node.
 pub struct Hub {
     shards: Box<[Shard]>,
+    /// See [`Hub::take_lost_places`].
+    lost_places: AtomicU64,
     hasher: BuildHasherDefault<DefaultHasher>,
 }
 
@@ -811,6 +844,7 @@ impl Hub {
         Self {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             hasher: BuildHasherDefault::default(),
+            lost_places: AtomicU64::new(0),
         }
     }
 
@@ -956,17 +990,35 @@ impl Hub {
         for sub in entry.subs.values() {
             encodings.deliver(sub, offset);
         }
+        if encodings.lost > 0 {
+            self.lost_places
+                .fetch_add(encodings.lost as u64, Ordering::Relaxed);
+        }
         Delivery::Delivered(entry.subs.len())
+    }
+
+    /// How many subscribers lost their place on their own (a jump in their
+    /// sequence) since the last call; for the metrics.
+    pub fn take_lost_places(&self) -> u64 {
+        if self.lost_places.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        self.lost_places.swap(0, Ordering::Relaxed)
     }
 
     /// Records the stream position `sub`'s subscribe read, when the hub knows none
     /// yet for the channel, so that a gap right after the first subscribe is
     /// noticed too. When the hub is delivering another epoch than the one `sub`
     /// read, `sub` loses its place: the offsets it would check belong to a
-    /// stream it never saw.
-    pub fn note_position(&self, channel: &str, position: &StreamPosition, sub: &Subscriber) {
+    /// stream it never saw; `true` then.
+    pub fn note_position(
+        &self,
+        channel: &str,
+        position: &StreamPosition,
+        sub: &Subscriber,
+    ) -> bool {
         if position.epoch.is_empty() {
-            return;
+            return false;
         }
         let shard = self.shard(channel).read();
         if let Some(entry) = shard.get(channel) {
@@ -984,10 +1036,12 @@ impl Hub {
                 Some(prev) if prev.epoch != position.epoch => {
                     drop(last);
                     sub.lose_place(channel);
+                    return true;
                 }
                 Some(_) => {}
             }
         }
+        false
     }
 
     /// The last position delivered on each channel that has one.
@@ -1326,8 +1380,8 @@ mod tests {
         hub.add("c", sub.clone());
         // Offset 4 never reached this node; 5 comes before the read is noted.
         assert_eq!(hub.publish("c", Some("e"), &p(5)), Delivery::Delivered(1));
-        hub.note_position("c", &at(3), &sub);
-        sub.go_live("c", Some(b("reply")), Some(3));
+        assert!(!hub.note_position("c", &at(3), &sub));
+        assert!(sub.go_live("c", Some(b("reply")), Some(3)));
         assert!(sub.is_insufficient());
         assert!(matches!(
             control.try_recv(),
@@ -1385,6 +1439,8 @@ mod tests {
         assert_eq!(hub.publish("c", Some("e"), &p(6)), Delivery::Delivered(2));
         assert!(early.is_insufficient());
         assert!(!late.is_insufficient());
+        assert_eq!(hub.take_lost_places(), 1);
+        assert_eq!(hub.take_lost_places(), 0);
         assert!(control.try_recv().is_some());
         assert_eq!(sent(&early).await, Vec::<Bytes>::new());
         assert_eq!(sent(&late).await, vec![b("6")]);
@@ -1398,7 +1454,7 @@ mod tests {
         let (sub, _control) = subscriber();
         hub.add("c", sub.clone());
         hub.publish("c", Some("new"), &p(1));
-        hub.note_position("c", &at(7), &sub);
+        assert!(hub.note_position("c", &at(7), &sub));
         assert!(sub.is_insufficient());
     }
 

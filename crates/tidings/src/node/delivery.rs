@@ -26,6 +26,10 @@ impl BrokerEvents {
         self.metrics
             .fanout_duration
             .record(started.elapsed().as_secs_f64());
+        let lost = self.hub.take_lost_places();
+        if lost > 0 {
+            self.metrics.recoveries_requested.increment(lost);
+        }
         match delivery {
             Delivery::Delivered(n) => self.metrics.messages_sent.increment(n as u64),
             Delivery::Duplicate => {

@@ -213,7 +213,9 @@ impl Node {
                     missed.retain(|p| tidings_protocol::filter::matches(filter, p.tags.as_ref()));
                 }
                 read_offset = Some(top.offset);
-                inner.hub.note_position(channel, &top, &subscriber);
+                if inner.hub.note_position(channel, &top, &subscriber) {
+                    inner.metrics.recoveries_requested.increment(1);
+                }
                 position = Some(top);
                 publications = missed;
                 recovered = all;
@@ -269,9 +271,12 @@ impl Node {
     /// outbox), then what arrived for the member since it joined and was not in
     /// the reply, switches it to live delivery and tells the channel it joined.
     pub async fn go_live(&self, member: &Member, pending: Pending, first: Option<Bytes>) {
-        pending
+        let lost = pending
             .subscriber
             .go_live(&member.channel, first, pending.position);
+        if lost {
+            self.inner.metrics.recoveries_requested.increment(1);
+        }
         if member.join_leave {
             if let Err(e) = self
                 .inner
