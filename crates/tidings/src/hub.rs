@@ -1568,31 +1568,42 @@ mod tests {
         assert_eq!(full[2], big(3).data.unwrap().as_bytes().clone());
     }
 
-    #[tokio::test]
-    async fn unmarked_or_filtered_publications_break_the_delta_chain() {
-        let hub = Hub::new();
-        let (conn, _control) = Connection::new("test", 1 << 20);
+    /// A subscriber whose tags filter keeps the publications tagged `keep`.
+    fn keeping(
+        encoder: &'static dyn PushEncoder,
+        delta: bool,
+    ) -> (Arc<Subscriber>, crate::connection::ControlReceiver) {
+        let (conn, control) = Connection::new("test", 1 << 20);
         let filter = FilterNode {
             key: "keep".into(),
             cmp: "ex".into(),
             ..Default::default()
         };
-        let sub = Subscriber::shaped(
-            conn,
-            false,
-            &PROTOBUF_DELTA_PUSHES,
-            Shape {
-                delta: true,
-                tags_filter: Some(Arc::new(filter)),
-            },
-        );
+        let shape = Shape {
+            delta,
+            tags_filter: Some(Arc::new(filter)),
+        };
+        (Subscriber::shaped(conn, false, encoder, shape), control)
+    }
+
+    /// `publication`, tagged `keep` when `keep`.
+    fn kept(publication: Publication, keep: bool) -> Publication {
+        Publication {
+            tags: keep.then(|| [("keep".to_string(), "1".to_string())].into()),
+            ..publication
+        }
+    }
+
+    #[tokio::test]
+    async fn unmarked_or_filtered_publications_break_the_delta_chain() {
+        let hub = Hub::new();
+        let (sub, _control) = keeping(&PROTOBUF_DELTA_PUSHES, true);
         hub.add("ch", sub.clone());
         // Positioned at the empty stream: the filtered-out 4 moves its place on.
         sub.go_live("ch", None, Some(0));
         let tagged = |n: u64, keep: bool, marked: bool| Publication {
-            tags: keep.then(|| [("keep".to_string(), "1".to_string())].into()),
             delta: marked,
-            ..big(n)
+            ..kept(big(n), keep)
         };
         hub.publish("ch", Some("e"), &tagged(1, true, true));
         hub.publish("ch", Some("e"), &tagged(2, true, false));
@@ -1615,27 +1626,10 @@ mod tests {
     #[tokio::test]
     async fn filtered_out_publications_keep_a_subscribers_sequence() {
         let hub = Hub::new();
-        let (conn, mut control) = Connection::new("test", 1 << 20);
-        let filter = FilterNode {
-            key: "keep".into(),
-            cmp: "ex".into(),
-            ..Default::default()
-        };
-        let sub = Subscriber::shaped(
-            conn,
-            false,
-            &RAW,
-            Shape {
-                delta: false,
-                tags_filter: Some(Arc::new(filter)),
-            },
-        );
+        let (sub, mut control) = keeping(&RAW, false);
         hub.add("c", sub.clone());
         hub.note_position("c", &at(2), &sub);
-        let tagged = |n: u64, keep: bool| Publication {
-            tags: keep.then(|| [("keep".to_string(), "1".to_string())].into()),
-            ..p(n)
-        };
+        let tagged = |n: u64, keep: bool| kept(p(n), keep);
         hub.publish("c", Some("e"), &tagged(3, false));
         hub.publish("c", Some("e"), &tagged(4, true));
         sub.go_live("c", Some(b("reply")), Some(2));
