@@ -559,7 +559,7 @@ impl Subscriber {
     /// Stops deliveries and asks the session to unsubscribe the client with 2500 so
     /// it resubscribes with recovery. A session too busy to take the request is
     /// closed with 3010 instead, after which the client reconnects and recovers.
-    pub(crate) fn lose_place(&self, channel: &str) {
+    fn lose_place(&self, channel: &str) {
         if self.insufficient.swap(true, Ordering::AcqRel) {
             return;
         }
