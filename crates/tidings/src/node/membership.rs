@@ -23,6 +23,33 @@ use crate::channel;
 use crate::connection::Connection;
 use crate::hub::{PushEncoder, Shape, Subscriber};
 
+/// The longest a join waits for the broker subscription another join of the
+/// same channel is making on this node.
+const SUBSCRIBING_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Takes a first subscriber's entry out of [`NodeInner::subscribing`] when its
+/// broker subscription is done, or its join was dropped, unless another first
+/// subscriber took the entry over (the channel emptied and filled again).
+struct SubscribingEntry<'a> {
+    map: &'a parking_lot::Mutex<
+        std::collections::HashMap<String, tokio::sync::watch::Receiver<bool>>,
+    >,
+    channel: &'a str,
+    wait: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Drop for SubscribingEntry<'_> {
+    fn drop(&mut self) {
+        let mut map = self.map.lock();
+        if map
+            .get(self.channel)
+            .is_some_and(|w| w.same_channel(&self.wait))
+        {
+            map.remove(self.channel);
+        }
+    }
+}
+
 /// What a joining subscriber wants of the channel's stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum StreamAsk {
@@ -163,9 +190,33 @@ impl Node {
         if inner.hub.add(channel, subscriber.clone()) {
             inner.metrics.channels.increment(1.0);
             self.channel_occupancy_changed(channel);
-            if let Err(e) = inner.broker.subscribe(channel).await {
+            // Whoever joins while the broker subscription is made waits for it
+            // before reading the stream: a publication between its read and the
+            // subscription would never reach this node.
+            let (made, wait) = tokio::sync::watch::channel(false);
+            inner
+                .subscribing
+                .lock()
+                .insert(channel.to_owned(), wait.clone());
+            let entry = SubscribingEntry {
+                map: &inner.subscribing,
+                channel,
+                wait,
+            };
+            let subscribed = inner.broker.subscribe(channel).await;
+            drop(entry);
+            if let Err(e) = subscribed {
                 self.remove_from_hub(channel, conn);
                 return Err(e.into());
+            }
+            let _ = made.send(true);
+        } else {
+            let wait = inner.subscribing.lock().get(channel).cloned();
+            if let Some(mut wait) = wait {
+                // A failed subscription (the sender dropped) or a slow one is
+                // not this join's to report: it reads the stream anyway, and its
+                // own sequence check makes it recover should anything be missed.
+                let _ = tokio::time::timeout(SUBSCRIBING_WAIT, wait.wait_for(|made| *made)).await;
             }
         }
         let mut position = None;

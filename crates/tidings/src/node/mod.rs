@@ -207,6 +207,10 @@ struct NodeInner {
     /// What the node tracks for the webhooks' first/last events; `None` when no
     /// webhook wants them.
     tracking: Option<webhooks::Tracking>,
+    /// Channels whose broker subscription the node's first subscriber is making:
+    /// the others joining meanwhile wait for it (see [`Node::join`]). A plain
+    /// mutex: an insert and a remove per first subscribe, a lookup per other.
+    subscribing: Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>,
 }
 
 /// A Tidings node. See the module docs.
@@ -302,6 +306,7 @@ impl NodeBuilder {
             occupancy: engine.occupancy.clone(),
             webhooks,
             tracking,
+            subscribing: Mutex::new(HashMap::new()),
         });
         let _ = events.node.set(Arc::downgrade(&inner));
         inner.broker.run(&inner.uid, events);
