@@ -939,19 +939,19 @@ impl Hub {
                 } else if !prev.trusted && !both_known {
                     // After a reconnect, without an epoch to compare: recover.
                     Step::Gap
-                } else if offset <= prev.offset && prev.noted && both_known {
-                    // Published before a subscribe read the stream, and on its
-                    // way here since: not a duplicate for subscribers that read
-                    // the stream earlier (the others skip it).
-                    Step::BeforeNoted
                 } else if offset <= prev.offset {
-                    if both_known {
-                        return Delivery::Duplicate;
+                    match (both_known, prev.noted) {
+                        // Published before a subscribe read the stream, and on its
+                        // way here since: not a duplicate for subscribers that read
+                        // the stream earlier (the others skip it).
+                        (true, true) => Step::BeforeNoted,
+                        (true, false) => return Delivery::Duplicate,
+                        // Without both epochs this may be the start of a new epoch
+                        // (the broker lost its history) rather than a repeat:
+                        // recovering is the safe answer, and costs little where it
+                        // was a repeat.
+                        (false, _) => Step::Gap,
                     }
-                    // Without both epochs this may be the start of a new epoch (the
-                    // broker lost its history) rather than a repeat: recovering is
-                    // the safe answer, and costs little where it was a repeat.
-                    Step::Gap
                 } else if offset == prev.offset + 1 {
                     Step::Next
                 } else {
@@ -959,22 +959,21 @@ impl Hub {
                 }
             }
         };
-        match (&step, last.as_mut()) {
-            (Step::BeforeNoted, Some(prev)) => prev.noted = offset < prev.offset,
-            _ => {
-                let epoch_now = match (&step, last.as_ref()) {
-                    // Contiguous: the epoch stays what it was, unless this one says.
-                    (Step::Next, Some(prev)) if epoch.is_empty() => prev.epoch.clone(),
-                    // After a gap the old epoch may be wrong: only what the broker says.
-                    _ => epoch.to_string(),
-                };
-                *last = Some(Delivered {
-                    epoch: epoch_now,
-                    offset,
-                    trusted: true,
-                    noted: false,
-                });
-            }
+        if let (Step::BeforeNoted, Some(prev)) = (&step, last.as_mut()) {
+            prev.noted = offset < prev.offset;
+        } else {
+            let epoch_now = match last.as_ref() {
+                // Contiguous: the epoch stays what it was, unless this one says.
+                Some(prev) if step == Step::Next && epoch.is_empty() => prev.epoch.clone(),
+                // After a gap the old epoch may be wrong: only what the broker says.
+                _ => epoch.to_string(),
+            };
+            *last = Some(Delivered {
+                epoch: epoch_now,
+                offset,
+                trusted: true,
+                noted: false,
+            });
         }
         if step == Step::Gap {
             // Every subscriber resubscribes; no delta may span the gap.

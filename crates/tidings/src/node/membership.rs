@@ -31,9 +31,7 @@ const SUBSCRIBING_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// broker subscription is done, or its join was dropped, unless another first
 /// subscriber took the entry over (the channel emptied and filled again).
 struct SubscribingEntry<'a> {
-    map: &'a parking_lot::Mutex<
-        std::collections::HashMap<String, tokio::sync::watch::Receiver<bool>>,
-    >,
+    map: &'a super::Subscribing,
     channel: &'a str,
     wait: tokio::sync::watch::Receiver<bool>,
 }
@@ -192,7 +190,9 @@ impl Node {
             self.channel_occupancy_changed(channel);
             // Whoever joins while the broker subscription is made waits for it
             // before reading the stream: a publication between its read and the
-            // subscription would never reach this node.
+            // subscription would never reach this node. (One joining between
+            // `hub.add` above and the insert below does not wait; its sequence
+            // check covers that instant.)
             let (made, wait) = tokio::sync::watch::channel(false);
             inner
                 .subscribing

@@ -210,8 +210,12 @@ struct NodeInner {
     /// Channels whose broker subscription the node's first subscriber is making:
     /// the others joining meanwhile wait for it (see [`Node::join`]). A plain
     /// mutex: an insert and a remove per first subscribe, a lookup per other.
-    subscribing: Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>,
+    subscribing: Subscribing,
 }
+
+/// Channel → a receiver that turns `true` once the broker subscription is made
+/// (or closes when it failed); see [`NodeInner::subscribing`].
+type Subscribing = Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>;
 
 /// A Tidings node. See the module docs.
 #[derive(Clone)]

@@ -182,38 +182,33 @@ impl Node {
     /// calls it after [`Node::register`] and before its connect reply. Returns at
     /// once when the engine knew already, or for an anonymous user.
     ///
-    /// Boxed: it is awaited inside every session's connect, and its timer would
-    /// otherwise add to the size of every connection's task.
+    /// Boxed: the Socket.IO session awaits it inline in its connect, and its
+    /// timer would otherwise add to the size of every such connection's task.
     pub fn user_tracked(&self, user: &str) -> futures_util::future::BoxFuture<'static, ()> {
-        let node = self.clone();
-        let user = user.to_owned();
-        let wanted = self
-            .inner
-            .tracking
-            .as_ref()
-            .is_some_and(|t| t.users && !user.is_empty());
-        if !wanted {
+        let tracked = self.inner.tracking.as_ref().is_some_and(|t| t.users);
+        if !tracked || user.is_empty() {
             return Box::pin(std::future::ready(()));
         }
-        Box::pin(async move { node.wait_user_tracked(&user).await })
-    }
-
-    async fn wait_user_tracked(&self, user: &str) {
-        let Some(t) = self.inner.tracking.as_ref() else {
-            return;
-        };
-        if t.held.lock().contains(&Key::User(user.to_owned())) {
-            return;
-        }
-        // The key was marked before this read, so the pass after the one counted
-        // here takes it (or an earlier pass did).
-        let ticket = {
-            let _dirty = t.dirty.lock();
-            t.drains.load(Ordering::Acquire) + 1
-        };
-        let mut finished = t.finished.subscribe();
-        t.wake.notify_one();
-        let _ = tokio::time::timeout(USER_TRACKED_WAIT, finished.wait_for(|n| *n >= ticket)).await;
+        let node = self.clone();
+        let key = Key::User(user.to_owned());
+        Box::pin(async move {
+            let Some(t) = node.inner.tracking.as_ref() else {
+                return;
+            };
+            if t.held.lock().contains(&key) {
+                return;
+            }
+            // The key was marked before this read, so the pass after the one counted
+            // here takes it (or an earlier pass did).
+            let ticket = {
+                let _dirty = t.dirty.lock();
+                t.drains.load(Ordering::Acquire) + 1
+            };
+            let mut finished = t.finished.subscribe();
+            t.wake.notify_one();
+            let _ =
+                tokio::time::timeout(USER_TRACKED_WAIT, finished.wait_for(|n| *n >= ticket)).await;
+        })
     }
 
     /// `user` got its first connection on this node, or lost its last one.
